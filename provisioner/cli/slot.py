@@ -1,0 +1,195 @@
+"""``slotctl slot ...`` and ``slotctl doctor``: create, show, list, remove slots; reset passwords."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
+from provisioner.context import Context
+from provisioner.doctor import find_drift
+from provisioner.errors import BadInput, SlotError
+from provisioner.names import format_size
+from provisioner.plan import Plan
+from provisioner.slots import Created, create_slot, get_slot, remove_slot, reset_password, slot_details
+
+
+@click.group()
+@json_option
+def slot() -> None:
+    """Create, inspect and remove slots."""
+
+
+def _plan_out(plan: Plan, dry_run: bool) -> None:
+    def render(c: Console) -> None:
+        c.print(f"[bold]{plan.title}[/bold]{' (dry run)' if dry_run else ''}")
+        for i, s in enumerate(plan.steps, 1):
+            c.print(f"  {i}. {s.name}: {s.detail}")
+
+    emit({"plan": plan.title, "dry_run": dry_run, "steps": plan.describe()}, render)
+
+
+@slot.command("create")
+@click.argument("username")
+@click.option("--email", required=True, help="The customer's email.")
+@click.option("--country", required=True, help="ISO 3166-1 alpha-2 country code (for tax).")
+@click.option("--quota", metavar="SIZE", help="Disk quota, e.g. 5G [default: slots.default_quota].")
+@click.option("--payment-ref", metavar="REF", help="PayPal transaction id / Coinbase payment id.")
+@click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
+@json_option
+def create(username: str, email: str, country: str, quota: str | None, payment_ref: str | None,
+           dry_run: bool) -> None:
+    """Create slot USERNAME; prints its generated password once (it is never stored)."""
+    ctx = Context()
+    result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run)
+    if isinstance(result, Plan):
+        _plan_out(result, True)
+        return
+    _created_out(result)
+
+
+def _created_out(result: Created) -> None:
+    rec = result.record
+
+    def render(c: Console) -> None:
+        c.print(f"slot [bold]{rec.username}[/bold] created{' (resumed)' if result.resumed else ''}")
+        kv_table(c, {"home": rec.home, "quota": format_size(rec.quota_bytes) if rec.quota_bytes else "none",
+                     "password": result.password})
+        c.print("The password is shown once and not stored; 'slotctl slot passwd' makes a new one.")
+
+    emit(result.as_dict(), render)
+
+
+@slot.command("show")
+@click.argument("username")
+@json_option
+def show(username: str) -> None:
+    """Show slot USERNAME: store record and live disk usage."""
+    ctx = Context()
+    data = slot_details(ctx, get_slot(ctx, username))
+    emit(data, lambda c: kv_table(c, data))
+
+
+@slot.command("list")
+@json_option
+def list_() -> None:
+    """List every slot."""
+    ctx = Context()
+    rows = [r.as_dict() for r in ctx.store.list_slots()]
+
+    def render(c: Console) -> None:
+        t = Table("username", "state", "email", "country", "quota", "home")
+        for r in rows:
+            t.add_row(r["username"], r["state"], r["email"], r["country"],
+                      format_size(r["quota_bytes"]) if r["quota_bytes"] else "none", r["home"])
+        c.print(t)
+
+    emit(rows, render)
+
+
+@slot.command("remove")
+@click.argument("username")
+@click.option("--keep-data", is_flag=True, help="Keep the home, moved aside and owned by root.")
+@click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
+@json_option
+def remove(username: str, keep_data: bool, dry_run: bool) -> None:
+    """Remove slot USERNAME (exact name): processes, apps, home, quota, user, store rows."""
+    ctx = Context()
+    plan = remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
+    if dry_run:
+        _plan_out(plan, True)
+    else:
+        emit({"removed": username, "keep_data": keep_data, "steps": plan.describe()},
+             lambda c: c.print(f"slot {username} removed"))
+
+
+@slot.command("passwd")
+@click.argument("username")
+@json_option
+def passwd(username: str) -> None:
+    """Give slot USERNAME a new generated password, shown once."""
+    ctx = Context()
+    password = reset_password(ctx, username)
+    emit({"username": username, "password": password},
+         lambda c: c.print(f"new password for {username}: {password}\n(shown once, not stored)"))
+
+
+CSV_FIELDS = ("username", "email", "country", "quota", "payment_ref")
+
+
+def read_slots_csv(text: str) -> list[dict[str, str]]:
+    """Rows of a create-many CSV (header: username,email,country[,quota][,payment_ref])."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [f for f in CSV_FIELDS[:3] if f not in header]
+    if missing:
+        raise BadInput(f"CSV header lacks {', '.join(missing)} (expected {','.join(CSV_FIELDS)})")
+    unknown = [f for f in header if f not in CSV_FIELDS]
+    if unknown:
+        raise BadInput(f"CSV header has unknown column {unknown[0]!r}")
+    try:
+        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as exc:
+        raise BadInput(f"CSV is malformed: {exc}") from None
+
+
+@slot.command("create-many")
+@click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def create_many(csv_file: Path) -> None:
+    """Create a slot per CSV row; a failing row does not stop the rest. Exit 1 if any failed."""
+    try:
+        text = csv_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{csv_file}: cannot read: {exc}") from None
+    rows = read_slots_csv(text)
+    ctx = Context()
+    results: list[dict[str, Any]] = []
+    from rich.progress import Progress
+
+    with Progress(console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("creating slots", total=len(rows))
+        for i, row in enumerate(rows, 2):
+            try:
+                out = create_slot(ctx, row["username"], row["email"], row["country"],
+                                  row.get("quota") or None, row.get("payment_ref") or None)
+                assert isinstance(out, Created)
+                results.append({"line": i, "ok": True, **out.as_dict()})
+            except SlotError as exc:
+                results.append({"line": i, "ok": False, "username": row.get("username"), "error": str(exc)})
+            progress.advance(task)
+    failed = [r for r in results if not r["ok"]]
+    summary = {"created": len(results) - len(failed), "failed": len(failed), "results": results}
+
+    def render(c: Console) -> None:
+        for r in results:
+            if r["ok"]:
+                c.print(f"line {r['line']}: {r['username']} created, password {r['password']}")
+            else:
+                c.print(f"line {r['line']}: {r['username']!r} FAILED: {r['error']}")
+        c.print(f"{summary['created']} created, {summary['failed']} failed")
+
+    emit(summary, render)
+    if failed:
+        if not wants_json():
+            click.echo(f"slotctl: error: {len(failed)} of {len(rows)} rows failed", err=True)
+        sys.exit(1)
+
+
+@click.command("doctor")
+@json_option
+def doctor() -> None:
+    """Compare the store with the system; exit 1 if anything drifted."""
+    ctx = Context()
+    drift = find_drift(ctx)
+    emit({"ok": not drift, "drift": [d.as_dict() for d in drift]},
+         lambda c: [c.print(f"{d.subject}: {d.problem}") for d in drift] if drift else c.print("no drift"))
+    if drift:
+        sys.exit(1)

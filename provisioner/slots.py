@@ -1,0 +1,361 @@
+"""Slots: plan and apply creation, removal and password resets.
+
+``plan_create_slot(request, facts, ...)`` and ``plan_remove_slot(...)`` decide from facts and
+touch nothing; :func:`create_slot` / :func:`remove_slot` gather the facts, plan, and apply.
+A create interrupted at any point (even ``kill -9``) leaves a store row in state
+``creating``: running the same create again finishes it, and ``slot remove`` cleans it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provisioner import accounts
+from provisioner.context import Context
+from provisioner.errors import BadInput, SlotError
+from provisioner.names import (
+    format_size,
+    parse_size,
+    validate_country,
+    validate_email,
+    validate_payment_ref,
+    validate_username,
+)
+from provisioner.plan import Plan, Step, apply
+from provisioner.quota import QuotaBackend
+from provisioner.store import SlotRecord, Store, current_actor
+
+# Other packages (apps, lifecycle) add removal steps here: each callable gets the context and
+# the slot record and returns the steps to run before the home and the user go.
+REMOVAL_EXTENSIONS: list[Callable[[Context, SlotRecord], list[Step]]] = []
+# Names other packages reserve (the app catalog): callables returning a set of names.
+RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
+
+
+def _load_extensions() -> None:
+    """Import the optional packages that register extensions (absent ones are fine)."""
+    for module in ("provisioner.apps",):
+        try:
+            __import__(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def reserved_names() -> frozenset[str]:
+    _load_extensions()
+    names: frozenset[str] = frozenset()
+    for source in RESERVED_NAME_SOURCES:
+        names |= source()
+    return names
+
+
+@dataclass(frozen=True)
+class SlotRequest:
+    """A validated purchase."""
+
+    username: str
+    email: str
+    country: str
+    quota_bytes: int | None
+    payment_ref: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        username: str,
+        email: str,
+        country: str,
+        quota: str | int | None = None,
+        payment_ref: str | None = None,
+    ) -> SlotRequest:
+        """Validate every field; raises BadInput naming the first bad one."""
+        return cls(
+            username=validate_username(username, reserved_names()),
+            email=validate_email(email),
+            country=validate_country(country),
+            quota_bytes=None if quota is None else parse_size(quota),
+            payment_ref=None if payment_ref is None else validate_payment_ref(payment_ref),
+        )
+
+
+@dataclass(frozen=True)
+class SlotFacts:
+    """What the host and the store say about one name right now."""
+
+    account: accounts.Account | None
+    group_exists: bool
+    record: SlotRecord | None
+    home_exists: bool
+    uid_min: int = 1000
+
+    @classmethod
+    def gather(cls, ctx: Context, username: str) -> SlotFacts:
+        home = ctx.settings.slots_root / username
+        return cls(
+            account=accounts.lookup_user(username),
+            group_exists=accounts.group_exists(username),
+            record=ctx.store.get_slot(username),
+            home_exists=home.exists() or home.is_symlink(),
+            uid_min=accounts.uid_min(),
+        )
+
+
+@dataclass(frozen=True)
+class Created:
+    """The outcome of a create: the password is shown once and never stored."""
+
+    record: SlotRecord
+    password: str = field(repr=False)
+    resumed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.record.as_dict(), "password": self.password, "resumed": self.resumed}
+
+
+def _copy_skeleton(skel: Path, home: Path, uid: int, gid: int) -> None:
+    """Copy SKEL into HOME (no symlinks followed), chown everything to the slot, home 0700."""
+    if skel.is_dir():
+        for entry in skel.iterdir():
+            dest = home / entry.name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, dest, symlinks=True, dirs_exist_ok=True)
+            else:
+                shutil.copy2(entry, dest, follow_symlinks=False)
+    for root, dirs, files in os.walk(home):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, gid)
+    os.chown(home, uid, gid)
+    os.chmod(home, 0o700)
+
+
+def plan_create_slot(
+    req: SlotRequest,
+    facts: SlotFacts,
+    *,
+    slots_root: Path,
+    quota: QuotaBackend,
+    store: Store,
+    shell: str,
+    skeleton: Path,
+    password: str,
+) -> Plan:
+    """The steps that turn REQ into a slot, given FACTS. Raises SlotError when it must not run.
+
+    A fresh name gets every step; a name whose create was interrupted (store row ``creating``)
+    gets only the steps whose result is missing.
+    """
+    name = req.username
+    home = slots_root / name
+    rec = facts.record
+    if rec is not None and rec.state != "creating":
+        raise SlotError(f"slot {name!r} already exists")
+    if rec is None and (facts.account is not None or facts.group_exists):
+        raise SlotError(f"{name!r} is an existing account that is not a slot; it is never adopted")
+    if rec is None and facts.home_exists:
+        raise SlotError(f"{home} already exists; remove or move it first")
+    if req.quota_bytes is not None and quota.name == "none":
+        raise BadInput("the quota backend is 'none': this host cannot enforce --quota")
+    resume = rec is not None
+    steps: list[Step] = []
+    actor = current_actor()
+
+    if not resume:
+        record = SlotRecord(name, None, req.email, req.country, req.payment_ref, req.quota_bytes,
+                            str(home), "creating", time.time())
+
+        def reserve() -> None:
+            with store.transaction():
+                store.insert_slot(record)
+                store.audit(actor, "slot.create.start", name, {"quota_bytes": req.quota_bytes})
+
+        steps.append(Step("reserve", f"record slot {name} as being created", reserve,
+                          lambda: store.delete_slot(name)))
+    if facts.account is None:
+        steps.append(Step("user", f"useradd {name} (private group, shell {shell}, home {home})",
+                          lambda: accounts.add_user(name, home, shell),
+                          lambda: accounts.delete_user(name)))
+    if not facts.home_exists:
+        steps.append(Step("home", f"create home {home} ({quota.name})",
+                          lambda: quota.make_home(home), lambda: quota.remove_home(home)))
+
+    def skeleton_step() -> None:
+        acct = accounts.lookup_user(name)
+        if acct is None:
+            raise SlotError(f"user {name} vanished during create")
+        _copy_skeleton(skeleton, home, acct.uid, acct.gid)
+
+    steps.append(Step("skeleton", f"copy {skeleton} into {home}, owner {name}, mode 0700", skeleton_step))
+    if req.quota_bytes is not None:
+        limit = req.quota_bytes
+        steps.append(Step("quota", f"limit {home} to {format_size(limit)} ({quota.name})",
+                          lambda: quota.set_limit(name, home, limit),
+                          lambda: quota.clear_limit(name, home)))
+    steps.append(Step("password", f"set a generated password for {name} (chpasswd, stdin)",
+                      lambda: accounts.set_password(name, password)))
+
+    def activate() -> None:
+        acct = accounts.lookup_user(name)
+        with store.transaction():
+            store.update_slot(name, state="active", uid=acct.uid if acct else None,
+                              quota_bytes=req.quota_bytes)
+            store.audit(actor, "slot.create", name, {"quota_bytes": req.quota_bytes,
+                                                     "resumed": resume})
+
+    steps.append(Step("activate", f"mark slot {name} active", activate))
+    return Plan(f"create slot {name}" + (" (resume)" if resume else ""), steps)
+
+
+def create_slot(
+    ctx: Context,
+    username: str,
+    email: str,
+    country: str,
+    quota: str | int | None = None,
+    payment_ref: str | None = None,
+    *,
+    dry_run: bool = False,
+) -> Created | Plan:
+    """Create (or finish creating) a slot. Returns the plan when DRY_RUN.
+
+    On failure every step already done is undone and :class:`StepFailed` names the step.
+    """
+    if quota is None and ctx.settings.quota_backend != "none":
+        quota = ctx.config.slots.default_quota
+    req = SlotRequest.parse(username, email, country, quota, payment_ref)
+    facts = SlotFacts.gather(ctx, req.username)
+    if facts.account is not None and facts.account.uid < facts.uid_min:
+        raise BadInput(f"username {req.username!r} is reserved (system account)")
+    password = accounts.generate_password(ctx.config.slots.password_length)
+    plan = plan_create_slot(
+        req, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
+        shell=ctx.config.slots.shell, skeleton=ctx.config.slots.skeleton, password=password,
+    )
+    if dry_run:
+        return plan
+    apply(plan)
+    record = ctx.store.get_slot(req.username)
+    assert record is not None
+    return Created(record, password, resumed=facts.record is not None)
+
+
+def plan_remove_slot(
+    username: str,
+    facts: SlotFacts,
+    *,
+    slots_root: Path,
+    quota: QuotaBackend,
+    store: Store,
+    keep_data: bool,
+    extensions: list[Step],
+    kept_dir: Path,
+) -> Plan:
+    """The steps that remove slot USERNAME without trace (the audit entries stay)."""
+    if not username:
+        raise BadInput("username is empty")
+    rec = facts.record
+    if rec is None:
+        raise SlotError(f"no slot named {username!r}")
+    home = Path(rec.home)
+    if home.parent != slots_root:
+        raise SlotError(f"slot {username!r} has home {home} outside {slots_root}; refusing")
+    actor = current_actor()
+    steps: list[Step] = [
+        Step("mark", f"mark slot {username} as being removed",
+             lambda: store.update_slot(username, state="removing")),
+    ]
+    acct = facts.account
+    if acct is not None:
+        uid = acct.uid
+        if uid < facts.uid_min:
+            raise SlotError(f"{username!r} has system uid {uid}; refusing")
+
+        def stop() -> None:
+            accounts.stop_processes(uid)
+
+        steps.append(Step("processes", f"stop every process of {username} (uid {uid})", stop))
+    steps.extend(extensions)
+    if facts.home_exists:
+        steps.append(Step("quota", f"lift the quota on {home}", lambda: quota.clear_limit(username, home)))
+        if keep_data:
+            dest = kept_dir / f"{username}-{time.strftime('%Y%m%dT%H%M%S')}"
+
+            def keep() -> None:
+                kept_dir.mkdir(mode=0o700, exist_ok=True)
+                os.rename(home, dest)
+                for root, dirs, files in os.walk(dest):
+                    for n in dirs + files:
+                        os.lchown(os.path.join(root, n), 0, 0)
+                os.chown(dest, 0, 0)
+                os.chmod(dest, 0o700)
+                store.add_kept_home(str(dest), username)
+
+            steps.append(Step("keep-data", f"move {home} to {dest}, owned by root", keep))
+        else:
+            steps.append(Step("home", f"remove home {home} ({quota.name})", lambda: quota.remove_home(home)))
+    if acct is not None or facts.group_exists:
+        steps.append(Step("user", f"userdel {username} and its group", lambda: accounts.delete_user(username)))
+
+    def forget() -> None:
+        with store.transaction():
+            store.delete_slot(username)
+            store.audit(actor, "slot.remove", username, {"keep_data": keep_data})
+
+    steps.append(Step("forget", f"delete the store rows of {username} (audit kept)", forget))
+    return Plan(f"remove slot {username}", steps)
+
+
+def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:
+    """Remove slot USERNAME (exact name). Returns the plan (applied unless DRY_RUN)."""
+    if not isinstance(username, str) or not username:
+        raise BadInput("username is empty")
+    if "/" in username or "\x00" in username or username in {".", ".."}:
+        raise BadInput(f"username {username!r} is invalid")
+    facts = SlotFacts.gather(ctx, username)
+    rec = facts.record
+    _load_extensions()
+    extensions = [s for ext in REMOVAL_EXTENSIONS for s in ext(ctx, rec)] if rec else []
+    plan = plan_remove_slot(
+        username, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
+        keep_data=keep_data, extensions=extensions, kept_dir=ctx.settings.slots_root / ".kept",
+    )
+    if not dry_run:
+        apply(plan)
+    return plan
+
+
+def reset_password(ctx: Context, username: str) -> str:
+    """Give slot USERNAME a new generated password (shown once, only the hash is kept)."""
+    rec = ctx.store.get_slot(username) if username else None
+    if rec is None or rec.state == "creating":
+        raise SlotError(f"no slot named {username!r}")
+    password = accounts.generate_password(ctx.config.slots.password_length)
+    accounts.set_password(username, password)
+    ctx.store.audit(current_actor(), "slot.passwd", username, {})
+    return password
+
+
+def get_slot(ctx: Context, username: str) -> SlotRecord:
+    rec = ctx.store.get_slot(username)
+    if rec is None:
+        raise SlotError(f"no slot named {username!r}")
+    return rec
+
+
+def slot_details(ctx: Context, rec: SlotRecord) -> dict[str, Any]:
+    """The record plus live facts: disk used and cap as the kernel accounts them."""
+    out = rec.as_dict()
+    home = Path(rec.home)
+    try:
+        usage = ctx.quota.usage(rec.username, home) if home.exists() else None
+    except SlotError:
+        usage = None
+    out["used_bytes"] = usage.used_bytes if usage else None
+    out["enforced_limit_bytes"] = usage.limit_bytes if usage else None
+    return out
