@@ -31,16 +31,23 @@ from provisioner.plan import Plan, Step, apply
 from provisioner.quota import QuotaBackend
 from provisioner.store import SlotRecord, Store, current_actor
 
-# Other packages (apps, lifecycle) add removal steps here: each callable gets the context and
-# the slot record and returns the steps to run before the home and the user go.
+# Other packages (apps, metrics, lifecycle) add steps to slot changes here. A creation extension
+# gets the context and the request and returns steps run after the password is set, before the
+# slot is marked active; a removal extension gets the context and the slot record and returns
+# steps run after the slot's processes are stopped, before the home and the user go.
+CREATION_EXTENSIONS: list[Callable[[Context, SlotRequest], list[Step]]] = []
 REMOVAL_EXTENSIONS: list[Callable[[Context, SlotRecord], list[Step]]] = []
 # Names other packages reserve (the app catalog): callables returning a set of names.
 RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
 
 
+# Packages that register extensions when imported; a package that is absent is skipped.
+EXTENSION_MODULES: list[str] = ["provisioner.apps", "provisioner.metrics", "provisioner.lifecycle"]
+
+
 def _load_extensions() -> None:
     """Import the optional packages that register extensions (absent ones are fine)."""
-    for module in ("provisioner.apps",):
+    for module in EXTENSION_MODULES:
         try:
             __import__(module)
         except ModuleNotFoundError as exc:
@@ -145,6 +152,7 @@ def plan_create_slot(
     shell: str,
     skeleton: Path,
     password: str,
+    extensions: list[Step] | None = None,
 ) -> Plan:
     """The steps that turn REQ into a slot, given FACTS. Raises SlotError when it must not run.
 
@@ -200,6 +208,8 @@ def plan_create_slot(
     steps.append(Step("password", f"set a generated password for {name} (chpasswd, stdin)",
                       lambda: accounts.set_password(name, password)))
 
+    steps.extend(extensions or [])
+
     def activate() -> None:
         acct = accounts.lookup_user(name)
         with store.transaction():
@@ -229,6 +239,7 @@ def create_slot(
     if quota is None and ctx.settings.quota_backend != "none":
         quota = ctx.config.slots.default_quota
     req = SlotRequest.parse(username, email, country, quota, payment_ref)
+    _load_extensions()
     facts = SlotFacts.gather(ctx, req.username)
     if facts.account is not None and facts.account.uid < facts.uid_min:
         raise BadInput(f"username {req.username!r} is reserved (system account)")
@@ -236,6 +247,7 @@ def create_slot(
     plan = plan_create_slot(
         req, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
         shell=ctx.config.slots.shell, skeleton=ctx.config.slots.skeleton, password=password,
+        extensions=[s for ext in CREATION_EXTENSIONS for s in ext(ctx, req)],
     )
     if dry_run:
         return plan
