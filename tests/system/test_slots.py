@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import crypt  # noqa: F401 - deprecated but the stdlib way to check a shadow hash here
+import crypt
 import grp
 import json
 import os
@@ -19,7 +19,7 @@ import pytest
 from provisioner import plan as plan_mod
 from provisioner.errors import StepFailed
 from provisioner.quota.btrfs import qgroup_ids
-from provisioner.slots import create_slot, remove_slot
+from provisioner.slots import create_slot
 from tests.system.conftest import REPO, SlotHost, as_user
 
 pytestmark = pytest.mark.root
@@ -69,7 +69,8 @@ def test_create_makes_a_real_slot(slot_host: SlotHost) -> None:
                           "--quota", "64M", "--payment-ref", "PAYID-XY12", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["username"] == name and out["quota_bytes"] == 64 << 20 and out["home"] == str(slot_host.slots_root / name)
+    assert out["username"] == name and out["quota_bytes"] == 64 << 20
+    assert out["home"] == str(slot_host.slots_root / name)
     pw = pwd.getpwnam(name)
     assert pw.pw_shell == "/bin/bash" and pw.pw_dir == out["home"]
     assert grp.getgrgid(pw.pw_gid).gr_name == name, "private group"
