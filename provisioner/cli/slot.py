@@ -189,7 +189,13 @@ def doctor() -> None:
     """Compare the store with the system; exit 1 if anything drifted."""
     ctx = Context()
     drift = find_drift(ctx)
-    emit({"ok": not drift, "drift": [d.as_dict() for d in drift]},
-         lambda c: [c.print(f"{d.subject}: {d.problem}") for d in drift] if drift else c.print("no drift"))
+
+    def render(c: Console) -> None:
+        for d in drift:
+            c.print(f"{d.subject}: {d.problem}")
+        if not drift:
+            c.print("no drift")
+
+    emit({"ok": not drift, "drift": [d.as_dict() for d in drift]}, render)
     if drift:
         sys.exit(1)
