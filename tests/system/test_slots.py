@@ -309,3 +309,41 @@ def test_doctor_reports_drift(slot_host: SlotHost) -> None:
     assert {"subject": name, "problem": f"home {home} has mode 755, expected 700"} in json.loads(r.stdout)["drift"]
     home.chmod(0o700)
     assert slot_host.slotctl("slot", "remove", name).returncode == 0
+
+
+def test_batch_failure_is_undone_whole_then_rows_fail_alone(slot_host: SlotHost) -> None:
+    from provisioner.slots import BatchRow, create_many
+
+    before = qgroup_ids(slot_host.slots_root)
+    names = [slot_host.name() for _ in range(3)]
+    ctx = slot_host.ctx()
+    plan_mod.fail_at_step = "skeleton"
+    try:
+        out = create_many(ctx, [BatchRow(n, "m@example.com", "DE", "16M") for n in names])
+    finally:
+        plan_mod.fail_at_step = None
+        ctx.close()
+    assert all(isinstance(o, StepFailed) and o.step == "skeleton" for o in out)
+    for n in names:
+        assert_no_trace(slot_host, n, before)
+
+
+def test_batch_creates_real_slots_with_working_passwords(slot_host: SlotHost) -> None:
+    from provisioner.slots import BatchRow, Created, create_many
+
+    names = [slot_host.name() for _ in range(5)]
+    ctx = slot_host.ctx()
+    out = create_many(ctx, [BatchRow(n, "m@example.com", "DE", "16M") for n in names])
+    ctx.close()
+    assert all(isinstance(o, Created) for o in out)
+    for n, o in zip(names, out, strict=True):
+        assert isinstance(o, Created)
+        h = shadow_hash(n)
+        assert crypt.crypt(o.password, h) == h
+        st = os.stat(o.record.home)
+        pw = pwd.getpwnam(n)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pw.pw_uid, 0o700)
+        assert grp.getgrgid(pw.pw_gid).gr_name == n
+    r = as_user(names[0], "dd if=/dev/zero of=$HOME/big bs=1M count=40 conv=fsync")
+    assert "Disk quota exceeded" in r.stderr
+    assert slot_host.slotctl("doctor").returncode == 0
