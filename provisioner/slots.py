@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -524,6 +525,7 @@ def get_slot(ctx: Context, username: str) -> SlotRecord:
 def slot_details(ctx: Context, rec: SlotRecord) -> dict[str, Any]:
     """The record plus live facts: disk used and cap as the kernel accounts them."""
     out = rec.as_dict()
+    out["created"] = datetime.fromtimestamp(rec.created_at, UTC).isoformat(timespec="seconds")
     home = Path(rec.home)
     try:
         usage = ctx.quota.usage(rec.username, home) if home.exists() else None

@@ -347,3 +347,22 @@ def test_batch_creates_real_slots_with_working_passwords(slot_host: SlotHost) ->
     r = as_user(names[0], "dd if=/dev/zero of=$HOME/big bs=1M count=40 conv=fsync")
     assert "Disk quota exceeded" in r.stderr
     assert slot_host.slotctl("doctor").returncode == 0
+
+
+def test_a_tenant_sees_only_its_own_processes(slot_host: SlotHost) -> None:
+    a, b = slot_host.name(), slot_host.name()
+    for n in (a, b):
+        assert slot_host.slotctl("slot", "create", n, "--email", "h@example.com", "--country", "DE").returncode == 0
+    sleeper = subprocess.Popen(["runuser", "-u", a, "--", "sleep", "301"])
+    try:
+        seen_by_b = as_user(b, "ps -eo user:32,pid,args")
+        seen_by_a = as_user(a, "ps -eo user:32,pid,args")
+        assert seen_by_b.returncode == 0 and seen_by_a.returncode == 0
+        assert "sleep 301" in seen_by_a.stdout
+        assert "sleep 301" not in seen_by_b.stdout and a not in seen_by_b.stdout
+        assert "root" not in seen_by_b.stdout.split(), "root's processes are hidden too"
+        r = as_user(b, f"cat /proc/{sleeper.pid}/cmdline")
+        assert r.returncode != 0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
