@@ -42,7 +42,7 @@ RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
 
 
 # Packages that register extensions when imported; a package that is absent is skipped.
-EXTENSION_MODULES: list[str] = ["provisioner.apps", "provisioner.metrics", "provisioner.lifecycle"]
+EXTENSION_MODULES: list[str] = ["provisioner.supervisor", "provisioner.apps", "provisioner.metrics", "provisioner.lifecycle"]
 
 
 def _load_extensions() -> None:
