@@ -44,7 +44,8 @@ RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
 
 
 # Packages that register extensions when imported; a package that is absent is skipped.
-EXTENSION_MODULES: list[str] = ["provisioner.apps", "provisioner.metrics", "provisioner.lifecycle"]
+EXTENSION_MODULES: list[str] = ["provisioner.supervisor", "provisioner.apps", "provisioner.metrics",
+                                "provisioner.lifecycle"]
 
 
 def _load_extensions() -> None:
@@ -74,6 +75,7 @@ class SlotRequest:
     country: str
     quota_bytes: int | None
     payment_ref: str | None = None
+    apps: tuple[str, ...] = ()  # installed by the apps package's creation extension
 
     @classmethod
     def parse(
@@ -83,6 +85,7 @@ class SlotRequest:
         country: str,
         quota: str | int | None = None,
         payment_ref: str | None = None,
+        apps: tuple[str, ...] = (),
     ) -> SlotRequest:
         """Validate every field; raises BadInput naming the first bad one."""
         return cls(
@@ -91,6 +94,7 @@ class SlotRequest:
             country=validate_country(country),
             quota_bytes=None if quota is None else parse_size(quota),
             payment_ref=None if payment_ref is None else validate_payment_ref(payment_ref),
+            apps=tuple(dict.fromkeys(apps)),
         )
 
 
@@ -233,6 +237,7 @@ def create_slot(
     payment_ref: str | None = None,
     *,
     dry_run: bool = False,
+    apps: tuple[str, ...] = (),
 ) -> Created | Plan:
     """Create (or finish creating) a slot. Returns the plan when DRY_RUN.
 
@@ -240,7 +245,7 @@ def create_slot(
     """
     if quota is None and ctx.settings.quota_backend != "none":
         quota = ctx.config.slots.default_quota
-    req = SlotRequest.parse(username, email, country, quota, payment_ref)
+    req = SlotRequest.parse(username, email, country, quota, payment_ref, tuple(apps))
     _load_extensions()
     facts = SlotFacts.gather(ctx, req.username)
     if facts.account is not None and facts.account.uid < facts.uid_min:

@@ -23,6 +23,7 @@ GROUPS: dict[str, str] = {
     "host": "provisioner.cli.host:host",
     "slot": "provisioner.cli.slot:slot",
     "doctor": "provisioner.cli.slot:doctor",
+    "app": "provisioner.cli.app:app",
 }
 
 

@@ -44,20 +44,26 @@ def _plan_out(plan: Plan, dry_run: bool) -> None:
 @click.option("--country", required=True, help="ISO 3166-1 alpha-2 country code (for tax).")
 @click.option("--quota", metavar="SIZE", help="Disk quota, e.g. 5G [default: slots.default_quota].")
 @click.option("--payment-ref", metavar="REF", help="PayPal transaction id / Coinbase payment id.")
+@click.option("--app", "apps", metavar="APP", multiple=True, help="Install APP too (repeatable; slotctl app list).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
 @json_option
 def create(username: str, email: str, country: str, quota: str | None, payment_ref: str | None,
-           dry_run: bool) -> None:
+           apps: tuple[str, ...], dry_run: bool) -> None:
     """Create slot USERNAME; prints its generated password once (it is never stored)."""
     ctx = Context()
-    result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run)
+    result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run, apps=apps)
     if isinstance(result, Plan):
         _plan_out(result, True)
         return
-    _created_out(result)
+    app_creds: list[dict[str, Any]] = []
+    if apps:
+        from provisioner.apps import app_credentials
+
+        app_creds = [app_credentials(ctx, username, a).as_dict() for a in dict.fromkeys(apps)]
+    _created_out(result, app_creds)
 
 
-def _created_out(result: Created) -> None:
+def _created_out(result: Created, app_creds: list[dict[str, Any]] | None = None) -> None:
     rec = result.record
 
     def render(c: Console) -> None:
@@ -65,8 +71,10 @@ def _created_out(result: Created) -> None:
         kv_table(c, {"home": rec.home, "quota": format_size(rec.quota_bytes) if rec.quota_bytes else "none",
                      "password": result.password})
         c.print("The password is shown once and not stored; 'slotctl slot passwd' makes a new one.")
+        for a in app_creds or []:
+            c.print(f"app {a['app']}: {a['url']}  user {a['username']}  password {a['password']}")
 
-    emit(result.as_dict(), render)
+    emit({**result.as_dict(), **({"apps": app_creds} if app_creds else {})}, render)
 
 
 @slot.command("show")
