@@ -23,6 +23,9 @@ GROUPS: dict[str, str] = {
     "host": "provisioner.cli.host:host",
     "slot": "provisioner.cli.slot:slot",
     "doctor": "provisioner.cli.slot:doctor",
+    "metrics": "provisioner.cli.metrics:metrics",
+    "data": "provisioner.cli.data:data",
+    "retention": "provisioner.cli.retention:retention",
 }
 
 
