@@ -202,9 +202,9 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
             ctx.store.audit(current_actor(), "host.init", None, wanted)
 
         steps.append(Step("settings", f"record host settings {wanted}", record))
-    from provisioner.slots import _load_extensions  # the packages that register HOST_INIT_EXTENSIONS
+    from provisioner.slots import _load_extensions
 
-    _load_extensions()
+    _load_extensions()  # packages register their host steps when imported
     for ext in HOST_INIT_EXTENSIONS:
         steps.extend(ext(ctx, req))
     return Plan("host init", steps)

@@ -24,6 +24,9 @@ GROUPS: dict[str, str] = {
     "slot": "provisioner.cli.slot:slot",
     "doctor": "provisioner.cli.slot:doctor",
     "app": "provisioner.cli.app:app",
+    "metrics": "provisioner.cli.metrics:metrics",
+    "data": "provisioner.cli.data:data",
+    "retention": "provisioner.cli.retention:retention",
 }
 
 
