@@ -23,6 +23,8 @@ GROUPS: dict[str, str] = {
     "host": "provisioner.cli.host:host",
     "slot": "provisioner.cli.slot:slot",
     "doctor": "provisioner.cli.slot:doctor",
+    "plan": "provisioner.cli.plan:plan",
+    "api": "provisioner.cli.api:api",
 }
 
 

@@ -42,13 +42,21 @@ def _plan_out(plan: Plan, dry_run: bool) -> None:
 @click.option("--country", required=True, help="ISO 3166-1 alpha-2 country code (for tax).")
 @click.option("--quota", metavar="SIZE", help="Disk quota, e.g. 5G [default: slots.default_quota].")
 @click.option("--payment-ref", metavar="REF", help="PayPal transaction id / Coinbase payment id.")
+@click.option("--plan", "plan_name", metavar="PLAN", help="A plan from 'slotctl plan list' (its quota "
+              "unless --quota is given too).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
 @json_option
 def create(username: str, email: str, country: str, quota: str | None, payment_ref: str | None,
-           dry_run: bool) -> None:
+           plan_name: str | None, dry_run: bool) -> None:
     """Create slot USERNAME; prints its generated password once (it is never stored)."""
     ctx = Context()
-    result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run)
+    if plan_name is not None:
+        from provisioner.lifecycle import create as create_on_plan
+
+        result = create_on_plan(ctx, username, email, country, plan=plan_name, quota=quota,
+                                payment_ref=payment_ref, dry_run=dry_run)
+    else:
+        result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run)
     if isinstance(result, Plan):
         _plan_out(result, True)
         return
@@ -193,3 +201,7 @@ def doctor() -> None:
          lambda c: [c.print(f"{d.subject}: {d.problem}") for d in drift] if drift else c.print("no drift"))
     if drift:
         sys.exit(1)
+
+
+# change-plan, suspend, unsuspend live in their own module and join this group on import.
+from provisioner.cli import lifecycle as _lifecycle  # noqa: E402, F401
