@@ -27,6 +27,8 @@ GROUPS: dict[str, str] = {
     "metrics": "provisioner.cli.metrics:metrics",
     "data": "provisioner.cli.data:data",
     "retention": "provisioner.cli.retention:retention",
+    "plan": "provisioner.cli.plan:plan",
+    "api": "provisioner.cli.api:api",
 }
 
 

@@ -45,13 +45,21 @@ def _plan_out(plan: Plan, dry_run: bool) -> None:
 @click.option("--quota", metavar="SIZE", help="Disk quota, e.g. 5G [default: slots.default_quota].")
 @click.option("--payment-ref", metavar="REF", help="PayPal transaction id / Coinbase payment id.")
 @click.option("--app", "apps", metavar="APP", multiple=True, help="Install APP too (repeatable; slotctl app list).")
+@click.option("--plan", "plan_name", metavar="PLAN", help="A plan from 'slotctl plan list' (its quota "
+              "unless --quota is given too).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
 @json_option
 def create(username: str, email: str, country: str, quota: str | None, payment_ref: str | None,
-           apps: tuple[str, ...], dry_run: bool) -> None:
+           apps: tuple[str, ...], plan_name: str | None, dry_run: bool) -> None:
     """Create slot USERNAME; prints its generated password once (it is never stored)."""
     ctx = Context()
-    result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run, apps=apps)
+    if plan_name is not None:
+        from provisioner.lifecycle import create as create_on_plan
+
+        result = create_on_plan(ctx, username, email, country, plan=plan_name, quota=quota,
+                                payment_ref=payment_ref, dry_run=dry_run, apps=apps)
+    else:
+        result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run, apps=apps)
     if isinstance(result, Plan):
         _plan_out(result, True)
         return
@@ -205,3 +213,7 @@ def doctor() -> None:
     emit({"ok": not drift, "drift": [d.as_dict() for d in drift]}, render)
     if drift:
         sys.exit(1)
+
+
+# change-plan, suspend, unsuspend live in their own module and join this group on import.
+from provisioner.cli import lifecycle as _lifecycle  # noqa: E402, F401
