@@ -29,6 +29,7 @@ GROUPS: dict[str, str] = {
     "retention": "provisioner.cli.retention:retention",
     "plan": "provisioner.cli.plan:plan",
     "api": "provisioner.cli.api:api",
+    "guard": "provisioner.cli.guard:guard",
 }
 
 
