@@ -11,7 +11,7 @@ DEMO_IMAGE ?= /var/lib/slotwarden/slots.img
 DEMO_SIZE ?= 4G
 DEMO_SLOT ?= demo
 
-.PHONY: deps venv demo test test-unit test-system lint bench clean
+.PHONY: vm-deps vm-box vm-test deps venv demo test test-unit test-system lint bench clean
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -49,6 +49,20 @@ lint: venv
 
 bench: venv
 	$(PY) bench/provision.py
+
+# The VM lab (Vagrant + libvirt, software-emulated QEMU) and the Debian 12 box it boots, built
+# offline from Debian's archive. See "Testing in VMs" in the README.
+VM_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils mmdebstrap \
+	extlinux syslinux-common e2fsprogs fdisk dnsmasq-base openssl sshpass coreutils
+
+vm-deps:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(VM_APT_PACKAGES)"
+
+vm-box: vm-deps
+	vm/build-box.sh
+
+vm-test: venv vm-deps
+	vm/lab.sh test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
