@@ -88,13 +88,14 @@ outer() {
 
 # ---------------------------------------------------------------- lab namespace side
 inner() {
-  local ns=${SLOTWARDEN_LAB_NS:?} work=${SLOTWARDEN_LAB_WORK:?} run_id=${SLOTWARDEN_LAB_RUN:?}
-  local box=${SLOTWARDEN_LAB_BOX:?}
+  # Globals, not locals: the EXIT trap runs after inner() has returned.
+  ns=${SLOTWARDEN_LAB_NS:?} work=${SLOTWARDEN_LAB_WORK:?} run_id=${SLOTWARDEN_LAB_RUN:?}
+  box=${SLOTWARDEN_LAB_BOX:?}
   # A vagrant or libvirt call from the root namespace would route lab addresses out through
   # the machine's own gateway; refuse anywhere but the lab namespace.
   [[ $(ip netns identify $$) == "$ns" ]] || die "not inside the lab namespace $ns"
 
-  local run=$work/run
+  run=$work/run
   mkdir -p "$run" "$work/logs" "$cache/pool" "$cache/vagrant.d"
   export VAGRANT_HOME=$cache/vagrant.d
   export VAGRANT_DOTFILE_PATH=$work/dotvagrant
@@ -102,11 +103,13 @@ inner() {
   export LIBVIRT_DEFAULT_URI=qemu:///system
   export SLOTWARDEN_BOX=slotwarden/debian12-$(basename "$box" .box | sed 's/^debian12-//')
   export SLOTWARDEN_VM_DRIVER=qemu SLOTWARDEN_VM_POOL=swv-pool SLOTWARDEN_VM_PREFIX=swv-$run_id-
-  export SLOTWARDEN_VM_LOGDIR=$work/logs
+  export SLOTWARDEN_VM_LOGDIR=$work/logs SLOTWARDEN_VM_INSERT_KEY=0
   export SLOTWARDEN_SLOTS=tv${run_id}a,tv${run_id}b SLOTWARDEN_SLOT_QUOTA_MIB=16
   # Vagrant's ansible provisioner runs ansible-playbook from the project's venv; pip (the
   # wheelhouse step of site.yml) uses only the wheelhouse built above.
-  export PATH=$top/.venv/bin:$PATH PIP_NO_INDEX=1 ANSIBLE_HOST_KEY_CHECKING=False
+  # Pipelining: one SSH exec per module instead of put + chmod + exec (Python in an emulated
+  # guest is the slow part, and every saved round trip counts).
+  export PATH=$top/.venv/bin:$PATH PIP_NO_INDEX=1 ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_PIPELINING=True
   local vagrant_cwd=$top
   export VAGRANT_CWD=$vagrant_cwd
 

@@ -27,7 +27,6 @@ import testinfra
 from tests.infra.tenants import DEFAULT_SECRET_PATHS, Slot
 
 
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("slotwarden isolation suite")
     group.addoption("--slots", default=os.environ.get("SLOTWARDEN_INFRA_SLOTS", ""),

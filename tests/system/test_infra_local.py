@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,7 +22,7 @@ QUOTA_MIB = 16
 
 
 @pytest.fixture
-def infra_host(_proc_options: None) -> SlotHost:
+def infra_host(_proc_options: None) -> Iterator[SlotHost]:
     base = world_traversable_tmpdir("infra")
     host = make_slot_host(base, f"tv{secrets.token_hex(2)}", size="1G")
     try:
