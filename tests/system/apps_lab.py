@@ -47,9 +47,8 @@ class AppLab:
         return self.root / "slotwarden.toml"
 
     def toml(self, **apps_overrides: str) -> str:
-        lines = [f'state_dir = "{self.root / "state"}"', "[apps]", f"port_min = {self.port_min}",
-                 f"port_max = {self.port_max}"]
-        lines += [f"{k} = {v}" for k, v in apps_overrides.items()]
+        keys = {"port_min": str(self.port_min), "port_max": str(self.port_max), **apps_overrides}
+        lines = [f'state_dir = "{self.root / "state"}"', "[apps]", *(f"{k} = {v}" for k, v in keys.items())]
         return "\n".join(lines) + "\n" + self.extra_toml
 
     def context(self, **apps_overrides: str) -> Context:

@@ -4,13 +4,13 @@ recovery, rotation, and an uninstall that leaves nothing behind."""
 from __future__ import annotations
 
 import base64
-from http.cookiejar import CookieJar
 import json
 import os
 import signal
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.cookiejar import CookieJar
 from pathlib import Path
 
 import pytest
@@ -56,7 +56,7 @@ def jupyter_login(port: int, _user: str, password: str) -> bool:
     jar = CookieJar()
     http(f"http://127.0.0.1:{port}/login", jar=jar)
     xsrf = next(c.value for c in jar if c.name == "_xsrf")
-    status, headers, _ = http(f"http://127.0.0.1:{port}/login?next=%2Flab", data={"password": password, "_xsrf": xsrf},
+    status, _h, _ = http(f"http://127.0.0.1:{port}/login?next=%2Flab", data={"password": password, "_xsrf": xsrf},
                               jar=jar)
     if status != 302:
         return False
