@@ -40,6 +40,7 @@ class AppLab:
     port_min: int
     port_max: int
     extra_toml: str = ""
+    mariadb: MariaDB | None = None
     slots: list[str] = field(default_factory=list)
 
     @property
@@ -49,6 +50,7 @@ class AppLab:
     def toml(self, **apps_overrides: str) -> str:
         keys = {"port_min": str(self.port_min), "port_max": str(self.port_max), **apps_overrides}
         lines = [f'state_dir = "{self.root / "state"}"', "[apps]", *(f"{k} = {v}" for k, v in keys.items())]
+        lines.append("")
         return "\n".join(lines) + "\n" + self.extra_toml
 
     def context(self, **apps_overrides: str) -> Context:
@@ -70,11 +72,58 @@ class AppLab:
         return Supervisord(self.root / "state")
 
 
-def make_lab(port_min: int, port_max: int, extra_toml: str = "") -> Iterator[AppLab]:
+@dataclass
+class MariaDB:
+    """A private MariaDB server for the tests: own datadir and socket, no TCP, user mysql."""
+
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "mysqld.sock"
+
+    def start(self) -> None:
+        data = self.root / "data"
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)  # slot users reach the socket, as with /run/mysqld
+        shutil.chown(self.root, "mysql", "mysql")
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql",
+                        "--auth-root-authentication-method=socket", "--skip-test-db"],
+                       check=True, capture_output=True, timeout=300)
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={self.socket}",
+             "--skip-networking", "--user=mysql", f"--pid-file={self.root / 'mysqld.pid'}",
+             f"--log-error={self.root / 'error.log'}", "--innodb-buffer-pool-size=32M"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.socket.exists() or self.proc.poll() is not None, 120,  # type: ignore[union-attr]
+                 "mariadbd to listen")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mariadbd exited: {(self.root / 'error.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def query(self, sql: str) -> str:
+        return subprocess.run(["mariadb", "--no-defaults", f"--socket={self.socket}", "-u", "root", "--batch",
+                               "--skip-column-names"], input=sql, capture_output=True, text=True, check=True,
+                              timeout=60).stdout
+
+
+def make_lab(port_min: int, port_max: int, extra_toml: str = "", mariadb: bool = False) -> Iterator[AppLab]:
     """Set up the lab (host init on private dirs) and tear it down completely."""
     root = Path(tempfile.mkdtemp(prefix="ta-", dir="/tmp"))
     os.chmod(root, 0o711)
-    lab = AppLab(root, port_min, port_max, extra_toml)
+    db = MariaDB(root / "mariadb") if mariadb else None
+    if db is not None:
+        extra_toml += f'[apps.wordpress]\nmysql_socket = "{db.socket}"\n'
+    lab = AppLab(root, port_min, port_max, extra_toml, mariadb=db)
     lab.config_path.write_text(lab.toml())
     ctx = lab.context()
     hide, _gid = proc_hidepid()
@@ -82,6 +131,8 @@ def make_lab(port_min: int, port_max: int, extra_toml: str = "") -> Iterator[App
     req = HostRequest(slots_root=root / "homes", quota_backend="none", loopback_image=None,
                       loopback_size=None, hidepid=hide in {"invisible", "2"}, persist=False)
     try:
+        if db is not None:
+            db.start()
         host_init(ctx, req)
         yield lab
     finally:
@@ -95,6 +146,8 @@ def make_lab(port_min: int, port_max: int, extra_toml: str = "") -> Iterator[App
             except Exception as exc:
                 errors.append(f"{name}: {exc}")
         lab.supervisord.shutdown()
+        if db is not None:
+            db.stop()
         shutil.rmtree(root, ignore_errors=True)
         assert not errors, errors
 
@@ -126,8 +179,11 @@ def http(url: str, *, data: dict[str, str] | None = None, headers: dict[str, str
 def wait_for(predicate: object, timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except (OSError, StopIteration):  # not listening yet, no cookie yet: try again
+            pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 

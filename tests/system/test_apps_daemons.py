@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from apps_lab import AppLab, all_cmdlines, as_user, http, make_lab, wait_for
 
+from provisioner.accounts import pids_of
 from provisioner.apps import (
     CREDENTIALS_FILE,
     AppCredentials,
@@ -37,6 +38,8 @@ class Probe:
     login: Callable[[int, str, str], bool]
     anonymous_refused: Callable[[int], bool]
     secret_files: tuple[str, ...]
+    # What the app keeps outside its directory (a database...), to prove uninstall removes it.
+    leftovers: Callable[[AppLab, str], list[str]] = lambda _lab, _user: []
 
 
 def _basic(user: str, password: str) -> dict[str, str]:
@@ -67,7 +70,33 @@ def jupyter_anonymous(port: int) -> bool:
     return http(f"http://127.0.0.1:{port}/api/status")[0] == 403
 
 
+def wordpress_login(port: int, user: str, password: str) -> bool:
+    jar = CookieJar()
+    base = f"http://127.0.0.1:{port}"
+    http(f"{base}/wp-login.php", jar=jar)  # sets the test cookie
+    status, headers, _ = http(f"{base}/wp-login.php", jar=jar, data={
+        "log": user, "pwd": password, "wp-submit": "Log In", "redirect_to": f"{base}/wp-admin/", "testcookie": "1"})
+    if status != 302 or "/wp-admin" not in headers.get("Location", ""):
+        return False
+    status, _h, body = http(f"{base}/wp-admin/", jar=jar)
+    return status == 200 and "Dashboard" in body
+
+
+def wordpress_anonymous(port: int) -> bool:
+    status, headers, _ = http(f"http://127.0.0.1:{port}/wp-admin/")
+    return status == 302 and "wp-login.php" in headers.get("Location", "")
+
+
+def wordpress_leftovers(lab: AppLab, user: str) -> list[str]:
+    assert lab.mariadb is not None
+    out = lab.mariadb.query(f"SELECT schema_name FROM information_schema.schemata WHERE schema_name = 'wp_{user}';"
+                            f"SELECT user FROM mysql.user WHERE user = 'wp_{user}';")
+    links = [str(p) for p in Path("/etc/wordpress").glob(f"config-sw-{user.encode().hex()}.php")]
+    return out.split() + links
+
+
 PROBES = {
+    "wordpress": Probe(wordpress_login, wordpress_anonymous, ("wp-config.php",), wordpress_leftovers),
     "transmission": Probe(transmission_login, transmission_anonymous, ("config/settings.json",)),
     "jupyterlab": Probe(jupyter_login, jupyter_anonymous, ("config/jupyter_server_config.json",)),
 }
@@ -77,7 +106,7 @@ PROBES = {
 def lab() -> Iterator[AppLab]:
     if os.geteuid() != 0:
         pytest.fail("system tests run as root")
-    yield from make_lab(20100, 20199)
+    yield from make_lab(20100, 20199, mariadb=True)
 
 
 def _rows(lab: AppLab, username: str) -> dict[str, int]:
@@ -106,6 +135,7 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     port = int(creds.url.split(":")[2].split("/")[0])
     assert lab.port_min <= port <= lab.port_max
     app_dir = Path(lab.root / "homes" / owner / "apps" / app)
+    assert probe.leftovers(lab, owner) or app != "wordpress"
 
     # Log in with the generated credentials; wrong or none are refused.
     assert probe.login(port, owner, creds.password)
@@ -161,8 +191,10 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     pid = _pid(lab, owner, app)
     uninstall_app(lab.context(), owner, app)
     assert not Path(f"/proc/{pid}").exists()
+    assert pids_of(owner_uid) == []  # no worker, kernel or orphan of the app either
     assert not app_dir.exists() and not (app_dir.parent).exists()
     assert not prog_conf.exists()
     assert _rows(lab, owner) == {"app_installs": 0, "app_ports": 0, "app_credentials": 0}
     assert port not in listening_ports()
     assert app_status(lab.context(), owner) == []
+    assert probe.leftovers(lab, owner) == []
