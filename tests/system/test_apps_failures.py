@@ -54,12 +54,25 @@ def test_port_range_exhausted(lab: AppLab) -> None:
     assert _leftovers(lab, name) == CLEAN
 
 
-def test_package_missing(lab: AppLab, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("app", "toml", "message"), [
+    ("jupyterlab", "", "jupyterlab is not installed in"),
+    ("transmission", '[apps.transmission]\ndaemon = "/nonexistent/transmission-daemon"\n',
+     "transmission is not installed on this host"),
+    ("wordpress", '[apps.wordpress]\nmysql_socket = "/nonexistent/mysqld.sock"\n', "MariaDB is not running"),
+])
+def test_package_or_service_missing(lab: AppLab, tmp_path: Path, app: str, toml: str, message: str) -> None:
     name = lab.new_slot()
     ctx = lab.context(shared_dir=f'"{tmp_path}"')
+    if toml:
+        lab.extra_toml, saved = toml, lab.extra_toml
+        try:
+            ctx = lab.context()
+        finally:
+            lab.extra_toml = saved
     with pytest.raises(StepFailed) as err:
-        install_app(ctx, name, "jupyterlab")
-    assert err.value.step == "app-check" and "jupyterlab is not installed" in str(err.value)
+        install_app(ctx, name, app)
+    assert err.value.step == "app-check" and message in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
     assert _leftovers(lab, name) == CLEAN
 
 
