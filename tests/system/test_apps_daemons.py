@@ -14,7 +14,6 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 
 import pytest
-from apps_lab import AppLab, all_cmdlines, as_user, http, make_lab, wait_for
 
 from provisioner.accounts import pids_of
 from provisioner.apps import (
@@ -27,6 +26,7 @@ from provisioner.apps import (
     uninstall_app,
 )
 from provisioner.apps.registry import listening_ports
+from tests.system.apps_lab import AppLab, all_cmdlines, as_user, http, make_lab, wait_for
 
 pytestmark = pytest.mark.root
 

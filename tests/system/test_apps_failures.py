@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from apps_lab import AppLab, make_lab
 
 from provisioner import plan as plan_mod
 from provisioner.apps import install_app, uninstall_app
 from provisioner.apps.registry import listening_ports
 from provisioner.errors import SlotError, StepFailed
+from tests.system.apps_lab import AppLab, make_lab
 
 pytestmark = pytest.mark.root
 
@@ -152,3 +152,36 @@ def test_reserved_names_and_unknown_slot(lab: AppLab) -> None:
     assert out.returncode == 2 and "reserved" in out.stderr
     with pytest.raises(SlotError, match="no active slot"):
         install_app(lab.context(), "tanobody", "transmission")
+
+
+def test_twenty_concurrent_installs_never_collide(lab: AppLab) -> None:
+    import subprocess
+
+    names = [lab.new_slot() for _ in range(20)]
+    env = {**os.environ, "SLOTWARDEN_CONFIG": str(lab.config_path)}
+    procs = [subprocess.Popen([str(lab_slotctl()), "app", "install", n, "transmission", "--json"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in names]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _o, e in outs if e]
+    ports = [int(json.loads(o)["url"].split(":")[2].split("/")[0]) for o, _e in outs]
+    assert len(set(ports)) == 20
+    registered = {p for n in names for p in _ports(lab, n)}
+    assert len(registered) == 40  # RPC and peer port for each, all distinct
+    assert registered <= set(listening_ports())
+    for n in names:
+        uninstall_app(lab.context(), n, "transmission")
+    assert all(_leftovers(lab, n) == CLEAN for n in names)
+
+
+def lab_slotctl() -> Path:
+    from tests.system.apps_lab import SLOTCTL
+
+    return SLOTCTL
+
+
+def _ports(lab: AppLab, username: str) -> list[int]:
+    db = sqlite3.connect(lab.root / "state" / "slotwarden.db")
+    try:
+        return [r[0] for r in db.execute("SELECT port FROM app_ports WHERE username = ?", (username,))]
+    finally:
+        db.close()
