@@ -14,7 +14,7 @@ from provisioner import plan as plan_mod
 from provisioner.apps import install_app, uninstall_app
 from provisioner.apps.registry import listening_ports
 from provisioner.errors import SlotError, StepFailed
-from tests.system.apps_lab import AppLab, make_lab
+from tests.system.apps_lab import AppLab, make_lab, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -30,7 +30,7 @@ def _leftovers(lab: AppLab, username: str) -> dict[str, object]:
     db = sqlite3.connect(lab.root / "state" / "slotwarden.db")
     try:
         rows = {t: db.execute(f"SELECT count(*) FROM {t} WHERE username = ?", (username,)).fetchone()[0]
-                for t in ("app_installs", "app_ports", "app_credentials")}
+                for t in ("apps", "app_ports", "app_credentials")}
     finally:
         db.close()
     programs = sorted(p.name for p in (lab.root / "state" / "supervisor" / "programs").glob(f"*@{username}.conf"))
@@ -39,7 +39,7 @@ def _leftovers(lab: AppLab, username: str) -> dict[str, object]:
             "listening": sorted(p for p in listening_ports() if lab.port_min <= p <= lab.port_max)}
 
 
-CLEAN = {"app_installs": 0, "app_ports": 0, "app_credentials": 0, "programs": [], "apps_dir": False,
+CLEAN = {"apps": 0, "app_ports": 0, "app_credentials": 0, "programs": [], "apps_dir": False,
          "listening": []}
 
 
@@ -167,7 +167,8 @@ def test_twenty_concurrent_installs_never_collide(lab: AppLab) -> None:
     assert len(set(ports)) == 20
     registered = {p for n in names for p in _ports(lab, n)}
     assert len(registered) == 40  # RPC and peer port for each, all distinct
-    assert registered <= set(listening_ports())
+    # The RPC port answers before install returns; the peer port may open a moment later.
+    wait_for(lambda: registered <= set(listening_ports()), what="every registered port to be listened on")
     for n in names:
         uninstall_app(lab.context(), n, "transmission")
     assert all(_leftovers(lab, n) == CLEAN for n in names)
@@ -185,3 +186,29 @@ def _ports(lab: AppLab, username: str) -> list[int]:
         return [r[0] for r in db.execute("SELECT port FROM app_ports WHERE username = ?", (username,))]
     finally:
         db.close()
+
+
+def test_suspend_stops_apps_unsuspend_brings_them_back_retention_keeps_creds(lab: AppLab) -> None:
+    from provisioner.apps import app_status
+    from provisioner.datareport import data_report
+    from provisioner.lifecycle import suspend, unsuspend
+    from provisioner.retention import run_retention
+
+    name = lab.new_slot()
+    creds = install_app(lab.context(), name, "transmission")
+    suspend(lab.context(), name, "unpaid")
+    [row] = app_status(lab.context(), name)
+    assert not row["running"] and row["state"] == "installed"
+    unsuspend(lab.context(), name)
+    [row] = app_status(lab.context(), name)
+    assert row["running"]
+
+    results = run_retention(lab.context())
+    assert all(f"{name}/transmission" not in r.removed for r in results)
+    from provisioner.apps import app_credentials
+
+    assert app_credentials(lab.context(), name, "transmission").password == creds.password
+    report = json.dumps(data_report(lab.context(), name))
+    assert "transmission" in report and creds.password not in report
+    uninstall_app(lab.context(), name, "transmission")
+    assert _leftovers(lab, name) == CLEAN
