@@ -323,6 +323,11 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
 
     def record() -> None:
         reg.begin_install(name, app.name, version)
+        state["recorded"] = True
+
+    def unrecord() -> None:
+        if state.get("recorded"):  # never the row of an install that was there before
+            reg.forget_install(name, app.name)
 
     def ports() -> None:
         allocated: dict[str, int] = {}
@@ -368,8 +373,7 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
 
     steps = [
         Step("app-check", f"check that {app.name} can run here ({', '.join(app.needs)})", check),
-        Step("app-record", f"record {app.name} as being installed in {name}", record,
-             lambda: reg.forget_install(name, app.name)),
+        Step("app-record", f"record {app.name} as being installed in {name}", record, unrecord),
         Step("app-ports", f"allocate {', '.join(app.port_purposes)} port(s) in "
                           f"{settings.port_min}-{settings.port_max}", ports,
              lambda: reg.release_ports(name, app.name)),
@@ -405,6 +409,11 @@ def install_app(ctx: Context, username: str, app_name: str, *, creating: bool = 
     """
     app = get_app(app_name)
     rec = _slot_for_apps(ctx, username, creating=creating)
+    existing = registry_of(ctx).get(username, app.name)
+    if existing is not None:
+        raise SlotError(f"{app.name} is already installed in slot {username} ({existing.state}); "
+                        + ("'slotctl app uninstall' finishes it" if existing.state != "installed" else
+                           "'slotctl app creds' shows its credentials"))
     plan, state = plan_install(ctx, rec, app)
     apply(plan)
     return _credentials(app, state["inst"], state["secrets"])

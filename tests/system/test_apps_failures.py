@@ -212,3 +212,19 @@ def test_suspend_stops_apps_unsuspend_brings_them_back_retention_keeps_creds(lab
     assert "transmission" in report and creds.password not in report
     uninstall_app(lab.context(), name, "transmission")
     assert _leftovers(lab, name) == CLEAN
+
+
+def test_installing_twice_is_refused_and_keeps_the_first(lab: AppLab) -> None:
+    from provisioner.apps import app_credentials, app_status
+
+    name = lab.new_slot()
+    creds = install_app(lab.context(), name, "transmission")
+    with pytest.raises(SlotError, match="already installed"):
+        install_app(lab.context(), name, "transmission")
+    out = lab.slotctl("app", "install", name, "transmission")
+    assert out.returncode == 1 and "already installed" in out.stderr
+    [row] = app_status(lab.context(), name)
+    assert row["running"] and row["state"] == "installed"
+    assert app_credentials(lab.context(), name, "transmission").password == creds.password
+    uninstall_app(lab.context(), name, "transmission")
+    assert _leftovers(lab, name) == CLEAN
