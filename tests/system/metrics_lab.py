@@ -107,8 +107,8 @@ def uid_pids(uid: int) -> set[int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+@pytest.fixture(name="lab", scope="module")
+def lab_fixture() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("the metrics system tests need root")
     root = Path(tempfile.mkdtemp(prefix="tmlab."))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.system.metrics_lab import SLOTCTL, Lab, lab, uid_pids  # noqa: F401 - fixture
+from tests.system.metrics_lab import SLOTCTL, Lab, lab_fixture, uid_pids  # noqa: F401 - the lab fixture
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -146,7 +146,7 @@ def test_me_runs_without_reading_the_checkout(lab: Lab, two: tuple[str, str]) ->
 
 
 def test_slotctl_metrics_matches_kernel(lab: Lab, two: tuple[str, str]) -> None:
-    a, b = two
+    a, _ = two
     uid_a = pwd.getpwnam(a).pw_uid
     m = lab.slotctl_json("metrics", a, "--sample", "0")
     assert {p["pid"] for p in m["processes"]} == uid_pids(uid_a)
