@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provisioner import accounts  # noqa: E402
-from provisioner.config import load_config  # noqa: E402
-from provisioner.context import Context  # noqa: E402
-from provisioner.metrics import collect, load_backend, metrics_config  # noqa: E402
-from provisioner.metrics.kernel import read_cgroup_v1  # noqa: E402
-from provisioner.metrics.prometheus import render  # noqa: E402
-from provisioner.store import SlotRecord  # noqa: E402
+from provisioner import accounts
+from provisioner.config import load_config
+from provisioner.context import Context
+from provisioner.metrics import collect, load_backend, metrics_config
+from provisioner.metrics.kernel import read_cgroup_v1
+from provisioner.metrics.prometheus import render
+from provisioner.store import SlotRecord
 
 UID_BASE = 3_100_000  # far above any real account; the slots need no passwd entry to be measured
 
@@ -92,6 +92,15 @@ def main() -> None:
                 c.close()
             return time.perf_counter() - t, text
 
+        if os.environ.get("BENCH_PROFILE"):
+            import cProfile
+            import pstats
+            scrape()
+            prof = cProfile.Profile()
+            prof.enable()
+            scrape()
+            prof.disable()
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
         first, text = scrape()  # adopts every process into its cgroup, writes the facts files
         times = [scrape()[0] for _ in range(args.repeat)]
         lines = sum(1 for ln in text.splitlines() if ln and not ln.startswith("#"))
