@@ -134,10 +134,10 @@ class AttemptRecords:
 
 # --- the apps store ---------------------------------------------------------------------------
 
-# The apps package's tables as this module expects them until it offers its own rule:
-# ``apps(username, app, ...)`` for installed apps and ``app_credentials(username, app, ...)``
-# for their encrypted secrets. Only these columns are ever read, never a secret.
-APPS_TABLE = "apps"
+# The apps package's tables (provisioner/apps/registry.py): ``app_installs(username, app, state)``
+# and ``app_credentials(username, app, nonce, ciphertext)``. Only username, app and state are
+# ever read here, never a secret. Read directly so a host without the apps package still answers.
+APPS_TABLE = "app_installs"
 CREDENTIALS_TABLE = "app_credentials"
 
 
@@ -145,14 +145,14 @@ def table_exists(db: sqlite3.Connection, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
-def installed_apps(ctx: Context, username: str) -> list[str] | None:
-    """Apps installed for USERNAME (None: this host has no apps store)."""
+def installed_apps(ctx: Context, username: str) -> dict[str, str] | None:
+    """{app: install state} for USERNAME (None: this host has no apps store)."""
     db = ctx.store.db
     if not table_exists(db, APPS_TABLE):
         return None
-    rows = db.execute(f"SELECT app FROM {APPS_TABLE} WHERE username = ? ORDER BY app",  # noqa: S608
+    rows = db.execute(f"SELECT app, state FROM {APPS_TABLE} WHERE username = ? ORDER BY app",  # noqa: S608
                       (username,)).fetchall()
-    return [r["app"] for r in rows]
+    return {r["app"]: r["state"] for r in rows}
 
 
 def credential_apps(ctx: Context, username: str) -> list[str] | None:
@@ -176,7 +176,11 @@ def expire_attempts(ctx: Context, now: float, dry_run: bool) -> RuleResult:
 
 
 def drop_orphaned_credentials(ctx: Context, now: float, dry_run: bool) -> RuleResult:
-    """Credentials of apps no longer installed (or of slots that no longer exist)."""
+    """Credentials of apps no longer installed (or of slots that no longer exist).
+
+    An install row in any state (``installing`` too) keeps its credentials: an install under
+    way is not an uninstalled app.
+    """
     db = ctx.store.db
     desc = "credentials of apps no longer installed"
     if not table_exists(db, CREDENTIALS_TABLE):

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.apps import registry_of
+from provisioner.config import load_config
+from provisioner.context import Context
 from tests.system.metrics_lab import Lab, lab_fixture  # noqa: F401 - the lab fixture
 
 pytestmark = pytest.mark.root
@@ -24,12 +27,6 @@ CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, username TEXT NOT NULL, ip TEXT NOT NULL,
     ipkey TEXT NOT NULL, service TEXT NOT NULL, state TEXT NOT NULL, counted INTEGER NOT NULL DEFAULT 1
 );
-"""
-APPS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS apps (username TEXT NOT NULL, app TEXT NOT NULL, port INTEGER,
-                                 PRIMARY KEY (username, app));
-CREATE TABLE IF NOT EXISTS app_credentials (username TEXT NOT NULL, app TEXT NOT NULL, login TEXT NOT NULL,
-                                            secret BLOB NOT NULL, PRIMARY KEY (username, app, login));
 """
 DESIGN_ITEMS = ["email", "username", "country", "slot password", "application passwords", "payment reference",
                 "failed login attempts", "per-slot metrics", "user data, bash history", "audit entries"]
@@ -56,16 +53,28 @@ def attempts_of(lab: Lab, user: str) -> list[float]:
 
 
 def store(lab: Lab) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(lab.state_dir / "slotwarden.db"), isolation_level=None)
-    conn.executescript(APPS_SCHEMA)
-    return conn
+    return sqlite3.connect(str(lab.state_dir / "slotwarden.db"), isolation_level=None)
 
 
 def install_app(lab: Lab, user: str, app: str, secret: str) -> None:
-    with store(lab) as conn:
-        conn.execute("INSERT INTO apps VALUES (?, ?, 2401)", (user, app))
-        # Stored encrypted by the apps package; the plaintext here makes a leak easy to spot.
-        conn.execute("INSERT INTO app_credentials VALUES (?, ?, 'admin', ?)", (user, app, secret.encode()))
+    """Record an installed app and its sealed credentials through the apps package's registry
+    (the daemon itself is the apps tests' business)."""
+    ctx = Context(load_config(lab.config))
+    try:
+        reg = registry_of(ctx)
+        reg.begin_install(user, app, None)
+        reg.set_state(user, app, "installed")
+        reg.put_credentials(user, app, {"password": secret})
+    finally:
+        ctx.close()
+
+
+def uninstall_leaving_credentials(lab: Lab, user: str, app: str) -> None:
+    ctx = Context(load_config(lab.config))
+    try:
+        registry_of(ctx).forget_install(user, app)
+    finally:
+        ctx.close()
 
 
 def shadow_hash(user: str) -> str:
@@ -77,7 +86,7 @@ def shadow_hash(user: str) -> str:
 
 def test_report_lists_every_item_and_no_secret(lab: Lab) -> None:
     name = lab.create_slot()
-    install_app(lab, name, "gitea", APP_SECRET)
+    install_app(lab, name, "transmission", APP_SECRET)
     add_attempt(lab, name, "203.0.113.7", 1)
     add_attempt(lab, name, "203.0.113.7", 2)
     add_attempt(lab, name, "198.51.100.9", 0.5)
@@ -93,7 +102,7 @@ def test_report_lists_every_item_and_no_secret(lab: Lab) -> None:
     assert items["country"]["value"] == "DE"
     assert items["payment reference"]["value"] == f"PAYID-{name.upper()}"
     assert "set" in items["slot password"]["value"]
-    assert items["application passwords"]["value"] == [{"app": "gitea", "installed": True,
+    assert items["application passwords"]["value"] == [{"app": "transmission", "installed": "installed",
                                                         "credentials stored": True}]
     attempts = {a["ip"]: a["count"] for a in items["failed login attempts"]["value"]}
     assert attempts == {"203.0.113.7": 2, "198.51.100.9": 1}
@@ -106,7 +115,14 @@ def test_report_lists_every_item_and_no_secret(lab: Lab) -> None:
         assert lab.passwords[name] not in out
         assert APP_SECRET not in out
         assert shadow_hash(name) not in out
-    assert "gitea" in text and "203.0.113.7" in text
+    assert "transmission" in text and "203.0.113.7" in text
+    conn = store(lab)
+    try:
+        nonce, ct = conn.execute("SELECT nonce, ciphertext FROM app_credentials WHERE username = ?", (name,)).fetchone()
+    finally:
+        conn.close()
+    for out in (json.dumps(rep), text):
+        assert bytes(ct).hex() not in out and bytes(nonce).hex() not in out
 
 
 def test_report_of_a_non_slot_has_attempts_only(lab: Lab) -> None:
@@ -134,20 +150,26 @@ def test_retention_removes_25h_old_attempt_keeps_23h_old(lab: Lab) -> None:
 
 def test_retention_drops_orphaned_credentials_only(lab: Lab) -> None:
     name = lab.create_slot()
-    install_app(lab, name, "gitea", APP_SECRET)
-    with store(lab) as conn:  # the app was uninstalled but its credentials stayed behind
-        conn.execute("INSERT INTO app_credentials VALUES (?, 'wiki', 'admin', x'00')", (name,))
-        conn.execute("INSERT INTO app_credentials VALUES ('tmgone', 'gitea', 'admin', x'00')")
+    install_app(lab, name, "transmission", APP_SECRET)
+    install_app(lab, name, "jupyterlab", "other-secret-1234")
+    uninstall_leaving_credentials(lab, name, "jupyterlab")  # uninstalled, credentials left behind
+    conn = store(lab)
+    try:  # credentials of a slot that is gone
+        conn.execute("INSERT INTO app_credentials VALUES ('tmgone', 'transmission', x'00', x'00', 0)")
+    finally:
+        conn.close()
+    dry = lab.slotctl_json("retention", "run", "--dry-run")
+    assert len(next(r for r in dry["rules"] if r["rule"] == "app-credentials")["removed"]) == 2
     out = lab.slotctl_json("retention", "run")
     rule = next(r for r in out["rules"] if r["rule"] == "app-credentials")
-    assert sorted(rule["removed"]) == sorted([f"{name}/wiki", "tmgone/gitea"])
+    assert sorted(rule["removed"]) == sorted([f"{name}/jupyterlab", "tmgone/transmission"])
     conn = store(lab)
     try:
         left = conn.execute("SELECT username, app FROM app_credentials WHERE username IN (?, 'tmgone')",
                             (name,)).fetchall()
     finally:
         conn.close()
-    assert left == [(name, "gitea")]
+    assert left == [(name, "transmission")]
 
 
 def test_retention_removes_kept_homes_past_their_period(lab: Lab) -> None:
