@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import pwd
 import time
@@ -33,6 +34,8 @@ from provisioner.metrics.kernel import CgroupFigures, Proc, SlotMetrics, disk_sp
 from provisioner.plan import Step
 from provisioner.quota import Usage
 from provisioner.store import SlotRecord
+
+log = logging.getLogger("slotwarden.metrics")
 
 BACKENDS: dict[str, str] = {
     "cgroup-v1": "provisioner.metrics.cgroup_v1:CgroupV1",
@@ -161,8 +164,16 @@ def creation_steps(ctx: Context, req: slots.SlotRequest) -> list[Step]:
         acct = accounts.lookup_user(name)
         if acct is None:
             raise SlotError(f"user {name} vanished during create")
-        backend.create(name, acct.gid)
-        write_facts(cfg, name, acct.gid, {"username": name, "cgroup": backend.spec(name, acct.uid),
+        try:
+            backend.create(name, acct.gid)
+            spec = backend.spec(name, acct.uid)
+        except OSError as exc:
+            # A slot without its own cgroup still works; its figures then come from its
+            # processes (the output names that source). Refusing the slot would be worse.
+            log.warning("no %s accounting unit for %s (%s); metrics fall back to processes",
+                        backend.name, name, exc)
+            spec = None
+        write_facts(cfg, name, acct.gid, {"username": name, "cgroup": spec,
                                           "quota_bytes": req.quota_bytes, "updated_at": time.time()})
 
     def undo() -> None:
