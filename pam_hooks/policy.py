@@ -259,10 +259,11 @@ class LockoutPolicy:
             self._resolve(token, "failed")
 
     def succeed(self, token: int, now: float | None = None) -> None:
-        """Authsucc: the password was right; clear the pair's count.
+        """Authsucc: the password was right; the pair's failures so far are cleared.
 
-        Locks that this very try's reservation (or a concurrent one) set
-        are undone if the count without it is below the limit again.
+        Tries still in flight keep counting (they may be an attacker's), so a
+        success never opens more than N checks. Locks set while this try was
+        in flight are undone when the count without them is below the limit.
         """
         now = self.clock() if now is None else now
         with self._tx():
@@ -270,20 +271,17 @@ class LockoutPolicy:
             if row is None:
                 return
             user, org = row["username"], self.origin(row["ip"])
-            pkey = pair_key(user, org.ip)
             self.conn.execute(
-                "INSERT INTO locks (kind, key, reset_at) VALUES ('pair', ?, ?)"
-                " ON CONFLICT (kind, key) DO UPDATE SET reset_at = excluded.reset_at",
-                (pkey, now),
+                "UPDATE attempts SET state = 'cleared' WHERE username = ? AND ip = ? AND state = 'failed'",
+                (user, org.ip),
             )
             for kind, key in self._keys(user, org):
                 lock = self._lock(kind, key)
                 if lock is None or lock["locked_until"] <= now or lock["locked_at"] < row["ts"]:
                     continue
-                if kind != "pair":
-                    since = self._since(lock, now, until=float(lock["prev_until"]))
-                    if self._count(kind, key, since) >= self._threshold(kind):
-                        continue
+                since = self._since(lock, now, until=float(lock["prev_until"]))
+                if self._count(kind, key, since) >= self._threshold(kind):
+                    continue
                 self.conn.execute(
                     "UPDATE locks SET locked_until = prev_until, level = prev_level WHERE kind = ? AND key = ?",
                     (kind, key),
@@ -354,8 +352,8 @@ class LockoutPolicy:
         where, args = self._match(user, ip)
         rows = self.conn.execute(
             "SELECT a.username, a.ip, a.service,"
-            " SUM(CASE WHEN a.state IN ('pending', 'failed') AND a.ts > COALESCE(l.reset_at, 0)"
-            "     THEN 1 ELSE 0 END) AS count,"
+            " SUM(a.state IN ('pending', 'failed') AND a.ts > COALESCE(l.reset_at, 0)) AS count,"
+            " SUM(a.state = 'cleared') AS cleared,"
             " SUM(a.state = 'refused') AS refused, SUM(a.state = 'succeeded') AS succeeded,"
             " SUM(a.state = 'pending') AS pending,"
             " MIN(a.ts) AS first, MAX(a.ts) AS last"
@@ -376,6 +374,7 @@ class LockoutPolicy:
                 "count": int(r["count"]),
                 "refused": int(r["refused"]),
                 "succeeded": int(r["succeeded"]),
+                "cleared": int(r["cleared"]),
                 "pending": int(r["pending"]),
                 "first_attempt": iso(r["first"]),
                 "last_attempt": iso(r["last"]),

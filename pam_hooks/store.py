@@ -8,8 +8,9 @@ Tables:
 
 - ``attempts``: one row per password try that reached the stack —
   ``state`` is ``pending`` (reserved at preauth; counts as a failure until an
-  outcome says otherwise), ``failed``, ``succeeded`` or ``refused`` (turned
-  away by a lock; no password was checked).
+  outcome says otherwise), ``failed``, ``cleared`` (a failure forgiven by a
+  later success of the same pair), ``succeeded`` or ``refused`` (turned away
+  by a lock; no password was checked).
 - ``locks``: one row per counted key (``pair``, ``ip``, ``user``) with the
   lock window, the repeat-offender level and the point from which the count
   starts again (after a success or a lift).
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     ip TEXT NOT NULL,
     ipkey TEXT NOT NULL,
     service TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'failed', 'succeeded', 'refused')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'failed', 'cleared', 'succeeded', 'refused')),
     counted INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS attempts_pair ON attempts (username, ip, ts);

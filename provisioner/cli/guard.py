@@ -99,7 +99,7 @@ def _supervise(conf_dir: Path, dry_run: bool) -> dict[str, Any]:
     conf.write_text(body)
     out["changed"] = True
     # supervisord may not run yet (host init starts it); then it picks the file up at start.
-    r = subprocess.run(["supervisorctl", "update"], capture_output=True, text=True)
+    r = subprocess.run(["supervisorctl", "update"], capture_output=True, text=True, check=False)
     out["supervisorctl"] = (r.stdout + r.stderr).strip()
     return out
 

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pyroute2 import IPRoute, NetNS, netns
 
@@ -66,7 +66,8 @@ class LabHost:
 
     def run(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command in this host (subprocess.run keywords pass through)."""
-        return subprocess.run(self.cmd(argv), **kw)
+        kw.setdefault("check", False)
+        return subprocess.run(self.cmd(argv), **kw)  # noqa: PLW1510 - check is in kw
 
     def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start a command in this host."""
@@ -88,7 +89,7 @@ class LabNet:
         self.hosts: dict[str, LabHost] = {}
         self._namespaces: list[str] = []
 
-    def __enter__(self) -> LabNet:
+    def __enter__(self) -> Self:
         netns.create(self.switch)
         self._namespaces.append(self.switch)
         with NetNS(self.switch) as ns:
@@ -152,7 +153,7 @@ class LabSshd:
         """The address sshd listens on."""
         return self.host.addr
 
-    def __enter__(self) -> LabSshd:
+    def __enter__(self) -> Self:
         if not self.pam_service.startswith("slotwarden-test-"):
             raise ValueError("lab PAM service names start with slotwarden-test-")
         self.tmp = Path(tempfile.mkdtemp(prefix="swg-sshd-"))
@@ -231,8 +232,8 @@ def lab_user(name: str, password: str, keydir: Path | None = None) -> Iterator[L
         yield LabUser(name, password, home, key)
     finally:
         # Any session the test left must not keep the user alive.
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", "-r", name], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
 
 
 _SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
