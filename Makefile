@@ -1,0 +1,54 @@
+# slotwarden — the two set-up commands on a fresh Debian 12 machine are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+SLOTCTL := $(VENV)/bin/slotctl
+# Debian packages the project uses at run time and in its tests.
+APT_PACKAGES := btrfs-progs openssh-server openssh-client libpam0g-dev gcc make supervisor quota \
+	python3 python3-venv python3-dev sshpass iproute2 procps psmisc acl sudo util-linux
+APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -y -qq
+DEMO_IMAGE ?= /var/lib/slotwarden/slots.img
+DEMO_SIZE ?= 4G
+DEMO_SLOT ?= demo
+
+.PHONY: deps venv demo test test-unit test-system lint bench clean
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing: $$missing"; $(APT) update && $(APT) install $$missing; fi
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: deps $(VENV)/.stamp
+
+demo: venv
+	ln -sf $(SLOTCTL) /usr/local/sbin/slotctl
+	$(SLOTCTL) host init --loopback-image $(DEMO_IMAGE) --loopback-size $(DEMO_SIZE)
+	@if $(SLOTCTL) slot show $(DEMO_SLOT) >/dev/null 2>&1; then \
+	  echo "slot $(DEMO_SLOT) exists already; 'slotctl slot passwd $(DEMO_SLOT)' gives it a new password"; \
+	else \
+	  $(SLOTCTL) slot create $(DEMO_SLOT) --email demo@example.com --country DE --quota 1G; \
+	fi
+	$(SLOTCTL) slot show $(DEMO_SLOT)
+	@echo; echo "Log in as the tenant: 'su - $(DEMO_SLOT)' here, or 'ssh $(DEMO_SLOT)@<this host>' with the password above."
+	@echo "Remove it: 'slotctl slot remove $(DEMO_SLOT)'."
+
+test: venv
+	$(VENV)/bin/pytest -q tests/unit tests/system
+
+test-unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check provisioner pam_hooks tests bench
+	$(VENV)/bin/mypy provisioner pam_hooks
+
+bench: venv
+	$(PY) bench/provision.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -1,0 +1,219 @@
+"""``slotctl slot ...`` and ``slotctl doctor``: create, show, list, remove slots; reset passwords."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from provisioner import slots as slot_ops
+from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
+from provisioner.context import Context
+from provisioner.doctor import find_drift
+from provisioner.errors import BadInput
+from provisioner.names import format_size
+from provisioner.plan import Plan
+from provisioner.slots import BatchRow, Created, create_slot, get_slot, remove_slot, reset_password, slot_details
+
+
+@click.group()
+@json_option
+def slot() -> None:
+    """Create, inspect and remove slots."""
+
+
+def _plan_out(plan: Plan, dry_run: bool) -> None:
+    def render(c: Console) -> None:
+        c.print(f"[bold]{plan.title}[/bold]{' (dry run)' if dry_run else ''}")
+        for i, s in enumerate(plan.steps, 1):
+            c.print(f"  {i}. {s.name}: {s.detail}")
+
+    emit({"plan": plan.title, "dry_run": dry_run, "steps": plan.describe()}, render)
+
+
+@slot.command("create")
+@click.argument("username")
+@click.option("--email", required=True, help="The customer's email.")
+@click.option("--country", required=True, help="ISO 3166-1 alpha-2 country code (for tax).")
+@click.option("--quota", metavar="SIZE", help="Disk quota, e.g. 5G [default: slots.default_quota].")
+@click.option("--payment-ref", metavar="REF", help="PayPal transaction id / Coinbase payment id.")
+@click.option("--app", "apps", metavar="APP", multiple=True, help="Install APP too (repeatable; slotctl app list).")
+@click.option("--plan", "plan_name", metavar="PLAN", help="A plan from 'slotctl plan list' (its quota "
+              "unless --quota is given too).")
+@click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
+@json_option
+def create(username: str, email: str, country: str, quota: str | None, payment_ref: str | None,
+           apps: tuple[str, ...], plan_name: str | None, dry_run: bool) -> None:
+    """Create slot USERNAME; prints its generated password once (it is never stored)."""
+    ctx = Context()
+    if plan_name is not None:
+        from provisioner.lifecycle import create as create_on_plan
+
+        result = create_on_plan(ctx, username, email, country, plan=plan_name, quota=quota,
+                                payment_ref=payment_ref, dry_run=dry_run, apps=apps)
+    else:
+        result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run, apps=apps)
+    if isinstance(result, Plan):
+        _plan_out(result, True)
+        return
+    app_creds: list[dict[str, Any]] = []
+    if apps:
+        from provisioner.apps import app_credentials
+
+        app_creds = [app_credentials(ctx, username, a).as_dict() for a in dict.fromkeys(apps)]
+    _created_out(result, app_creds)
+
+
+def _created_out(result: Created, app_creds: list[dict[str, Any]] | None = None) -> None:
+    rec = result.record
+
+    def render(c: Console) -> None:
+        c.print(f"slot [bold]{rec.username}[/bold] created{' (resumed)' if result.resumed else ''}")
+        kv_table(c, {"home": rec.home, "quota": format_size(rec.quota_bytes) if rec.quota_bytes else "none",
+                     "password": result.password})
+        c.print("The password is shown once and not stored; 'slotctl slot passwd' makes a new one.")
+        for a in app_creds or []:
+            c.print(f"app {a['app']}: {a['url']}  user {a['username']}  password {a['password']}")
+
+    emit({**result.as_dict(), **({"apps": app_creds} if app_creds else {})}, render)
+
+
+@slot.command("show")
+@click.argument("username")
+@json_option
+def show(username: str) -> None:
+    """Show slot USERNAME: store record and live disk usage."""
+    ctx = Context()
+    data = slot_details(ctx, get_slot(ctx, username))
+    emit(data, lambda c: kv_table(c, data))
+
+
+@slot.command("list")
+@json_option
+def list_() -> None:
+    """List every slot."""
+    ctx = Context()
+    rows = [r.as_dict() for r in ctx.store.list_slots()]
+
+    def render(c: Console) -> None:
+        t = Table("username", "state", "email", "country", "quota", "home")
+        for r in rows:
+            t.add_row(r["username"], r["state"], r["email"], r["country"],
+                      format_size(r["quota_bytes"]) if r["quota_bytes"] else "none", r["home"])
+        c.print(t)
+
+    emit(rows, render)
+
+
+@slot.command("remove")
+@click.argument("username")
+@click.option("--keep-data", is_flag=True, help="Keep the home, moved aside and owned by root.")
+@click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
+@json_option
+def remove(username: str, keep_data: bool, dry_run: bool) -> None:
+    """Remove slot USERNAME (exact name): processes, apps, home, quota, user, store rows."""
+    ctx = Context()
+    plan = remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
+    if dry_run:
+        _plan_out(plan, True)
+    else:
+        emit({"removed": username, "keep_data": keep_data, "steps": plan.describe()},
+             lambda c: c.print(f"slot {username} removed"))
+
+
+@slot.command("passwd")
+@click.argument("username")
+@json_option
+def passwd(username: str) -> None:
+    """Give slot USERNAME a new generated password, shown once."""
+    ctx = Context()
+    password = reset_password(ctx, username)
+    emit({"username": username, "password": password},
+         lambda c: c.print(f"new password for {username}: {password}\n(shown once, not stored)"))
+
+
+CSV_FIELDS = ("username", "email", "country", "quota", "payment_ref")
+
+
+def read_slots_csv(text: str) -> list[dict[str, str]]:
+    """Rows of a create-many CSV (header: username,email,country[,quota][,payment_ref])."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [f for f in CSV_FIELDS[:3] if f not in header]
+    if missing:
+        raise BadInput(f"CSV header lacks {', '.join(missing)} (expected {','.join(CSV_FIELDS)})")
+    unknown = [f for f in header if f not in CSV_FIELDS]
+    if unknown:
+        raise BadInput(f"CSV header has unknown column {unknown[0]!r}")
+    try:
+        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as exc:
+        raise BadInput(f"CSV is malformed: {exc}") from None
+
+
+@slot.command("create-many")
+@click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def create_many(csv_file: Path) -> None:
+    """Create a slot per CSV row; a failing row does not stop the rest. Exit 1 if any failed."""
+    try:
+        text = csv_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{csv_file}: cannot read: {exc}") from None
+    rows = read_slots_csv(text)
+    ctx = Context()
+    batch = [BatchRow(r["username"], r["email"], r["country"], r.get("quota") or None, r.get("payment_ref") or None)
+             for r in rows]
+    with err_console.status(f"creating {len(batch)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
+        outcomes = slot_ops.create_many(ctx, batch)
+    results: list[dict[str, Any]] = []
+    for line, row, out in zip(range(2, len(rows) + 2), rows, outcomes, strict=True):
+        if isinstance(out, Created):
+            results.append({"line": line, "ok": True, **out.as_dict()})
+        else:
+            results.append({"line": line, "ok": False, "username": row.get("username"), "error": str(out)})
+    failed = [r for r in results if not r["ok"]]
+    summary = {"created": len(results) - len(failed), "failed": len(failed), "results": results}
+
+    def render(c: Console) -> None:
+        for r in results:
+            if r["ok"]:
+                c.print(f"line {r['line']}: {r['username']} created, password {r['password']}")
+            else:
+                c.print(f"line {r['line']}: {r['username']!r} FAILED: {r['error']}")
+        c.print(f"{summary['created']} created, {summary['failed']} failed")
+
+    emit(summary, render)
+    if failed:
+        if not wants_json():
+            click.echo(f"slotctl: error: {len(failed)} of {len(rows)} rows failed", err=True)
+        sys.exit(1)
+
+
+@click.command("doctor")
+@json_option
+def doctor() -> None:
+    """Compare the store with the system; exit 1 if anything drifted."""
+    ctx = Context()
+    drift = find_drift(ctx)
+
+    def render(c: Console) -> None:
+        for d in drift:
+            c.print(f"{d.subject}: {d.problem}")
+        if not drift:
+            c.print("no drift")
+
+    emit({"ok": not drift, "drift": [d.as_dict() for d in drift]}, render)
+    if drift:
+        sys.exit(1)
+
+
+# change-plan, suspend, unsuspend live in their own module and join this group on import.
+from provisioner.cli import lifecycle as _lifecycle  # noqa: E402, F401

@@ -1,0 +1,53 @@
+"""What every operation needs: the configuration, the store, and the host as ``host init`` set it up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from provisioner.config import Config, load_config
+from provisioner.errors import SlotError
+from provisioner.quota import QuotaBackend, load_backend
+from provisioner.store import Store
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What ``host init`` recorded: where slots live and which quota backend caps them."""
+
+    slots_root: Path
+    quota_backend: str
+    admin_group: str
+    hidepid: bool
+
+
+class Context:
+    """Configuration + store, opened once per command (or per API request)."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or load_config()
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.config.db_path)
+
+    @cached_property
+    def settings(self) -> HostSettings:
+        s = self.store.host_settings()
+        if "slots_root" not in s:
+            raise SlotError("this host is not initialised: run 'slotctl host init' first")
+        return HostSettings(
+            slots_root=Path(s["slots_root"]),
+            quota_backend=s["quota_backend"],
+            admin_group=s.get("admin_group", self.config.host.admin_group),
+            hidepid=s.get("hidepid", "yes") == "yes",
+        )
+
+    @cached_property
+    def quota(self) -> QuotaBackend:
+        return load_backend(self.settings.quota_backend, self.settings.slots_root)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()

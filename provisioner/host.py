@@ -1,0 +1,233 @@
+"""``host init``: prepare this host for slots — slots root, quota backend, hidepid, admin group.
+
+Idempotent: it gathers facts, plans only what differs, and an unchanged host yields an empty
+plan. Run again with different options it converges (grows the loopback image, toggles
+hidepid) or refuses with the reason (a different slots root or backend while slots exist).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioner import accounts
+from provisioner.context import Context
+from provisioner.errors import BadInput, SlotError
+from provisioner.names import format_size, parse_size
+from provisioner.plan import Plan, Step, apply
+from provisioner.quota import detect_backend, load_backend, mount_of
+from provisioner.runner import run
+from provisioner.store import current_actor
+
+# Other packages (guard, apps supervisor) add their host-preparation steps here.
+HOST_INIT_EXTENSIONS: list[Callable[[Context, HostRequest], list[Step]]] = []
+FSTAB = Path("/etc/fstab")
+
+
+@dataclass(frozen=True)
+class HostRequest:
+    """What the operator asked ``host init`` for."""
+
+    slots_root: Path
+    quota_backend: str
+    loopback_image: Path | None
+    loopback_size: int | None
+    hidepid: bool
+    persist: bool
+
+
+def proc_hidepid() -> tuple[str | None, str | None]:
+    """(hidepid, gid) options /proc is mounted with now."""
+    _mnt, _fs, opts = mount_of(Path("/proc"))
+    hide = next((o.split("=", 1)[1] for o in opts if o.startswith("hidepid=")), None)
+    gid = next((o.split("=", 1)[1] for o in opts if o.startswith("gid=")), None)
+    return hide, gid
+
+
+def _btrfs_quota_on(root: Path) -> bool:
+    return run(["btrfs", "qgroup", "show", str(root)], check=False).returncode == 0
+
+
+def _fstab_has(mountpoint: str) -> bool:
+    try:
+        return any(line.split()[1:2] == [mountpoint] for line in FSTAB.read_text().splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+    except OSError:
+        return False
+
+
+def _fstab_set(mountpoint: str, line: str) -> None:
+    """Add LINE for MOUNTPOINT to fstab, replacing an earlier slotwarden line for it."""
+    lines = FSTAB.read_text().splitlines() if FSTAB.exists() else []
+    lines = [ln for ln in lines if not (ln.split()[1:2] == [mountpoint] and "slotwarden" in ln)]
+    lines.append(line)
+    tmp = FSTAB.with_suffix(".slotwarden.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, FSTAB)
+
+
+def parse_host_request(
+    ctx: Context,
+    slots_root: str | None,
+    quota_backend: str | None,
+    loopback_image: str | None,
+    loopback_size: str | None,
+    hidepid: bool | None,
+    persist: bool,
+) -> HostRequest:
+    """Validate the options, filling gaps from the configuration."""
+    image = Path(loopback_image) if loopback_image else None
+    if image is not None and not image.is_absolute():
+        raise BadInput("--loopback-image must be an absolute path")
+    if loopback_size is not None and image is None:
+        raise BadInput("--loopback-size needs --loopback-image")
+    size = parse_size(loopback_size) if loopback_size is not None else None
+    if size is not None and size < 128 << 20:
+        raise BadInput("--loopback-size must be at least 128M (btrfs needs room for metadata)")
+    if slots_root:
+        root = Path(slots_root)
+    elif image is not None:
+        root = ctx.config.host.loopback_slots_root
+    else:
+        root = ctx.config.host.slots_root
+    if not root.is_absolute() or root == Path("/"):
+        raise BadInput("--slots-root must be an absolute path other than /")
+    backend = quota_backend or ctx.config.host.quota_backend
+    if backend not in {"auto", "btrfs", "usrquota", "none"}:
+        raise BadInput("--quota-backend must be auto, btrfs, usrquota or none")
+    if image is not None and backend not in {"auto", "btrfs"}:
+        raise BadInput("--loopback-image makes a btrfs filesystem: use --quota-backend btrfs or auto")
+    return HostRequest(root, backend, image, size, ctx.config.host.hidepid if hidepid is None else hidepid, persist)
+
+
+def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
+    """Compare REQ with the host and return the steps that make them agree."""
+    steps: list[Step] = []
+    current = ctx.store.host_settings()
+    root = req.slots_root
+    admin = ctx.config.host.admin_group
+
+    if not accounts.group_exists(admin):
+        steps.append(Step("admin-group", f"create system group {admin} (sees all processes)",
+                          lambda: run(["groupadd", "--system", admin])))
+
+    if req.loopback_image is not None:
+        image = req.loopback_image
+        size = req.loopback_size or (4 << 30)
+        if not image.exists():
+            def make_image() -> None:
+                image.parent.mkdir(parents=True, exist_ok=True)
+                with open(image, "wb") as f:
+                    os.fchmod(f.fileno(), 0o600)
+                    f.truncate(size)
+                run(["mkfs.btrfs", "-q", str(image)])
+
+            steps.append(Step("image", f"create a {format_size(size)} btrfs image {image}", make_image,
+                              lambda: image.unlink(missing_ok=True)))
+        elif req.loopback_size is not None and image.stat().st_size != size:
+            if size < image.stat().st_size:
+                raise SlotError(f"{image} is {format_size(image.stat().st_size)}; shrinking it is not supported")
+            steps.append(Step("grow", f"grow {image} to {format_size(size)}",
+                              lambda: _grow_image(image, size, root)))
+        mnt = mount_of(root)[0] if root.exists() else None
+        if mnt != str(root):
+            def mount() -> None:
+                root.mkdir(parents=True, exist_ok=True)
+                run(["mount", "-o", "loop", str(image), str(root)])
+
+            steps.append(Step("mount", f"mount {image} on {root}", mount,
+                              lambda: run(["umount", str(root)], check=False)))
+        if req.persist and not _fstab_has(str(root)):
+            line = f"{image} {root} btrfs loop,nofail 0 0 # slotwarden"
+            steps.append(Step("fstab", f"add {root} to {FSTAB}", lambda: _fstab_set(str(root), line)))
+
+    exists = root.is_dir()
+    if not exists or (root.stat().st_mode & 0o777) != 0o711:
+        def make_root() -> None:
+            root.mkdir(parents=True, exist_ok=True)
+            os.chmod(root, 0o711)  # noqa: S103 - traverse only: tenants reach their home, list nothing
+
+        steps.append(Step("slots-root", f"{root}: directory, mode 0711 (tenants cannot list it)", make_root))
+
+    will_be_btrfs = req.loopback_image is not None
+    backend = req.quota_backend
+    if backend == "auto":
+        backend = "btrfs" if will_be_btrfs else detect_backend(root)
+    elif backend == "btrfs" and not will_be_btrfs and detect_backend(root) != "btrfs":
+        raise SlotError(f"{root} is not on btrfs: use --loopback-image or another --quota-backend")
+    elif backend == "usrquota" and detect_backend(root) != "usrquota":
+        raise SlotError(f"{root} is not on an ext4/xfs filesystem mounted with usrquota")
+
+    slots = ctx.store.list_slots()
+    if slots and current.get("slots_root") not in (None, str(root)):
+        raise SlotError(f"{len(slots)} slots live under {current['slots_root']}; "
+                        f"remove them before moving the slots root to {root}")
+    if slots and current.get("quota_backend") not in (None, backend):
+        raise SlotError(f"{len(slots)} slots use quota backend {current['quota_backend']}; "
+                        f"remove them before switching to {backend}")
+
+    if backend == "btrfs" and (will_be_btrfs or not _btrfs_quota_on(root)):
+        if not (root.exists() and mount_of(root)[1] == "btrfs" and _btrfs_quota_on(root)):
+            steps.append(Step("quota", f"enable btrfs quota accounting on {root}",
+                              lambda: load_backend("btrfs", root).enable()))
+    elif backend == "usrquota":
+        steps.append(Step("quota", f"turn on user quotas for {root}",
+                          lambda: load_backend("usrquota", root).enable()))
+
+    hide, gid = proc_hidepid()
+    if req.hidepid:
+        if hide not in {"invisible", "2"} or gid is None:
+            def hide_proc() -> None:
+                admin_gid = _gid(admin)
+                run(["mount", "-o", f"remount,hidepid=invisible,gid={admin_gid}", "/proc"])
+
+            steps.append(Step("hidepid", f"remount /proc hidepid=invisible, {admin} exempt", hide_proc))
+        if req.persist and not _fstab_has("/proc"):
+            steps.append(Step("fstab-proc", f"add /proc hidepid to {FSTAB}",
+                              lambda: _fstab_set("/proc", f"proc /proc proc defaults,hidepid=invisible,"
+                                                          f"gid={_gid(admin)} 0 0 # slotwarden")))
+    elif hide not in {None, "0", "off"}:
+        steps.append(Step("hidepid", "remount /proc without hidepid",
+                          lambda: run(["mount", "-o", "remount,hidepid=0", "/proc"])))
+
+    wanted = {"slots_root": str(root), "quota_backend": backend, "admin_group": admin,
+              "hidepid": "yes" if req.hidepid else "no"}
+    if req.loopback_image is not None:
+        wanted["loopback_image"] = str(req.loopback_image)
+    if any(current.get(k) != v for k, v in wanted.items()):
+        def record() -> None:
+            ctx.store.set_host_settings(wanted)
+            ctx.store.audit(current_actor(), "host.init", None, wanted)
+
+        steps.append(Step("settings", f"record host settings {wanted}", record))
+    from provisioner.slots import _load_extensions
+
+    _load_extensions()  # packages register their host steps when imported
+    for ext in HOST_INIT_EXTENSIONS:
+        steps.extend(ext(ctx, req))
+    return Plan("host init", steps)
+
+
+def _gid(group: str) -> int:
+    import grp
+
+    return grp.getgrnam(group).gr_gid
+
+
+def _grow_image(image: Path, size: int, root: Path) -> None:
+    with open(image, "r+b") as f:
+        f.truncate(size)
+    loops = run(["losetup", "-j", str(image)]).stdout.split(":", 1)[0]
+    if loops:
+        run(["losetup", "-c", loops])
+        run(["btrfs", "filesystem", "resize", "max", str(root)])
+
+
+def host_init(ctx: Context, req: HostRequest, *, dry_run: bool = False) -> Plan:
+    """Plan and (unless DRY_RUN) apply host preparation; returns the plan."""
+    plan = plan_host_init(ctx, req)
+    if not dry_run:
+        apply(plan)
+    return plan

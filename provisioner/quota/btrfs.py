@@ -1,0 +1,84 @@
+"""btrfs backend: each home is a subvolume, capped by a qgroup limit on its referenced bytes.
+
+Removal deletes the subvolume *and* destroys its qgroup: btrfs keeps a stale qgroup after a
+subvolume is deleted, and a leftover limit must never follow a name or an id.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from provisioner.errors import SlotError
+from provisioner.quota import Usage, mount_of
+from provisioner.runner import run
+
+
+class BtrfsQuota:
+    """Subvolume-per-slot homes with qgroup limits."""
+
+    name = "btrfs"
+
+    def __init__(self, slots_root: Path) -> None:
+        self.slots_root = slots_root
+
+    def enable(self) -> None:
+        """Turn on quota accounting for the filesystem (idempotent)."""
+        run(["btrfs", "quota", "enable", str(self.slots_root)])
+
+    def is_subvolume(self, home: Path) -> bool:
+        return home.is_dir() and run(["btrfs", "subvolume", "show", str(home)], check=False).returncode == 0
+
+    def subvolume_id(self, home: Path) -> int:
+        out = run(["btrfs", "inspect-internal", "rootid", str(home)]).stdout
+        return int(out.strip())
+
+    def make_home(self, home: Path) -> None:
+        if self.is_subvolume(home):
+            return
+        if home.exists():
+            raise SlotError(f"{home} exists and is not a slot subvolume")
+        run(["btrfs", "subvolume", "create", str(home)])
+
+    def remove_home(self, home: Path) -> None:
+        if not home.exists():
+            return
+        if not self.is_subvolume(home):
+            shutil.rmtree(home)
+            return
+        qgroup = f"0/{self.subvolume_id(home)}"
+        run(["btrfs", "subvolume", "delete", "--commit-after", str(home)])
+        self._destroy_qgroup(qgroup)
+
+    def _destroy_qgroup(self, qgroup: str) -> None:
+        mnt = mount_of(self.slots_root)[0]
+        if run(["btrfs", "qgroup", "destroy", qgroup, mnt], check=False).returncode == 0:
+            return
+        # The kernel may still count the deleted subvolume's extents against the qgroup until
+        # the cleaner runs; clear-stale drops every qgroup whose subvolume is gone.
+        run(["btrfs", "subvolume", "sync", mnt], check=False)
+        run(["btrfs", "qgroup", "clear-stale", mnt], check=False)
+
+    def set_limit(self, username: str, home: Path, limit_bytes: int) -> None:
+        run(["btrfs", "qgroup", "limit", str(limit_bytes), str(home)])
+
+    def clear_limit(self, username: str, home: Path) -> None:
+        if self.is_subvolume(home):
+            run(["btrfs", "qgroup", "limit", "none", str(home)])
+
+    def usage(self, username: str, home: Path) -> Usage:
+        qgroup = f"0/{self.subvolume_id(home)}"
+        out = run(["btrfs", "qgroup", "show", "-reF", "--raw", str(home)]).stdout
+        for line in out.splitlines():
+            cols = line.split()
+            if cols and cols[0] == qgroup:
+                limit = None if cols[3] == "none" else int(cols[3])
+                return Usage(used_bytes=int(cols[1]), limit_bytes=limit)
+        raise SlotError(f"no qgroup {qgroup} for {home}")
+
+
+def qgroup_ids(slots_root: Path) -> set[str]:
+    """Every level-0 qgroup of the filesystem (for leak checks)."""
+    out = run(["btrfs", "qgroup", "show", "--raw", str(slots_root)]).stdout
+    return set(re.findall(r"^(0/\d+)\s", out, re.M))
