@@ -11,7 +11,7 @@ DEMO_IMAGE ?= /var/lib/slotwarden/slots.img
 DEMO_SIZE ?= 4G
 DEMO_SLOT ?= demo
 
-.PHONY: deps venv demo test test-unit test-system lint bench clean
+.PHONY: deps venv demo test test-unit test-system lint bench clean pam
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -37,7 +37,11 @@ demo: venv
 	@echo; echo "Log in as the tenant: 'su - $(DEMO_SLOT)' here, or 'ssh $(DEMO_SLOT)@<this host>' with the password above."
 	@echo "Remove it: 'slotctl slot remove $(DEMO_SLOT)'."
 
-test: venv
+# The guard's PAM module, built against libpam0g-dev (slotctl guard install copies it into place).
+pam: deps
+	$(MAKE) -C pam_hooks/c
+
+test: venv pam
 	$(VENV)/bin/pytest -q tests/unit tests/system
 
 test-unit: venv
@@ -52,3 +56,4 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	$(MAKE) -C pam_hooks/c clean

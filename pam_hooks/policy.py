@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from pam_hooks.config import GuardConfig
 from pam_hooks.protocol import escape_text, unescape
+from pam_hooks.store import purge_attempts
 
 KINDS = ("pair", "ip", "user")
 
@@ -155,8 +156,9 @@ class LockoutPolicy:
             "user": "username = ?",
         }[kind]
         args: tuple[Any, ...] = tuple(key.split("\t", 1)) if kind == "pair" else (key,)
+        # {where} is one of three fixed clauses; every value is bound.
         row = self.conn.execute(
-            f"SELECT COUNT(*) FROM attempts WHERE {where} AND counted = 1"
+            f"SELECT COUNT(*) FROM attempts WHERE {where} AND counted = 1"  # noqa: S608
             " AND state IN ('pending', 'failed') AND ts > ?",
             (*args, since),
         ).fetchone()
@@ -315,11 +317,7 @@ class LockoutPolicy:
         now = self.clock() if now is None else now
         cutoff = now - self.cfg.retention
         with self._tx():
-            n = self.conn.execute("DELETE FROM attempts WHERE ts < ?", (cutoff,)).rowcount
-            self.conn.execute(
-                "DELETE FROM locks WHERE MAX(reset_at, locked_until, locked_at) < ?", (cutoff,)
-            )
-        return int(n)
+            return purge_attempts(self.conn, cutoff)
 
     def restore_blocks(self, now: float | None = None) -> None:
         """After a restart: re-add live blocks, drop ended ones."""
@@ -350,8 +348,9 @@ class LockoutPolicy:
         """One record per (username, ip, service) with counts, times and lock state."""
         now = self.clock() if now is None else now
         where, args = self._match(user, ip)
+        # {where} joins fixed clauses; every value is bound.
         rows = self.conn.execute(
-            "SELECT a.username, a.ip, a.service,"
+            "SELECT a.username, a.ip, a.service,"  # noqa: S608
             " SUM(a.state IN ('pending', 'failed') AND a.ts > COALESCE(l.reset_at, 0)) AS count,"
             " SUM(a.state = 'cleared') AS cleared,"
             " SUM(a.state = 'refused') AS refused, SUM(a.state = 'succeeded') AS succeeded,"

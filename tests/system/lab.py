@@ -67,7 +67,7 @@ class LabHost:
     def run(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command in this host (subprocess.run keywords pass through)."""
         kw.setdefault("check", False)
-        return subprocess.run(self.cmd(argv), **kw)  # noqa: PLW1510 - check is in kw
+        return subprocess.run(self.cmd(argv), **kw)
 
     def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start a command in this host."""

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 
 import pam
 import pytest
-from guard_env import GuardEnv
-from lab import lab_user
-from pamclient import PAM_AUTH_ERR, PAM_PERM_DENIED, PAM_SUCCESS, PamHandle
 
 from pam_hooks.protocol import MAX_FIELD_BYTES, escape
+from tests.system.guard_env import GuardEnv
+from tests.system.lab import lab_user
+from tests.system.pamclient import PAM_AUTH_ERR, PAM_PERM_DENIED, PAM_SUCCESS, PamHandle
 
 pytestmark = [pytest.mark.root]
 
@@ -199,10 +199,11 @@ def test_store_and_socket_are_root_only(guard: GuardEnv, user: tuple[str, str]) 
     for p in (guard.cfg.socket, guard.cfg.db_path):
         assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and os.stat(p).st_uid == 0
     probe = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(2)\n"
-             "try:\n s.connect(sys.argv[1]); s.sendall(b'JSON\\t{\"op\": \"purge\"}\\n'); print(s.recv(99))\n"
+             "try:\n s.connect(sys.argv[1]); s.sendall(b'JSON\\t{\"op\": \"purge\"}\\n')\n"
+             " print(s.recv(99))\n"
              "except OSError as e: print('refused', e.errno)\n")
-    r = subprocess.run(["setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups", "/usr/bin/python3", "-c", probe,
-                        str(guard.cfg.socket)], capture_output=True, text=True, check=False)
+    r = subprocess.run(["setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups", "/usr/bin/python3",
+                        "-c", probe, str(guard.cfg.socket)], capture_output=True, text=True, check=False)
     assert r.stdout.startswith("refused"), r.stdout + r.stderr
 
 

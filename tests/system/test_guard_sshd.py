@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from guard_env import GuardEnv
-from lab import LabHost, LabNet, LabSshd, LabUser, lab_user, ssh_key, ssh_password, wait_for
 
 from pam_hooks.netblock import routes_in
+from tests.system.guard_env import GuardEnv
+from tests.system.lab import LabHost, LabNet, LabSshd, LabUser, lab_user, ssh_key, ssh_password, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.sshd]
 

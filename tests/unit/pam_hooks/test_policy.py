@@ -232,3 +232,15 @@ def test_never_more_than_n_checks_between_successes(ops: list[str], n: int) -> N
             else:
                 p.succeed(tok, now=now)
                 granted_since_success = len(open_tokens)
+
+
+def test_store_functions_for_retention() -> None:
+    p = policy()
+    for i in range(2):
+        fail(p, "bob%20smith", A, 1000.0 + i)  # the hook sends names escaped
+    fail(p, "eve", B, 1000.0)
+    (row,) = store.list_attempts(p.conn, "bob smith")
+    assert (row["ip"], row["count"], row["first"], row["last"]) == (A, 2, 1000.0, 1001.0)
+    assert store.forget_attempts(p.conn, "bob smith") == 2
+    assert store.list_attempts(p.conn, "bob smith") == []
+    assert store.purge_attempts(p.conn, 2000.0) == 1
