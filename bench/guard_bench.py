@@ -37,9 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.system.guard_env import GuardEnv  # noqa: E402
-from tests.system.lab import lab_user  # noqa: E402
-from tests.system.pamclient import PAM_SUCCESS, PamHandle  # noqa: E402
+from tests.system.guard_env import GuardEnv
+from tests.system.lab import lab_user
+from tests.system.pamclient import PAM_SUCCESS, PamHandle
 
 RHOST = "198.51.100.77"
 UNIX_STACK = "@include common-auth\n@include common-account\n"
@@ -93,7 +93,7 @@ def proc_cpu(pid: int) -> float:
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
 
 
 def write_pam(name: str, text: str) -> Path:
