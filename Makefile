@@ -28,6 +28,7 @@ venv: deps $(VENV)/.stamp
 demo: venv
 	ln -sf $(SLOTCTL) /usr/local/sbin/slotctl
 	$(SLOTCTL) host init --loopback-image $(DEMO_IMAGE) --loopback-size $(DEMO_SIZE)
+	$(SLOTCTL) guard supervise
 	@if $(SLOTCTL) slot show $(DEMO_SLOT) >/dev/null 2>&1; then \
 	  echo "slot $(DEMO_SLOT) exists already; 'slotctl slot passwd $(DEMO_SLOT)' gives it a new password"; \
 	else \

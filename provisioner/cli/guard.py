@@ -80,6 +80,28 @@ def uninstall_cmd(service: str, pam_dir: Path, dry_run: bool) -> None:
          _lines(res.diff, f"guard removed from {res.path}"))
 
 
+@guard.command("pam-auth-update")
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("/usr/share/pam-configs"), show_default=True)
+@click.option("--enable", is_flag=True, help="Also run 'pam-auth-update --package --enable' (host-wide).")
+@click.option("--dry-run", is_flag=True)
+@json_option
+def pam_auth_update_cmd(directory: Path, enable: bool, dry_run: bool) -> None:
+    """Ship the Debian pam-auth-update profiles that put the guard into common-auth host-wide."""
+    from pam_hooks.install import PROFILES, install_module, write_pam_auth_update_profiles
+    from provisioner.runner import run
+
+    cfg = guard_config()
+    paths = write_pam_auth_update_profiles(cfg, directory, dry_run=dry_run)
+    data: dict[str, Any] = {"profiles": paths, "enabled": False, "dry_run": dry_run}
+    if enable and not dry_run:
+        install_module_path = install_module()
+        run(["pam-auth-update", "--package", "--enable", *PROFILES])
+        data.update(enabled=True, module=str(install_module_path))
+    hint = "" if data["enabled"] else f"enable with: pam-auth-update --enable {' '.join(PROFILES)}"
+    emit(data, _lines(*paths, hint))
+
+
 @guard.command("supervise")
 @click.option("--dry-run", is_flag=True)
 @json_option
