@@ -219,11 +219,13 @@ class LockoutPolicy:
         with self._tx():
             if prev is not None:
                 self._resolve(prev, "failed")
-            denied = self._active(keys, now)
+            locks = {kind: self._lock(kind, key) for kind, key in keys}
+            denied = next((Decision(False, kind, float(row["locked_until"])) for kind, row in locks.items()
+                           if row is not None and row["locked_until"] > now), None)
             counts: dict[str, int] = {}
             if denied is None:
                 for kind, key in keys:
-                    counts[kind] = self._count(kind, key, self._since(self._lock(kind, key), now))
+                    counts[kind] = self._count(kind, key, self._since(locks[kind], now))
                     if counts[kind] >= self._threshold(kind):
                         # Possible after the limit was lowered: lock now.
                         denied = Decision(False, kind, self._set_lock(kind, key, now, org))

@@ -166,12 +166,14 @@ class LabSshd:
         # The privilege-separation directory sshd insists on; harmless if it exists.
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         cfg = self.tmp / "sshd_config"
+        # sshd takes the first value of a keyword: the caller's extra lines come first.
         cfg.write_text(
-            f"Port {self.port}\nListenAddress {self.addr}\nHostKey {self.tmp}/host_ed25519\n"
+            self.extra_config
+            + f"Port {self.port}\nListenAddress {self.addr}\nHostKey {self.tmp}/host_ed25519\n"
             f"PidFile {self.tmp}/sshd.pid\nUsePAM yes\nPasswordAuthentication yes\n"
             "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin no\n"
             "AuthorizedKeysFile .ssh/authorized_keys\nMaxStartups 200\nMaxSessions 50\nMaxAuthTries 20\n"
-            "LoginGraceTime 60\nUseDNS no\nPrintMotd no\nLogLevel VERBOSE\n" + self.extra_config
+            "LoginGraceTime 60\nUseDNS no\nPrintMotd no\nLogLevel VERBOSE\n"
         )
         self.proc = self.host.popen([str(binary), "-D", "-e", "-f", str(cfg)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -240,14 +242,19 @@ _SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKno
              "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
 
 
-def ssh_password(client: LabHost, sshd: LabSshd, user: str, password: str, timeout: float = 60) -> int:
-    """One password try from ``client``; sshpass exit code (0 ok, 5 refused, 255 ssh error)."""
+def ssh_password(client: LabHost, sshd: LabSshd, user: str, password: str, timeout: float = 60,
+                 extra: list[str] | None = None) -> int:
+    """One password try from ``client``; sshpass exit code (0 ok, 5 refused, 255 ssh error).
+
+    ``extra`` ssh options win over the defaults, e.g. ``-o PreferredAuthentications=keyboard-interactive``.
+    """
     r, w = os.pipe()
     try:
         os.write(w, password.encode() + b"\n")
         os.close(w)
         w = -1
-        argv = ["sshpass", "-d", str(r), "ssh", *_SSH_OPTS, "-o", "PreferredAuthentications=password",
+        # ssh takes the first value of an option: the caller's come first.
+        argv = ["sshpass", "-d", str(r), "ssh", *_SSH_OPTS, *(extra or []), "-o", "PreferredAuthentications=password",
                 "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1",
                 "-p", str(sshd.port), f"{user}@{sshd.addr}", "true"]
         try:

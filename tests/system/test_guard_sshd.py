@@ -143,3 +143,26 @@ def test_lock_survives_guard_restart(lab: Lab, user: LabUser) -> None:
     assert ssh_password(f, lab.sshd, user.name, user.password) != 0
     assert ssh_key(f, lab.sshd, user.name, user.key) != 0
     assert record(lab, user.name, f.addr)["count"] == PAIR_DENY
+
+
+def test_keyboard_interactive_is_counted_too(lab: Lab, user: LabUser) -> None:
+    """With keyboard-interactive, sshd runs PAM in a forked child that never calls pam_end.
+
+    The reservation counts as a failure from the start, so nothing is lost.
+    """
+    srv = lab.net.hosts["srv"]
+    kbd = LabSshd(srv, lab.sshd.port + 1 if lab.sshd.port < 2299 else 2200,
+                  f"slotwarden-test-sshd-{secrets.token_hex(3)}",
+                  extra_config="KbdInteractiveAuthentication yes\n")
+    with kbd:
+        lab.guard.slotctl("install", "--service", kbd.pam_service, "--no-supervise")
+        g = lab.attacker()
+        opts = ["-o", "PreferredAuthentications=keyboard-interactive"]
+        for _ in range(PAIR_DENY):
+            assert ssh_password(g, kbd, user.name, "wrong-guess", extra=opts) != 0
+        assert ssh_password(g, kbd, user.name, user.password, extra=opts) != 0
+        rec = record(lab, user.name, g.addr)
+        assert rec["service"] == kbd.pam_service
+        assert (rec["count"], rec["refused"]) == (PAIR_DENY, 1)
+        lab.guard.json("lift", "--user", user.name, "--ip", g.addr)
+        assert ssh_password(g, kbd, user.name, user.password, extra=opts) == 0
