@@ -111,7 +111,8 @@ def test_unknown_username_behaves_like_known(lab: Lab, user: LabUser) -> None:
 def test_ip_lock_adds_and_removes_blackhole_route(lab: Lab, user: LabUser) -> None:
     c = lab.attacker()
     for _ in range(IP_DENY):  # spraying: a new username each time
-        assert ssh_password(c, lab.sshd, f"tg{secrets.token_hex(3)}sp", "123456") != 0
+        # The last try sets the lock: its own connection is cut by the new route (then it times out).
+        assert ssh_password(c, lab.sshd, f"tg{secrets.token_hex(3)}sp", "123456", timeout=15) != 0
     assert wait_for(lambda: f"{c.addr}/32" in routes_in(lab.net.hosts["srv"].netns))
     assert ssh_password(c, lab.sshd, user.name, user.password, timeout=30) != 0
     status = lab.guard.json("status")
