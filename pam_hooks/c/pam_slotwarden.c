@@ -309,6 +309,8 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     }
     if (strncmp(reply, "DENY ", 5) == 0) {
         pam_syslog(pamh, LOG_NOTICE, "refused: user=%s rhost=%s locked (%.64s)", user, rhost, reply + 5);
+        /* Answer as slowly as pam_unix's failure would, so a lock is not told apart by timing. */
+        pam_fail_delay(pamh, 2000000);
         return PAM_AUTH_ERR;
     }
     pam_syslog(pamh, LOG_ERR, "guard service error: %.128s", reply);
