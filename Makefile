@@ -15,7 +15,7 @@ DEMO_SLOT ?= demo
 # The apps' shared read-only installs (JupyterLab from PyPI), one venv per app.
 APPS_SHARED ?= /opt/slotwarden/apps
 
-.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean
+.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean pam
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -40,6 +40,7 @@ $(APPS_SHARED)/jupyterlab/.stamp:
 demo: venv
 	ln -sf $(SLOTCTL) /usr/local/sbin/slotctl
 	$(SLOTCTL) host init --loopback-image $(DEMO_IMAGE) --loopback-size $(DEMO_SIZE)
+	$(SLOTCTL) guard supervise
 	@if $(SLOTCTL) slot show $(DEMO_SLOT) >/dev/null 2>&1; then \
 	  echo "slot $(DEMO_SLOT) exists already; 'slotctl slot passwd $(DEMO_SLOT)' gives it a new password"; \
 	else \
@@ -49,7 +50,11 @@ demo: venv
 	@echo; echo "Log in as the tenant: 'su - $(DEMO_SLOT)' here, or 'ssh $(DEMO_SLOT)@<this host>' with the password above."
 	@echo "Remove it: 'slotctl slot remove $(DEMO_SLOT)'."
 
-test: venv apps-shared
+# The guard's PAM module, built against libpam0g-dev (slotctl guard install copies it into place).
+pam: deps
+	$(MAKE) -C pam_hooks/c
+
+test: venv apps-shared pam
 	$(VENV)/bin/pytest -q tests/unit tests/system
 
 test-unit: venv
@@ -65,3 +70,4 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	$(MAKE) -C pam_hooks/c clean
