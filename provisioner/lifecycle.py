@@ -372,24 +372,24 @@ def plan_unsuspend(username: str, facts: LifecycleFacts, *, ctx: Context, actor:
     return Plan(f"unsuspend slot {username}", steps)
 
 
-def suspend(ctx: Context, username: str, reason: str, *, dry_run: bool = False) -> Plan:
+def suspend(ctx: Context, username: str, reason: str, *, dry_run: bool = False, actor: str | None = None) -> Plan:
     """Suspend slot USERNAME for REASON. Returns the plan (applied unless DRY_RUN); empty if already done."""
     reason = validate_reason(reason)
     validate_username(username)
     with slot_lock(ctx, username):
         facts = LifecycleFacts.gather(ctx, username)
-        plan = plan_suspend(username, reason, facts, ctx=ctx, actor=current_actor(), now=time.time())
+        plan = plan_suspend(username, reason, facts, ctx=ctx, actor=actor or current_actor(), now=time.time())
         if not dry_run:
             apply(plan)
     return plan
 
 
-def unsuspend(ctx: Context, username: str, *, dry_run: bool = False) -> Plan:
+def unsuspend(ctx: Context, username: str, *, dry_run: bool = False, actor: str | None = None) -> Plan:
     """Bring slot USERNAME back as it was. Returns the plan; empty if it is not suspended."""
     validate_username(username)
     with slot_lock(ctx, username):
         facts = LifecycleFacts.gather(ctx, username)
-        plan = plan_unsuspend(username, facts, ctx=ctx, actor=current_actor())
+        plan = plan_unsuspend(username, facts, ctx=ctx, actor=actor or current_actor())
         if not dry_run:
             apply(plan)
     return plan
@@ -465,7 +465,8 @@ def _human(n: int) -> str:
     return f"{n}B"
 
 
-def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = False) -> Plan:
+def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = False,
+                actor: str | None = None) -> Plan:
     """Move slot USERNAME to plan PLAN_NAME, applying the new quota at once."""
     new = get_plan(ctx.config, plan_name)
     validate_username(username)
@@ -475,7 +476,7 @@ def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = 
         facts = LifecycleFacts.gather(ctx, username)
         home = Path(facts.record.home)
         usage = ctx.quota.usage(username, home) if home.exists() else None
-        plan = plan_change_plan(username, new, facts, usage, ctx=ctx, actor=current_actor())
+        plan = plan_change_plan(username, new, facts, usage, ctx=ctx, actor=actor or current_actor())
         if not dry_run:
             apply(plan)
     return plan
