@@ -248,7 +248,8 @@ def create_app(config: Config) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ())]
         where = loc[0] if loc else "body"
-        field = ".".join(p for p in loc[1:] if not p.isdigit() or where != "body") or where
+        # loc is (where, field, [union member...]); a JSON syntax error has a character offset.
+        field = loc[1] if len(loc) > 1 and not loc[1].isdigit() else where
         if where == "header":
             field = "Idempotency-Key" if field.lower() == "idempotency-key" else field
         return _error(422, f"{field}: {first.get('msg', 'invalid')}", field)

@@ -17,6 +17,7 @@ Name prefixes: users ``tl`` + random, netns ``swl-``, ports 2500-2599.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import pwd
@@ -32,6 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from provisioner import accounts
 from provisioner.config import Config, load_config
@@ -83,11 +86,15 @@ class SlotHost:
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config_path)}
 
+    def slotctl_path(self) -> Path:
+        """The slotctl of the interpreter running the tests (the checkout's venv)."""
+        import sys
+
+        exe = Path(sys.executable).parent / "slotctl"
+        return exe if exe.exists() else Path(__file__).resolve().parents[2] / ".venv" / "bin" / "slotctl"
+
     def slotctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        exe = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "slotctl"
-        if not exe.exists():
-            exe = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "slotctl"
-        return subprocess.run([str(exe), *args], env=self.env(), capture_output=True, text=True,
+        return subprocess.run([str(self.slotctl_path()), *args], env=self.env(), capture_output=True, text=True,
                               check=check, timeout=300)
 
 
@@ -337,3 +344,62 @@ class ProcessApps:
         self.procs[(username, app)] = (p, exited)
         if not wait_for(lambda: port_open(port)):
             raise RuntimeError(f"app web of {username} did not listen on {port}")
+
+
+# --- the API server ------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiServer:
+    """``slotctl api serve`` running on loopback for HOST, with a token."""
+
+    host: SlotHost
+    url: str
+    token: str
+    log: Path
+
+    def client(self, token: str | None = "default", **kw: object) -> httpx.Client:
+        tok = self.token if token == "default" else token
+        headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=300, **kw)  # type: ignore[arg-type]
+
+
+def make_token(host: SlotHost, name: str) -> str:
+    out = host.slotctl("--json", "api", "token", "create", name, check=True)
+    return str(json.loads(out.stdout)["token"])
+
+
+@contextmanager
+def api_server(host: SlotHost, ports: range = range(2500, 2550)) -> Iterator[ApiServer]:
+    """Start the API on 127.0.0.1 (a free port of PORTS) as a subprocess; stop it at exit."""
+    token = make_token(host, f"tests-{secrets.token_hex(3)}")
+    log = host.root / f"api-{secrets.token_hex(3)}.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for _attempt in range(8):
+            port = ports[secrets.randbelow(len(ports))]
+            with open(log, "ab") as logf:
+                proc = subprocess.Popen([str(host.slotctl_path()), "api", "serve", "--listen", f"127.0.0.1:{port}"],
+                                        env=host.env(), stdout=logf, stderr=subprocess.STDOUT)
+            url = f"http://127.0.0.1:{port}"
+
+            def up(url: str = url) -> bool:
+                try:
+                    return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(lambda: proc.poll() is not None or up(), timeout=30)  # noqa: B023
+            if proc.poll() is None and up():
+                yield ApiServer(host, url, token, log)
+                return
+            proc.wait()  # port taken by someone else: try another
+        raise RuntimeError(f"the API server did not start: {log.read_text()[-2000:]}")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
