@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from provisioner import lifecycle, slots
 from provisioner.api import idempotency
@@ -166,6 +167,15 @@ def _run(config: Config, request: Request, operation: str, slot: str | None, key
         ctx.close()
 
 
+def _route_name(app: FastAPI, scope: Any) -> str:
+    """The name of the route SCOPE matches (for the audit of requests refused before routing)."""
+    for route in app.router.routes:
+        match, _child = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "name", "unknown"))
+    return "unknown"
+
+
 def _actor(request: Request) -> str:
     return f"api:{request.state.token_name}"
 
@@ -221,8 +231,7 @@ def create_app(config: Config) -> FastAPI:
                 request.state.token_name = token_name
                 response = await call_next(request)
         state = request.state
-        endpoint = request.scope.get("endpoint")
-        operation = getattr(state, "operation", None) or getattr(endpoint, "__name__", None) or "unknown"
+        operation = getattr(state, "operation", None) or _route_name(app, request.scope)
         slot = getattr(state, "slot", None) or request.scope.get("path_params", {}).get("username")
         detail: dict[str, Any] = {"method": request.method, "path": path[:200], "status": response.status_code,
                                   "ms": round((time.monotonic() - started) * 1000, 1)}

@@ -43,9 +43,10 @@ EXAMPLES: dict[str, list[Any]] = {
 }
 HEADER_TEXT = st.text(alphabet=string.printable.replace("\n", "").replace("\r", "").replace("\x0b", "")
                       .replace("\x0c", ""), max_size=220).map(str.strip)  # HTTP trims header values
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12)
 
 
 def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
