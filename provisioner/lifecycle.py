@@ -499,6 +499,7 @@ def create(
     quota: str | int | None = None,
     payment_ref: str | None = None,
     dry_run: bool = False,
+    apps: tuple[str, ...] = (),
 ) -> slots.Created | Plan:
     """Create a slot on PLAN (its quota unless QUOTA is also given), under the slot lock."""
     plan_cfg = get_plan(ctx.config, plan) if plan is not None else None
@@ -508,7 +509,8 @@ def create(
     token = _PENDING_PLAN.set(plan_cfg.name if plan_cfg else None)
     try:
         with slot_lock(ctx, username):
-            return slots.create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run)
+            return slots.create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run,
+                                     apps=apps)
     finally:
         _PENDING_PLAN.reset(token)
 
