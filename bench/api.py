@@ -22,12 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "system"))
-
-from lifecycle_env import ApiServer, SlotHost, api_server, new_name, slot_host
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provisioner import lifecycle
 from provisioner.slots import Created
+from tests.system.lifecycle_env import ApiServer, SlotHost, api_server, new_name, slot_host
 
 CLIENTS = 10
 

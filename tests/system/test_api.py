@@ -10,9 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from lifecycle_env import ApiServer, SlotHost, api_server, make_token, new_name, slot_host, su_from_root, su_password
 
 from provisioner import accounts, lifecycle
+from tests.system.lifecycle_env import (
+    ApiServer,
+    SlotHost,
+    api_server,
+    make_token,
+    new_name,
+    slot_host,
+    su_from_root,
+    su_password,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lifecycle_env import ApiServer, SlotHost, api_server, new_name, slot_host
 
 from provisioner.api.app import create_app
 from provisioner.config import Config
+from tests.system.lifecycle_env import ApiServer, SlotHost, api_server, new_name, slot_host
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

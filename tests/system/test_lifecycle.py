@@ -11,7 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lifecycle_env import (
+
+from provisioner import accounts, lifecycle, plan
+from provisioner.errors import SlotError, StepFailed
+from provisioner.slots import Created
+from tests.system.lifecycle_env import (
     LabSshd,
     ProcessApps,
     SlotHost,
@@ -26,10 +30,6 @@ from lifecycle_env import (
     su_password,
     wait_for,
 )
-
-from provisioner import accounts, lifecycle, plan
-from provisioner.errors import SlotError, StepFailed
-from provisioner.slots import Created
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
