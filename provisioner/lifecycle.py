@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import fcntl
+import importlib.util
 import json
 import os
 import time
@@ -567,5 +568,53 @@ def _removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
                  lambda: put_lifecycle(store, previous))]
 
 
+# --- the apps package as an AppControl ------------------------------------------------------------
+
+
+class SupervisedApps:
+    """The apps of :mod:`provisioner.apps`, stopped and started through their supervisor programs.
+
+    Stopping keeps the install (files, ports, sealed credentials); starting waits until each
+    program runs again.
+    """
+
+    name = "apps"
+
+    def installed(self, ctx: Context, username: str) -> list[str]:
+        from provisioner.apps import registry_of
+
+        return [r.app for r in registry_of(ctx).installs(username)]
+
+    def running(self, ctx: Context, username: str) -> list[str]:
+        if not self.installed(ctx, username):
+            return []  # no supervisor round-trip for a slot without apps
+        from provisioner.apps import app_status
+
+        return [row["app"] for row in app_status(ctx, username) if row.get("running")]
+
+    def _programs(self, ctx: Context, username: str, app: str) -> list[str]:
+        from provisioner.apps import _existing  # the apps package's own lookup of an install
+
+        found, _rec, inst = _existing(ctx, username, app)
+        return [p.name for p in found.programs(ctx, inst)]
+
+    def stop(self, ctx: Context, username: str, app: str) -> None:
+        from provisioner.supervisor import supervisor_for
+
+        sup = supervisor_for(ctx)
+        for name in self._programs(ctx, username, app):
+            sup.stop(name)
+
+    def start(self, ctx: Context, username: str, app: str) -> None:
+        from provisioner.supervisor import supervisor_for
+
+        sup = supervisor_for(ctx)
+        for name in self._programs(ctx, username, app):
+            sup.start(name)
+            sup.wait_running(name)
+
+
 slots.CREATION_EXTENSIONS.append(_creation_steps)
 slots.REMOVAL_EXTENSIONS.append(_removal_steps)
+if importlib.util.find_spec("provisioner.apps") is not None:
+    APP_CONTROLS.append(SupervisedApps())

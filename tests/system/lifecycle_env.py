@@ -54,6 +54,10 @@ max_apps = 1
 
 [plans.large]
 quota = "256M"
+
+[apps]
+port_min = 2580
+port_max = 2599
 """
 
 
@@ -127,6 +131,10 @@ def slot_host(image_size: str = "1G", extra_toml: str = "") -> Iterator[SlotHost
                     accounts.stop_processes(pw.pw_uid)
                 subprocess.run(["userdel", pw.pw_name], check=False, capture_output=True)
                 subprocess.run(["groupdel", pw.pw_name], check=False, capture_output=True)
+        with suppress(Exception):  # host init started a supervisord for this state dir
+            from provisioner.supervisor import load_supervisor
+
+            load_supervisor("supervisord", config.state_dir).shutdown()
         subprocess.run(["umount", str(slots_root)], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 

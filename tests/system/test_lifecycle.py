@@ -142,6 +142,38 @@ def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restor
     assert accounts.lookup_user(name) is None
 
 
+def test_suspend_stops_a_real_app_and_unsuspend_starts_it_again(host: SlotHost) -> None:
+    """Transmission installed through the apps package, supervised: down while suspended, files kept."""
+    from provisioner.apps import app_status
+
+    name = new_name()
+    ctx = host.ctx()
+    try:
+        out = lifecycle.create(ctx, name, "owner@example.com", "DE", plan="small", apps=("transmission",))
+        assert isinstance(out, Created)
+
+        def status() -> dict[str, object]:
+            return {row["app"]: row for row in app_status(ctx, name)}["transmission"]
+
+        port = status()["port"]
+        assert isinstance(port, int) and status()["running"] and port_open(port)
+        settings = Path(out.record.home) / "apps" / "transmission" / "config" / "settings.json"
+        before = settings.read_bytes()
+
+        steps = [s.name for s in lifecycle.suspend(ctx, name, "unpaid").steps]
+        assert "stop-app:transmission" in steps
+        assert not status()["running"] and not port_open(port)
+        assert settings.read_bytes() == before
+        assert accounts.pids_of(out.record.uid or -1) == []
+
+        steps = [s.name for s in lifecycle.unsuspend(ctx, name).steps]
+        assert "start-app:transmission" in steps
+        assert status()["running"] and wait_for(lambda: port_open(port))
+    finally:
+        ctx.close()
+        _remove(host, name)
+
+
 def test_cli_suspend_unsuspend_su_and_password(host: SlotHost) -> None:
     name, password = _create(host, plan_name=None)
     try:
