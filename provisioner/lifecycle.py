@@ -45,7 +45,7 @@ from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.names import format_size, validate_username
 from provisioner.plan import Plan, Step, apply
-from provisioner.plans import get_plan
+from provisioner.plans import allows_app, get_plan
 from provisioner.quota import Usage
 from provisioner.runner import run
 from provisioner.store import SlotRecord, Store, current_actor
@@ -458,6 +458,24 @@ def plan_change_plan(
     return Plan(f"change plan of {username} from {old_plan or '(none)'} to {new.name}", steps)
 
 
+def check_apps_allowed(plan: PlanConfig, apps: list[str], installed: int = 0) -> None:
+    """Raise BadInput unless PLAN allows installing APPS next to INSTALLED apps already there."""
+    for i, app in enumerate(apps):
+        if plan.apps is not None and app not in plan.apps:
+            raise BadInput(f"app {app!r} is not part of plan {plan.name} (it allows: {', '.join(plan.apps) or 'none'})")
+        if not allows_app(plan, app, installed=installed + i):
+            raise BadInput(f"plan {plan.name} allows {plan.max_apps} app(s)")
+
+
+def check_app_install(ctx: Context, username: str, app: str) -> None:
+    """For the apps package before ``app install``: refuse an app the slot's plan does not allow."""
+    life = get_lifecycle(ctx.store, username)
+    if life is None or life.plan is None or life.plan not in ctx.config.plans:
+        return
+    installed = [a for c in APP_CONTROLS for a in c.installed(ctx, username)]
+    check_apps_allowed(ctx.config.plans[life.plan], [app], installed=len(installed))
+
+
 def _human(n: int) -> str:
     """Bytes for a person: 1.5G, 300M, 12K."""
     for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
@@ -502,10 +520,15 @@ def create(
     dry_run: bool = False,
     apps: tuple[str, ...] = (),
 ) -> slots.Created | Plan:
-    """Create a slot on PLAN (its quota unless QUOTA is also given), under the slot lock."""
+    """Create a slot on PLAN (its quota unless QUOTA is also given), under the slot lock.
+
+    APPS are installed too; the plan must allow each of them and their number.
+    """
     plan_cfg = get_plan(ctx.config, plan) if plan is not None else None
     if quota is None and plan_cfg is not None:
         quota = plan_cfg.quota
+    if plan_cfg is not None:
+        check_apps_allowed(plan_cfg, list(dict.fromkeys(apps)))
     validate_username(username, slots.reserved_names())
     token = _PENDING_PLAN.set(plan_cfg.name if plan_cfg else None)
     try:

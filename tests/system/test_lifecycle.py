@@ -182,6 +182,8 @@ def test_cli_suspend_unsuspend_su_and_password(host: SlotHost) -> None:
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["changed"] is True
         assert not su_password(name, password) and not su_from_root(name)
+        shown = json.loads(host.slotctl("--json", "slot", "show", name).stdout)
+        assert shown["state"] == "suspended" and shown["suspended_reason"] == "chargeback"
         again = host.slotctl("slot", "suspend", name, "--reason", "chargeback", "--json")
         assert json.loads(again.stdout)["changed"] is False
         # A new password for a suspended slot does not unlock it.
@@ -278,6 +280,16 @@ def test_change_plan_refuses_a_plan_without_the_installed_app(host: SlotHost, ap
         ctx.config.plans.pop("narrow", None)
         ctx.close()
         _remove(host, name)
+
+
+def test_create_refuses_an_app_the_plan_does_not_allow(host: SlotHost) -> None:
+    name = new_name()
+    out = host.slotctl("slot", "create", name, "--email", "a@example.com", "--country", "DE",
+                       "--plan", "medium", "--app", "transmission")
+    assert out.returncode == 2 and "app 'transmission' is not part of plan medium" in out.stderr
+    assert accounts.lookup_user(name) is None
+    shown = host.slotctl("--json", "slot", "show", name)
+    assert shown.returncode == 1
 
 
 def test_remove_a_suspended_slot_leaves_no_trace(host: SlotHost) -> None:

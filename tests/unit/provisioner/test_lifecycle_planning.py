@@ -238,3 +238,19 @@ def test_any_plan_table_parses_or_names_its_key(name: str, table: dict[str, obje
         assert str(exc).startswith(f"plans.{name}")
     else:
         assert plan.name == name and plan.quota > 0
+
+
+@pytest.mark.parametrize(("plan", "apps", "installed", "message"), [
+    (WEB_ONLY, ["web"], 0, None),
+    (WEB_ONLY, ["db"], 0, "app 'db' is not part of plan web-only (it allows: web)"),
+    (WEB_ONLY, ["web"], 1, "plan web-only allows 1 app(s)"),
+    (PlanConfig("two", 1 << 30, max_apps=2), ["a", "b", "c"], 0, "plan two allows 2 app(s)"),
+    (LARGE, ["anything", "else"], 9, None),
+])
+def test_check_apps_allowed(plan: PlanConfig, apps: list[str], installed: int, message: str | None) -> None:
+    if message is None:
+        lifecycle.check_apps_allowed(plan, apps, installed)
+    else:
+        with pytest.raises(BadInput) as exc:
+            lifecycle.check_apps_allowed(plan, apps, installed)
+        assert str(exc.value) == message
