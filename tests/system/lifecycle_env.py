@@ -164,20 +164,46 @@ def _listening(sshd: LabSshd) -> bool:
     return subprocess.run(sshd.cmd(["/usr/bin/python3", "-c", probe]), capture_output=True).returncode == 0
 
 
+@dataclass
+class LabNetns:
+    """A network namespace ``swl-*`` whose loopback also holds a lab address."""
+
+    netns: str
+    addr: str
+
+    def cmd(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+
+@contextmanager
+def lab_netns() -> Iterator[LabNetns]:
+    """A fresh netns with one lab address (203.0.113.0/24) on its loopback; deleted at exit."""
+    netns = f"swl-{secrets.token_hex(3)}"
+    addr = f"203.0.113.{secrets.randbelow(200) + 20}"
+    try:
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", netns, "addr", "add", f"{addr}/32", "dev", "lo"], check=True)
+        yield LabNetns(netns, addr)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+
+
 @contextmanager
 def lab_sshd(port: int, allow_users: str = "tl*") -> Iterator[LabSshd]:
     """Debian's sshd on a lab address in its own netns, own config, host key and PAM service."""
-    tag = secrets.token_hex(3)
-    netns, service = f"swl-{tag}", f"swl-sshd-{tag}"
-    addr = f"203.0.113.{secrets.randbelow(200) + 20}"
+    with lab_netns() as ns:
+        yield from _lab_sshd(ns, port, allow_users)
+
+
+def _lab_sshd(ns: LabNetns, port: int, allow_users: str) -> Iterator[LabSshd]:
+    netns, addr = ns.netns, ns.addr
+    service = f"swl-sshd-{netns.removeprefix('swl-')}"
     tmp = Path(tempfile.mkdtemp(prefix="swl-sshd-"))
     pam_file = Path("/etc/pam.d") / service
     proc: subprocess.Popen[bytes] | None = None
     log = tmp / "sshd.log"
     try:
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "-n", netns, "addr", "add", f"{addr}/32", "dev", "lo"], check=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "host_key")], check=True)
         binary = tmp / service
         shutil.copy2("/usr/sbin/sshd", binary)
@@ -205,7 +231,6 @@ def lab_sshd(port: int, allow_users: str = "tl*") -> Iterator[LabSshd]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
         pam_file.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -411,3 +436,30 @@ def api_server(host: SlotHost, ports: range = range(2500, 2550)) -> Iterator[Api
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def self_signed_cert(directory: Path, ip: str) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for IP (and its key), for the TLS test."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "api-cert.pem", directory / "api-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(key_path, 0o600)
+    return cert_path, key_path

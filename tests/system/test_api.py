@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +19,10 @@ from tests.system.lifecycle_env import (
     ApiServer,
     SlotHost,
     api_server,
+    lab_netns,
     make_token,
     new_name,
+    self_signed_cert,
     slot_host,
     su_from_root,
     su_password,
@@ -307,3 +312,45 @@ def test_serve_refuses_a_public_address_without_tls(host: SlotHost) -> None:
     assert out.returncode == 2 and "needs TLS (--cert and --key)" in out.stderr
     out = host.slotctl("api", "serve", "--listen", "127.0.0.1:2599", "--cert", "/nonexistent")
     assert out.returncode == 2 and "--cert and --key go together" in out.stderr
+
+
+def test_serve_on_a_lab_address_with_tls(host: SlotHost) -> None:
+    """A non-loopback address (in a lab netns) is served, over TLS only."""
+    with lab_netns() as ns:
+        cert, key = self_signed_cert(host.root, ns.addr)
+        port = 2540 + secrets.randbelow(10)
+        token = make_token(host, f"tls-{secrets.token_hex(3)}")
+        log = open(host.root / "api-tls.log", "wb")  # closed in finally
+        proc = subprocess.Popen(ns.cmd([str(host.slotctl_path()), "api", "serve", "--listen", f"{ns.addr}:{port}",
+                                        "--cert", str(cert), "--key", str(key)]),
+                                env=host.env(), stdout=log, stderr=subprocess.STDOUT)
+        probe = (
+            "import sys, httpx\n"
+            "url, cert, token = sys.argv[1:]\n"
+            "for _ in range(150):\n"
+            "    try:\n"
+            "        httpx.get(url + '/healthz', verify=cert, timeout=2); break\n"
+            "    except httpx.HTTPError:\n"
+            "        import time; time.sleep(0.2)\n"
+            "ok = httpx.get(url + '/v1/plans', verify=cert, headers={'Authorization': 'Bearer ' + token})\n"
+            "anon = httpx.get(url + '/v1/plans', verify=cert)\n"
+            "try:\n"
+            "    plain = httpx.get(url.replace('https:', 'http:') + '/healthz', timeout=5).status_code\n"
+            "except httpx.HTTPError:\n"
+            "    plain = 'refused'\n"
+            "print(ok.status_code, anon.status_code, plain)\n"
+        )
+        try:
+            out = subprocess.run(ns.cmd([sys.executable, "-c", probe, f"https://{ns.addr}:{port}", str(cert), token]),
+                                 capture_output=True, text=True, timeout=120)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        status, anon, plain = out.stdout.split()
+        assert (status, anon) == ("200", "401"), out.stderr
+        assert plain != "200"  # no plain HTTP on a public address
