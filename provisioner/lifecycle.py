@@ -29,6 +29,7 @@ import contextvars
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import time
 import weakref
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS slot_lifecycle (
     saved             TEXT
 );
 """
+log = logging.getLogger("slotwarden.lifecycle")
 SHADOW = Path("/etc/shadow")
 # The expiry day suspend sets: 1970-01-02, long past, so pam_unix's account phase says "expired".
 SUSPENDED_EXPIRE = "1"
@@ -168,12 +170,25 @@ def slot_lock(ctx: Context, username: str) -> Iterator[None]:
     validate_username(username)
     lock_dir = ctx.config.state_dir / "locks"
     lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{username}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    path = lock_dir / f"{username}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder before us removed the file (slot terminated): lock the new one
+    try:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _drop_lock_file(ctx: Context, username: str) -> None:
+    """Remove the lock file of a terminated slot (call while holding its lock)."""
+    (ctx.config.state_dir / "locks" / f"{username}.lock").unlink(missing_ok=True)
 
 
 # --- login state --------------------------------------------------------------------------------
@@ -543,7 +558,9 @@ def terminate(ctx: Context, username: str, *, keep_data: bool = False) -> Plan:
     """Remove slot USERNAME (``slot remove``) under the slot lock."""
     validate_username(username)
     with slot_lock(ctx, username):
-        return slots.remove_slot(ctx, username, keep_data=keep_data)
+        plan = slots.remove_slot(ctx, username, keep_data=keep_data)
+        _drop_lock_file(ctx, username)
+    return plan
 
 
 def change_password(ctx: Context, username: str) -> str:
@@ -613,7 +630,11 @@ class SupervisedApps:
             return []  # no supervisor round-trip for a slot without apps
         from provisioner.apps import app_status
 
-        return [row["app"] for row in app_status(ctx, username) if row.get("running")]
+        try:
+            return [row["app"] for row in app_status(ctx, username) if row.get("running")]
+        except SlotError as exc:  # supervisor down: nothing of it runs; suspend must still work
+            log.warning("cannot ask the supervisor about the apps of %s: %s", username, exc)
+            return []
 
     def _programs(self, ctx: Context, username: str, app: str) -> list[str]:
         from provisioner.apps import _existing  # the apps package's own lookup of an install
@@ -626,7 +647,10 @@ class SupervisedApps:
 
         sup = supervisor_for(ctx)
         for name in self._programs(ctx, username, app):
-            sup.stop(name)
+            try:
+                sup.stop(name)
+            except SlotError as exc:  # the processes step that follows kills it anyway
+                log.warning("cannot stop %s through the supervisor: %s", name, exc)
 
     def start(self, ctx: Context, username: str, app: str) -> None:
         from provisioner.supervisor import supervisor_for

@@ -254,3 +254,31 @@ def test_check_apps_allowed(plan: PlanConfig, apps: list[str], installed: int, m
         with pytest.raises(BadInput) as exc:
             lifecycle.check_apps_allowed(plan, apps, installed)
         assert str(exc.value) == message
+
+
+def test_slot_lock_serializes_and_survives_removal_of_its_file(tmp_path: Path) -> None:
+    import threading
+
+    ctx: Any = SimpleNamespace(config=SimpleNamespace(state_dir=tmp_path))
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def worker(i: int) -> None:
+        for _ in range(20):
+            with lifecycle.slot_lock(ctx, "tlx"):
+                inside.append(i)
+                if len(inside) > 1:
+                    overlaps.append(i)
+                if i == 0:
+                    lifecycle._drop_lock_file(ctx, "tlx")  # as terminate does, under the lock
+                inside.remove(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+    with pytest.raises(BadInput):
+        with lifecycle.slot_lock(ctx, "../etc"):
+            pass
