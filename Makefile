@@ -49,6 +49,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/provision.py
+	$(PY) bench/metrics.py
 	$(PY) bench/api.py
 
 clean:
