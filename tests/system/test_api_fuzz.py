@@ -44,7 +44,7 @@ EXAMPLES: dict[str, list[Any]] = {
 HEADER_TEXT = st.text(alphabet=string.printable.replace("\n", "").replace("\r", "").replace("\x0b", "")
                       .replace("\x0c", ""), max_size=220).map(str.strip)  # HTTP trims header values
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12)
 
@@ -68,7 +68,7 @@ def from_schema(schema: dict[str, Any], name: str | None = None) -> st.SearchStr
     if kind == "integer":
         return examples | st.integers()
     if kind == "number":
-        return st.floats(allow_nan=False)
+        return st.floats(allow_nan=False, allow_infinity=False)
     if kind == "boolean":
         return st.booleans()
     if kind == "null":
