@@ -661,7 +661,33 @@ class SupervisedApps:
             sup.wait_running(name)
 
 
+# --- the data report: plan and suspension are data about the user --------------------------------
+
+
+def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Any]:
+    """Rows for ``slotctl data report``: the slot's plan and, while suspended, when/why/by whom."""
+    from provisioner.datareport import Item
+
+    if rec is None:
+        return []
+    life = get_lifecycle(ctx.store, username)
+    where = f"store {ctx.config.db_path} (slot_lifecycle), clear"
+    items = [Item("plan", life.plan if life and life.plan else "none", "what the slot was sold with (quota, apps)",
+                  where, "while the slot exists")]
+    if life is not None and life.suspended_at is not None:
+        items.append(Item("suspension", {"since": life.suspended_at, "reason": life.suspended_reason,
+                                         "by": life.suspended_by},
+                          "why logins are refused, what unsuspend restores", where,
+                          "until unsuspended (the audit entry stays)"))
+    return items
+
+
 slots.CREATION_EXTENSIONS.append(_creation_steps)
 slots.REMOVAL_EXTENSIONS.append(_removal_steps)
+if importlib.util.find_spec("provisioner.datareport") is not None:
+    from provisioner import datareport as _datareport
+
+    if data_items not in _datareport.SOURCES:
+        _datareport.SOURCES.append(data_items)
 if importlib.util.find_spec("provisioner.apps") is not None:
     APP_CONTROLS.append(SupervisedApps())

@@ -184,6 +184,12 @@ def test_cli_suspend_unsuspend_su_and_password(host: SlotHost) -> None:
         assert not su_password(name, password) and not su_from_root(name)
         shown = json.loads(host.slotctl("--json", "slot", "show", name).stdout)
         assert shown["state"] == "suspended" and shown["suspended_reason"] == "chargeback"
+        from provisioner.datareport import data_report
+
+        ctx = host.ctx()
+        items = {i["item"]: i["value"] for i in data_report(ctx, name)["items"]}
+        ctx.close()
+        assert items["plan"] == "none" and items["suspension"]["reason"] == "chargeback"
         again = host.slotctl("slot", "suspend", name, "--reason", "chargeback", "--json")
         assert json.loads(again.stdout)["changed"] is False
         # A new password for a suspended slot does not unlock it.
