@@ -67,6 +67,7 @@ lint: venv
 bench: venv
 	$(PY) bench/provision.py
 	$(PY) bench/metrics.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
