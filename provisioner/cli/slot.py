@@ -12,10 +12,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from provisioner.cli import fleet
 from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
 from provisioner.context import Context
 from provisioner.doctor import find_drift
 from provisioner.errors import BadInput, SlotError
+from provisioner.executors import SlotChange
 from provisioner.names import format_size
 from provisioner.plan import Plan
 from provisioner.slots import Created, create_slot, get_slot, remove_slot, reset_password, slot_details
@@ -44,9 +46,15 @@ def _plan_out(plan: Plan, dry_run: bool) -> None:
 @click.option("--payment-ref", metavar="REF", help="PayPal transaction id / Coinbase payment id.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
 @json_option
+@fleet.fleet_options
 def create(username: str, email: str, country: str, quota: str | None, payment_ref: str | None,
            dry_run: bool) -> None:
     """Create slot USERNAME; prints its generated password once (it is never stored)."""
+    if fleet.requested():
+        fleet.emit_outcomes(fleet.run_changes([SlotChange.parse(
+            {"username": username, "email": email, "country": country, "quota": quota,
+             "payment_ref": payment_ref, "strict": True})], check=dry_run), check=dry_run)
+        return
     ctx = Context()
     result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run)
     if isinstance(result, Plan):
@@ -99,8 +107,14 @@ def list_() -> None:
 @click.option("--keep-data", is_flag=True, help="Keep the home, moved aside and owned by root.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
 @json_option
+@fleet.fleet_options
 def remove(username: str, keep_data: bool, dry_run: bool) -> None:
     """Remove slot USERNAME (exact name): processes, apps, home, quota, user, store rows."""
+    if fleet.requested():
+        fleet.emit_outcomes(fleet.run_changes([SlotChange.parse(
+            {"username": username, "state": "absent", "keep_data": keep_data, "strict": True})],
+            check=dry_run), check=dry_run)
+        return
     ctx = Context()
     plan = remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
     if dry_run:
@@ -143,6 +157,7 @@ def read_slots_csv(text: str) -> list[dict[str, str]]:
 @slot.command("create-many")
 @click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
+@fleet.fleet_options
 def create_many(csv_file: Path) -> None:
     """Create a slot per CSV row; a failing row does not stop the rest. Exit 1 if any failed."""
     try:
@@ -150,6 +165,9 @@ def create_many(csv_file: Path) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{csv_file}: cannot read: {exc}") from None
     rows = read_slots_csv(text)
+    if fleet.requested():  # one module call per host for the whole file
+        fleet.emit_outcomes(fleet.run_changes([SlotChange.parse({**row, "strict": True}) for row in rows]))
+        return
     ctx = Context()
     results: list[dict[str, Any]] = []
     from rich.progress import Progress
