@@ -8,8 +8,8 @@ host that fails or cannot be reached is reported for its own slots and hides nob
 Secrets: the runner is started with ``suppress_env_files=True`` (nothing of the call is written
 to ``env/``); generated passwords come back *sealed* to a key pair that lives only in this
 process (:mod:`provisioner.executors.sealed`), so ``artifacts/`` holds ciphertext only. The
-private data directory is a fresh 0700 temp dir, removed afterwards unless ``artifact_dir`` is
-given.
+private data directory is a fresh 0700 temp dir, removed afterwards unless ``private_data_dir``
+is given (then it is kept, for inspection).
 
 >>> AnsibleExecutor.name
 'ansible'
@@ -69,7 +69,7 @@ class PlaybookRun:
     status: str
     rc: int
     hosts: dict[str, HostResult]
-    artifact_dir: Path | None
+    private_data_dir: Path | None
 
     @property
     def changed(self) -> int:
@@ -156,7 +156,7 @@ class AnsibleExecutor:
     name = "ansible"
 
     def __init__(self, inventory: str | Path, hosts: list[str] | None = None, *,
-                 playbooks: Path | None = None, artifact_dir: Path | None = None,
+                 playbooks: Path | None = None, private_data_dir: Path | None = None,
                  progress: Progress | None = None, extravars: dict[str, Any] | None = None,
                  envvars: dict[str, str] | None = None, timeout: int | None = None) -> None:
         self.inventory = Path(inventory).resolve()
@@ -167,7 +167,8 @@ class AnsibleExecutor:
             if not h or h.startswith("-") or any(c.isspace() for c in h):
                 raise BadInput(f"--host {h!r} is not a host name or pattern")
         self.playbooks = playbooks or playbooks_dir()
-        self.artifact_dir = artifact_dir
+        self.private_data_dir = private_data_dir
+        self.last_run: PlaybookRun | None = None
         self.progress = progress
         self.extravars = dict(extravars or {})
         self.envvars = dict(envvars or {})
@@ -183,7 +184,11 @@ class AnsibleExecutor:
         import ansible_runner  # type: ignore[import-untyped]  # heavy: only the fleet path pays for it
 
         collector = EventCollector(self.progress)
-        private = Path(tempfile.mkdtemp(prefix="slotwarden-fleet-"))
+        if self.private_data_dir is not None:
+            private = self.private_data_dir
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            private = Path(tempfile.mkdtemp(prefix="slotwarden-fleet-"))
         bindir = str(Path(sys.executable).parent)
         env = {
             # The runner finds ansible-playbook through PATH: prefer the one beside this Python.
@@ -198,7 +203,6 @@ class AnsibleExecutor:
         try:
             r = ansible_runner.run(
                 private_data_dir=str(private),
-                artifact_dir=str(self.artifact_dir) if self.artifact_dir else None,
                 playbook=str(self.playbooks / playbook),
                 inventory=str(self.inventory),
                 limit=self.pattern,
@@ -210,7 +214,6 @@ class AnsibleExecutor:
                 event_handler=collector,
                 timeout=self.timeout,
             )
-            artifacts = Path(r.config.artifact_dir) if self.artifact_dir else None
             for hr in collector.hosts.values():
                 if hr.stats.get("dark"):
                     hr.status = "unreachable"
@@ -218,10 +221,11 @@ class AnsibleExecutor:
                     hr.status = "failed"
             if r.status not in ("successful", "failed") and not collector.hosts:
                 raise SlotError(f"ansible-runner {r.status} (rc {r.rc}) running {playbook}"
-                                + ("" if self.artifact_dir else "; pass an artifact directory to keep its output"))
-            return PlaybookRun(r.status, int(r.rc), collector.hosts, artifacts)
+                                + ("" if self.private_data_dir else "; pass private_data_dir to keep its output"))
+            self.last_run = PlaybookRun(r.status, int(r.rc), collector.hosts, self.private_data_dir)
+            return self.last_run
         finally:
-            if self.artifact_dir is None:
+            if self.private_data_dir is None:
                 shutil.rmtree(private, ignore_errors=True)
 
     def apply(self, changes: list[SlotChange], *, check: bool = False) -> list[SlotOutcome]:
