@@ -49,6 +49,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/provision.py
+	$(PY) bench/metrics.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

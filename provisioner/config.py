@@ -55,6 +55,24 @@ class RetentionConfig:
     keep_data_for: int = 30 * 24 * 3600
 
 
+PLAN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """One ``[plans.NAME]`` table: what a slot sold under NAME gets.
+
+    ``apps`` None means every app of the catalog; ``max_apps``/``max_processes`` None mean no limit.
+    """
+
+    name: str
+    quota: int
+    apps: tuple[str, ...] | None = None
+    max_apps: int | None = None
+    max_processes: int | None = None
+    description: str = ""
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. Unknown sections are kept raw in ``extra`` for their owners."""
@@ -63,6 +81,7 @@ class Config:
     host: HostConfig = field(default_factory=HostConfig)
     slots: SlotsConfig = field(default_factory=SlotsConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    plans: dict[str, PlanConfig] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -130,6 +149,40 @@ def _section(cls: type[Any], table: object, name: str) -> Any:
     return cls(**values)
 
 
+def _plan(name: str, table: object) -> PlanConfig:
+    """Validate one ``[plans.NAME]`` table; every error names its key."""
+    key = f"plans.{name}"
+    if not name or not name[0].isalpha() or not set(name) <= PLAN_NAME_CHARS or len(name) > 32:
+        raise ConfigError(f"{key}: a plan name is 1-32 of a-z 0-9 _ -, starting with a letter")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a table")
+    unknown = sorted(set(table) - {"quota", "apps", "max_apps", "max_processes", "description"})
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key")
+    if "quota" not in table:
+        raise ConfigError(f"{key}.quota: missing (every plan has a disk quota, e.g. \"5G\")")
+    try:
+        quota = parse_size(table["quota"])
+    except Exception as exc:
+        raise ConfigError(f"{key}.quota: {exc}") from None
+    apps: tuple[str, ...] | None = None
+    if "apps" in table:
+        raw = table["apps"]
+        if not isinstance(raw, list) or not all(isinstance(a, str) and a for a in raw):
+            raise ConfigError(f"{key}.apps: expected a list of app names")
+        apps = tuple(dict.fromkeys(raw))
+    limits: dict[str, int | None] = {}
+    for limit in ("max_apps", "max_processes"):
+        value = table.get(limit)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{key}.{limit}: expected a non-negative integer")
+        limits[limit] = value
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{key}.description: expected a string")
+    return PlanConfig(name, quota, apps, limits["max_apps"], limits["max_processes"], description)
+
+
 _SECTIONS: dict[str, type[Any]] = {"host": HostConfig, "slots": SlotsConfig, "retention": RetentionConfig}
 
 
@@ -146,6 +199,10 @@ def load_config_text(text: str, path: Path | None = None) -> Config:
             kwargs["state_dir"] = _convert("state_dir", DEFAULT_STATE_DIR, value)
         elif key in _SECTIONS:
             kwargs[key] = _section(_SECTIONS[key], value, key)
+        elif key == "plans":
+            if not isinstance(value, dict):
+                raise ConfigError("plans: expected tables like [plans.small]")
+            kwargs["plans"] = {name: _plan(name, table) for name, table in value.items()}
         elif isinstance(value, dict):
             extra[key] = value
         else:

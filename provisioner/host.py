@@ -111,7 +111,7 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
 
     if not accounts.group_exists(admin):
         steps.append(Step("admin-group", f"create system group {admin} (sees all processes)",
-                          lambda: run(["groupadd", "--system", admin]) and None))
+                          lambda: run(["groupadd", "--system", admin])))
 
     if req.loopback_image is not None:
         image = req.loopback_image
@@ -138,7 +138,7 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
                 run(["mount", "-o", "loop", str(image), str(root)])
 
             steps.append(Step("mount", f"mount {image} on {root}", mount,
-                              lambda: run(["umount", str(root)], check=False) and None))
+                              lambda: run(["umount", str(root)], check=False)))
         if req.persist and not _fstab_has(str(root)):
             line = f"{image} {root} btrfs loop,nofail 0 0 # slotwarden"
             steps.append(Step("fstab", f"add {root} to {FSTAB}", lambda: _fstab_set(str(root), line)))
@@ -190,7 +190,7 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
                                                           f"gid={_gid(admin)} 0 0 # slotwarden")))
     elif hide not in {None, "0", "off"}:
         steps.append(Step("hidepid", "remount /proc without hidepid",
-                          lambda: run(["mount", "-o", "remount,hidepid=0", "/proc"]) and None))
+                          lambda: run(["mount", "-o", "remount,hidepid=0", "/proc"])))
 
     wanted = {"slots_root": str(root), "quota_backend": backend, "admin_group": admin,
               "hidepid": "yes" if req.hidepid else "no"}
@@ -202,6 +202,9 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
             ctx.store.audit(current_actor(), "host.init", None, wanted)
 
         steps.append(Step("settings", f"record host settings {wanted}", record))
+    from provisioner.slots import _load_extensions
+
+    _load_extensions()  # packages register their host steps when imported
     for ext in HOST_INIT_EXTENSIONS:
         steps.extend(ext(ctx, req))
     return Plan("host init", steps)

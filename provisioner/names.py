@@ -32,7 +32,7 @@ EMAIL_RE = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(?=.{1,253}$)"
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 )
-SIZE_RE = re.compile(r"([0-9]{1,15})([KMGT]?)(i?B?)?", re.IGNORECASE)
+SIZE_RE = re.compile(r"([0-9]{1,16})([KMGT]?)(i?B?)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_SIZE = 1 << 50  # 1 PiB: anything larger is a typo, not a plan
 

@@ -20,7 +20,7 @@ from provisioner.errors import SlotError, StepFailed
 
 log = logging.getLogger("slotwarden.plan")
 
-Action = Callable[[], None]
+Action = Callable[[], object]  # the return value is ignored
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from provisioner.names import (
 )
 from provisioner.plan import Plan, Step, apply
 from provisioner.quota import QuotaBackend
+from provisioner.runner import run
 from provisioner.store import SlotRecord, Store, current_actor
 
 # Other packages (apps, metrics, lifecycle) add steps to slot changes here. A creation extension
@@ -42,7 +44,8 @@ RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
 
 
 # Packages that register extensions when imported; a package that is absent is skipped.
-EXTENSION_MODULES: list[str] = ["provisioner.apps", "provisioner.metrics", "provisioner.lifecycle"]
+EXTENSION_MODULES: list[str] = ["provisioner.supervisor", "provisioner.apps", "provisioner.metrics",
+                                "provisioner.lifecycle"]
 
 
 def _load_extensions() -> None:
@@ -72,6 +75,7 @@ class SlotRequest:
     country: str
     quota_bytes: int | None
     payment_ref: str | None = None
+    apps: tuple[str, ...] = ()  # installed by the apps package's creation extension
 
     @classmethod
     def parse(
@@ -81,6 +85,7 @@ class SlotRequest:
         country: str,
         quota: str | int | None = None,
         payment_ref: str | None = None,
+        apps: tuple[str, ...] = (),
     ) -> SlotRequest:
         """Validate every field; raises BadInput naming the first bad one."""
         return cls(
@@ -89,6 +94,7 @@ class SlotRequest:
             country=validate_country(country),
             quota_bytes=None if quota is None else parse_size(quota),
             payment_ref=None if payment_ref is None else validate_payment_ref(payment_ref),
+            apps=tuple(dict.fromkeys(apps)),
         )
 
 
@@ -231,6 +237,7 @@ def create_slot(
     payment_ref: str | None = None,
     *,
     dry_run: bool = False,
+    apps: tuple[str, ...] = (),
 ) -> Created | Plan:
     """Create (or finish creating) a slot. Returns the plan when DRY_RUN.
 
@@ -238,7 +245,7 @@ def create_slot(
     """
     if quota is None and ctx.settings.quota_backend != "none":
         quota = ctx.config.slots.default_quota
-    req = SlotRequest.parse(username, email, country, quota, payment_ref)
+    req = SlotRequest.parse(username, email, country, quota, payment_ref, tuple(apps))
     _load_extensions()
     facts = SlotFacts.gather(ctx, req.username)
     if facts.account is not None and facts.account.uid < facts.uid_min:
@@ -255,6 +262,166 @@ def create_slot(
     record = ctx.store.get_slot(req.username)
     assert record is not None
     return Created(record, password, resumed=facts.record is not None)
+
+
+def plan_create_batch(
+    reqs: list[SlotRequest],
+    *,
+    slots_root: Path,
+    quota: QuotaBackend,
+    store: Store,
+    shell: str,
+    skeleton: Path,
+    passwords: dict[str, str],
+) -> Plan:
+    """The steps that create many fresh slots at once (every name checked fresh by the caller).
+
+    The same steps as one create, each done for the whole batch: the users come from a single
+    ``newusers`` run (accounts, private groups and PAM-hashed passwords from stdin, with one
+    write of the account files instead of one per user), which is what makes bulk provisioning
+    cost little more than the password hashes themselves.
+    """
+    names = [r.username for r in reqs]
+    homes = {n: slots_root / n for n in names}
+    actor = current_actor()
+    now = time.time()
+
+    def reserve() -> None:
+        with store.transaction():
+            for r in reqs:
+                store.insert_slot(SlotRecord(r.username, None, r.email, r.country, r.payment_ref,
+                                             r.quota_bytes, str(homes[r.username]), "creating", now))
+                store.audit(actor, "slot.create.start", r.username, {"quota_bytes": r.quota_bytes, "batch": True})
+
+    def unreserve() -> None:
+        with store.transaction():
+            for n in names:
+                store.delete_slot(n)
+
+    def make_homes() -> None:
+        for n in names:
+            quota.make_home(homes[n])
+
+    def remove_homes() -> None:
+        for n in names:
+            quota.remove_home(homes[n])
+
+    def users() -> None:
+        lines = "".join(f"{n}:{passwords[n]}:::{accounts.SLOT_COMMENT}:{homes[n]}:{shell}\n" for n in names)
+        run(["newusers"], stdin=lines)
+
+    def delete_users() -> None:
+        for n in names:
+            accounts.delete_user(n)
+
+    def skeletons() -> None:
+        for n in names:
+            acct = accounts.lookup_user(n)
+            if acct is None:
+                raise SlotError(f"user {n} missing after newusers")
+            _copy_skeleton(skeleton, homes[n], acct.uid, acct.gid)
+
+    def limits() -> None:
+        for r in reqs:
+            if r.quota_bytes is not None:
+                quota.set_limit(r.username, homes[r.username], r.quota_bytes)
+
+    def clear_limits() -> None:
+        for n in names:
+            quota.clear_limit(n, homes[n])
+
+    def activate() -> None:
+        with store.transaction():
+            for r in reqs:
+                acct = accounts.lookup_user(r.username)
+                store.update_slot(r.username, state="active", uid=acct.uid if acct else None)
+                store.audit(actor, "slot.create", r.username, {"quota_bytes": r.quota_bytes, "batch": True})
+
+    steps = [
+        Step("reserve", f"record {len(names)} slots as being created", reserve, unreserve),
+        Step("home", f"create {len(names)} homes under {slots_root} ({quota.name})", make_homes, remove_homes),
+        Step("user", f"newusers: {len(names)} users with private groups, passwords on stdin", users,
+             delete_users),
+        Step("skeleton", f"copy {skeleton} into each home, owner the slot, mode 0700", skeletons),
+    ]
+    if any(r.quota_bytes is not None for r in reqs):
+        steps.append(Step("quota", f"set each slot's quota ({quota.name})", limits, clear_limits))
+    steps.append(Step("activate", f"mark {len(names)} slots active", activate))
+    return Plan(f"create {len(names)} slots", steps)
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One row of a bulk create, as given."""
+
+    username: str
+    email: str
+    country: str
+    quota: str | int | None = None
+    payment_ref: str | None = None
+
+
+def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> list[Created | SlotError]:
+    """Create a slot per row; one result per row, in order. A failing row never stops the rest.
+
+    Rows whose name is fresh go through :func:`plan_create_batch` in chunks of BATCH_SIZE; if a
+    chunk fails as a whole it is undone and its rows are retried one by one, so a bad row only
+    fails itself. Rows that resume an interrupted create go through :func:`create_slot`.
+    """
+    _load_extensions()
+    results: list[Created | SlotError | None] = [None] * len(rows)
+    fresh: list[tuple[int, SlotRequest]] = []
+    single: list[int] = []
+    seen: set[str] = set()
+    default_quota = ctx.config.slots.default_quota if ctx.settings.quota_backend != "none" else None
+    for i, row in enumerate(rows):
+        try:
+            req = SlotRequest.parse(row.username, row.email, row.country,
+                                    row.quota if row.quota is not None else default_quota, row.payment_ref)
+        except SlotError as exc:
+            results[i] = exc
+            continue
+        facts = SlotFacts.gather(ctx, req.username)
+        is_fresh = (facts.record is None and facts.account is None and not facts.group_exists
+                    and not facts.home_exists and req.username not in seen)
+        if is_fresh and not (req.quota_bytes is not None and ctx.quota.name == "none"):
+            fresh.append((i, req))
+        else:
+            single.append(i)
+        seen.add(req.username)
+    for start in range(0, len(fresh), batch_size):
+        chunk = fresh[start:start + batch_size]
+        passwords = {req.username: accounts.generate_password(ctx.config.slots.password_length)
+                     for _, req in chunk}
+        plan = plan_create_batch(
+            [req for _, req in chunk], slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
+            shell=ctx.config.slots.shell, skeleton=ctx.config.slots.skeleton, passwords=passwords,
+        )
+        try:
+            apply(plan)
+        except SlotError:
+            single.extend(i for i, _ in chunk)
+            continue
+        for i, req in chunk:
+            ext = [s for e in CREATION_EXTENSIONS for s in e(ctx, req)]
+            try:
+                if ext:
+                    apply(Plan(f"finish slot {req.username}", ext))
+                rec = ctx.store.get_slot(req.username)
+                assert rec is not None
+                results[i] = Created(rec, passwords[req.username])
+            except SlotError as exc:
+                remove_slot(ctx, req.username)
+                results[i] = exc
+    for i in sorted(single):
+        row = rows[i]
+        try:
+            out = create_slot(ctx, row.username, row.email, row.country, row.quota, row.payment_ref)
+            assert isinstance(out, Created)
+            results[i] = out
+        except SlotError as exc:
+            results[i] = exc
+    return [r if r is not None else SlotError("not processed") for r in results]
 
 
 def plan_remove_slot(
@@ -363,6 +530,7 @@ def get_slot(ctx: Context, username: str) -> SlotRecord:
 def slot_details(ctx: Context, rec: SlotRecord) -> dict[str, Any]:
     """The record plus live facts: disk used and cap as the kernel accounts them."""
     out = rec.as_dict()
+    out["created"] = datetime.fromtimestamp(rec.created_at, UTC).isoformat(timespec="seconds")
     home = Path(rec.home)
     try:
         usage = ctx.quota.usage(rec.username, home) if home.exists() else None

@@ -24,6 +24,13 @@ GROUPS: dict[str, str] = {
     "host": "provisioner.cli.host:host",
     "slot": "provisioner.cli.slot:slot",
     "doctor": "provisioner.cli.slot:doctor",
+    "app": "provisioner.cli.app:app",
+    "metrics": "provisioner.cli.metrics:metrics",
+    "data": "provisioner.cli.data:data",
+    "retention": "provisioner.cli.retention:retention",
+    "plan": "provisioner.cli.plan:plan",
+    "api": "provisioner.cli.api:api",
+    "guard": "provisioner.cli.guard:guard",
 }
 
 

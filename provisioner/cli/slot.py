@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from provisioner import slots as slot_ops
 from provisioner.cli import fleet
 from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
 from provisioner.context import Context
 from provisioner.doctor import find_drift
-from provisioner.errors import BadInput, SlotError
+from provisioner.errors import BadInput
 from provisioner.executors import SlotChange
 from provisioner.names import format_size
 from provisioner.plan import Plan
-from provisioner.slots import Created, create_slot, get_slot, remove_slot, reset_password, slot_details
+from provisioner.slots import BatchRow, Created, create_slot, get_slot, remove_slot, reset_password, slot_details
 
 
 @click.group()
@@ -44,11 +46,14 @@ def _plan_out(plan: Plan, dry_run: bool) -> None:
 @click.option("--country", required=True, help="ISO 3166-1 alpha-2 country code (for tax).")
 @click.option("--quota", metavar="SIZE", help="Disk quota, e.g. 5G [default: slots.default_quota].")
 @click.option("--payment-ref", metavar="REF", help="PayPal transaction id / Coinbase payment id.")
+@click.option("--app", "apps", metavar="APP", multiple=True, help="Install APP too (repeatable; slotctl app list).")
+@click.option("--plan", "plan_name", metavar="PLAN", help="A plan from 'slotctl plan list' (its quota "
+              "unless --quota is given too).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
 @json_option
 @fleet.fleet_options
 def create(username: str, email: str, country: str, quota: str | None, payment_ref: str | None,
-           dry_run: bool) -> None:
+           apps: tuple[str, ...], plan_name: str | None, dry_run: bool) -> None:
     """Create slot USERNAME; prints its generated password once (it is never stored)."""
     if fleet.requested():
         fleet.emit_outcomes(fleet.run_changes([SlotChange.parse(
@@ -56,14 +61,25 @@ def create(username: str, email: str, country: str, quota: str | None, payment_r
              "payment_ref": payment_ref, "strict": True})], check=dry_run), check=dry_run)
         return
     ctx = Context()
-    result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run)
+    if plan_name is not None:
+        from provisioner.lifecycle import create as create_on_plan
+
+        result = create_on_plan(ctx, username, email, country, plan=plan_name, quota=quota,
+                                payment_ref=payment_ref, dry_run=dry_run, apps=apps)
+    else:
+        result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run, apps=apps)
     if isinstance(result, Plan):
         _plan_out(result, True)
         return
-    _created_out(result)
+    app_creds: list[dict[str, Any]] = []
+    if apps:
+        from provisioner.apps import app_credentials
+
+        app_creds = [app_credentials(ctx, username, a).as_dict() for a in dict.fromkeys(apps)]
+    _created_out(result, app_creds)
 
 
-def _created_out(result: Created) -> None:
+def _created_out(result: Created, app_creds: list[dict[str, Any]] | None = None) -> None:
     rec = result.record
 
     def render(c: Console) -> None:
@@ -71,8 +87,10 @@ def _created_out(result: Created) -> None:
         kv_table(c, {"home": rec.home, "quota": format_size(rec.quota_bytes) if rec.quota_bytes else "none",
                      "password": result.password})
         c.print("The password is shown once and not stored; 'slotctl slot passwd' makes a new one.")
+        for a in app_creds or []:
+            c.print(f"app {a['app']}: {a['url']}  user {a['username']}  password {a['password']}")
 
-    emit(result.as_dict(), render)
+    emit({**result.as_dict(), **({"apps": app_creds} if app_creds else {})}, render)
 
 
 @slot.command("show")
@@ -169,20 +187,16 @@ def create_many(csv_file: Path) -> None:
         fleet.emit_outcomes(fleet.run_changes([SlotChange.parse({**row, "strict": True}) for row in rows]))
         return
     ctx = Context()
+    batch = [BatchRow(r["username"], r["email"], r["country"], r.get("quota") or None, r.get("payment_ref") or None)
+             for r in rows]
+    with err_console.status(f"creating {len(batch)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
+        outcomes = slot_ops.create_many(ctx, batch)
     results: list[dict[str, Any]] = []
-    from rich.progress import Progress
-
-    with Progress(console=err_console, transient=True, disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task("creating slots", total=len(rows))
-        for i, row in enumerate(rows, 2):
-            try:
-                out = create_slot(ctx, row["username"], row["email"], row["country"],
-                                  row.get("quota") or None, row.get("payment_ref") or None)
-                assert isinstance(out, Created)
-                results.append({"line": i, "ok": True, **out.as_dict()})
-            except SlotError as exc:
-                results.append({"line": i, "ok": False, "username": row.get("username"), "error": str(exc)})
-            progress.advance(task)
+    for line, row, out in zip(range(2, len(rows) + 2), rows, outcomes, strict=True):
+        if isinstance(out, Created):
+            results.append({"line": line, "ok": True, **out.as_dict()})
+        else:
+            results.append({"line": line, "ok": False, "username": row.get("username"), "error": str(out)})
     failed = [r for r in results if not r["ok"]]
     summary = {"created": len(results) - len(failed), "failed": len(failed), "results": results}
 
@@ -207,7 +221,17 @@ def doctor() -> None:
     """Compare the store with the system; exit 1 if anything drifted."""
     ctx = Context()
     drift = find_drift(ctx)
-    emit({"ok": not drift, "drift": [d.as_dict() for d in drift]},
-         lambda c: [c.print(f"{d.subject}: {d.problem}") for d in drift] if drift else c.print("no drift"))
+
+    def render(c: Console) -> None:
+        for d in drift:
+            c.print(f"{d.subject}: {d.problem}")
+        if not drift:
+            c.print("no drift")
+
+    emit({"ok": not drift, "drift": [d.as_dict() for d in drift]}, render)
     if drift:
         sys.exit(1)
+
+
+# change-plan, suspend, unsuspend live in their own module and join this group on import.
+from provisioner.cli import lifecycle as _lifecycle  # noqa: E402, F401

@@ -1,0 +1,35 @@
+"""``python3 -m pam_hooks serve``: run the guard service without the provisioner CLI."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pam_hooks.config import GuardConfigError, load_guard_config
+from pam_hooks.service import GuardService, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``serve [--config FILE] [-v]`` and run the service in the foreground."""
+    ap = argparse.ArgumentParser(prog="python3 -m pam_hooks")
+    ap.add_argument("command", choices=["serve"])
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_guard_config(args.config)
+    except GuardConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.verbose)
+    try:
+        GuardService(cfg).run()
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

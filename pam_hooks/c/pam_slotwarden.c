@@ -1,0 +1,343 @@
+/*
+ * pam_slotwarden.so - thin PAM client of the slotwarden guard service.
+ *
+ * Stack (what `slotctl guard install` writes):
+ *
+ *   auth     requisite pam_slotwarden.so [socket=...] [timeout=500] [fail_mode=open]
+ *   @include common-auth
+ *   auth     optional  pam_slotwarden.so authsucc
+ *   account  required  pam_slotwarden.so
+ *   @include common-account
+ *
+ * auth (preauth): obtain the password through the conversation first (an
+ *   aborted conversation or a prompt timeout is therefore never counted), then
+ *   ask the service for a reservation. The service counts the reservation as a
+ *   failure right away; the password is checked only if it was granted.
+ *   A second try on the same handle (sshd calls pam_authenticate repeatedly)
+ *   sends the earlier, unresolved token along: it failed.
+ * auth authsucc: lines after an @include only run on success - release the
+ *   reservation as a success (clears the pair's count).
+ * cleanup (pam_end): an unresolved reservation is reported failed.
+ * account: refuse while any lock holds (this also stops key logins).
+ *
+ * Every field is escaped (bytes outside 0x21..0x7e and '%' become %XX) and
+ * capped to 256 raw bytes ("%.." marks a cut), so a hostile PAM_USER can
+ * neither break the line protocol nor make the request big.
+ * If the service is unreachable: fail_mode=open -> PAM_IGNORE, closed ->
+ * refuse; both are logged to syslog (authpriv).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAM_SM_AUTH
+#define PAM_SM_ACCOUNT
+#include <security/pam_ext.h>
+#include <security/pam_modules.h>
+
+#define DEFAULT_SOCKET "/run/slotwarden/guard.sock"
+#define DATA_NAME "pam_slotwarden_reservation"
+#define MAX_FIELD 256
+#define ESC_SIZE (MAX_FIELD * 3 + 4)
+#define REPLY_SIZE 256
+
+enum mode { MODE_PREAUTH, MODE_AUTHSUCC };
+
+struct opts {
+    char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    int timeout_ms;
+    int fail_closed;
+    int debug;
+    enum mode mode;
+};
+
+/* Lives on the PAM handle between tries; freed by cleanup(). */
+struct reservation {
+    long token; /* 0 = none outstanding */
+    struct opts o;
+};
+
+static void parse_opts(pam_handle_t *pamh, int argc, const char **argv, struct opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    snprintf(o->socket, sizeof(o->socket), "%s", DEFAULT_SOCKET);
+    o->timeout_ms = 500;
+    o->mode = MODE_PREAUTH;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "socket=", 7) == 0) {
+            snprintf(o->socket, sizeof(o->socket), "%s", a + 7);
+        } else if (strncmp(a, "timeout=", 8) == 0) {
+            int t = atoi(a + 8);
+            if (t > 0 && t <= 60000)
+                o->timeout_ms = t;
+        } else if (strcmp(a, "fail_mode=closed") == 0) {
+            o->fail_closed = 1;
+        } else if (strcmp(a, "fail_mode=open") == 0) {
+            o->fail_closed = 0;
+        } else if (strcmp(a, "authsucc") == 0) {
+            o->mode = MODE_AUTHSUCC;
+        } else if (strcmp(a, "preauth") == 0) {
+            o->mode = MODE_PREAUTH;
+        } else if (strcmp(a, "debug") == 0) {
+            o->debug = 1;
+        } else {
+            pam_syslog(pamh, LOG_ERR, "unknown option: %.64s", a);
+        }
+    }
+}
+
+/* Escape one field exactly like pam_hooks/protocol.py:escape(). */
+static void escape_field(const char *in, char *out)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0, i = 0;
+    if (in == NULL)
+        in = "";
+    for (; in[i] != '\0' && i < MAX_FIELD; i++) {
+        unsigned char b = (unsigned char)in[i];
+        if (b >= 0x21 && b <= 0x7e && b != '%') {
+            out[o++] = (char)b;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[b >> 4];
+            out[o++] = hex[b & 15];
+        }
+    }
+    if (in[i] != '\0') {
+        memcpy(out + o, "%..", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+}
+
+static long elapsed_ms(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (t1.tv_sec - t0->tv_sec) * 1000L + (t1.tv_nsec - t0->tv_nsec) / 1000000L;
+}
+
+/* One request line, one reply line. Returns 0 on success, -1 if unreachable. */
+static int ask(const struct opts *o, const char *req, char *reply, size_t replysz)
+{
+    struct sockaddr_un sa;
+    struct timeval tv;
+    struct timespec t0;
+    size_t len = strlen(req), off = 0, got = 0;
+    int fd, ret = -1;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    tv.tv_sec = o->timeout_ms / 1000;
+    tv.tv_usec = (o->timeout_ms % 1000) * 1000;
+    /* For AF_UNIX the send timeout also bounds a connect() on a full backlog. */
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", o->socket);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+        goto out;
+    while (off < len) {
+        ssize_t n = send(fd, req + off, len - off, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            goto out;
+        }
+        off += (size_t)n;
+    }
+    while (got + 1 < replysz) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        long left = o->timeout_ms - elapsed_ms(&t0);
+        ssize_t n;
+        if (left <= 0)
+            goto out;
+        n = poll(&p, 1, (int)left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out;
+        n = recv(fd, reply + got, replysz - 1 - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out;
+        got += (size_t)n;
+        reply[got] = '\0';
+        if (memchr(reply, '\n', got) != NULL) {
+            *strchr(reply, '\n') = '\0';
+            ret = 0;
+            break;
+        }
+    }
+out:
+    close(fd);
+    return ret;
+}
+
+static void send_outcome(pam_handle_t *pamh, const struct opts *o, const char *verb, long token)
+{
+    char req[64], reply[REPLY_SIZE];
+    snprintf(req, sizeof(req), "%s\t%ld\n", verb, token);
+    if (ask(o, req, reply, sizeof(reply)) != 0 && pamh != NULL)
+        pam_syslog(pamh, LOG_ERR, "guard service unreachable on %s: %s not recorded", o->socket, verb);
+}
+
+static void cleanup(pam_handle_t *pamh, void *data, int error_status)
+{
+    struct reservation *r = data;
+    /* REPLACE: we never replace our own data. SILENT: a forked child ending
+     * its copy of the handle; the parent still owns the reservation. */
+    if (r != NULL && r->token > 0 && !(error_status & (PAM_DATA_REPLACE | PAM_DATA_SILENT)))
+        send_outcome(pamh, &r->o, "FAIL", r->token);
+    free(r);
+}
+
+static int unreachable(pam_handle_t *pamh, const struct opts *o, const char *phase)
+{
+    pam_syslog(pamh, LOG_ERR, "guard service unreachable on %s during %s; fail_mode=%s",
+               o->socket, phase, o->fail_closed ? "closed: refusing" : "open: allowing");
+    if (!o->fail_closed)
+        return PAM_IGNORE;
+    return strcmp(phase, "account") == 0 ? PAM_PERM_DENIED : PAM_AUTH_ERR;
+}
+
+/* Build "VERB\tservice\tuser\trhost" from the handle's items. */
+static int who(pam_handle_t *pamh, char *svc, char *user, char *rhost)
+{
+    const void *item = NULL;
+    const char *u = NULL;
+    int rc = pam_get_user(pamh, &u, NULL);
+    if (rc != PAM_SUCCESS || u == NULL)
+        return rc == PAM_SUCCESS ? PAM_USER_UNKNOWN : rc;
+    escape_field(u, user);
+    item = NULL;
+    pam_get_item(pamh, PAM_SERVICE, &item);
+    escape_field(item, svc);
+    item = NULL;
+    pam_get_item(pamh, PAM_RHOST, &item);
+    escape_field(item, rhost);
+    return PAM_SUCCESS;
+}
+
+PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    struct opts o;
+    struct reservation *r = NULL;
+    const void *data = NULL;
+    char svc[ESC_SIZE], user[ESC_SIZE], rhost[ESC_SIZE], reply[REPLY_SIZE];
+    char req[ESC_SIZE * 3 + 64];
+    const char *tok = NULL;
+    long prev = 0;
+    int rc;
+    (void)flags;
+
+    parse_opts(pamh, argc, argv, &o);
+    if (pam_get_data(pamh, DATA_NAME, &data) == PAM_SUCCESS)
+        r = (struct reservation *)data;
+
+    if (o.mode == MODE_AUTHSUCC) {
+        if (r != NULL && r->token > 0) {
+            send_outcome(pamh, &o, "SUCC", r->token);
+            r->token = 0;
+        }
+        return PAM_IGNORE;
+    }
+
+    rc = who(pamh, svc, user, rhost);
+    if (rc != PAM_SUCCESS)
+        return rc;
+    /* No password, no try: a conversation that fails here is not counted. */
+    rc = pam_get_authtok(pamh, PAM_AUTHTOK, &tok, NULL);
+    if (rc != PAM_SUCCESS)
+        return rc;
+
+    if (r != NULL)
+        prev = r->token;
+    if (prev > 0)
+        snprintf(req, sizeof(req), "AUTH\t%s\t%s\t%s\t%ld\n", svc, user, rhost, prev);
+    else
+        snprintf(req, sizeof(req), "AUTH\t%s\t%s\t%s\n", svc, user, rhost);
+    if (ask(&o, req, reply, sizeof(reply)) != 0) {
+        if (r != NULL)
+            r->token = 0;
+        return unreachable(pamh, &o, "auth");
+    }
+    if (r != NULL)
+        r->token = 0; /* the service has marked it failed */
+
+    if (strncmp(reply, "ALLOW ", 6) == 0) {
+        long token = strtol(reply + 6, NULL, 10);
+        if (token <= 0)
+            return unreachable(pamh, &o, "auth");
+        if (r == NULL) {
+            r = calloc(1, sizeof(*r));
+            if (r == NULL)
+                return PAM_BUF_ERR;
+            r->o = o;
+            if (pam_set_data(pamh, DATA_NAME, r, cleanup) != PAM_SUCCESS) {
+                free(r);
+                return PAM_BUF_ERR;
+            }
+        }
+        r->o = o;
+        r->token = token;
+        if (o.debug)
+            pam_syslog(pamh, LOG_DEBUG, "reservation %ld for user=%s rhost=%s", token, user, rhost);
+        return PAM_IGNORE;
+    }
+    if (strncmp(reply, "DENY ", 5) == 0) {
+        pam_syslog(pamh, LOG_NOTICE, "refused: user=%s rhost=%s locked (%.64s)", user, rhost, reply + 5);
+        return PAM_AUTH_ERR;
+    }
+    pam_syslog(pamh, LOG_ERR, "guard service error: %.128s", reply);
+    return unreachable(pamh, &o, "auth");
+}
+
+PAM_EXTERN int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)pamh;
+    (void)flags;
+    (void)argc;
+    (void)argv;
+    return PAM_IGNORE;
+}
+
+PAM_EXTERN int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    struct opts o;
+    char svc[ESC_SIZE], user[ESC_SIZE], rhost[ESC_SIZE], reply[REPLY_SIZE];
+    char req[ESC_SIZE * 3 + 64];
+    int rc;
+    (void)flags;
+
+    parse_opts(pamh, argc, argv, &o);
+    rc = who(pamh, svc, user, rhost);
+    if (rc != PAM_SUCCESS)
+        return rc;
+    snprintf(req, sizeof(req), "ACCT\t%s\t%s\t%s\n", svc, user, rhost);
+    if (ask(&o, req, reply, sizeof(reply)) != 0)
+        return unreachable(pamh, &o, "account");
+    if (strcmp(reply, "ALLOW") == 0)
+        return PAM_SUCCESS;
+    if (strncmp(reply, "DENY ", 5) == 0) {
+        pam_syslog(pamh, LOG_NOTICE, "account refused: user=%s rhost=%s locked (%.64s)", user, rhost, reply + 5);
+        return PAM_PERM_DENIED;
+    }
+    pam_syslog(pamh, LOG_ERR, "guard service error: %.128s", reply);
+    return unreachable(pamh, &o, "account");
+}

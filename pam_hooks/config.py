@@ -1,0 +1,178 @@
+"""The ``[guard]`` section of the slotwarden TOML file, parsed with the stdlib only.
+
+pam_hooks never imports the provisioner, so it reads its own section here; the
+provisioner's config module exposes the same keys with the same names.
+
+>>> cfg = parse_guard({"guard": {"pair_deny": 3, "window": "10m"}})
+>>> (cfg.pair_deny, cfg.window)
+(3, 600.0)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path("/etc/slotwarden/slotwarden.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/slotwarden")
+DEFAULT_SOCKET = Path("/run/slotwarden/guard.sock")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class GuardConfigError(ValueError):
+    """A ``[guard]`` value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Lockout policy and service settings; durations are seconds."""
+
+    pair_deny: int = 5
+    window: float = 900.0
+    ip_deny: int = 20
+    ipv6_prefix: int = 64
+    user_deny: int = 50
+    lock_for: float = 900.0
+    lock_max: float = 86400.0
+    allow: tuple[Network, ...] = ()
+    deny_root: bool = True
+    fail_mode: str = "open"
+    socket: Path = DEFAULT_SOCKET
+    network_block: bool = False
+    retention: float = 86400.0
+    state_dir: Path = DEFAULT_STATE_DIR
+    # How long a reservation may stay without an outcome before it is marked
+    # failed (it already counts as a failure while pending).
+    reservation_ttl: float = 120.0
+    timeout_ms: int = 500
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def db_path(self) -> Path:
+        """The attempt store: ``<state_dir>/guard.db``."""
+        return self.state_dir / "guard.db"
+
+
+def parse_duration(key: str, value: object) -> float:
+    """Seconds from ``900``, ``"15m"``, ``"24h"``, ``"1d"``; errors name ``key``."""
+    if isinstance(value, bool):
+        raise GuardConfigError(f"guard.{key}: expected a duration, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    else:
+        raise GuardConfigError(f"guard.{key}: expected a duration like 900, '15m' or '24h', got {value!r}")
+    if seconds <= 0:
+        raise GuardConfigError(f"guard.{key}: must be positive, got {value!r}")
+    return seconds
+
+
+def _int(key: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise GuardConfigError(f"guard.{key}: expected an integer {lo}..{hi}, got {value!r}")
+    return value
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise GuardConfigError(f"guard.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _path(key: str, value: object) -> Path:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise GuardConfigError(f"guard.{key}: expected an absolute path, got {value!r}")
+    return Path(value)
+
+
+def _allow(value: object) -> tuple[Network, ...]:
+    if not isinstance(value, list):
+        raise GuardConfigError(f"guard.allow: expected a list of CIDRs, got {value!r}")
+    nets = []
+    for item in value:
+        try:
+            nets.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise GuardConfigError(f"guard.allow: {item!r} is not an address or CIDR") from None
+    return tuple(nets)
+
+
+_KNOWN = {
+    "pair_deny", "window", "ip_deny", "ipv6_prefix", "user_deny", "lock_for", "lock_max",
+    "allow", "deny_root", "fail_mode", "socket", "network_block", "retention",
+    "reservation_ttl", "timeout_ms",
+}
+
+
+def parse_guard(doc: dict[str, Any]) -> GuardConfig:
+    """Build a GuardConfig from a parsed TOML document (top-level ``state_dir`` + ``[guard]``)."""
+    section = doc.get("guard", {})
+    if not isinstance(section, dict):
+        raise GuardConfigError("guard: expected a table")
+    unknown = sorted(set(section) - _KNOWN)
+    if unknown:
+        raise GuardConfigError(f"guard.{unknown[0]}: unknown key")
+    kw: dict[str, Any] = {}
+    for key in ("pair_deny", "ip_deny", "user_deny"):
+        if key in section:
+            kw[key] = _int(key, section[key], 1, 1_000_000)
+    if "ipv6_prefix" in section:
+        kw["ipv6_prefix"] = _int("ipv6_prefix", section["ipv6_prefix"], 1, 128)
+    if "timeout_ms" in section:
+        kw["timeout_ms"] = _int("timeout_ms", section["timeout_ms"], 1, 60_000)
+    for key in ("window", "lock_for", "lock_max", "retention", "reservation_ttl"):
+        if key in section:
+            kw[key] = parse_duration(key, section[key])
+    for key in ("deny_root", "network_block"):
+        if key in section:
+            kw[key] = _bool(key, section[key])
+    if "fail_mode" in section:
+        if section["fail_mode"] not in ("open", "closed"):
+            raise GuardConfigError(f"guard.fail_mode: expected 'open' or 'closed', got {section['fail_mode']!r}")
+        kw["fail_mode"] = section["fail_mode"]
+    if "socket" in section:
+        kw["socket"] = _path("socket", section["socket"])
+    if "allow" in section:
+        kw["allow"] = _allow(section["allow"])
+    state_dir = doc.get("state_dir")
+    if state_dir is not None:
+        try:
+            kw["state_dir"] = _path("state_dir", state_dir)
+        except GuardConfigError:
+            raise GuardConfigError(f"state_dir: expected an absolute path, got {state_dir!r}") from None
+    cfg = GuardConfig(**kw)
+    if cfg.lock_max < cfg.lock_for:
+        raise GuardConfigError("guard.lock_max: must be at least guard.lock_for")
+    return cfg
+
+
+def config_path() -> Path:
+    """The config file in force: ``$SLOTWARDEN_CONFIG`` or the default."""
+    env = os.environ.get("SLOTWARDEN_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load_guard_config(path: Path | None = None) -> GuardConfig:
+    """Read the TOML file (missing default file means all defaults)."""
+    path = path or config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if path == DEFAULT_CONFIG:
+            return GuardConfig()
+        raise GuardConfigError(f"config file {path} does not exist") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GuardConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_guard(doc)

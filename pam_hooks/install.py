@@ -1,0 +1,234 @@
+"""Put the guard's lines into a PAM service file, and take them out byte for byte.
+
+Debian's service files pull the real stack in with ``@include common-auth`` /
+``@include common-account``. A failure inside common-auth ends at its
+``requisite pam_deny.so``, so a line after the include runs only on success and
+a line before it runs on every try. The guard therefore adds::
+
+    auth     requisite pam_slotwarden.so ...            (before @include common-auth)
+    auth     optional  pam_slotwarden.so authsucc ...   (right after it)
+    account  required  pam_slotwarden.so ...            (before @include common-account)
+
+Lines before the auth include come after ``pam_rootok`` in ``su``, so root's
+own ``su`` is never prompted. Only stacks included inline (``@include`` or
+``auth include``) are accepted: with ``substack`` or a ``required`` pam_unix
+a failure would continue past the success hook.
+
+The untouched original is kept under ``<state_dir>/pam-backup/``;
+:func:`uninstall` restores it exactly when the file still is what we wrote,
+and otherwise removes only our lines.
+
+>>> plan = plan_install("auth requisite pam_nologin.so\\n@include common-auth\\n", "--args--")
+>>> print(plan, end="")
+auth requisite pam_nologin.so
+# slotwarden-guard: preauth (slotctl guard uninstall removes this)
+auth     requisite pam_slotwarden.so --args--
+@include common-auth
+# slotwarden-guard: authsucc (slotctl guard uninstall removes this)
+auth     optional  pam_slotwarden.so authsucc --args--
+# slotwarden-guard: account (slotctl guard uninstall removes this)
+account  required  pam_slotwarden.so --args--
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pam_hooks.config import GuardConfig
+
+MARK = "# slotwarden-guard:"
+MODULE = "pam_slotwarden.so"
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_AUTH_INCLUDE = re.compile(r"^\s*(@include\s+common-auth|auth\s+include\s+common-auth)\s*(#.*)?$")
+_ACCT_INCLUDE = re.compile(r"^\s*(@include\s+common-account|account\s+include\s+common-account)\s*(#.*)?$")
+_ACCT_LINE = re.compile(r"^\s*-?account\s")
+
+
+class InstallError(RuntimeError):
+    """The PAM file cannot be changed safely; nothing was written."""
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What install/uninstall did (or would do with ``dry_run``)."""
+
+    service: str
+    path: str
+    changed: bool
+    backup: str | None
+    diff: str
+    module: str | None = None
+
+
+def module_args(cfg: GuardConfig) -> str:
+    """The options the C module reads (it cannot parse TOML)."""
+    return f"socket={cfg.socket} timeout={cfg.timeout_ms} fail_mode={cfg.fail_mode}"
+
+
+def _line(kind: str, control: str, args: str, what: str) -> list[str]:
+    return [f"{MARK} {what} (slotctl guard uninstall removes this)\n", f"{kind:<8} {control:<9} {MODULE} {args}\n"]
+
+
+def plan_install(text: str, args: str) -> str:
+    """Return the service file text with the guard lines added (pure)."""
+    if MARK in text:
+        raise InstallError("the guard is already installed in this file")
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    auth = [i for i, ln in enumerate(lines) if _AUTH_INCLUDE.match(ln)]
+    if not auth:
+        raise InstallError("no '@include common-auth' line: the guard needs the stack included inline "
+                           "(a failure must end inside it before the success hook)")
+    acct = [i for i, ln in enumerate(lines) if _ACCT_INCLUDE.match(ln)]
+    if not acct:
+        acct = [i for i, ln in enumerate(lines) if _ACCT_LINE.match(ln)]
+    out: list[str] = []
+    for i, ln in enumerate(lines):
+        if i == auth[0]:
+            out += _line("auth", "requisite", args, "preauth")
+        if acct and i == acct[0]:
+            out += _line("account", "required", args, "account")
+        out.append(ln)
+        if i == auth[0]:
+            out += _line("auth", "optional", "authsucc " + args, "authsucc")
+    if not acct:
+        out += _line("account", "required", args, "account")
+    return "".join(out)
+
+
+def plan_remove(text: str) -> str:
+    """Remove our marked lines (each marker and the line after it)."""
+    out, skip = [], False
+    for ln in text.splitlines(keepends=True):
+        if skip:
+            skip = False
+            if MODULE in ln:
+                continue
+        if ln.startswith(MARK):
+            skip = True
+            continue
+        out.append(ln)
+    return "".join(out)
+
+
+def _backup_path(cfg: GuardConfig, path: Path) -> Path:
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return cfg.state_dir / "pam-backup" / f"{path.name}.{digest}"
+
+
+def _diff(a: str, b: str, name: str) -> str:
+    import difflib
+
+    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), f"{name} (now)", f"{name} (new)"))
+
+
+def _write_like(path: Path, data: bytes, like: os.stat_result) -> None:
+    """Replace ``path`` atomically with the original owner and mode."""
+    tmp = path.with_name(f".{path.name}.slotwarden-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chown(tmp, like.st_uid, like.st_gid)
+    os.chmod(tmp, like.st_mode & 0o7777)
+    os.replace(tmp, path)
+
+
+def _read_service(pam_dir: Path, service: str) -> tuple[Path, bytes, str]:
+    if not SERVICE_NAME.match(service):
+        raise InstallError(f"invalid PAM service name {service!r}")
+    path = pam_dir / service
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InstallError(f"{path} does not exist") from None
+    return path, raw, raw.decode("utf-8", "surrogateescape")
+
+
+def module_dir() -> Path:
+    """Where PAM looks for modules on this host."""
+    try:
+        out = subprocess.run(["pkg-config", "--variable=libdir", "pam"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        if out:
+            return Path(out) / "security"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    for cand in ("/usr/lib/x86_64-linux-gnu/security", "/lib/x86_64-linux-gnu/security", "/lib/security",
+                 "/usr/lib64/security", "/usr/lib/security"):
+        if Path(cand, "pam_unix.so").exists():
+            return Path(cand)
+    raise InstallError("cannot find the PAM module directory")
+
+
+def built_module() -> Path:
+    """pam_slotwarden.so built from pam_hooks/c (``make pam``), building it if needed."""
+    cdir = Path(__file__).resolve().parent / "c"
+    so = cdir / MODULE
+    src = cdir / "pam_slotwarden.c"
+    if not so.exists() or so.stat().st_mtime < src.stat().st_mtime:
+        try:
+            subprocess.run(["make", "-s", "-C", str(cdir)], check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            msg = getattr(exc, "stderr", "") or str(exc)
+            raise InstallError(f"building {MODULE} failed (need gcc and libpam0g-dev): {msg.strip()}") from None
+    return so
+
+
+def install_module(dest_dir: Path | None = None, dry_run: bool = False) -> Path:
+    """Copy the built module into the PAM module directory (0644 root)."""
+    dest = (dest_dir or module_dir()) / MODULE
+    if dry_run:
+        return dest
+    src = built_module()
+    tmp = dest.with_name(f".{MODULE}.tmp")
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
+    return dest
+
+
+def install(cfg: GuardConfig, service: str, pam_dir: Path = Path("/etc/pam.d"), dry_run: bool = False,
+            with_module: bool = True) -> InstallResult:
+    """Add the guard lines to ``<pam_dir>/<service>`` after backing it up."""
+    path, raw, text = _read_service(pam_dir, service)
+    new = plan_install(text, module_args(cfg))
+    backup = _backup_path(cfg, path)
+    mod = install_module(dry_run=dry_run) if with_module else None
+    if not dry_run:
+        backup.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        backup.write_bytes(raw)
+        os.chmod(backup, 0o600)
+        (backup.with_suffix(backup.suffix + ".installed")).write_bytes(new.encode("utf-8", "surrogateescape"))
+        _write_like(path, new.encode("utf-8", "surrogateescape"), path.stat())
+    return InstallResult(service, str(path), not dry_run, str(backup), _diff(text, new, str(path)),
+                         str(mod) if mod else None)
+
+
+def uninstall(cfg: GuardConfig, service: str, pam_dir: Path = Path("/etc/pam.d"),
+              dry_run: bool = False) -> InstallResult:
+    """Restore the file byte for byte (or, if edited since, remove only our lines)."""
+    path, raw, text = _read_service(pam_dir, service)
+    if MARK not in text:
+        raise InstallError(f"the guard is not installed in {path}")
+    backup = _backup_path(cfg, path)
+    written = backup.with_suffix(backup.suffix + ".installed")
+    if backup.exists() and written.exists() and written.read_bytes() == raw:
+        new_raw = backup.read_bytes()
+    else:
+        new_raw = plan_remove(text).encode("utf-8", "surrogateescape")
+    new = new_raw.decode("utf-8", "surrogateescape")
+    if not dry_run:
+        _write_like(path, new_raw, path.stat())
+        backup.unlink(missing_ok=True)
+        written.unlink(missing_ok=True)
+    return InstallResult(service, str(path), not dry_run, None, _diff(text, new, str(path)))

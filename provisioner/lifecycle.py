@@ -1,0 +1,570 @@
+"""Slot lifecycle: plans, suspend / unsuspend, change of plan — what a billing system asks for.
+
+Every operation is a :class:`~provisioner.plan.Plan` computed from facts (``plan_suspend``,
+``plan_unsuspend``, ``plan_change_plan`` touch nothing) and applied by the executor, so a
+failure half-way undoes what was done. Each runs under the slot's lock (:func:`slot_lock`), so
+the CLI and the API never interleave two changes of one slot.
+
+Suspend makes every login impossible while keeping everything the slot owns:
+
+- the account expires (``usermod --expiredate 1``), so the PAM *account* phase refuses it —
+  this is what stops public-key logins, for which sshd skips the auth stack, and ``su`` from root;
+- the password hash is locked (``usermod --lock``), so password checks fail as well;
+- the slot's apps are stopped through :data:`APP_CONTROLS` (the apps package), then every
+  process of the UID is killed;
+- the store records when, why and by whom, and what unsuspend must restore (the expiry and
+  lock as they were, the apps that were running).
+
+Unsuspend restores exactly that saved state. Both are idempotent: a plan holds only the steps
+whose result is missing, so a second call changes nothing and an interrupted one is finished.
+
+>>> st = LoginState(expire="", locked=False)
+>>> st.suspended
+False
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fcntl
+import json
+import os
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from provisioner import accounts, slots
+from provisioner.config import PlanConfig
+from provisioner.context import Context
+from provisioner.errors import BadInput, SlotError
+from provisioner.names import format_size, validate_username
+from provisioner.plan import Plan, Step, apply
+from provisioner.plans import get_plan
+from provisioner.quota import Usage
+from provisioner.runner import run
+from provisioner.store import SlotRecord, Store, current_actor
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS slot_lifecycle (
+    username          TEXT PRIMARY KEY,
+    plan              TEXT,
+    suspended_at      REAL,
+    suspended_reason  TEXT,
+    suspended_by      TEXT,
+    saved             TEXT
+);
+"""
+SHADOW = Path("/etc/shadow")
+# The expiry day suspend sets: 1970-01-02, long past, so pam_unix's account phase says "expired".
+SUSPENDED_EXPIRE = "1"
+MAX_REASON = 500
+# What a fresh slot's login looks like: no expiry, password usable, no app running.
+FRESH_LOGIN: dict[str, Any] = {"expire": "", "locked": False, "apps": {}}
+
+
+# --- the hook the apps package plugs into -----------------------------------------------------
+
+
+class AppControl(Protocol):
+    """What lifecycle needs from the apps package: which apps a slot has and runs, stop, start."""
+
+    name: str
+
+    def installed(self, ctx: Context, username: str) -> list[str]:
+        """Apps installed in the slot."""
+
+    def running(self, ctx: Context, username: str) -> list[str]:
+        """Apps of the slot running now."""
+
+    def stop(self, ctx: Context, username: str, app: str) -> None:
+        """Stop APP (idempotent); its files and credentials stay."""
+
+    def start(self, ctx: Context, username: str, app: str) -> None:
+        """Start APP (idempotent)."""
+
+
+# The apps package appends its control when imported (provisioner.slots.EXTENSION_MODULES
+# imports it); tests append a control of their own.
+APP_CONTROLS: list[AppControl] = []
+
+
+# --- store -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LifecycleRecord:
+    """The lifecycle row of a slot: its plan and, while suspended, when/why and what to restore."""
+
+    username: str
+    plan: str | None = None
+    suspended_at: float | None = None
+    suspended_reason: str | None = None
+    suspended_by: str | None = None
+    saved: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan, "suspended_at": self.suspended_at,
+                "suspended_reason": self.suspended_reason, "suspended_by": self.suspended_by}
+
+
+# Stores whose lifecycle table is known to exist. ensure_schema runs executescript, which
+# commits an open transaction, so it must run once per connection, before any transaction.
+_READY: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _ensure_schema(store: Store) -> None:
+    if store not in _READY:
+        store.ensure_schema(SCHEMA)
+        _READY.add(store)
+
+
+def get_lifecycle(store: Store, username: str) -> LifecycleRecord | None:
+    _ensure_schema(store)
+    row = store.db.execute("SELECT * FROM slot_lifecycle WHERE username = ?", (username,)).fetchone()
+    if row is None:
+        return None
+    values = dict(row)
+    values["saved"] = json.loads(values["saved"]) if values["saved"] else None
+    return LifecycleRecord(**values)
+
+
+def put_lifecycle(store: Store, rec: LifecycleRecord) -> None:
+    _ensure_schema(store)
+    store.db.execute(
+        "INSERT OR REPLACE INTO slot_lifecycle VALUES (?, ?, ?, ?, ?, ?)",
+        (rec.username, rec.plan, rec.suspended_at, rec.suspended_reason, rec.suspended_by,
+         json.dumps(rec.saved, sort_keys=True) if rec.saved is not None else None),
+    )
+
+
+def delete_lifecycle(store: Store, username: str) -> None:
+    _ensure_schema(store)
+    store.db.execute("DELETE FROM slot_lifecycle WHERE username = ?", (username,))
+
+
+def _restore_lifecycle(store: Store, username: str, previous: LifecycleRecord | None) -> None:
+    if previous is None:
+        delete_lifecycle(store, username)
+    else:
+        put_lifecycle(store, previous)
+
+
+# --- per-slot lock ------------------------------------------------------------------------------
+
+
+@contextmanager
+def slot_lock(ctx: Context, username: str) -> Iterator[None]:
+    """Hold the slot's lock: changes of one slot run one at a time, across processes and threads.
+
+    A ``flock`` on ``<state_dir>/locks/USERNAME.lock``; the kernel drops it if the holder dies.
+    USERNAME must be a valid slot name (it becomes a file name).
+    """
+    validate_username(username)
+    lock_dir = ctx.config.state_dir / "locks"
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{username}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+# --- login state --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoginState:
+    """The two shadow fields suspend changes: the expiry day ('' = never) and the password lock."""
+
+    expire: str
+    locked: bool
+
+    @property
+    def suspended(self) -> bool:
+        return self.expire == SUSPENDED_EXPIRE and self.locked
+
+
+def login_state(username: str, shadow: Path = SHADOW) -> LoginState:
+    """Read USERNAME's expiry and lock from the shadow file (root only)."""
+    with open(shadow, encoding="utf-8") as f:
+        for line in f:
+            fields = line.rstrip("\n").split(":")
+            if fields[0] == username and len(fields) >= 8:
+                return LoginState(expire=fields[7], locked=fields[1].startswith("!"))
+    raise SlotError(f"{username!r} has no shadow entry")
+
+
+def set_expire(username: str, expire: str) -> None:
+    """Set the account expiry day ('' = never expires)."""
+    run(["usermod", "--expiredate", expire, username])
+
+
+def lock_password(username: str) -> None:
+    run(["usermod", "--lock", username])
+
+
+def unlock_password(username: str) -> None:
+    run(["usermod", "--unlock", username])
+
+
+# --- facts --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LifecycleFacts:
+    """What the store and the host say about a slot, for planning a lifecycle change."""
+
+    record: SlotRecord
+    lifecycle: LifecycleRecord | None
+    uid: int | None
+    login: LoginState | None
+    running_apps: dict[str, list[str]] = field(default_factory=dict)
+    installed_apps: dict[str, list[str]] = field(default_factory=dict)
+    has_processes: bool = False
+
+    @classmethod
+    def gather(cls, ctx: Context, username: str) -> LifecycleFacts:
+        rec = ctx.store.get_slot(username)
+        if rec is None or rec.state in {"creating", "removing"}:
+            raise SlotError(f"no slot named {username!r}" if rec is None
+                            else f"slot {username!r} is being {'created' if rec.state == 'creating' else 'removed'}")
+        acct = accounts.lookup_user(username)
+        if acct is None:
+            raise SlotError(f"slot {username!r} has no system account; run 'slotctl doctor'")
+        return cls(
+            record=rec,
+            lifecycle=get_lifecycle(ctx.store, username),
+            uid=acct.uid,
+            login=login_state(username),
+            running_apps={c.name: c.running(ctx, username) for c in APP_CONTROLS},
+            installed_apps={c.name: c.installed(ctx, username) for c in APP_CONTROLS},
+            has_processes=bool(accounts.pids_of(acct.uid)),
+        )
+
+
+def _controls() -> dict[str, AppControl]:
+    return {c.name: c for c in APP_CONTROLS}
+
+
+# --- suspend / unsuspend ------------------------------------------------------------------------
+
+
+def validate_reason(reason: object) -> str:
+    """A suspension reason: 1-500 printable characters on one line."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise BadInput("reason is empty")
+    if len(reason) > MAX_REASON or not reason.isprintable():
+        raise BadInput(f"reason must be at most {MAX_REASON} printable characters on one line")
+    return reason.strip()
+
+
+def plan_suspend(
+    username: str,
+    reason: str,
+    facts: LifecycleFacts,
+    *,
+    ctx: Context,
+    actor: str,
+    now: float,
+) -> Plan:
+    """The steps that suspend USERNAME; only those whose result is missing (idempotent)."""
+    store = ctx.store
+    rec, life, login = facts.record, facts.lifecycle, facts.login
+    assert login is not None
+    already = rec.state == "suspended"
+    steps: list[Step] = []
+    if life is None or life.saved is None:
+        # A slot marked suspended with nothing saved (by hand, or a store restored from backup)
+        # would otherwise "restore" its locked state: it gets what a fresh slot has instead.
+        saved = (FRESH_LOGIN if already else
+                 {"expire": login.expire, "locked": login.locked, "apps": facts.running_apps})
+        suspended = LifecycleRecord(username, life.plan if life else None, now, reason, actor, saved)
+        steps.append(Step("record", f"record the suspension of {username} ({reason!r}) and what to restore",
+                          lambda: put_lifecycle(store, suspended),
+                          lambda: _restore_lifecycle(store, username, life)))
+    if login.expire != SUSPENDED_EXPIRE:
+        steps.append(Step("expire", f"usermod --expiredate {SUSPENDED_EXPIRE} {username} (account phase refuses "
+                                    "every login: password, key, su)",
+                          lambda: set_expire(username, SUSPENDED_EXPIRE),
+                          lambda: set_expire(username, login.expire)))
+    if not login.locked:
+        steps.append(Step("lock", f"usermod --lock {username} (password checks fail)",
+                          lambda: lock_password(username), lambda: unlock_password(username)))
+    controls = _controls()
+    for control_name, apps in facts.running_apps.items():
+        control = controls[control_name]
+        for app in apps:
+            steps.append(Step(f"stop-app:{app}", f"stop app {app} of {username} ({control_name}); files kept",
+                              partial(control.stop, ctx, username, app),
+                              partial(control.start, ctx, username, app)))
+    if facts.has_processes or not already:
+        uid = facts.uid
+        assert uid is not None
+
+        def stop() -> None:
+            accounts.stop_processes(uid)
+
+        steps.append(Step("processes", f"stop every process of {username} (uid {uid})", stop))
+    if rec.state != "suspended":
+        def mark() -> None:
+            with store.transaction():
+                store.update_slot(username, state="suspended")
+                store.audit(actor, "slot.suspend", username, {"reason": reason})
+
+        steps.append(Step("mark", f"mark slot {username} suspended",
+                          mark, lambda: store.update_slot(username, state=rec.state)))
+    return Plan(f"suspend slot {username}", steps)
+
+
+def plan_unsuspend(username: str, facts: LifecycleFacts, *, ctx: Context, actor: str) -> Plan:
+    """The steps that bring USERNAME back exactly as it was before suspend (idempotent)."""
+    store = ctx.store
+    rec, life, login = facts.record, facts.lifecycle, facts.login
+    assert login is not None
+    steps: list[Step] = []
+    saved = life.saved if life is not None else None
+    if saved is None:
+        if rec.state == "suspended":
+            saved = FRESH_LOGIN  # nothing says what was there: what a fresh slot has
+        else:
+            return Plan(f"unsuspend slot {username}", [])
+    want_expire, want_locked = str(saved.get("expire", "")), bool(saved.get("locked", False))
+    if login.locked and not want_locked:
+        steps.append(Step("unlock", f"usermod --unlock {username}",
+                          lambda: unlock_password(username), lambda: lock_password(username)))
+    if login.expire != want_expire:
+        steps.append(Step("expire", f"usermod --expiredate {want_expire!r} {username} (as before the suspension)",
+                          lambda: set_expire(username, want_expire),
+                          lambda: set_expire(username, login.expire)))
+    controls = _controls()
+    saved_apps: dict[str, list[str]] = saved.get("apps") or {}
+    for control_name, apps in saved_apps.items():
+        control = controls.get(control_name)
+        if control is None:
+            raise SlotError(f"slot {username} had apps of {control_name!r} running, which this host cannot start")
+        running = set(facts.running_apps.get(control_name, []))
+        for app in apps:
+            if app in running:
+                continue
+            steps.append(Step(f"start-app:{app}", f"start app {app} of {username} ({control_name})",
+                              partial(control.start, ctx, username, app),
+                              partial(control.stop, ctx, username, app)))
+
+    def mark() -> None:
+        with store.transaction():
+            store.update_slot(username, state="active")
+            put_lifecycle(store, LifecycleRecord(username, life.plan if life else None))
+            store.audit(actor, "slot.unsuspend", username,
+                        {"suspended_at": life.suspended_at if life else None})
+
+    def unmark() -> None:
+        with store.transaction():
+            store.update_slot(username, state=rec.state)
+            _restore_lifecycle(store, username, life)
+
+    steps.append(Step("mark", f"mark slot {username} active, forget the suspension (audit kept)", mark, unmark))
+    return Plan(f"unsuspend slot {username}", steps)
+
+
+def suspend(ctx: Context, username: str, reason: str, *, dry_run: bool = False) -> Plan:
+    """Suspend slot USERNAME for REASON. Returns the plan (applied unless DRY_RUN); empty if already done."""
+    reason = validate_reason(reason)
+    validate_username(username)
+    with slot_lock(ctx, username):
+        facts = LifecycleFacts.gather(ctx, username)
+        plan = plan_suspend(username, reason, facts, ctx=ctx, actor=current_actor(), now=time.time())
+        if not dry_run:
+            apply(plan)
+    return plan
+
+
+def unsuspend(ctx: Context, username: str, *, dry_run: bool = False) -> Plan:
+    """Bring slot USERNAME back as it was. Returns the plan; empty if it is not suspended."""
+    validate_username(username)
+    with slot_lock(ctx, username):
+        facts = LifecycleFacts.gather(ctx, username)
+        plan = plan_unsuspend(username, facts, ctx=ctx, actor=current_actor())
+        if not dry_run:
+            apply(plan)
+    return plan
+
+
+# --- plans ---------------------------------------------------------------------------------------
+
+
+def plan_change_plan(
+    username: str,
+    new: PlanConfig,
+    facts: LifecycleFacts,
+    usage: Usage | None,
+    *,
+    ctx: Context,
+    actor: str,
+) -> Plan:
+    """The steps that move USERNAME to plan NEW; refuses a quota below the data already stored."""
+    store = ctx.store
+    rec, life = facts.record, facts.lifecycle
+    old_plan = life.plan if life else None
+    if old_plan == new.name and rec.quota_bytes == new.quota:
+        return Plan(f"change plan of {username} to {new.name}", [])
+    if usage is not None and usage.used_bytes > new.quota:
+        raise SlotError(
+            f"slot {username} stores {usage.used_bytes} bytes ({_human(usage.used_bytes)}), more than the "
+            f"{new.quota} bytes ({format_size(new.quota)}) of plan {new.name}; free "
+            f"{_human(usage.used_bytes - new.quota)} first or choose a larger plan")
+    installed = [a for apps in facts.installed_apps.values() for a in apps]
+    if new.apps is not None:
+        refused = [a for a in installed if a not in new.apps]
+        if refused:
+            raise SlotError(f"plan {new.name} does not allow the app(s) {', '.join(refused)} that slot {username} "
+                            "has installed; uninstall them first")
+    if new.max_apps is not None and len(installed) > new.max_apps:
+        raise SlotError(f"plan {new.name} allows {new.max_apps} app(s); slot {username} has {len(installed)}")
+    home = Path(rec.home)
+    steps: list[Step] = []
+    if rec.quota_bytes != new.quota:
+        old_quota = rec.quota_bytes
+
+        def undo_quota() -> None:
+            if old_quota is None:
+                ctx.quota.clear_limit(username, home)
+            else:
+                ctx.quota.set_limit(username, home, old_quota)
+
+        steps.append(Step("quota", f"limit {home} to {format_size(new.quota)} ({ctx.quota.name})",
+                          lambda: ctx.quota.set_limit(username, home, new.quota), undo_quota))
+
+    def record() -> None:
+        with store.transaction():
+            store.update_slot(username, quota_bytes=new.quota)
+            put_lifecycle(store, LifecycleRecord(username, new.name, *(
+                (life.suspended_at, life.suspended_reason, life.suspended_by, life.saved) if life else ())))
+            store.audit(actor, "slot.change-plan", username,
+                        {"from": old_plan, "to": new.name, "quota_bytes": new.quota})
+
+    def unrecord() -> None:
+        with store.transaction():
+            store.update_slot(username, quota_bytes=rec.quota_bytes)
+            _restore_lifecycle(store, username, life)
+
+    steps.append(Step("record", f"record plan {new.name} for {username}", record, unrecord))
+    return Plan(f"change plan of {username} from {old_plan or '(none)'} to {new.name}", steps)
+
+
+def _human(n: int) -> str:
+    """Bytes for a person: 1.5G, 300M, 12K."""
+    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = False) -> Plan:
+    """Move slot USERNAME to plan PLAN_NAME, applying the new quota at once."""
+    new = get_plan(ctx.config, plan_name)
+    validate_username(username)
+    if ctx.settings.quota_backend == "none":
+        raise BadInput("the quota backend is 'none': this host cannot enforce a plan's quota")
+    with slot_lock(ctx, username):
+        facts = LifecycleFacts.gather(ctx, username)
+        home = Path(facts.record.home)
+        usage = ctx.quota.usage(username, home) if home.exists() else None
+        plan = plan_change_plan(username, new, facts, usage, ctx=ctx, actor=current_actor())
+        if not dry_run:
+            apply(plan)
+    return plan
+
+
+# --- create / terminate / password, under the slot lock ----------------------------------------
+
+# The plan a create in progress was asked for, read by the creation extension below. A context
+# variable, so concurrent API requests in different threads each see their own.
+_PENDING_PLAN: contextvars.ContextVar[str | None] = contextvars.ContextVar("pending_plan", default=None)
+
+
+def create(
+    ctx: Context,
+    username: str,
+    email: str,
+    country: str,
+    *,
+    plan: str | None = None,
+    quota: str | int | None = None,
+    payment_ref: str | None = None,
+    dry_run: bool = False,
+    apps: tuple[str, ...] = (),
+) -> slots.Created | Plan:
+    """Create a slot on PLAN (its quota unless QUOTA is also given), under the slot lock."""
+    plan_cfg = get_plan(ctx.config, plan) if plan is not None else None
+    if quota is None and plan_cfg is not None:
+        quota = plan_cfg.quota
+    validate_username(username, slots.reserved_names())
+    token = _PENDING_PLAN.set(plan_cfg.name if plan_cfg else None)
+    try:
+        with slot_lock(ctx, username):
+            return slots.create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run,
+                                     apps=apps)
+    finally:
+        _PENDING_PLAN.reset(token)
+
+
+def terminate(ctx: Context, username: str, *, keep_data: bool = False) -> Plan:
+    """Remove slot USERNAME (``slot remove``) under the slot lock."""
+    validate_username(username)
+    with slot_lock(ctx, username):
+        return slots.remove_slot(ctx, username, keep_data=keep_data)
+
+
+def change_password(ctx: Context, username: str) -> str:
+    """A new generated password for USERNAME; a suspended slot stays locked (the new hash too)."""
+    validate_username(username)
+    with slot_lock(ctx, username):
+        password = slots.reset_password(ctx, username)
+        rec = ctx.store.get_slot(username)
+        if rec is not None and rec.state == "suspended":
+            lock_password(username)  # chpasswd wrote an unlocked hash
+    return password
+
+
+def slot_status(ctx: Context, username: str) -> dict[str, Any]:
+    """The slot's record, live usage and lifecycle (plan, suspension)."""
+    rec = slots.get_slot(ctx, username)
+    out = slots.slot_details(ctx, rec)
+    life = get_lifecycle(ctx.store, username)
+    out.update(LifecycleRecord(username).as_dict() if life is None else life.as_dict())
+    return out
+
+
+# --- extensions of slot create / remove ---------------------------------------------------------
+
+
+def _creation_steps(ctx: Context, req: slots.SlotRequest) -> list[Step]:
+    plan = _PENDING_PLAN.get()
+    if plan is None:
+        return []
+    store = ctx.store
+    _ensure_schema(store)
+    name = req.username
+    return [Step("plan", f"record plan {plan} for {name}",
+                 lambda: put_lifecycle(store, LifecycleRecord(name, plan)),
+                 lambda: delete_lifecycle(store, name))]
+
+
+def _removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
+    store = ctx.store
+    previous = get_lifecycle(store, rec.username)
+    if previous is None:
+        return []
+    return [Step("lifecycle", f"forget the plan and suspension record of {rec.username}",
+                 lambda: delete_lifecycle(store, rec.username),
+                 lambda: put_lifecycle(store, previous))]
+
+
+slots.CREATION_EXTENSIONS.append(_creation_steps)
+slots.REMOVAL_EXTENSIONS.append(_removal_steps)

@@ -1,0 +1,166 @@
+"""The systemd backend: template units ``slotwarden-APP@.service``, one instance per slot.
+
+The template holds what every instance shares (``User=%i``, restart policy, hardening); a
+drop-in ``slotwarden-APP@USER.service.d/slotwarden.conf`` holds the instance's command line,
+working directory and non-secret environment. ``enable --now`` makes the instance start at
+boot; systemd restarts it after a crash (``Restart=always``).
+
+>>> print(render_template("demo").splitlines()[0])
+[Unit]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from provisioner.runner import run
+from provisioner.supervisor import Program, ProgramStatus, SupervisorError
+
+UNIT_DIR = Path("/etc/systemd/system")
+
+
+def render_template(app: str) -> str:
+    """The template unit shared by every slot's instance of APP."""
+    return "\n".join([
+        "[Unit]",
+        f"Description=slotwarden app {app} of slot %i",
+        "After=network.target",
+        "",
+        "[Service]",
+        "User=%i",
+        "Group=%i",
+        "Restart=always",
+        "RestartSec=2",
+        "KillMode=control-group",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectSystem=full",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ])
+
+
+def _quote(arg: str) -> str:
+    # systemd unit quoting: double quotes, backslash escapes, and % doubled (specifiers).
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+def render_dropin(program: Program) -> str:
+    """The per-instance drop-in: command line, directory, environment (never a secret)."""
+    env = {"HOME": program.cwd, **program.environment}
+    lines = [
+        "[Service]",
+        "ExecStart=",
+        "ExecStart=" + " ".join(_quote(a) for a in program.argv),
+        f"WorkingDirectory={program.cwd}",
+        f"Restart={'always' if program.autorestart else 'no'}",
+        f"KillSignal=SIG{program.stopsignal}",
+    ]
+    lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in sorted(env.items())]
+    if program.env_file is not None:
+        lines.append(f"EnvironmentFile={program.env_file}")
+    return "\n".join([*lines, ""])
+
+
+class Systemd:
+    """Template units under /etc/systemd/system (UNIT_DIR in tests)."""
+
+    name = "systemd"
+
+    def __init__(self, state_dir: Path, unit_dir: Path = UNIT_DIR) -> None:
+        self.state_dir = state_dir
+        self.unit_dir = unit_dir
+
+    def is_running(self) -> bool:
+        return Path("/run/systemd/system").is_dir()
+
+    def ensure_running(self) -> None:
+        if not self.is_running():
+            raise SupervisorError("systemd is not PID 1 on this host: use the supervisord backend")
+
+    def shutdown(self) -> None:
+        """systemd is the host's init: never stopped by us."""
+
+    def _template_path(self, app: str) -> Path:
+        return self.unit_dir / f"slotwarden-{app}@.service"
+
+    def _dropin(self, name: str) -> Path:
+        if "/" in name or not name.startswith("slotwarden-") or "@" not in name:
+            raise SupervisorError(f"program name {name!r} is invalid")
+        return self.unit_dir / f"{name}.service.d" / "slotwarden.conf"
+
+    def ensure_program(self, program: Program) -> None:
+        changed = False
+        for path, text in ((self._template_path(program.app), render_template(program.app)),
+                           (self._dropin(program.name), render_dropin(program))):
+            try:
+                same = path.read_text() == text
+            except FileNotFoundError:
+                same = False
+            if not same:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(text)
+                tmp.replace(path)
+                changed = True
+        if changed:
+            run(["systemctl", "daemon-reload"])
+        run(["systemctl", "enable", f"{program.name}.service"])
+        run(["systemctl", "restart" if changed else "start", f"{program.name}.service"])
+
+    def remove_program(self, name: str) -> None:
+        dropin = self._dropin(name)
+        run(["systemctl", "disable", "--now", f"{name}.service"], check=False)
+        dropin.unlink(missing_ok=True)
+        try:
+            dropin.parent.rmdir()
+        except FileNotFoundError:
+            pass
+        app = name.removeprefix("slotwarden-").split("@", 1)[0]
+        if not list(self.unit_dir.glob(f"slotwarden-{app}@*.service.d")):
+            self._template_path(app).unlink(missing_ok=True)
+        run(["systemctl", "daemon-reload"], check=False)
+        run(["systemctl", "reset-failed", f"{name}.service"], check=False)
+
+    def start(self, name: str) -> None:
+        run(["systemctl", "start", f"{name}.service"])
+
+    def stop(self, name: str) -> None:
+        run(["systemctl", "stop", f"{name}.service"])
+
+    def restart(self, name: str) -> None:
+        run(["systemctl", "restart", f"{name}.service"])
+
+    def status(self, name: str) -> ProgramStatus:
+        out = run(["systemctl", "show", f"{name}.service", "--timestamp=unix", "-p", "LoadState",
+                   "-p", "ActiveState", "-p", "MainPID", "-p", "ExecMainStartTimestamp"], check=False).stdout
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return parse_status(name, props)
+
+    def wait_running(self, name: str, timeout: float = 30.0) -> ProgramStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status(name)
+            if st.running or time.monotonic() > deadline:
+                return st
+            time.sleep(0.2)
+
+    def programs(self) -> list[str]:
+        return sorted(p.name.removesuffix(".service.d") for p in self.unit_dir.glob("slotwarden-*@*.service.d"))
+
+
+def parse_status(name: str, props: dict[str, str]) -> ProgramStatus:
+    """A ProgramStatus from ``systemctl show`` properties (pure; tested as data)."""
+    known = props.get("LoadState") == "loaded"
+    state = props.get("ActiveState", "unknown")
+    running = known and state == "active"
+    pid = int(props.get("MainPID", "0") or 0) or None
+    stamp = props.get("ExecMainStartTimestamp", "")
+    since = float(stamp[1:]) if running and stamp.startswith("@") and stamp[1:].isdigit() else None
+    return ProgramStatus(name, known, running, pid if running else None, since, state if known else "absent")
+
+
+

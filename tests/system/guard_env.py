@@ -1,0 +1,142 @@
+"""GuardEnv: a private guard for one test module - config, state dir, service, PAM service.
+
+Everything lives in a temp dir (SLOTWARDEN_CONFIG points there); the guard
+service runs as a child process, optionally inside a lab network namespace so
+its blackhole routes land there. ``slotctl`` is the real CLI module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from pam_hooks.client import GuardUnavailable, request  # noqa: E402
+from pam_hooks.config import GuardConfig, load_guard_config  # noqa: E402
+
+COUNTER = """#!/bin/sh
+# Counts password checks that reach the real stack (after the guard's preauth).
+printf '%s %s\\n' "$PAM_USER" "$PAM_RHOST" >> "{log}"
+exit 0
+"""
+
+
+@dataclass
+class GuardEnv:
+    """A guard with its own config/state/socket; ``start()``/``stop()`` the service."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    netns: str | None = None
+    tmp: Path = field(init=False)
+    proc: subprocess.Popen[bytes] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="swg-guard-"))
+        os.chmod(self.tmp, 0o755)
+        self.config = self.tmp / "slotwarden.toml"
+        lines = [f'state_dir = "{self.tmp}/state"', "[guard]", f'socket = "{self.tmp}/run/guard.sock"']
+        for k, v in self.settings.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        self.config.write_text("\n".join(lines) + "\n")
+        self.cfg: GuardConfig = load_guard_config(self.config)
+        self.checks_log = self.tmp / "checks.log"
+        self.counter = self.tmp / "count-check.sh"
+        self.counter.write_text(COUNTER.format(log=self.checks_log))
+        os.chmod(self.counter, 0o755)
+        self.services: list[Path] = []
+        self.log = self.tmp / "guard.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for CLI calls."""
+        return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config), "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+
+    def start(self) -> None:
+        """Start ``guard serve`` and wait until it answers."""
+        argv = [sys.executable, "-m", "pam_hooks", "serve", "--config", str(self.config)]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=log)
+        for _ in range(200):
+            try:
+                if request(self.cfg.socket, 'JSON\t{"op": "ping"}', timeout=1):
+                    return
+            except (GuardUnavailable, OSError):
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("guard service did not start:\n" + self.log.read_text())
+
+    def stop(self) -> None:
+        """SIGTERM the service and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def slotctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``slotctl guard ARGS`` (the real CLI module) with this env's config."""
+        r = subprocess.run([sys.executable, "-m", "provisioner.cli.guard", *args], cwd=REPO, env=self.env,
+                           capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise AssertionError(f"slotctl guard {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def json(self, *args: str) -> Any:
+        """``slotctl guard ARGS --json``, parsed."""
+        return json.loads(self.slotctl(*args, "--json").stdout)
+
+    def pam_service(self, text: str = "@include common-auth\n@include common-account\n",
+                    count_checks: bool = False) -> str:
+        """Create /etc/pam.d/slotwarden-test-<rand> from ``text`` and install the guard into it."""
+        name = f"slotwarden-test-{secrets.token_hex(4)}"
+        path = Path("/etc/pam.d") / name
+        path.write_text(text)
+        self.services.append(path)
+        self.slotctl("install", "--service", name, "--no-supervise")
+        if count_checks:
+            self.add_counter(path)
+        return name
+
+    def add_counter(self, path: Path) -> None:
+        """Insert a pam_exec line that logs every password check reaching the real stack."""
+        lines = path.read_text().splitlines(keepends=True)
+        for i, ln in enumerate(lines):
+            if "pam_slotwarden.so" in ln and ln.startswith("auth") and "authsucc" not in ln:
+                lines.insert(i + 1, f"auth optional pam_exec.so quiet {self.counter}\n")
+                break
+        else:
+            raise AssertionError("no guard preauth line")
+        path.write_text("".join(lines))
+
+    def checks(self, user: str | None = None) -> int:
+        """How many password checks reached the stack (optionally for one user)."""
+        if not self.checks_log.exists():
+            return 0
+        rows = self.checks_log.read_text().splitlines()
+        return sum(1 for r in rows if user is None or r.split(" ")[0] == user)
+
+    def close(self) -> None:
+        """Stop the service, remove the test PAM services and the temp dir."""
+        self.stop()
+        for p in self.services:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)

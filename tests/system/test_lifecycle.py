@@ -1,0 +1,263 @@
+"""Suspend / unsuspend / change-plan for real, as root: logins through PAM (sshd, su), apps, quotas."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lifecycle_env import (
+    LabSshd,
+    ProcessApps,
+    SlotHost,
+    add_key,
+    lab_sshd,
+    new_name,
+    port_open,
+    slot_host,
+    ssh_key,
+    ssh_password,
+    su_from_root,
+    su_password,
+    wait_for,
+)
+
+from provisioner import accounts, lifecycle, plan
+from provisioner.errors import SlotError, StepFailed
+from provisioner.slots import Created
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[SlotHost]:
+    with slot_host() as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[LabSshd]:
+    with lab_sshd(port=2550 + secrets.randbelow(10)) as s:
+        yield s
+
+
+@pytest.fixture
+def apps() -> Iterator[ProcessApps]:
+    control = ProcessApps(ports={})
+    lifecycle.APP_CONTROLS.append(control)
+    try:
+        yield control
+    finally:
+        lifecycle.APP_CONTROLS.remove(control)
+        for username, app in list(control.procs):
+            control.stop(None, username, app)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def keydir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="swl-keys-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _create(host: SlotHost, plan_name: str | None = "small") -> tuple[str, str]:
+    name = new_name()
+    ctx = host.ctx()
+    try:
+        out = lifecycle.create(ctx, name, "owner@example.com", "DE", plan=plan_name)
+    finally:
+        ctx.close()
+    assert isinstance(out, Created)
+    return name, out.password
+
+
+def _remove(host: SlotHost, name: str) -> None:
+    ctx = host.ctx()
+    try:
+        if ctx.store.get_slot(name) is not None:
+            lifecycle.terminate(ctx, name)
+    finally:
+        ctx.close()
+
+
+@pytest.mark.sshd
+def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restores(
+    host: SlotHost, sshd: LabSshd, apps: ProcessApps, keydir: Path
+) -> None:
+    name, password = _create(host)
+    try:
+        home = Path(host.ctx().store.get_slot(name).home)  # type: ignore[union-attr]
+        key = add_key(name, keydir)
+        data = home / "data.txt"
+        data.write_text("the tenant's own\n")
+        os.chown(data, *(lambda a: (a.uid, a.gid))(accounts.lookup_user(name)))  # type: ignore[union-attr]
+        port = 2560 + secrets.randbelow(30)
+        apps.ports[name] = port
+        ctx = host.ctx()
+        apps.start(ctx, name, "web")
+        before = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
+                  "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
+        assert before == {"password": True, "key": True, "su": True, "su-root": True, "app": True}
+
+        plan_done = lifecycle.suspend(ctx, name, "invoice 42 unpaid")
+        assert [s.name for s in plan_done.steps] == ["record", "expire", "lock", "stop-app:web", "processes", "mark"]
+
+        after = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
+                 "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
+        assert after == {"password": False, "key": False, "su": False, "su-root": False, "app": False}
+        assert accounts.pids_of(accounts.lookup_user(name).uid) == []  # type: ignore[union-attr]
+        assert data.read_text() == "the tenant's own\n"
+        assert (home / ".ssh" / "authorized_keys").exists()
+        # The key login was refused by the PAM account phase (sshd skips the auth stack for keys).
+        assert f"Access denied for user {name} by PAM account configuration" in sshd.log.read_text()
+        status = lifecycle.slot_status(ctx, name)
+        assert status["state"] == "suspended"
+        assert status["suspended_reason"] == "invoice 42 unpaid"
+        assert status["suspended_at"] is not None and status["plan"] == "small"
+        assert [e["detail"] for e in ctx.store.audit_entries(name) if e["action"] == "slot.suspend"] == [
+            {"reason": "invoice 42 unpaid"}]
+
+        assert lifecycle.suspend(ctx, name, "again").steps == []  # idempotent
+
+        plan_back = lifecycle.unsuspend(ctx, name)
+        assert [s.name for s in plan_back.steps] == ["unlock", "expire", "start-app:web", "mark"]
+        assert wait_for(lambda: port_open(port))
+        again = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
+                 "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
+        assert again == before
+        assert lifecycle.login_state(name) == lifecycle.LoginState(expire="", locked=False)
+        assert lifecycle.unsuspend(ctx, name).steps == []  # idempotent
+        status = lifecycle.slot_status(ctx, name)
+        assert status["state"] == "active" and status["suspended_at"] is None and status["plan"] == "small"
+        ctx.close()
+    finally:
+        _remove(host, name)
+    assert accounts.lookup_user(name) is None
+
+
+def test_cli_suspend_unsuspend_su_and_password(host: SlotHost) -> None:
+    name, password = _create(host, plan_name=None)
+    try:
+        assert su_password(name, password)
+        out = host.slotctl("slot", "suspend", name, "--reason", "chargeback", "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["changed"] is True
+        assert not su_password(name, password) and not su_from_root(name)
+        again = host.slotctl("slot", "suspend", name, "--reason", "chargeback", "--json")
+        assert json.loads(again.stdout)["changed"] is False
+        # A new password for a suspended slot does not unlock it.
+        ctx = host.ctx()
+        new_password = lifecycle.change_password(ctx, name)
+        ctx.close()
+        assert not su_password(name, new_password)
+        out = host.slotctl("slot", "unsuspend", name, "--json")
+        assert out.returncode == 0, out.stderr
+        assert su_password(name, new_password) and su_from_root(name)
+        assert json.loads(host.slotctl("slot", "unsuspend", name, "--json").stdout)["changed"] is False
+    finally:
+        _remove(host, name)
+
+
+def test_suspend_that_fails_midway_is_undone(host: SlotHost) -> None:
+    name, password = _create(host)
+    ctx = host.ctx()
+    try:
+        plan.fail_at_step = "mark"
+        with pytest.raises(StepFailed):
+            lifecycle.suspend(ctx, name, "test")
+        plan.fail_at_step = None
+        assert lifecycle.login_state(name) == lifecycle.LoginState(expire="", locked=False)
+        assert ctx.store.get_slot(name).state == "active"  # type: ignore[union-attr]
+        assert lifecycle.get_lifecycle(ctx.store, name) == lifecycle.LifecycleRecord(name, "small")
+        assert su_password(name, password)
+    finally:
+        plan.fail_at_step = None
+        ctx.close()
+        _remove(host, name)
+
+
+def test_suspend_keeps_a_lock_an_operator_had_set(host: SlotHost) -> None:
+    name, _password = _create(host)
+    ctx = host.ctx()
+    try:
+        lifecycle.lock_password(name)
+        lifecycle.set_expire(name, "2999-01-01")
+        before = lifecycle.login_state(name)
+        lifecycle.suspend(ctx, name, "test")
+        assert lifecycle.login_state(name).suspended
+        lifecycle.unsuspend(ctx, name)
+        assert lifecycle.login_state(name) == before
+    finally:
+        ctx.close()
+        _remove(host, name)
+
+
+def test_change_plan_applies_the_quota_and_refuses_one_below_the_data(host: SlotHost) -> None:
+    name, _password = _create(host, plan_name="small")
+    ctx = host.ctx()
+    try:
+        home = Path(ctx.store.get_slot(name).home)  # type: ignore[union-attr]
+        assert ctx.quota.usage(name, home).limit_bytes == 64 << 20
+        out = host.slotctl("slot", "change-plan", name, "large", "--json")
+        assert out.returncode == 0, out.stderr
+        assert ctx.quota.usage(name, home).limit_bytes == 256 << 20
+        assert ctx.store.get_slot(name).quota_bytes == 256 << 20  # type: ignore[union-attr]
+        # 100M of data as the tenant, then ask for the 64M plan.
+        acct = accounts.lookup_user(name)
+        assert acct is not None
+        big = home / "big.bin"
+        with open(big, "wb") as f:
+            f.write(os.urandom(1 << 20) * 100)
+        os.chown(big, acct.uid, acct.gid)
+        os.sync()
+        wait_for(lambda: ctx.quota.usage(name, home).used_bytes > 100 << 20)
+        refused = host.slotctl("slot", "change-plan", name, "small")
+        assert refused.returncode == 1
+        assert "plan small" in refused.stderr and "67108864 bytes (64M)" in refused.stderr
+        assert ctx.quota.usage(name, home).limit_bytes == 256 << 20  # nothing changed
+        assert lifecycle.get_lifecycle(ctx.store, name).plan == "large"  # type: ignore[union-attr]
+        # Unknown plan: bad input, exit 2, names the known ones.
+        unknown = host.slotctl("slot", "change-plan", name, "gold")
+        assert unknown.returncode == 2 and "large, medium, small" in unknown.stderr
+        assert host.slotctl("slot", "change-plan", name, "large", "--json").returncode == 0  # no-op
+        big.unlink()
+    finally:
+        ctx.close()
+        _remove(host, name)
+
+
+def test_change_plan_refuses_a_plan_without_the_installed_app(host: SlotHost, apps: ProcessApps) -> None:
+    name, _password = _create(host, plan_name="large")
+    apps.ports[name] = 2590 + secrets.randbelow(9)
+    ctx = host.ctx()
+    try:
+        ctx.config.plans["narrow"] = lifecycle.PlanConfig("narrow", 256 << 20, apps=("other",))
+        with pytest.raises(SlotError, match="does not allow the app"):
+            lifecycle.change_plan(ctx, name, "narrow")
+        assert lifecycle.change_plan(ctx, name, "medium").steps  # medium allows web
+    finally:
+        ctx.config.plans.pop("narrow", None)
+        ctx.close()
+        _remove(host, name)
+
+
+def test_remove_a_suspended_slot_leaves_no_trace(host: SlotHost) -> None:
+    name, _password = _create(host)
+    ctx = host.ctx()
+    try:
+        lifecycle.suspend(ctx, name, "cancelled")
+        lifecycle.terminate(ctx, name)
+        assert accounts.lookup_user(name) is None
+        assert ctx.store.get_slot(name) is None
+        assert lifecycle.get_lifecycle(ctx.store, name) is None
+        assert any(e["action"] == "slot.suspend" for e in ctx.store.audit_entries(name))  # audit stays
+    finally:
+        ctx.close()
+        _remove(host, name)

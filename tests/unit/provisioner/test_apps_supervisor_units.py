@@ -1,0 +1,97 @@
+"""The supervisor backends' rendering and parsing, as data (no supervisor is started here)."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from provisioner.errors import BadInput
+from provisioner.supervisor import Program, load_supervisor
+from provisioner.supervisor.supervisord import Supervisord, render_program
+from provisioner.supervisor.systemd import parse_status, render_dropin, render_template
+
+
+def _prog(**kw: object) -> Program:
+    base: dict[str, object] = {"app": "transmission", "user": "alice", "argv": ["/usr/bin/x", "-f", "a b"],
+                               "cwd": "/home/alice/apps/transmission"}
+    base.update(kw)
+    return Program(**base)  # type: ignore[arg-type]
+
+
+def test_program_name_is_the_systemd_instance_name() -> None:
+    assert _prog().name == "slotwarden-transmission@alice"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("app", "Bad"), ("app", ""), ("user", "a/b"), ("user", "x y"), ("argv", ["relative"]), ("argv", []),
+    ("environment", {"lower": "x"}), ("environment", {"A": "multi\nline"}),
+])
+def test_program_rejects(field: str, value: object) -> None:
+    with pytest.raises(BadInput):
+        _prog(**{field: value})
+
+
+def test_supervisord_section_parses_back() -> None:
+    text = render_program(_prog(environment={"PORT": "20001", "PCT": "50%"}), Path("/s/logs"))
+    cp = configparser.RawConfigParser()
+    cp.read_string(text)
+    sec = cp["program:slotwarden-transmission@alice"]
+    assert sec["user"] == "alice"
+    assert shlex.split(sec["command"]) == ["/usr/bin/x", "-f", "a b"]
+    assert sec["autorestart"] == "true"
+    assert 'PCT="50%%"' in sec["environment"]  # supervisord would expand a bare %
+    assert sec["stdout_logfile"] == "/s/logs/slotwarden-transmission@alice.log"
+
+
+def test_supervisord_env_file_is_read_by_a_wrapper_not_put_on_the_command_line() -> None:
+    text = render_program(_prog(env_file="/home/alice/.env"), Path("/l"))
+    command = next(line for line in text.splitlines() if line.startswith("command="))
+    assert "/home/alice/.env" in command and command.startswith("command=/bin/sh -c")
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n\r"),
+                        max_size=12), min_size=0, max_size=4))
+def test_supervisord_command_round_trips(args: list[str]) -> None:
+    text = render_program(_prog(argv=["/bin/echo", *args]), Path("/l"))
+    cp = configparser.RawConfigParser()
+    cp.read_string(text)
+    command = cp["program:slotwarden-transmission@alice"]["command"].replace("%%", "%")
+    assert shlex.split(command) == ["/bin/echo", *args]
+
+
+def test_long_state_dir_gets_a_short_socket() -> None:
+    s = Supervisord(Path("/tmp/" + "d" * 120))
+    assert len(str(s.socket)) <= 100 and str(s.socket).startswith("/run/")
+    assert Supervisord(Path("/var/lib/slotwarden")).socket == Path("/var/lib/slotwarden/supervisor/supervisor.sock")
+
+
+def test_systemd_units() -> None:
+    tmpl = render_template("jupyterlab")
+    assert "User=%i" in tmpl and "Restart=always" in tmpl and "WantedBy=multi-user.target" in tmpl
+    drop = render_dropin(_prog(argv=["/opt/x", "100%"], environment={"A": 'q"uote'}))
+    assert 'ExecStart="/opt/x" "100%%"' in drop
+    assert 'Environment="A=q\\"uote"' in drop
+    assert "ExecStart=\n" in drop  # resets the template's (empty) ExecStart
+
+
+@pytest.mark.parametrize(("props", "running", "pid", "since", "state"), [
+    ({"LoadState": "loaded", "ActiveState": "active", "MainPID": "42", "ExecMainStartTimestamp": "@1700000000"},
+     True, 42, 1700000000.0, "active"),
+    ({"LoadState": "loaded", "ActiveState": "failed", "MainPID": "0", "ExecMainStartTimestamp": ""},
+     False, None, None, "failed"),
+    ({"LoadState": "not-found", "ActiveState": "inactive", "MainPID": "0"}, False, None, None, "absent"),
+])
+def test_systemd_status(props: dict[str, str], running: bool, pid: int | None, since: float | None,
+                        state: str) -> None:
+    st_ = parse_status("slotwarden-x@a", props)
+    assert (st_.running, st_.pid, st_.since, st_.state) == (running, pid, since, state)
+
+
+def test_unknown_backend_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInput):
+        load_supervisor("runit", tmp_path)

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The VM lab: two Vagrant VMs inside a network namespace of their own, the isolation suite
+# against them, and everything torn down again — also when a step fails or hangs.
+#
+#   vm/lab.sh test     # make vm-test: namespace, daemons, box, up, provision, suite, destroy
+#
+# Layout of one run:
+#   root namespace:  prohibit routes for 198.51.100.0/24 and 203.0.113.0/24 (so nothing here
+#                    can route lab addresses out through the machine's gateway), the wheel build
+#   netns swv-lab-*: virtlogd + libvirtd (started here, stopped by PID), the libvirt networks,
+#                    dnsmasq, QEMU, vagrant and pytest. libvirt's `default` network never starts.
+# Every step that can hang runs under `timeout`. Needs root.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+cache=${SLOTWARDEN_VM_CACHE:-/var/cache/slotwarden-vm}
+# The whole lab lives in TEST-NET-2: private network 198.51.100.0/25, management network
+# 198.51.100.128/25. TEST-NET-3 (203.0.113.0/24) is left alone: on this kind of machine the
+# package mirrors resolve into it, and a prohibit route there would cut every job off PyPI/Debian.
+lab_range=198.51.100.0/24
+
+log() { printf '[vm-lab %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+# Vagrant redraws progress bars with carriage returns; keep the log readable.
+quiet() { tr '\r' '\n' | sed -u 's/\x1b\[K//g' | grep --line-buffered -v -e '^Progress:' -e '^[[:space:]]*$' || true; }
+
+# ---------------------------------------------------------------- root namespace side
+outer() {
+  [[ $(id -u) == 0 ]] || die "needs root"
+  mkdir -p "$cache"
+  # One lab per machine: libvirtd's sockets and state directories are machine-wide.
+  exec 9>"$cache/lab.lock"
+  flock -w 1800 9 || die "another VM lab holds $cache/lab.lock"
+
+  started=$SECONDS
+  box=$(timeout 1800 "$here/build-box.sh" | tail -n1) || die "box build failed"
+  run_id=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+  ns=swv-lab-$run_id
+  work=$(mktemp -d /tmp/swv-lab.XXXXXX)
+  added_route=""
+
+  # Runs after outer() returned: only globals here.
+  cleanup_outer() {
+    local rc=$?
+    # Processes left in the namespace were all started by this run; end them by PID.
+    if ip netns list | grep -qw "$ns"; then
+      local pids
+      pids=$(ip netns pids "$ns" 2>/dev/null || true)
+      if [[ -n $pids ]]; then
+        log "ending leftover processes in $ns: $(echo $pids)"
+        kill -TERM $pids 2>/dev/null || true
+        sleep 2
+        kill -KILL $(ip netns pids "$ns" 2>/dev/null) 2>/dev/null || true
+      fi
+      ip netns del "$ns" || true
+    fi
+    [[ -z $added_route ]] || ip route del prohibit "$lab_range" 2>/dev/null || true
+    if [[ $rc != 0 && -d $work/logs ]]; then
+      mkdir -p "$cache/last-failure" && cp -a "$work/logs/." "$cache/last-failure/" 2>/dev/null || true
+      log "serial console logs of the failed run: $cache/last-failure/"
+    fi
+    rm -rf "$work"
+    log "lab finished in $((SECONDS - started)) s (rc=$rc)"
+  }
+  trap cleanup_outer EXIT
+
+  # Someone else's lab may hold the same route; only ours is removed again.
+  if ! ip route show type prohibit | grep -q "^prohibit $lab_range"; then
+    ip route add prohibit "$lab_range"
+    added_route=yes
+  fi
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+
+  wheel=""
+  if [[ -f $top/pyproject.toml ]]; then
+    log "building the wheel from $top"
+    local py=$top/.venv/bin/python
+    [[ -x $py ]] || py=python3
+    mkdir -p "$work/dist"
+    timeout 300 "$py" -m pip wheel --quiet --no-deps -w "$work/dist" "$top" >&2 \
+      || die "wheel build failed"
+    wheel=$(ls "$work"/dist/*.whl | head -n1)
+  fi
+
+  SLOTWARDEN_LAB_NS=$ns SLOTWARDEN_LAB_WORK=$work SLOTWARDEN_LAB_RUN=$run_id \
+  SLOTWARDEN_LAB_BOX=$box SLOTWARDEN_WHEEL=$wheel \
+    ip netns exec "$ns" "$here/lab.sh" inner "$@"
+}
+
+# ---------------------------------------------------------------- lab namespace side
+inner() {
+  local ns=${SLOTWARDEN_LAB_NS:?} work=${SLOTWARDEN_LAB_WORK:?} run_id=${SLOTWARDEN_LAB_RUN:?}
+  local box=${SLOTWARDEN_LAB_BOX:?}
+  # A vagrant or libvirt call from the root namespace would route lab addresses out through
+  # the machine's own gateway; refuse anywhere but the lab namespace.
+  [[ $(ip netns identify $$) == "$ns" ]] || die "not inside the lab namespace $ns"
+
+  local run=$work/run
+  mkdir -p "$run" "$work/logs" "$cache/pool" "$cache/vagrant.d"
+  export VAGRANT_HOME=$cache/vagrant.d
+  export VAGRANT_DOTFILE_PATH=$work/dotvagrant
+  export VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_NO_PLUGINS_UPDATE=1
+  export LIBVIRT_DEFAULT_URI=qemu:///system
+  export SLOTWARDEN_BOX=slotwarden/debian12-$(basename "$box" .box | sed 's/^debian12-//')
+  export SLOTWARDEN_VM_DRIVER=qemu SLOTWARDEN_VM_POOL=swv-pool SLOTWARDEN_VM_PREFIX=swv-$run_id-
+  export SLOTWARDEN_VM_LOGDIR=$work/logs
+  export SLOTWARDEN_SLOTS=tv${run_id}a,tv${run_id}b
+  local vagrant_cwd=$top
+  export VAGRANT_CWD=$vagrant_cwd
+
+  if [[ -e /run/libvirt/libvirtd.pid ]] && kill -0 "$(cat /run/libvirt/libvirtd.pid)" 2>/dev/null; then
+    die "a libvirtd is already running (pid $(cat /run/libvirt/libvirtd.pid)); the lab needs its own"
+  fi
+  # libvirt's stock `default` network (192.168.122.0/24, NAT) must never start in the lab.
+  rm -f /etc/libvirt/qemu/networks/autostart/default.xml
+
+  stop_daemons() {
+    local rc=$?
+    set +e
+    if [[ -S /run/libvirt/libvirt-sock ]] && [[ -s $run/libvirtd.pid ]]; then
+      log "destroying lab domains, networks and pool"
+      local d
+      for d in $(timeout 30 virsh list --all --name | grep "^swv-$run_id-"); do
+        timeout 60 virsh destroy "$d" >/dev/null 2>&1
+        timeout 60 virsh undefine "$d" --remove-all-storage --nvram >/dev/null 2>&1 \
+          || timeout 60 virsh undefine "$d" --remove-all-storage >/dev/null 2>&1
+      done
+      for d in swv-private swv-mgmt; do
+        timeout 30 virsh net-destroy "$d" >/dev/null 2>&1
+        timeout 30 virsh net-undefine "$d" >/dev/null 2>&1
+      done
+      timeout 30 virsh pool-destroy swv-pool >/dev/null 2>&1
+    fi
+    local f p
+    for f in libvirtd virtlogd; do
+      [[ -s $run/$f.pid ]] || continue
+      p=$(cat "$run/$f.pid")
+      kill -TERM "$p" 2>/dev/null || continue
+      for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$p" 2>/dev/null && log "$f (pid $p) did not stop on TERM; killed"
+    done
+    exit "$rc"
+  }
+  trap stop_daemons EXIT
+
+  log "starting virtlogd and libvirtd in $ns"
+  timeout 30 virtlogd -d -p "$run/virtlogd.pid"
+  timeout 30 libvirtd -d -p "$run/libvirtd.pid"
+  timeout 60 bash -c 'until virsh -q version >/dev/null 2>&1; do sleep 0.5; done' \
+    || die "libvirtd did not answer within 60 s"
+
+  # A pool of our own, transient: box volumes stay cached in $cache/pool between runs.
+  timeout 60 virsh -q pool-create-as swv-pool dir --target "$cache/pool" >/dev/null
+  # Disks of domains from an earlier run that died before its cleanup.
+  find "$cache/pool" -maxdepth 1 -name 'swv-*' -delete
+  timeout 60 virsh -q pool-refresh swv-pool >/dev/null
+
+  if ! vagrant box list 2>/dev/null | grep -q "^$SLOTWARDEN_BOX "; then
+    log "vagrant box add $SLOTWARDEN_BOX"
+    # Older lab boxes (and their uploaded volumes) are dead weight once the inputs changed.
+    local old
+    for old in $(vagrant box list 2>/dev/null | awk '/^slotwarden\/debian12-/ {print $1}'); do
+      vagrant box remove --force --all "$old" >/dev/null 2>&1 || true
+    done
+    find "$cache/pool" -maxdepth 1 -name 'slotwarden-VAGRANTSLASH-debian12-*' -delete
+    timeout 300 vagrant box add --name "$SLOTWARDEN_BOX" "$box" 2>&1 | quiet >&2
+  fi
+
+  local t0=$SECONDS
+  log "vagrant up (server, client)"
+  timeout 1200 vagrant up --provider=libvirt 2>&1 | quiet >&2 || die "vagrant up failed (serial logs: $work/logs)"
+  log "vagrant up + provision: $((SECONDS - t0)) s"
+
+  timeout 60 vagrant ssh-config > "$work/ssh-config"
+  t0=$SECONDS
+  log "isolation suite"
+  local py=$top/.venv/bin/python
+  local rc=0
+  timeout 900 "$py" -m pytest -p no:cacheprovider "$top/tests/infra" \
+    --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo \
+    --client-host=ssh://client --server-address=198.51.100.10 \
+    --slots="$SLOTWARDEN_SLOTS" --quota-mib=16 -ra "$@" || rc=$?
+  log "isolation suite: $((SECONDS - t0)) s (rc=$rc)"
+
+  t0=$SECONDS
+  timeout 300 vagrant destroy -f >&2 || log "vagrant destroy failed; falling back to virsh"
+  log "vagrant destroy: $((SECONDS - t0)) s"
+  return "$rc"
+}
+
+case ${1:-} in
+  test) shift; outer "$@" ;;
+  inner) shift; inner "$@" ;;
+  *) echo "usage: $0 test" >&2; exit 2 ;;
+esac
