@@ -106,6 +106,9 @@ def _render_one(c: Console, o: SlotOutcome, check: bool) -> None:
         quota = o.record.get("quota_bytes")
         kv_table(c, {"home": o.record.get("home"), "quota": format_size(quota) if quota else "none",
                      "password": o.password})
+    for a in o.apps:
+        c.print(f"{o.host}: app {a.get('app')}: {a.get('url')}  user {a.get('username')}  "
+                f"password {a.get('password')}", markup=False)
 
 
 def emit_outcomes(outcomes: list[SlotOutcome], *, check: bool = False) -> None:
@@ -126,7 +129,7 @@ def emit_outcomes(outcomes: list[SlotOutcome], *, check: bool = False) -> None:
     def render(c: Console) -> None:
         for o in outcomes:
             _render_one(c, o, check)
-        if any(o.password for o in outcomes):
+        if any(o.password or o.apps for o in outcomes):
             c.print("Passwords are shown once and not stored; 'slotctl slot passwd' makes a new one.")
 
     emit(data, render)

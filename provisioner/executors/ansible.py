@@ -17,6 +17,7 @@ is given (then it is kept, for inspection).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -135,17 +136,19 @@ def outcomes_from(changes: list[SlotChange], run: PlaybookRun, wanted_hosts: lis
             continue
         for item in items:
             password = None
-            sealed = item.get("password_sealed")
-            if sealed and opener is not None:
-                password = opener.open(sealed)
+            apps: list[dict[str, Any]] = []
+            if opener is not None and item.get("password_sealed"):
+                password = opener.open(item["password_sealed"])
+            if opener is not None and item.get("apps_sealed"):
+                apps = json.loads(opener.open(item["apps_sealed"]))
             record_keys = set(item) - {"host", "username", "ok", "action", "changed", "steps", "error",
-                                       "password_sealed", "exit_code"}
+                                       "password_sealed", "apps_sealed", "exit_code"}
             out.append(SlotOutcome(
                 host=host, username=str(item.get("username")), action=str(item.get("action")),
                 changed=bool(item.get("changed")),
                 record={k: item[k] for k in sorted(record_keys)} or None,
                 steps=list(item.get("steps") or []), error=item.get("error"),
-                exit_code=int(item.get("exit_code") or 0), password=password,
+                exit_code=int(item.get("exit_code") or 0), password=password, apps=apps,
             ))
     return out
 

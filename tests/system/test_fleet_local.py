@@ -14,7 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_lab import (  # type: ignore[import-not-found]
+
+from provisioner import accounts
+from provisioner.executors.ansible import AnsibleExecutor
+from tests.system.fleet_lab import (
     LabHost,
     check_slot_lifecycle,
     files_containing,
@@ -23,9 +26,6 @@ from fleet_lab import (  # type: ignore[import-not-found]
     random_name,
     teardown_lab_host,
 )
-
-from provisioner import accounts
-from provisioner.executors.ansible import AnsibleExecutor
 
 pytestmark = [pytest.mark.root]
 HOST = "labhost"

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_lab import LabHost, check_slot_lifecycle, make_lab_host, teardown_lab_host  # type: ignore[import-not-found]
 
 from provisioner.executors.ansible import AnsibleExecutor
+from tests.system.fleet_lab import LabHost, check_slot_lifecycle, make_lab_host, teardown_lab_host
 
 pytestmark = [pytest.mark.root, pytest.mark.sshd]
 HOST = "sshlab"
