@@ -50,6 +50,7 @@ lint: venv
 bench: venv
 	$(PY) bench/provision.py
 	$(PY) bench/metrics.py
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
