@@ -202,14 +202,21 @@ class AnsibleExecutor:
             "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
             **self.envvars,
         }
-        cmdline = " ".join([*(["--check"] if check else []), *(["--diff"] if diff else [])]) or None
         try:
+            # The variables go in a 0600 file passed as -e @file: on the command line (what the runner
+            # does with a dict) they would show in `ps` and in artifacts/command, and a big batch
+            # would hit the argument-length limit.
+            vars_file = private / "slotwarden-vars.json"
+            fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"slotwarden_hosts": "all", **self.extravars, **extravars}, f)
+            cmdline = " ".join([*(["--check"] if check else []), *(["--diff"] if diff else [])]) or None
             r = ansible_runner.run(
                 private_data_dir=str(private),
                 playbook=str(self.playbooks / playbook),
                 inventory=str(self.inventory),
                 limit=self.pattern,
-                extravars={"slotwarden_hosts": "all", **self.extravars, **extravars},
+                extravars=str(vars_file),
                 envvars=env,
                 cmdline=cmdline,
                 suppress_env_files=True,

@@ -78,6 +78,9 @@ def test_slot_lifecycle_through_ansible_runner(lab: tuple[LabHost, Path], tmp_pa
     ex = AnsibleExecutor(inv, [HOST], private_data_dir=runner, envvars={"ANSIBLE_LOG_PATH": str(log)})
     check_slot_lifecycle(ex, lab_host, HOST, [runner, log])
     assert (runner / "artifacts").is_dir() and log.exists()
+    # the slots (customers' emails) went in a 0600 vars file, not on ansible-playbook's command line
+    for command in (runner / "artifacts").glob("*/command"):
+        assert "example.com" not in command.read_text()
     # suppress_env_files: the runner wrote nothing of the call (extravars, envvars) to env/
     env_dir = runner / "env"
     assert not env_dir.exists() or not any(env_dir.iterdir()), sorted(env_dir.iterdir())
@@ -134,7 +137,7 @@ def test_cli_fleet_create_many_and_remove_per_host(lab: tuple[LabHost, Path], tm
     assert accounts.lookup_user(names[1]) is None
 
 
-def test_update_quota_in_place(lab: tuple[LabHost, Path]) -> None:
+def test_update_quota_in_place(lab: tuple[LabHost, Path], tmp_path: Path) -> None:
     from provisioner.executors import SlotChange
 
     lab_host, inv = lab
@@ -146,6 +149,15 @@ def test_update_quota_in_place(lab: tuple[LabHost, Path]) -> None:
     assert o.action == "created"
     [o] = ex.apply([SlotChange.parse({**base, "quota": "80M"})], check=True)
     assert (o.action, o.changed) == ("updated", True)
+    assert lab_host.context().store.get_slot(name).quota_bytes == 40 << 20  # type: ignore[union-attr]
+    # --diff (with --check): the play output shows the record before and after
+    runner = tmp_path / "runner"
+    run = AnsibleExecutor(inv, [HOST], private_data_dir=runner).run_playbook(
+        "slot.yml", {"slotwarden_slots": [{**base, "quota": "80M"}]}, check=True, diff=True)
+    assert run.status == "successful"
+    stdout = next((runner / "artifacts").glob("*/stdout")).read_text()
+    assert f"-    \"quota_bytes\": {40 << 20}" in stdout or f"-quota_bytes: {40 << 20}" in stdout, stdout
+    assert str(80 << 20) in stdout
     assert lab_host.context().store.get_slot(name).quota_bytes == 40 << 20  # type: ignore[union-attr]
     [o] = ex.apply([SlotChange.parse({**base, "quota": "80M"})])
     assert (o.action, o.changed) == ("updated", True)

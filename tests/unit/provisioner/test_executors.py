@@ -195,3 +195,50 @@ def test_playbook_syntax(playbook: str, tmp_path: Path) -> None:
     proc = subprocess.run([str(BIN / "ansible-playbook"), "--syntax-check", "-i", inventory, str(PLAYBOOKS / playbook)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def test_app_credentials_come_back_sealed_and_are_opened() -> None:
+    import json
+
+    opener = Opener()
+    creds = [{"app": "vault", "username": "alice", "password": "app-secret", "url": "http://h:2001/"}]
+    col = EventCollector()
+    col(_event("runner_on_ok", "web1", {"changed": True, "results": [
+        {"username": "alice", "ok": True, "action": "updated", "changed": True,
+         "apps_sealed": seal(opener.recipient, json.dumps(creds))}]}))
+    [o] = outcomes_from([SlotChange("alice", apps=("vault",))], PlaybookRun("successful", 0, col.hosts, None),
+                        ["web1"], opener)
+    assert o.apps == creds and "apps" not in o.as_dict() and o.as_dict(with_password=True)["apps"] == creds
+    assert "app-secret" not in repr(o)
+
+
+class _FakeStore:
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = existing
+
+    def get_slot(self, name: str) -> object | None:
+        return object() if name in self.existing else None
+
+
+class _FakeCtx:
+    def __init__(self, existing: set[str]) -> None:
+        self.store = _FakeStore(existing)
+
+
+BATCHABLE = [
+    # (changes, existing slots, indexes batched through create_many)
+    ([SlotChange("a", email="a@x.org", country="DE"), SlotChange("b", email="b@x.org", country="DE")], set(), [0, 1]),
+    ([SlotChange("a", email="a@x.org", country="DE"), SlotChange("b", email="b@x.org", country="DE")], {"a"}, [1]),
+    ([SlotChange("a", email="a@x.org", country="DE", apps=("vault",)), SlotChange("b", email="b@x.org", country="DE")],
+     set(), [1]),
+    ([SlotChange("a", "absent"), SlotChange("b", email="b@x.org", country="DE")], set(), [1]),
+    ([SlotChange("a", "absent"), SlotChange("a", email="a@x.org", country="DE")], set(), []),  # same name twice
+    ([SlotChange("a")], set(), []),  # no email/country: not a create
+]
+
+
+@pytest.mark.parametrize(("changes", "existing", "want"), BATCHABLE)
+def test_which_changes_are_batched(changes: list[SlotChange], existing: set[str], want: list[int]) -> None:
+    from provisioner.executors.local import _batchable
+
+    assert _batchable(_FakeCtx(existing), changes) == want  # type: ignore[arg-type]
