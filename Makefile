@@ -68,6 +68,7 @@ bench: venv
 	$(PY) bench/provision.py
 	$(PY) bench/metrics.py
 	$(PY) bench/api.py
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
