@@ -15,7 +15,7 @@ DEMO_SLOT ?= demo
 # The apps' shared read-only installs (JupyterLab from PyPI), one venv per app.
 APPS_SHARED ?= /opt/slotwarden/apps
 
-.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean pam
+.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean pam vm-deps vm-box vm-test
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -69,6 +69,20 @@ bench: venv
 	$(PY) bench/metrics.py
 	$(PY) bench/api.py
 	$(PY) bench/fleet.py
+
+# The VM lab (Vagrant + libvirt, software-emulated QEMU) and the Debian 12 box it boots, built
+# offline from Debian's archive. See "Testing in VMs" in the README.
+VM_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils mmdebstrap \
+	extlinux syslinux-common e2fsprogs fdisk dnsmasq-base openssl sshpass coreutils
+
+vm-deps:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(VM_APT_PACKAGES)"
+
+vm-box: vm-deps
+	vm/build-box.sh
+
+vm-test: venv vm-deps
+	vm/lab.sh test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
