@@ -15,7 +15,7 @@ DEMO_SLOT ?= demo
 # The apps' shared read-only installs (JupyterLab from PyPI), one venv per app.
 APPS_SHARED ?= /opt/slotwarden/apps
 
-.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean
+.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean pam vm-deps vm-box vm-test
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -40,6 +40,7 @@ $(APPS_SHARED)/jupyterlab/.stamp:
 demo: venv
 	ln -sf $(SLOTCTL) /usr/local/sbin/slotctl
 	$(SLOTCTL) host init --loopback-image $(DEMO_IMAGE) --loopback-size $(DEMO_SIZE)
+	$(SLOTCTL) guard supervise
 	@if $(SLOTCTL) slot show $(DEMO_SLOT) >/dev/null 2>&1; then \
 	  echo "slot $(DEMO_SLOT) exists already; 'slotctl slot passwd $(DEMO_SLOT)' gives it a new password"; \
 	else \
@@ -49,7 +50,11 @@ demo: venv
 	@echo; echo "Log in as the tenant: 'su - $(DEMO_SLOT)' here, or 'ssh $(DEMO_SLOT)@<this host>' with the password above."
 	@echo "Remove it: 'slotctl slot remove $(DEMO_SLOT)'."
 
-test: venv apps-shared
+# The guard's PAM module, built against libpam0g-dev (slotctl guard install copies it into place).
+pam: deps
+	$(MAKE) -C pam_hooks/c
+
+test: venv apps-shared pam
 	$(VENV)/bin/pytest -q tests/unit tests/system
 
 test-unit: venv
@@ -61,6 +66,24 @@ lint: venv
 
 bench: venv
 	$(PY) bench/provision.py
+	$(PY) bench/metrics.py
+	$(PY) bench/api.py
+	$(PY) bench/fleet.py
+
+# The VM lab (Vagrant + libvirt, software-emulated QEMU) and the Debian 12 box it boots, built
+# offline from Debian's archive. See "Testing in VMs" in the README.
+VM_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils mmdebstrap \
+	extlinux syslinux-common e2fsprogs fdisk dnsmasq-base openssl sshpass coreutils
+
+vm-deps:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(VM_APT_PACKAGES)"
+
+vm-box: vm-deps
+	vm/build-box.sh
+
+vm-test: venv vm-deps
+	vm/lab.sh test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	$(MAKE) -C pam_hooks/c clean
