@@ -1,7 +1,7 @@
 """The apps' tables in the store: installs, the port registry, and sealed credentials.
 
-``apps`` (one row per app installed in a slot) and ``app_credentials`` are also read by
-:mod:`provisioner.retention` and the data report, by these names.
+``app_installs`` (one row per app installed in a slot) and ``app_credentials`` are also read
+by :mod:`provisioner.retention` and the data report, by these names.
 
 Ports come from a configurable range and are handed out inside one write transaction; the
 ``PRIMARY KEY`` on the port is the uniqueness constraint, so two installs racing for the
@@ -24,7 +24,7 @@ from provisioner.errors import SlotError
 from provisioner.store import Store
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS apps (
+CREATE TABLE IF NOT EXISTS app_installs (
     username      TEXT NOT NULL,
     app           TEXT NOT NULL,
     state         TEXT NOT NULL CHECK (state IN ('installing', 'installed', 'removing')),
@@ -95,31 +95,31 @@ class AppRegistry:
     # --- installs -----------------------------------------------------------------------
 
     def get(self, username: str, app: str) -> InstallRecord | None:
-        row = self.store.db.execute("SELECT * FROM apps WHERE username = ? AND app = ?",
+        row = self.store.db.execute("SELECT * FROM app_installs WHERE username = ? AND app = ?",
                                     (username, app)).fetchone()
         return InstallRecord(**dict(row)) if row else None
 
     def installs(self, username: str | None = None) -> list[InstallRecord]:
         if username is None:
-            rows = self.store.db.execute("SELECT * FROM apps ORDER BY username, app").fetchall()
+            rows = self.store.db.execute("SELECT * FROM app_installs ORDER BY username, app").fetchall()
         else:
-            rows = self.store.db.execute("SELECT * FROM apps WHERE username = ? ORDER BY app",
+            rows = self.store.db.execute("SELECT * FROM app_installs WHERE username = ? ORDER BY app",
                                          (username,)).fetchall()
         return [InstallRecord(**dict(r)) for r in rows]
 
     def begin_install(self, username: str, app: str, version: str | None) -> None:
         try:
-            self.store.db.execute("INSERT INTO apps VALUES (?, ?, 'installing', ?, ?)",
+            self.store.db.execute("INSERT INTO app_installs VALUES (?, ?, 'installing', ?, ?)",
                                   (username, app, version, time.time()))
         except sqlite3.IntegrityError:
             raise SlotError(f"{app} is already installed in slot {username}") from None
 
     def set_state(self, username: str, app: str, state: str) -> None:
-        self.store.db.execute("UPDATE apps SET state = ? WHERE username = ? AND app = ?",
+        self.store.db.execute("UPDATE app_installs SET state = ? WHERE username = ? AND app = ?",
                               (state, username, app))
 
     def forget_install(self, username: str, app: str) -> None:
-        self.store.db.execute("DELETE FROM apps WHERE username = ? AND app = ?", (username, app))
+        self.store.db.execute("DELETE FROM app_installs WHERE username = ? AND app = ?", (username, app))
 
     # --- ports --------------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ def _rows(lab: AppLab, username: str) -> dict[str, int]:
     db = sqlite3.connect(lab.root / "state" / "slotwarden.db")
     try:
         return {t: db.execute(f"SELECT count(*) FROM {t} WHERE username = ?", (username,)).fetchone()[0]
-                for t in ("apps", "app_ports", "app_credentials")}
+                for t in ("app_installs", "app_ports", "app_credentials")}
     finally:
         db.close()
 
@@ -197,7 +197,7 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     assert pids_of(owner_uid) == []  # no worker, kernel or orphan of the app either
     assert not app_dir.exists() and not (app_dir.parent).exists()
     assert not prog_conf.exists()
-    assert _rows(lab, owner) == {"apps": 0, "app_ports": 0, "app_credentials": 0}
+    assert _rows(lab, owner) == {"app_installs": 0, "app_ports": 0, "app_credentials": 0}
     assert port not in listening_ports()
     assert app_status(lab.context(), owner) == []
     assert probe.leftovers(lab, owner) == []

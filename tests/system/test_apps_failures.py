@@ -30,7 +30,7 @@ def _leftovers(lab: AppLab, username: str) -> dict[str, object]:
     db = sqlite3.connect(lab.root / "state" / "slotwarden.db")
     try:
         rows = {t: db.execute(f"SELECT count(*) FROM {t} WHERE username = ?", (username,)).fetchone()[0]
-                for t in ("apps", "app_ports", "app_credentials")}
+                for t in ("app_installs", "app_ports", "app_credentials")}
     finally:
         db.close()
     programs = sorted(p.name for p in (lab.root / "state" / "supervisor" / "programs").glob(f"*@{username}.conf"))
@@ -39,7 +39,7 @@ def _leftovers(lab: AppLab, username: str) -> dict[str, object]:
             "listening": sorted(p for p in listening_ports() if lab.port_min <= p <= lab.port_max)}
 
 
-CLEAN = {"apps": 0, "app_ports": 0, "app_credentials": 0, "programs": [], "apps_dir": False,
+CLEAN = {"app_installs": 0, "app_ports": 0, "app_credentials": 0, "programs": [], "apps_dir": False,
          "listening": []}
 
 
