@@ -83,3 +83,38 @@ def test_programs_come_back_when_supervisord_restarts(supervisord: Supervisord) 
     assert not sd.is_running()
     sd.ensure_running()  # what host init does after a reboot
     assert sd.wait_running(prog.name).running
+
+
+def test_supervisord_exits_when_its_state_dir_is_removed(tmp_path: Path) -> None:
+    import shutil
+
+    sd = Supervisord(tmp_path / "gone" / "state")
+    try:
+        prog = Program(app="tasleep", user="nobody", argv=["/bin/sleep", "1000"], cwd="/")
+        sd.ensure_program(prog)
+        pid = int((sd.config_dir / "supervisord.pid").read_text())
+        child = sd.status(prog.name).pid
+        shutil.rmtree(tmp_path / "gone")
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{pid}").exists() or Path(f"/proc/{child}").exists():
+            assert time.monotonic() < deadline, "supervisord outlived its state dir"
+            time.sleep(0.2)
+    finally:
+        sd.shutdown()
+
+
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The template and drop-in as systemd itself parses them (no systemd PID 1 needed)."""
+    import subprocess
+
+    from provisioner.supervisor.systemd import render_dropin, render_template
+
+    prog = Program(app="transmission", user="daemon", cwd="/tmp", environment={"PCT": "100%"},
+                   argv=["/usr/bin/transmission-daemon", "--foreground", "--config-dir", "/tmp/a b"])
+    (tmp_path / "slotwarden-transmission@.service").write_text(render_template("transmission"))
+    (tmp_path / f"{prog.name}.service.d").mkdir()
+    (tmp_path / f"{prog.name}.service.d" / "slotwarden.conf").write_text(render_dropin(prog))
+    out = subprocess.run(["systemd-analyze", "verify", f"{prog.name}.service"], capture_output=True, text=True,
+                         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Unknown" not in out.stderr and "bad" not in out.stderr.lower()
