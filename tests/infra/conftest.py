@@ -11,7 +11,8 @@ scene (a canary file, a process to hide) and clears it again.
 >>> # pytest tests/infra --hosts=local:// --slots=tva,tvb --secret-path=/tmp/x/state
 
 Markers select what only some hosts have; the run says what it left out and why:
-``guard`` needs the login guard installed (its PAM module, pam_slotwarden.so, on the host),
+``guard`` needs the login guard in the host's sshd PAM stack (``--guard=yes`` requires it,
+as the VM lab does; ``auto`` looks for it),
 ``client`` needs a second machine (``--client-host``) to log in from.
 """
 
@@ -36,6 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--secret-path", action="append", default=[],
                     help="a file or directory no tenant may read (repeatable; default: "
                          + ", ".join(DEFAULT_SECRET_PATHS) + ")")
+    group.addoption("--guard", choices=("auto", "yes", "no"), default="auto",
+                    help="run the guard checks: yes (the host must have it), no, or auto (where "
+                         "pam_slotwarden.so is in sshd's PAM stack; default)")
     group.addoption("--client-host", default=None,
                     help="testinfra host spec of a second machine that logs in to the host")
     group.addoption("--server-address", default=None,
@@ -59,10 +63,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not items:
         return
     reasons: dict[str, str] = {}
-    if any(item.get_closest_marker("guard") for item in items):
-        host = _probe_host(config)
-        if not host.run("find /lib /usr/lib -path '*security/pam_slotwarden.so'").stdout.strip():
-            reasons["guard"] = "the login guard is not installed on the host (no pam_slotwarden.so)"
+    guard = config.getoption("guard")
+    if guard == "no":
+        reasons["guard"] = "--guard=no"
+    elif guard == "auto" and any(item.get_closest_marker("guard") for item in items):
+        stack = "/etc/pam.d/sshd /etc/pam.d/common-auth /etc/pam.d/common-account"
+        if _probe_host(config).run(f"grep -qs pam_slotwarden.so {stack}").rc != 0:
+            reasons["guard"] = "the login guard is not in this host's sshd PAM stack (--guard=yes requires it)"
     if not config.getoption("client_host") or not config.getoption("server_address"):
         reasons.setdefault("client", "no second machine to log in from (--client-host/--server-address)")
     keep, drop = [], []
