@@ -4,11 +4,12 @@ The suite runs against any host testinfra can reach, and checks from the tenants
 commands that must fail run as the slot user (``host.sudo(slot)``), root only sets the
 scene (a canary file, a process to hide) and clears it again.
 
->>> # a Vagrant VM (the lab passes these; see vm/lab.sh)
->>> # pytest tests/infra --hosts=ssh://server --ssh-config=ssh-config --sudo \\
->>> #     --slots=tva,tvb --client-host=ssh://client --server-address=198.51.100.10
->>> # this machine (tests/system/test_infra_local.py prepares it)
->>> # pytest tests/infra --hosts=local:// --slots=tva,tvb --secret-path=/tmp/x/state
+A Vagrant VM (what vm/lab.sh passes), and this machine (what tests/system/test_infra_local.py
+passes after making a btrfs loop host and two slots)::
+
+    pytest tests/infra --hosts=ssh://server --ssh-config=ssh-config --sudo --guard=yes \\
+        --slots=tva,tvb --client-host=ssh://client --server-address=198.51.100.10
+    pytest tests/infra --hosts=local:// --slots=tva,tvb --secret-path=/tmp/x/state
 
 Markers select what only some hosts have; the run says what it left out and why:
 ``guard`` needs the login guard in the host's sshd PAM stack (``--guard=yes`` requires it,
