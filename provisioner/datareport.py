@@ -90,8 +90,9 @@ def _slot_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Ite
     if apps is None and creds is None:
         app_value: Any = "no apps store on this host"
     else:
-        names = sorted(set(apps or []) | set(creds or []))
-        app_value = [{"app": a, "installed": a in (apps or []), "credentials stored": a in (creds or [])}
+        installs = apps or {}
+        names = sorted(set(installs) | set(creds or []))
+        app_value = [{"app": a, "installed": installs.get(a, "no"), "credentials stored": a in (creds or [])}
                      for a in names] or "none"
     items.append(Item("application passwords", app_value, "log in to each installed app",
                       f"store {db} (app credentials), encrypted at rest; secrets never shown here",

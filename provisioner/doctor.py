@@ -60,7 +60,9 @@ def find_drift(ctx: Context) -> list[Drift]:
                 if limit != rec.quota_bytes:
                     found.append(Drift(name, f"quota is {limit}, store says {rec.quota_bytes}"))
     for pw in pwd.getpwall():
-        if pw.pw_gecos == accounts.SLOT_COMMENT and pw.pw_name not in records:
+        # Only accounts whose home is under this store's slots root are this store's business.
+        if (pw.pw_gecos == accounts.SLOT_COMMENT and pw.pw_name not in records
+                and Path(pw.pw_dir).parent == root):
             found.append(Drift(pw.pw_name, "Linux slot user with no store row"))
     if root.is_dir():
         for entry in os.scandir(root):

@@ -49,20 +49,27 @@ Rule = Callable[[Context, float, bool], RuleResult]
 
 
 class AttemptRecords:
-    """Failed-login records in the guard's store (``<state_dir>/guard.db``, table ``attempts``).
+    """Failed-login records in the guard's attempt store (``<state_dir>/guard.db``, ``attempts``).
 
-    When ``pam_hooks.store`` offers ``list_attempts(conn, username)``,
-    ``forget_attempts(conn, username)`` and ``purge_attempts(conn, before)``, those are used;
-    otherwise the ``attempts`` table (``ts``, ``username``, ``ip``) is read directly. An absent
-    store means no records.
+    With the guard installed (``pam_hooks.client``), forgetting and purging go through it — to
+    the guard service when it runs, so they are serialized with logins and its locks and
+    blackhole routes go too; to the store directly when it does not. Reading is a plain
+    read-only query (WAL readers never block the service). An absent store means no records.
     """
 
     def __init__(self, ctx: Context) -> None:
-        self.path = ctx.config.state_dir / "guard.db"
+        self.guard: Any = None
+        self.guard_cfg: Any = None
+        self.escape: Callable[[str], str] = lambda text: text
         try:
-            self.api: Any = importlib.import_module("pam_hooks.store")
-        except ImportError:
-            self.api = None
+            client = importlib.import_module("pam_hooks.client")
+            guard_config = importlib.import_module("pam_hooks.config")
+            protocol = importlib.import_module("pam_hooks.protocol")
+            self.guard_cfg = guard_config.load_guard_config(ctx.config.path)
+            self.guard, self.escape = client, protocol.escape_text
+        except (ImportError, AttributeError):
+            pass
+        self.path: Path = self.guard_cfg.db_path if self.guard_cfg is not None else ctx.config.state_dir / "guard.db"
 
     def _connect(self) -> sqlite3.Connection | None:
         if not self.path.exists():
@@ -84,33 +91,28 @@ class AttemptRecords:
         if conn is None:
             return []
         try:
-            if self.api is not None and hasattr(self.api, "list_attempts"):
-                rows = [dict(r) for r in self.api.list_attempts(conn, username)]
-                return [r for r in rows if float(r.get("last") or r.get("ts") or 0) >= since]
             rows = conn.execute(
                 "SELECT ip, COUNT(*) AS count, MIN(ts) AS first, MAX(ts) AS last FROM attempts "
-                "WHERE username = ? AND ts >= ? GROUP BY ip ORDER BY last DESC", (username, since)).fetchall()
+                "WHERE username = ? AND ts >= ? GROUP BY ip ORDER BY last DESC",
+                (self.escape(username), since)).fetchall()
             return [dict(r) for r in rows]
         finally:
             conn.close()
 
-    def forget(self, username: str, dry_run: bool = False) -> int:
+    def forget(self, username: str) -> int:
         """Remove every record of USERNAME; returns how many."""
+        if self.guard is not None:
+            return int(self.guard.admin(self.guard_cfg, "forget", user=username)["deleted"])
         conn = self._connect()
         if conn is None:
             return 0
         try:
-            if self.api is not None and hasattr(self.api, "forget_attempts") and not dry_run:
-                return int(self.api.forget_attempts(conn, username))
-            if dry_run:
-                return int(conn.execute("SELECT COUNT(*) FROM attempts WHERE username = ?",
-                                        (username,)).fetchone()[0])
-            return conn.execute("DELETE FROM attempts WHERE username = ?", (username,)).rowcount
+            return int(conn.execute("DELETE FROM attempts WHERE username = ?", (username,)).rowcount)
         finally:
             conn.close()
 
     def purge(self, before: float, dry_run: bool = False) -> list[str]:
-        """Remove records older than BEFORE; returns ``username from ip (n)`` per removed group."""
+        """Remove records older than BEFORE; returns ``'username' from ip (n)`` per removed group."""
         conn = self._connect()
         if conn is None:
             return []
@@ -120,8 +122,9 @@ class AttemptRecords:
                 "ORDER BY username, ip", (before,)).fetchall()
             removed = [f"{g['username']!r} from {g['ip']} ({g['n']})" for g in groups]
             if not dry_run and groups:
-                if self.api is not None and hasattr(self.api, "purge_attempts"):
-                    self.api.purge_attempts(conn, before)
+                if self.guard is not None:
+                    # The guard purges by its own [guard] retention (24 h by default, as here).
+                    self.guard.admin(self.guard_cfg, "purge")
                 else:
                     conn.execute("DELETE FROM attempts WHERE ts < ?", (before,))
             return removed
@@ -131,10 +134,10 @@ class AttemptRecords:
 
 # --- the apps store ---------------------------------------------------------------------------
 
-# The apps package's tables as this module expects them until it offers its own rule:
-# ``apps(username, app, ...)`` for installed apps and ``app_credentials(username, app, ...)``
-# for their encrypted secrets. Only these columns are ever read, never a secret.
-APPS_TABLE = "apps"
+# The apps package's tables (provisioner/apps/registry.py): ``app_installs(username, app, state)``
+# and ``app_credentials(username, app, nonce, ciphertext)``. Only username, app and state are
+# ever read here, never a secret. Read directly so a host without the apps package still answers.
+APPS_TABLE = "app_installs"
 CREDENTIALS_TABLE = "app_credentials"
 
 
@@ -142,14 +145,14 @@ def table_exists(db: sqlite3.Connection, name: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
-def installed_apps(ctx: Context, username: str) -> list[str] | None:
-    """Apps installed for USERNAME (None: this host has no apps store)."""
+def installed_apps(ctx: Context, username: str) -> dict[str, str] | None:
+    """{app: install state} for USERNAME (None: this host has no apps store)."""
     db = ctx.store.db
     if not table_exists(db, APPS_TABLE):
         return None
-    rows = db.execute(f"SELECT app FROM {APPS_TABLE} WHERE username = ? ORDER BY app",  # noqa: S608
+    rows = db.execute(f"SELECT app, state FROM {APPS_TABLE} WHERE username = ? ORDER BY app",  # noqa: S608
                       (username,)).fetchall()
-    return [r["app"] for r in rows]
+    return {r["app"]: r["state"] for r in rows}
 
 
 def credential_apps(ctx: Context, username: str) -> list[str] | None:
@@ -173,7 +176,11 @@ def expire_attempts(ctx: Context, now: float, dry_run: bool) -> RuleResult:
 
 
 def drop_orphaned_credentials(ctx: Context, now: float, dry_run: bool) -> RuleResult:
-    """Credentials of apps no longer installed (or of slots that no longer exist)."""
+    """Credentials of apps no longer installed (or of slots that no longer exist).
+
+    An install row in any state (``installing`` too) keeps its credentials: an install under
+    way is not an uninstalled app.
+    """
     db = ctx.store.db
     desc = "credentials of apps no longer installed"
     if not table_exists(db, CREDENTIALS_TABLE):

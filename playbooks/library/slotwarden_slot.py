@@ -95,12 +95,14 @@ results:
     ok: {description: False when this slot failed, type: bool}
     error: {description: Why it failed, type: str}
     password_sealed: {description: The new password sealed to I(recipient), type: str}
+    apps_sealed: {description: Credentials of the apps installed, a JSON list sealed to I(recipient), type: str}
 failed_count:
   description: How many slots failed.
   returned: always
   type: int
 """
 
+import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
@@ -164,6 +166,8 @@ def main():
         item = o.as_dict()
         if o.password is not None and p["recipient"]:
             item["password_sealed"] = seal(p["recipient"], o.password)
+        if o.apps and p["recipient"]:
+            item["apps_sealed"] = seal(p["recipient"], json.dumps(o.apps))
         item["exit_code"] = o.exit_code
         results.append(item)
         if o.changed:

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from provisioner.cli.fleet import inventory_option
 from provisioner.cli.output import json_option, wants_json
 from provisioner.errors import SlotError
 
@@ -50,6 +51,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @json_option
+@inventory_option
 @click.option("-v", "--verbose", is_flag=True, help="Log every system command (never secrets) on stderr.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:

@@ -15,8 +15,10 @@ from provisioner.apps import (
     settings_of,
     uninstall_app,
 )
+from provisioner.cli import fleet
 from provisioner.cli.output import emit, json_option, kv_table
 from provisioner.context import Context
+from provisioner.executors import SlotChange
 
 
 @click.group()
@@ -54,8 +56,12 @@ def _creds_out(data: dict[str, object], headline: str) -> None:
 @click.argument("username")
 @click.argument("app_name", metavar="APP")
 @json_option
+@fleet.fleet_options
 def install(username: str, app_name: str) -> None:
     """Install APP into slot USERNAME; prints where to log in and the generated credentials."""
+    if fleet.requested():
+        fleet.emit_outcomes(fleet.run_changes([SlotChange(username, apps=(app_name,))]))
+        return
     ctx = Context()
     creds = install_app(ctx, username, app_name)
     _creds_out(creds.as_dict(), f"{creds.app} installed in slot {username}")

@@ -14,13 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from provisioner import slots as slot_ops
+from provisioner.cli import fleet
 from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
 from provisioner.context import Context
 from provisioner.doctor import find_drift
 from provisioner.errors import BadInput
+from provisioner.executors import SlotChange
 from provisioner.names import format_size
 from provisioner.plan import Plan
-from provisioner.slots import BatchRow, Created, create_slot, get_slot, remove_slot, reset_password, slot_details
+from provisioner.slots import BatchRow, Created, create_slot, remove_slot, reset_password
 
 
 @click.group()
@@ -49,9 +51,15 @@ def _plan_out(plan: Plan, dry_run: bool) -> None:
               "unless --quota is given too).")
 @click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
 @json_option
+@fleet.fleet_options
 def create(username: str, email: str, country: str, quota: str | None, payment_ref: str | None,
            apps: tuple[str, ...], plan_name: str | None, dry_run: bool) -> None:
     """Create slot USERNAME; prints its generated password once (it is never stored)."""
+    if fleet.requested():
+        fleet.emit_outcomes(fleet.run_changes([SlotChange.parse(
+            {"username": username, "email": email, "country": country, "quota": quota,
+             "payment_ref": payment_ref, "strict": True})], check=dry_run), check=dry_run)
+        return
     ctx = Context()
     if plan_name is not None:
         from provisioner.lifecycle import create as create_on_plan
@@ -89,9 +97,11 @@ def _created_out(result: Created, app_creds: list[dict[str, Any]] | None = None)
 @click.argument("username")
 @json_option
 def show(username: str) -> None:
-    """Show slot USERNAME: store record and live disk usage."""
+    """Show slot USERNAME: store record, live disk usage, plan and suspension."""
+    from provisioner.lifecycle import slot_status
+
     ctx = Context()
-    data = slot_details(ctx, get_slot(ctx, username))
+    data = slot_status(ctx, username)
     emit(data, lambda c: kv_table(c, data))
 
 
@@ -117,8 +127,14 @@ def list_() -> None:
 @click.option("--keep-data", is_flag=True, help="Keep the home, moved aside and owned by root.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, change nothing.")
 @json_option
+@fleet.fleet_options
 def remove(username: str, keep_data: bool, dry_run: bool) -> None:
     """Remove slot USERNAME (exact name): processes, apps, home, quota, user, store rows."""
+    if fleet.requested():
+        fleet.emit_outcomes(fleet.run_changes([SlotChange.parse(
+            {"username": username, "state": "absent", "keep_data": keep_data, "strict": True})],
+            check=dry_run), check=dry_run)
+        return
     ctx = Context()
     plan = remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
     if dry_run:
@@ -161,6 +177,7 @@ def read_slots_csv(text: str) -> list[dict[str, str]]:
 @slot.command("create-many")
 @click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
+@fleet.fleet_options
 def create_many(csv_file: Path) -> None:
     """Create a slot per CSV row; a failing row does not stop the rest. Exit 1 if any failed."""
     try:
@@ -168,6 +185,9 @@ def create_many(csv_file: Path) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{csv_file}: cannot read: {exc}") from None
     rows = read_slots_csv(text)
+    if fleet.requested():  # one module call per host for the whole file
+        fleet.emit_outcomes(fleet.run_changes([SlotChange.parse({**row, "strict": True}) for row in rows]))
+        return
     ctx = Context()
     batch = [BatchRow(r["username"], r["email"], r["country"], r.get("quota") or None, r.get("payment_ref") or None)
              for r in rows]

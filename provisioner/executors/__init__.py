@@ -94,8 +94,8 @@ class SlotOutcome:
     """What happened to one slot change on one host.
 
     ACTION is ``created``, ``resumed``, ``updated``, ``removed``, ``unchanged`` or ``failed``
-    (in check mode: what *would* happen). PASSWORD is set only when a slot was created, and
-    is never part of :meth:`as_dict` unless asked for.
+    (in check mode: what *would* happen). PASSWORD is set only when a slot was created, APPS
+    only when apps were installed; neither is part of :meth:`as_dict` unless asked for.
     """
 
     host: str
@@ -107,6 +107,8 @@ class SlotOutcome:
     error: str | None = None
     exit_code: int = 0
     password: str | None = field(default=None, repr=False)
+    # Credentials of apps installed by this change (secrets: shown once, like PASSWORD).
+    apps: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -123,6 +125,8 @@ class SlotOutcome:
             out["error"] = self.error
         if with_password and self.password is not None:
             out["password"] = self.password
+        if with_password and self.apps:
+            out["apps"] = self.apps
         return out
 
 

@@ -8,8 +8,8 @@ host that fails or cannot be reached is reported for its own slots and hides nob
 Secrets: the runner is started with ``suppress_env_files=True`` (nothing of the call is written
 to ``env/``); generated passwords come back *sealed* to a key pair that lives only in this
 process (:mod:`provisioner.executors.sealed`), so ``artifacts/`` holds ciphertext only. The
-private data directory is a fresh 0700 temp dir, removed afterwards unless ``artifact_dir`` is
-given.
+private data directory is a fresh 0700 temp dir, removed afterwards unless ``private_data_dir``
+is given (then it is kept, for inspection).
 
 >>> AnsibleExecutor.name
 'ansible'
@@ -17,6 +17,7 @@ given.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -69,7 +70,7 @@ class PlaybookRun:
     status: str
     rc: int
     hosts: dict[str, HostResult]
-    artifact_dir: Path | None
+    private_data_dir: Path | None
 
     @property
     def changed(self) -> int:
@@ -135,17 +136,19 @@ def outcomes_from(changes: list[SlotChange], run: PlaybookRun, wanted_hosts: lis
             continue
         for item in items:
             password = None
-            sealed = item.get("password_sealed")
-            if sealed and opener is not None:
-                password = opener.open(sealed)
+            apps: list[dict[str, Any]] = []
+            if opener is not None and item.get("password_sealed"):
+                password = opener.open(item["password_sealed"])
+            if opener is not None and item.get("apps_sealed"):
+                apps = json.loads(opener.open(item["apps_sealed"]))
             record_keys = set(item) - {"host", "username", "ok", "action", "changed", "steps", "error",
-                                       "password_sealed", "exit_code"}
+                                       "password_sealed", "apps_sealed", "exit_code"}
             out.append(SlotOutcome(
                 host=host, username=str(item.get("username")), action=str(item.get("action")),
                 changed=bool(item.get("changed")),
                 record={k: item[k] for k in sorted(record_keys)} or None,
                 steps=list(item.get("steps") or []), error=item.get("error"),
-                exit_code=int(item.get("exit_code") or 0), password=password,
+                exit_code=int(item.get("exit_code") or 0), password=password, apps=apps,
             ))
     return out
 
@@ -156,7 +159,7 @@ class AnsibleExecutor:
     name = "ansible"
 
     def __init__(self, inventory: str | Path, hosts: list[str] | None = None, *,
-                 playbooks: Path | None = None, artifact_dir: Path | None = None,
+                 playbooks: Path | None = None, private_data_dir: Path | None = None,
                  progress: Progress | None = None, extravars: dict[str, Any] | None = None,
                  envvars: dict[str, str] | None = None, timeout: int | None = None) -> None:
         self.inventory = Path(inventory).resolve()
@@ -167,7 +170,8 @@ class AnsibleExecutor:
             if not h or h.startswith("-") or any(c.isspace() for c in h):
                 raise BadInput(f"--host {h!r} is not a host name or pattern")
         self.playbooks = playbooks or playbooks_dir()
-        self.artifact_dir = artifact_dir
+        self.private_data_dir = private_data_dir
+        self.last_run: PlaybookRun | None = None
         self.progress = progress
         self.extravars = dict(extravars or {})
         self.envvars = dict(envvars or {})
@@ -183,7 +187,11 @@ class AnsibleExecutor:
         import ansible_runner  # type: ignore[import-untyped]  # heavy: only the fleet path pays for it
 
         collector = EventCollector(self.progress)
-        private = Path(tempfile.mkdtemp(prefix="slotwarden-fleet-"))
+        if self.private_data_dir is not None:
+            private = self.private_data_dir
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            private = Path(tempfile.mkdtemp(prefix="slotwarden-fleet-"))
         bindir = str(Path(sys.executable).parent)
         env = {
             # The runner finds ansible-playbook through PATH: prefer the one beside this Python.
@@ -194,15 +202,21 @@ class AnsibleExecutor:
             "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
             **self.envvars,
         }
-        cmdline = " ".join([*(["--check"] if check else []), *(["--diff"] if diff else [])]) or None
         try:
+            # The variables go in a 0600 file passed as -e @file: on the command line (what the runner
+            # does with a dict) they would show in `ps` and in artifacts/command, and a big batch
+            # would hit the argument-length limit.
+            vars_file = private / "slotwarden-vars.json"
+            fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"slotwarden_hosts": "all", **self.extravars, **extravars}, f)
+            cmdline = " ".join([*(["--check"] if check else []), *(["--diff"] if diff else [])]) or None
             r = ansible_runner.run(
                 private_data_dir=str(private),
-                artifact_dir=str(self.artifact_dir) if self.artifact_dir else None,
                 playbook=str(self.playbooks / playbook),
                 inventory=str(self.inventory),
                 limit=self.pattern,
-                extravars={"slotwarden_hosts": "all", **self.extravars, **extravars},
+                extravars=str(vars_file),
                 envvars=env,
                 cmdline=cmdline,
                 suppress_env_files=True,
@@ -210,7 +224,6 @@ class AnsibleExecutor:
                 event_handler=collector,
                 timeout=self.timeout,
             )
-            artifacts = Path(r.config.artifact_dir) if self.artifact_dir else None
             for hr in collector.hosts.values():
                 if hr.stats.get("dark"):
                     hr.status = "unreachable"
@@ -218,10 +231,11 @@ class AnsibleExecutor:
                     hr.status = "failed"
             if r.status not in ("successful", "failed") and not collector.hosts:
                 raise SlotError(f"ansible-runner {r.status} (rc {r.rc}) running {playbook}"
-                                + ("" if self.artifact_dir else "; pass an artifact directory to keep its output"))
-            return PlaybookRun(r.status, int(r.rc), collector.hosts, artifacts)
+                                + ("" if self.private_data_dir else "; pass private_data_dir to keep its output"))
+            self.last_run = PlaybookRun(r.status, int(r.rc), collector.hosts, self.private_data_dir)
+            return self.last_run
         finally:
-            if self.artifact_dir is None:
+            if self.private_data_dir is None:
                 shutil.rmtree(private, ignore_errors=True)
 
     def apply(self, changes: list[SlotChange], *, check: bool = False) -> list[SlotOutcome]:

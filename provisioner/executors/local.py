@@ -19,7 +19,7 @@ from provisioner.errors import BadInput, SlotError
 from provisioner.executors import SlotChange, SlotOutcome
 from provisioner.names import parse_size, validate_country, validate_email, validate_payment_ref
 from provisioner.plan import Plan
-from provisioner.slots import Created, create_slot, remove_slot
+from provisioner.slots import BatchRow, Created, create_many, create_slot, remove_slot
 from provisioner.store import SlotRecord, current_actor
 
 # Fields of a live slot that a `present` change may update in place.
@@ -54,6 +54,27 @@ def _update(ctx: Context, rec: SlotRecord, diff: dict[str, Any]) -> None:
                         {k: v for k, v in diff.items() if k != "email"})
 
 
+def _app_creds(ctx: Context, name: str, apps: tuple[str, ...]) -> list[dict[str, Any]]:
+    from provisioner.apps import app_credentials
+
+    return [app_credentials(ctx, name, a).as_dict() for a in dict.fromkeys(apps)]
+
+
+def _install_missing(ctx: Context, rec: SlotRecord, apps: tuple[str, ...], check: bool,
+                     host: str, diff: dict[str, Any]) -> SlotOutcome:
+    """Install the apps of APPS the live slot REC lacks (after updating its record by DIFF)."""
+    from provisioner.apps import get_app, install_app, registry_of
+
+    installed = {r.app for r in registry_of(ctx).installs(rec.username)}
+    missing = [get_app(a).name for a in dict.fromkeys(apps) if get_app(a).name not in installed]
+    steps = [{"step": "update", "detail": f"set {', '.join(sorted(diff))}"}] if diff else []
+    steps += [{"step": "app", "detail": f"install {a}"} for a in missing]
+    creds = [] if check else [install_app(ctx, rec.username, a).as_dict() for a in missing]
+    changed = bool(diff or missing)
+    return SlotOutcome(host, rec.username, "updated" if changed else "unchanged", changed,
+                       {**rec.as_dict(), **(diff if check else {})}, steps, apps=creds)
+
+
 def _present(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOutcome:
     name = change.username
     rec = ctx.store.get_slot(name)
@@ -66,19 +87,18 @@ def _present(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOu
         if diff and not check:
             _update(ctx, rec, diff)
             rec = ctx.store.get_slot(name) or rec
-        record = {**rec.as_dict(), **(diff if check else {})}
-        return SlotOutcome(host, name, "updated" if diff else "unchanged", bool(diff), record,
-                           [{"step": "update", "detail": f"set {', '.join(sorted(diff))}"}] if diff else [])
+        return _install_missing(ctx, rec, change.apps, check, host, diff)
     if change.email is None or change.country is None:
+        if rec is None and not change.strict:
+            raise SlotError(f"no slot named {name!r} (creating one needs email and country)")
         raise BadInput(f"slot {name!r} does not exist: creating it needs email and country")
-    if change.apps:
-        raise SlotError("installing apps through the fleet path is not available yet on this host")
-    result = create_slot(ctx, name, change.email, change.country, change.quota, change.payment_ref, dry_run=check)
+    result = create_slot(ctx, name, change.email, change.country, change.quota, change.payment_ref,
+                         dry_run=check, apps=change.apps)
     if isinstance(result, Plan):
         return SlotOutcome(host, name, "resumed" if rec else "created", True, None, result.describe())
     assert isinstance(result, Created)
     return SlotOutcome(host, name, "resumed" if result.resumed else "created", True, result.record.as_dict(),
-                       password=result.password)
+                       password=result.password, apps=_app_creds(ctx, name, change.apps) if change.apps else [])
 
 
 def _absent(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOutcome:
@@ -92,24 +112,48 @@ def _absent(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOut
     return SlotOutcome(host, name, "removed", True, rec.as_dict(), plan.describe())
 
 
+def _batchable(ctx: Context, changes: list[SlotChange]) -> list[int]:
+    """Indexes of the changes that create a fresh slot without apps: those go through
+    :func:`provisioner.slots.create_many` together (one ``newusers`` run, one transaction), as
+    ``slotctl slot create-many`` does. Names given twice keep their order: nothing is batched."""
+    names = [c.username for c in changes]
+    if len(set(names)) != len(names):
+        return []
+    return [i for i, c in enumerate(changes)
+            if c.state == "present" and not c.apps and c.email is not None and c.country is not None
+            and ctx.store.get_slot(c.username) is None]
+
+
 def apply_changes(ctx: Context, changes: list[SlotChange], *, check: bool = False,
                   host: str | None = None) -> list[SlotOutcome]:
-    """Apply CHANGES on this host in order; a failing change is reported and the rest go on.
-
-    Creation failures are undone by the plan (see :func:`provisioner.plan.apply`).
+    """Apply CHANGES on this host; one outcome per change, in order. A failing change is
+    reported and the rest go on; a failed creation is undone (see :func:`provisioner.plan.apply`).
     """
     host = host or socket.gethostname()
-    outcomes: list[SlotOutcome] = []
-    for change in changes:
+    outcomes: dict[int, SlotOutcome] = {}
+    batch = [] if check else _batchable(ctx, changes)
+    if len(batch) > 1:
+        rows = [BatchRow(changes[i].username, changes[i].email or "", changes[i].country or "", changes[i].quota,
+                         changes[i].payment_ref) for i in batch]
+        for i, res in zip(batch, create_many(ctx, rows), strict=True):
+            if isinstance(res, Created):
+                outcomes[i] = SlotOutcome(host, res.record.username, "resumed" if res.resumed else "created", True,
+                                          res.record.as_dict(), password=res.password)
+            else:
+                outcomes[i] = SlotOutcome(host, changes[i].username, "failed", False,
+                                          error=" ".join(str(res).split()), exit_code=res.exit_code)
+    for i, change in enumerate(changes):
+        if i in outcomes:
+            continue
         try:
             if change.state == "absent":
-                outcomes.append(_absent(ctx, change, host, check))
+                outcomes[i] = _absent(ctx, change, host, check)
             else:
-                outcomes.append(_present(ctx, change, host, check))
+                outcomes[i] = _present(ctx, change, host, check)
         except SlotError as exc:
-            outcomes.append(SlotOutcome(host, change.username, "failed", False, error=" ".join(str(exc).split()),
-                                        exit_code=exc.exit_code))
-    return outcomes
+            outcomes[i] = SlotOutcome(host, change.username, "failed", False, error=" ".join(str(exc).split()),
+                                      exit_code=exc.exit_code)
+    return [outcomes[i] for i in range(len(changes))]
 
 
 class LocalExecutor:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
+import pwd
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from provisioner.metrics.kernel import CgroupFigures, Proc, SlotMetrics, disk_sp
 from provisioner.plan import Step
 from provisioner.quota import Usage
 from provisioner.store import SlotRecord
+
+log = logging.getLogger("slotwarden.metrics")
 
 BACKENDS: dict[str, str] = {
     "cgroup-v1": "provisioner.metrics.cgroup_v1:CgroupV1",
@@ -94,7 +98,7 @@ class AccountingBackend(Protocol):
         """Where the counters are, as written to the facts file (None: no per-slot counters)."""
 
     def adopt(self, username: str, uid: int, pids: Iterable[int]) -> None:
-        """Move PIDS (the slot's processes started outside a login) into the slot's unit."""
+        """Move PIDS (the slot's processes found outside its unit) into the slot's unit."""
 
     def read(self, username: str, uid: int) -> CgroupFigures | None:
         """The slot's counters, or None when it has none."""
@@ -160,8 +164,16 @@ def creation_steps(ctx: Context, req: slots.SlotRequest) -> list[Step]:
         acct = accounts.lookup_user(name)
         if acct is None:
             raise SlotError(f"user {name} vanished during create")
-        backend.create(name, acct.gid)
-        write_facts(cfg, name, acct.gid, {"username": name, "cgroup": backend.spec(name, acct.uid),
+        try:
+            backend.create(name, acct.gid)
+            spec = backend.spec(name, acct.uid)
+        except OSError as exc:
+            # A slot without its own cgroup still works; its figures then come from its
+            # processes (the output names that source). Refusing the slot would be worse.
+            log.warning("no %s accounting unit for %s (%s); metrics fall back to processes",
+                        backend.name, name, exc)
+            spec = None
+        write_facts(cfg, name, acct.gid, {"username": name, "cgroup": spec,
                                           "quota_bytes": req.quota_bytes, "updated_at": time.time()})
 
     def undo() -> None:
@@ -270,6 +282,7 @@ def collect(
     # One slot asked by name: commit pending writes so the figure is current; a scrape skips it.
     disk_usage = disk_usage_all(ctx, records, fresh=usernames is not None)
     space_cache: dict[int, tuple[int, int]] = {}
+    gids: dict[str, int] | None = None
     out = []
     for rec in records:
         uid = rec.uid
@@ -278,12 +291,13 @@ def collect(
         m.processes = mine
         fig = None
         if uid is not None:
-            if adopt and os.geteuid() == 0:
+            fig = backend.read(rec.username, uid)
+            outside = [p.pid for p in mine if fig is not None and p.pid not in fig.pids]
+            if adopt and outside and os.geteuid() == 0:
                 try:
-                    backend.adopt(rec.username, uid, [p.pid for p in mine])
+                    backend.adopt(rec.username, uid, outside)
                 except OSError:
                     pass  # a process that exits meanwhile; the next read adopts the rest
-            fig = backend.read(rec.username, uid)
         if fig is not None:
             from_cgroup(m, fig, backend.name)
         else:
@@ -317,7 +331,9 @@ def collect(
         except OSError:
             pass
         if refresh_facts and os.geteuid() == 0 and uid is not None:
-            _refresh_facts(cfg, backend, rec, m)
+            if gids is None:
+                gids = {pw.pw_name: pw.pw_gid for pw in pwd.getpwall()}  # one pass, not one lookup a slot
+            _refresh_facts(cfg, backend, rec, m, gids)
         out.append(m)
     return out
 
@@ -334,7 +350,8 @@ def _counters(backend: AccountingBackend, records: list[SlotRecord],
     return out
 
 
-def _refresh_facts(cfg: MetricsConfig, backend: AccountingBackend, rec: SlotRecord, m: SlotMetrics) -> None:
+def _refresh_facts(cfg: MetricsConfig, backend: AccountingBackend, rec: SlotRecord, m: SlotMetrics,
+                   gids: dict[str, int]) -> None:
     path = cfg.facts_dir / f"{rec.username}.json"
     facts = {"username": rec.username, "cgroup": backend.spec(rec.username, m.uid or 0),
              "quota_bytes": m.quota_bytes}
@@ -345,9 +362,9 @@ def _refresh_facts(cfg: MetricsConfig, backend: AccountingBackend, rec: SlotReco
             return
     except (OSError, ValueError):
         pass
-    acct = accounts.lookup_user(rec.username)
-    if acct is not None:
-        write_facts(cfg, rec.username, acct.gid, {**facts, "updated_at": time.time()})
+    gid = gids.get(rec.username)
+    if gid is not None:
+        write_facts(cfg, rec.username, gid, {**facts, "updated_at": time.time()})
 
 
 # --- host init: the tenant's command ----------------------------------------------------------

@@ -30,9 +30,14 @@ class CgroupV1:
         self.root = cfg.cgroup_root
         self.parent = cfg.cgroup_parent
         self.controllers = [c for c in CONTROLLERS if (self.root / c / "cgroup.procs").exists()]
+        # Plain strings: a scrape of 500 slots builds these thousands of times.
+        self._bases = {c: f"{self.root}/{c}/{self.parent}/" for c in self.controllers}
+
+    def paths(self, username: str) -> dict[str, str]:
+        return {c: base + username for c, base in self._bases.items()}
 
     def dirs(self, username: str) -> dict[str, Path]:
-        return {c: self.root / c / self.parent / username for c in self.controllers}
+        return {c: Path(p) for c, p in self.paths(username).items()}
 
     def create(self, username: str, gid: int) -> None:
         for ctrl, d in self.dirs(username).items():
@@ -69,25 +74,22 @@ class CgroupV1:
     def spec(self, username: str, uid: int) -> dict[str, Any] | None:
         if "memory" not in self.controllers or "cpuacct" not in self.controllers:
             return None
-        return {"kind": "v1", "paths": {c: str(d) for c, d in self.dirs(username).items()}}
+        return {"kind": "v1", "paths": self.paths(username)}
 
     def adopt(self, username: str, uid: int, pids: Iterable[int]) -> None:
-        dirs = self.dirs(username)
-        mem = dirs.get("memory")
-        if mem is None or not mem.is_dir():
+        paths = self.paths(username)
+        if not os.path.isdir(paths.get("memory", "")):
             return
-        inside = set((mem / "cgroup.procs").read_text().split())
         for pid in pids:
-            if str(pid) in inside:
-                continue
-            for d in dirs.values():
+            for d in paths.values():
                 try:
-                    (d / "cgroup.procs").write_text(str(pid))
+                    with open(f"{d}/cgroup.procs", "w") as f:
+                        f.write(str(pid))
                 except ProcessLookupError:
                     break
 
     def read(self, username: str, uid: int) -> CgroupFigures | None:
         spec = self.spec(username, uid)
-        if spec is None or not Path(spec["paths"]["memory"]).is_dir():
+        if spec is None or not os.path.isdir(spec["paths"]["memory"]):
             return None
         return read_cgroup_v1(spec["paths"])

@@ -70,13 +70,11 @@ class CgroupV2:
         d = self.path(username)
         if not d.is_dir():
             return
-        inside = set((d / "cgroup.procs").read_text().split())
         for pid in pids:
-            if str(pid) not in inside:
-                try:
-                    (d / "cgroup.procs").write_text(str(pid))
-                except ProcessLookupError:
-                    pass
+            try:
+                (d / "cgroup.procs").write_text(str(pid))
+            except ProcessLookupError:
+                pass
 
     def read(self, username: str, uid: int) -> CgroupFigures | None:
         d = self.path(username)

@@ -107,8 +107,8 @@ def uid_pids(uid: int) -> set[int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+@pytest.fixture(name="lab", scope="module")
+def lab_fixture() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("the metrics system tests need root")
     root = Path(tempfile.mkdtemp(prefix="tmlab."))
@@ -119,6 +119,9 @@ def lab() -> Iterator[Lab]:
         f'state_dir = "{root}/state"\n'
         f"[metrics]\n"
         f'cgroup_parent = "{parent}"\nfacts_dir = "{root}/facts"\nme_path = "{root}/bin/slotwarden-me"\n'
+        # A socket nobody listens on: requests to the guard fall back to this lab's own store,
+        # never to a guard service another test (or the host) runs.
+        f'[guard]\nsocket = "{root}/guard.sock"\n'
     )
     env = {**os.environ, "SLOTWARDEN_CONFIG": str(config)}
     lab = Lab(root, config, parent, root / "bin" / "slotwarden-me", env)

@@ -23,15 +23,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.system.metrics_lab import SLOTCTL, Lab, lab, uid_pids  # noqa: F401 - fixture
+from tests.system.metrics_lab import SLOTCTL, Lab, lab_fixture, uid_pids  # noqa: F401 - the lab fixture
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
 WORKER = ("import sys, time\n"
           "b = bytearray({mb} << 20)\n"
           "for i in range(0, len(b), 4096): b[i] = 1\n"
-          "t = time.time()\n"
-          "while time.time() - t < {busy}: pass\n"
+          "while time.process_time() < {busy}: pass\n"
           "print('ready', flush=True)\n"
           "time.sleep(600)\n")
 
@@ -146,7 +145,7 @@ def test_me_runs_without_reading_the_checkout(lab: Lab, two: tuple[str, str]) ->
 
 
 def test_slotctl_metrics_matches_kernel(lab: Lab, two: tuple[str, str]) -> None:
-    a, b = two
+    a, _ = two
     uid_a = pwd.getpwnam(a).pw_uid
     m = lab.slotctl_json("metrics", a, "--sample", "0")
     assert {p["pid"] for p in m["processes"]} == uid_pids(uid_a)
@@ -255,3 +254,28 @@ def test_removal_removes_cgroup_and_facts(lab: Lab) -> None:
     lab.slotctl("slot", "remove", name)
     p.wait(timeout=10)
     assert not any(d.exists() for d in dirs.values()) and not facts.exists()
+
+
+def test_processes_fallback_names_its_source(lab: Lab, two: tuple[str, str]) -> None:
+    """Without a cgroup backend the figures come from the slot's processes (psutil), and say so."""
+    a, _ = two
+    text = lab.config.read_text().replace("[metrics]\n", '[metrics]\nbackend = "processes"\n')
+    other = lab.root / "processes.toml"
+    other.write_text(text)
+    env = {**lab.env, "SLOTWARDEN_CONFIG": str(other)}
+    pids = uid_pids(pwd.getpwnam(a).pw_uid)
+    cpu_before = sum(cpu_seconds(p) for p in pids)
+    out = subprocess.run([SLOTCTL, "metrics", a, "--json", "--sample", "0"], env=env, capture_output=True,
+                         text=True, check=True)
+    m = json.loads(out.stdout)
+    assert m["sources"]["cpu"].startswith("processes (psutil") and m["sources"]["memory"] == m["sources"]["cpu"]
+    cpu_after = sum(cpu_seconds(p) for p in pids)
+    assert {p["pid"] for p in m["processes"]} == pids
+    rss_sum = sum(rss(p) for p in pids)
+    assert abs(m["ram_bytes"] - rss_sum) <= 4 * MiB
+    assert cpu_before - 0.01 <= m["cpu_seconds"] <= cpu_after + 0.01  # clock-tick rounding
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
