@@ -25,7 +25,7 @@ def env() -> Iterator[GuardEnv]:
     (["lift"], 2, "give --user, --ip or both"),
     (["forget", "--user", "a", "--ip", "198.51.100.1"], 2, "exactly one of"),
     (["explain", "--user", "bob", "--ip", "not-an-ip"], 2, "--ip"),
-    (["list", "--user", "x" * 300], 2, "--user"),
+    (["list", "--user", "x" * 800], 2, "--user"),
     (["uninstall", "--service", "slotwarden-test-none"], 1, "does not exist"),
     (["install", "--service", "../etc/passwd", "--no-supervise"], 1, "invalid PAM service name"),
 ])

@@ -192,6 +192,8 @@ def test_hostile_pam_user_recorded_safely(guard: GuardEnv, service: str, raw: by
     assert recorded.isascii() and recorded.isprintable() and " " not in recorded
     assert len(recorded) <= 3 * MAX_FIELD_BYTES + 3
     assert recorded.endswith("%..") == (len(raw) > MAX_FIELD_BYTES)
+    # the operator can name it as displayed
+    assert [r["username"] for r in guard.json("list", "--user", recorded)] == [recorded]
     assert guard.json("status")["service"]["running"] is True  # the service is still there
 
 
