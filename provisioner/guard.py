@@ -48,13 +48,14 @@ def supervise_guard(config_file: Path, dry_run: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"supervisor": backend.name, "program": program.name, "changed": False}
         before = backend.status(program.name) if backend.is_running() else None
         if dry_run:
-            out["changed"] = before is None or not before.running
+            out["changed"] = before is None or not before.known or not before.running
             return out
         backend.ensure_running()
         backend.ensure_program(program)
         status = backend.wait_running(program.name)
         out["status"] = status.as_dict()
-        out["changed"] = before is None or not before.running or before.pid != status.pid
+        # Same process as before (even if the supervisor still calls it starting): unchanged.
+        out["changed"] = before is None or not before.known or before.pid != status.pid
         return out
     finally:
         ctx.close()
