@@ -45,4 +45,4 @@ def test_supervised_guard_restarts_after_kill(env: GuardEnv) -> None:
     os.kill(pid, signal.SIGKILL)  # a crash
     assert wait_for(lambda: _pid(env) not in (None, pid), timeout=30)
     again = env.json("supervise")  # idempotent: the running service is kept
-    assert again["status"]["pid"] == _pid(env) and again["changed"] is False
+    assert again["status"]["pid"] == _pid(env) and again["changed"] is False, again
