@@ -5,13 +5,17 @@ PY := $(VENV)/bin/python
 SLOTCTL := $(VENV)/bin/slotctl
 # Debian packages the project uses at run time and in its tests.
 APT_PACKAGES := btrfs-progs openssh-server openssh-client libpam0g-dev gcc make supervisor quota \
-	python3 python3-venv python3-dev sshpass iproute2 procps psmisc acl sudo util-linux
+	python3 python3-venv python3-dev sshpass iproute2 procps psmisc acl sudo util-linux \
+	transmission-daemon wordpress php-fpm php-mysql php-cli nginx-light mariadb-server mariadb-client
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -y -qq
 DEMO_IMAGE ?= /var/lib/slotwarden/slots.img
 DEMO_SIZE ?= 4G
 DEMO_SLOT ?= demo
 
-.PHONY: deps venv demo test test-unit test-system lint bench clean
+# The apps' shared read-only installs (JupyterLab from PyPI), one venv per app.
+APPS_SHARED ?= /opt/slotwarden/apps
+
+.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean pam vm-deps vm-box vm-test
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -25,9 +29,18 @@ $(VENV)/.stamp: pyproject.toml
 
 venv: deps $(VENV)/.stamp
 
+apps-shared: deps $(APPS_SHARED)/jupyterlab/.stamp
+
+$(APPS_SHARED)/jupyterlab/.stamp:
+	test -x $(APPS_SHARED)/jupyterlab/bin/python || /usr/bin/python3 -m venv $(APPS_SHARED)/jupyterlab
+	$(APPS_SHARED)/jupyterlab/bin/pip install -q 'jupyterlab>=4,<5'
+	chmod -R go-w $(APPS_SHARED)
+	touch $@
+
 demo: venv
 	ln -sf $(SLOTCTL) /usr/local/sbin/slotctl
 	$(SLOTCTL) host init --loopback-image $(DEMO_IMAGE) --loopback-size $(DEMO_SIZE)
+	$(SLOTCTL) guard supervise
 	@if $(SLOTCTL) slot show $(DEMO_SLOT) >/dev/null 2>&1; then \
 	  echo "slot $(DEMO_SLOT) exists already; 'slotctl slot passwd $(DEMO_SLOT)' gives it a new password"; \
 	else \
@@ -37,7 +50,11 @@ demo: venv
 	@echo; echo "Log in as the tenant: 'su - $(DEMO_SLOT)' here, or 'ssh $(DEMO_SLOT)@<this host>' with the password above."
 	@echo "Remove it: 'slotctl slot remove $(DEMO_SLOT)'."
 
-test: venv
+# The guard's PAM module, built against libpam0g-dev (slotctl guard install copies it into place).
+pam: deps
+	$(MAKE) -C pam_hooks/c
+
+test: venv apps-shared pam
 	$(VENV)/bin/pytest -q tests/unit tests/system
 
 test-unit: venv
@@ -50,7 +67,23 @@ lint: venv
 bench: venv
 	$(PY) bench/provision.py
 	$(PY) bench/metrics.py
+	$(PY) bench/api.py
 	$(PY) bench/fleet.py
+
+# The VM lab (Vagrant + libvirt, software-emulated QEMU) and the Debian 12 box it boots, built
+# offline from Debian's archive. See "Testing in VMs" in the README.
+VM_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils mmdebstrap \
+	extlinux syslinux-common e2fsprogs fdisk dnsmasq-base openssl sshpass coreutils
+
+vm-deps:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(VM_APT_PACKAGES)"
+
+vm-box: vm-deps
+	vm/build-box.sh
+
+vm-test: venv vm-deps
+	vm/lab.sh test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	$(MAKE) -C pam_hooks/c clean

@@ -232,3 +232,53 @@ def uninstall(cfg: GuardConfig, service: str, pam_dir: Path = Path("/etc/pam.d")
         backup.unlink(missing_ok=True)
         written.unlink(missing_ok=True)
     return InstallResult(service, str(path), not dry_run, None, _diff(text, new, str(path)))
+
+
+# -- Debian's pam-auth-update: the guard host-wide, in common-auth/common-account ------------
+
+PROFILES = ("slotwarden", "slotwarden-authsucc")
+
+
+def pam_auth_update_profiles(cfg: GuardConfig) -> dict[str, str]:
+    """The two profiles for /usr/share/pam-configs (enable both with pam-auth-update).
+
+    ``slotwarden`` puts the preauth line first in common-auth's primary block
+    (priority above pam_unix's 256, so pam_unix takes the password it obtained
+    with ``try_first_pass``) and the account check into common-account.
+    ``slotwarden-authsucc`` is an *Additional* auth module: pam-auth-update puts
+    those after ``requisite pam_deny.so``, where only a success arrives.
+    """
+    args = module_args(cfg)
+    return {
+        "slotwarden": (
+            "Name: slotwarden login guard (record failed logins, refuse locked users and addresses)\n"
+            "Default: no\nPriority: 1024\n"
+            "Auth-Type: Primary\n"
+            f"Auth:\n\trequisite\t{MODULE} {args}\n"
+            f"Auth-Initial:\n\trequisite\t{MODULE} {args}\n"
+            "Account-Type: Additional\n"
+            f"Account:\n\trequired\t{MODULE} {args}\n"
+        ),
+        "slotwarden-authsucc": (
+            "Name: slotwarden login guard, success hook (enable together with 'slotwarden')\n"
+            "Default: no\nPriority: 1024\n"
+            "Auth-Type: Additional\n"
+            f"Auth:\n\toptional\t{MODULE} authsucc {args}\n"
+        ),
+    }
+
+
+def write_pam_auth_update_profiles(cfg: GuardConfig, directory: Path = Path("/usr/share/pam-configs"),
+                                   dry_run: bool = False) -> list[str]:
+    """Write both profiles (0644); returns their paths. Enabling them is pam-auth-update's job."""
+    paths = []
+    for name, text in pam_auth_update_profiles(cfg).items():
+        path = directory / name
+        paths.append(str(path))
+        if not dry_run:
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+    return paths

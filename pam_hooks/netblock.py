@@ -42,7 +42,7 @@ class NetBlock:
             self._ipr.route("replace", family=family, dst=dst, dst_len=plen, type="blackhole",
                             proto=RTPROT_SLOTWARDEN)
             log.warning("network block added for %s", net)
-        except Exception as exc:  # noqa: BLE001 - netlink errors must never stop decisions
+        except Exception as exc:
             log.error("network block for %s failed: %s", net, exc)
 
     def unblock(self, net: str) -> None:
@@ -52,7 +52,7 @@ class NetBlock:
             self._ipr.route("del", family=family, dst=dst, dst_len=plen, type="blackhole",
                             proto=RTPROT_SLOTWARDEN)
             log.warning("network block removed for %s", net)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.info("network block for %s not removed: %s", net, exc)
 
     def ours(self) -> list[str]:

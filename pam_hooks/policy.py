@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from pam_hooks.config import GuardConfig
 from pam_hooks.protocol import escape_text, unescape
+from pam_hooks.store import purge_attempts
 
 KINDS = ("pair", "ip", "user")
 
@@ -155,8 +156,9 @@ class LockoutPolicy:
             "user": "username = ?",
         }[kind]
         args: tuple[Any, ...] = tuple(key.split("\t", 1)) if kind == "pair" else (key,)
+        # {where} is one of three fixed clauses; every value is bound.
         row = self.conn.execute(
-            f"SELECT COUNT(*) FROM attempts WHERE {where} AND counted = 1"
+            f"SELECT COUNT(*) FROM attempts WHERE {where} AND counted = 1"  # noqa: S608
             " AND state IN ('pending', 'failed') AND ts > ?",
             (*args, since),
         ).fetchone()
@@ -217,11 +219,13 @@ class LockoutPolicy:
         with self._tx():
             if prev is not None:
                 self._resolve(prev, "failed")
-            denied = self._active(keys, now)
+            locks = {kind: self._lock(kind, key) for kind, key in keys}
+            denied = next((Decision(False, kind, float(row["locked_until"])) for kind, row in locks.items()
+                           if row is not None and row["locked_until"] > now), None)
             counts: dict[str, int] = {}
             if denied is None:
                 for kind, key in keys:
-                    counts[kind] = self._count(kind, key, self._since(self._lock(kind, key), now))
+                    counts[kind] = self._count(kind, key, self._since(locks[kind], now))
                     if counts[kind] >= self._threshold(kind):
                         # Possible after the limit was lowered: lock now.
                         denied = Decision(False, kind, self._set_lock(kind, key, now, org))
@@ -259,10 +263,11 @@ class LockoutPolicy:
             self._resolve(token, "failed")
 
     def succeed(self, token: int, now: float | None = None) -> None:
-        """Authsucc: the password was right; clear the pair's count.
+        """Authsucc: the password was right; the pair's failures so far are cleared.
 
-        Locks that this very try's reservation (or a concurrent one) set
-        are undone if the count without it is below the limit again.
+        Tries still in flight keep counting (they may be an attacker's), so a
+        success never opens more than N checks. Locks set while this try was
+        in flight are undone when the count without them is below the limit.
         """
         now = self.clock() if now is None else now
         with self._tx():
@@ -270,20 +275,17 @@ class LockoutPolicy:
             if row is None:
                 return
             user, org = row["username"], self.origin(row["ip"])
-            pkey = pair_key(user, org.ip)
             self.conn.execute(
-                "INSERT INTO locks (kind, key, reset_at) VALUES ('pair', ?, ?)"
-                " ON CONFLICT (kind, key) DO UPDATE SET reset_at = excluded.reset_at",
-                (pkey, now),
+                "UPDATE attempts SET state = 'cleared' WHERE username = ? AND ip = ? AND state = 'failed'",
+                (user, org.ip),
             )
             for kind, key in self._keys(user, org):
                 lock = self._lock(kind, key)
                 if lock is None or lock["locked_until"] <= now or lock["locked_at"] < row["ts"]:
                     continue
-                if kind != "pair":
-                    since = self._since(lock, now, until=float(lock["prev_until"]))
-                    if self._count(kind, key, since) >= self._threshold(kind):
-                        continue
+                since = self._since(lock, now, until=float(lock["prev_until"]))
+                if self._count(kind, key, since) >= self._threshold(kind):
+                    continue
                 self.conn.execute(
                     "UPDATE locks SET locked_until = prev_until, level = prev_level WHERE kind = ? AND key = ?",
                     (kind, key),
@@ -317,11 +319,7 @@ class LockoutPolicy:
         now = self.clock() if now is None else now
         cutoff = now - self.cfg.retention
         with self._tx():
-            n = self.conn.execute("DELETE FROM attempts WHERE ts < ?", (cutoff,)).rowcount
-            self.conn.execute(
-                "DELETE FROM locks WHERE MAX(reset_at, locked_until, locked_at) < ?", (cutoff,)
-            )
-        return int(n)
+            return purge_attempts(self.conn, cutoff)
 
     def restore_blocks(self, now: float | None = None) -> None:
         """After a restart: re-add live blocks, drop ended ones."""
@@ -352,10 +350,11 @@ class LockoutPolicy:
         """One record per (username, ip, service) with counts, times and lock state."""
         now = self.clock() if now is None else now
         where, args = self._match(user, ip)
+        # {where} joins fixed clauses; every value is bound.
         rows = self.conn.execute(
-            "SELECT a.username, a.ip, a.service,"
-            " SUM(CASE WHEN a.state IN ('pending', 'failed') AND a.ts > COALESCE(l.reset_at, 0)"
-            "     THEN 1 ELSE 0 END) AS count,"
+            "SELECT a.username, a.ip, a.service,"  # noqa: S608
+            " SUM(a.state IN ('pending', 'failed') AND a.ts > COALESCE(l.reset_at, 0)) AS count,"
+            " SUM(a.state = 'cleared') AS cleared,"
             " SUM(a.state = 'refused') AS refused, SUM(a.state = 'succeeded') AS succeeded,"
             " SUM(a.state = 'pending') AS pending,"
             " MIN(a.ts) AS first, MAX(a.ts) AS last"
@@ -376,6 +375,7 @@ class LockoutPolicy:
                 "count": int(r["count"]),
                 "refused": int(r["refused"]),
                 "succeeded": int(r["succeeded"]),
+                "cleared": int(r["cleared"]),
                 "pending": int(r["pending"]),
                 "first_attempt": iso(r["first"]),
                 "last_attempt": iso(r["last"]),

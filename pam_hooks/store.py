@@ -8,8 +8,9 @@ Tables:
 
 - ``attempts``: one row per password try that reached the stack —
   ``state`` is ``pending`` (reserved at preauth; counts as a failure until an
-  outcome says otherwise), ``failed``, ``succeeded`` or ``refused`` (turned
-  away by a lock; no password was checked).
+  outcome says otherwise), ``failed``, ``cleared`` (a failure forgiven by a
+  later success of the same pair), ``succeeded`` or ``refused`` (turned away
+  by a lock; no password was checked).
 - ``locks``: one row per counted key (``pair``, ``ip``, ``user``) with the
   lock window, the repeat-offender level and the point from which the count
   starts again (after a success or a lift).
@@ -31,7 +32,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     ip TEXT NOT NULL,
     ipkey TEXT NOT NULL,
     service TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'failed', 'succeeded', 'refused')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'failed', 'cleared', 'succeeded', 'refused')),
     counted INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS attempts_pair ON attempts (username, ip, ts);
@@ -84,3 +85,37 @@ def open_store(path: Path) -> sqlite3.Connection:
     finally:
         os.umask(old)
     return conn
+
+
+# -- the functions provisioner.retention uses (data report, forget, 24 h expiry) ----------
+
+
+def list_attempts(conn: sqlite3.Connection, username: str) -> list[dict[str, object]]:
+    """Records for ``username`` as typed, one per address: ip, count, first, last (UNIX time)."""
+    from pam_hooks.protocol import escape_text
+
+    rows = conn.execute(
+        "SELECT ip, service, SUM(state IN ('pending', 'failed')) AS count, COUNT(*) AS attempts,"
+        " MIN(ts) AS first, MAX(ts) AS last FROM attempts WHERE username = ? GROUP BY ip ORDER BY last DESC",
+        (escape_text(username),),
+    ).fetchall()
+    return [dict(r) if isinstance(r, sqlite3.Row) else dict(zip(("ip", "service", "count", "attempts", "first",
+                                                                 "last"), r, strict=True)) for r in rows]
+
+
+def forget_attempts(conn: sqlite3.Connection, username: str) -> int:
+    """Delete every record (and counter) of ``username`` as typed; returns attempt rows removed."""
+    from pam_hooks.protocol import escape_text
+
+    u = escape_text(username)
+    n = conn.execute("DELETE FROM attempts WHERE username = ?", (u,)).rowcount
+    conn.execute("DELETE FROM locks WHERE (kind = 'user' AND key = ?) OR (kind = 'pair' AND substr(key, 1, ?) = ?)",
+                 (u, len(u) + 1, u + "\t"))
+    return int(n)
+
+
+def purge_attempts(conn: sqlite3.Connection, before: float) -> int:
+    """Delete records older than ``before`` (and counters idle since); returns attempt rows removed."""
+    n = conn.execute("DELETE FROM attempts WHERE ts < ?", (before,)).rowcount
+    conn.execute("DELETE FROM locks WHERE MAX(reset_at, locked_until, locked_at) < ?", (before,))
+    return int(n)

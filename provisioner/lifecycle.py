@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextvars
 import fcntl
+import importlib.util
 import json
+import logging
 import os
 import time
 import weakref
@@ -44,7 +46,7 @@ from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.names import format_size, validate_username
 from provisioner.plan import Plan, Step, apply
-from provisioner.plans import get_plan
+from provisioner.plans import allows_app, get_plan
 from provisioner.quota import Usage
 from provisioner.runner import run
 from provisioner.store import SlotRecord, Store, current_actor
@@ -59,6 +61,7 @@ CREATE TABLE IF NOT EXISTS slot_lifecycle (
     saved             TEXT
 );
 """
+log = logging.getLogger("slotwarden.lifecycle")
 SHADOW = Path("/etc/shadow")
 # The expiry day suspend sets: 1970-01-02, long past, so pam_unix's account phase says "expired".
 SUSPENDED_EXPIRE = "1"
@@ -167,12 +170,25 @@ def slot_lock(ctx: Context, username: str) -> Iterator[None]:
     validate_username(username)
     lock_dir = ctx.config.state_dir / "locks"
     lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{username}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    path = lock_dir / f"{username}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder before us removed the file (slot terminated): lock the new one
+    try:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _drop_lock_file(ctx: Context, username: str) -> None:
+    """Remove the lock file of a terminated slot (call while holding its lock)."""
+    (ctx.config.state_dir / "locks" / f"{username}.lock").unlink(missing_ok=True)
 
 
 # --- login state --------------------------------------------------------------------------------
@@ -372,24 +388,24 @@ def plan_unsuspend(username: str, facts: LifecycleFacts, *, ctx: Context, actor:
     return Plan(f"unsuspend slot {username}", steps)
 
 
-def suspend(ctx: Context, username: str, reason: str, *, dry_run: bool = False) -> Plan:
+def suspend(ctx: Context, username: str, reason: str, *, dry_run: bool = False, actor: str | None = None) -> Plan:
     """Suspend slot USERNAME for REASON. Returns the plan (applied unless DRY_RUN); empty if already done."""
     reason = validate_reason(reason)
     validate_username(username)
     with slot_lock(ctx, username):
         facts = LifecycleFacts.gather(ctx, username)
-        plan = plan_suspend(username, reason, facts, ctx=ctx, actor=current_actor(), now=time.time())
+        plan = plan_suspend(username, reason, facts, ctx=ctx, actor=actor or current_actor(), now=time.time())
         if not dry_run:
             apply(plan)
     return plan
 
 
-def unsuspend(ctx: Context, username: str, *, dry_run: bool = False) -> Plan:
+def unsuspend(ctx: Context, username: str, *, dry_run: bool = False, actor: str | None = None) -> Plan:
     """Bring slot USERNAME back as it was. Returns the plan; empty if it is not suspended."""
     validate_username(username)
     with slot_lock(ctx, username):
         facts = LifecycleFacts.gather(ctx, username)
-        plan = plan_unsuspend(username, facts, ctx=ctx, actor=current_actor())
+        plan = plan_unsuspend(username, facts, ctx=ctx, actor=actor or current_actor())
         if not dry_run:
             apply(plan)
     return plan
@@ -457,6 +473,24 @@ def plan_change_plan(
     return Plan(f"change plan of {username} from {old_plan or '(none)'} to {new.name}", steps)
 
 
+def check_apps_allowed(plan: PlanConfig, apps: list[str], installed: int = 0) -> None:
+    """Raise BadInput unless PLAN allows installing APPS next to INSTALLED apps already there."""
+    for i, app in enumerate(apps):
+        if plan.apps is not None and app not in plan.apps:
+            raise BadInput(f"app {app!r} is not part of plan {plan.name} (it allows: {', '.join(plan.apps) or 'none'})")
+        if not allows_app(plan, app, installed=installed + i):
+            raise BadInput(f"plan {plan.name} allows {plan.max_apps} app(s)")
+
+
+def check_app_install(ctx: Context, username: str, app: str) -> None:
+    """For the apps package before ``app install``: refuse an app the slot's plan does not allow."""
+    life = get_lifecycle(ctx.store, username)
+    if life is None or life.plan is None or life.plan not in ctx.config.plans:
+        return
+    installed = [a for c in APP_CONTROLS for a in c.installed(ctx, username)]
+    check_apps_allowed(ctx.config.plans[life.plan], [app], installed=len(installed))
+
+
 def _human(n: int) -> str:
     """Bytes for a person: 1.5G, 300M, 12K."""
     for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
@@ -465,7 +499,8 @@ def _human(n: int) -> str:
     return f"{n}B"
 
 
-def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = False) -> Plan:
+def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = False,
+                actor: str | None = None) -> Plan:
     """Move slot USERNAME to plan PLAN_NAME, applying the new quota at once."""
     new = get_plan(ctx.config, plan_name)
     validate_username(username)
@@ -475,7 +510,7 @@ def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = 
         facts = LifecycleFacts.gather(ctx, username)
         home = Path(facts.record.home)
         usage = ctx.quota.usage(username, home) if home.exists() else None
-        plan = plan_change_plan(username, new, facts, usage, ctx=ctx, actor=current_actor())
+        plan = plan_change_plan(username, new, facts, usage, ctx=ctx, actor=actor or current_actor())
         if not dry_run:
             apply(plan)
     return plan
@@ -500,10 +535,15 @@ def create(
     dry_run: bool = False,
     apps: tuple[str, ...] = (),
 ) -> slots.Created | Plan:
-    """Create a slot on PLAN (its quota unless QUOTA is also given), under the slot lock."""
+    """Create a slot on PLAN (its quota unless QUOTA is also given), under the slot lock.
+
+    APPS are installed too; the plan must allow each of them and their number.
+    """
     plan_cfg = get_plan(ctx.config, plan) if plan is not None else None
     if quota is None and plan_cfg is not None:
         quota = plan_cfg.quota
+    if plan_cfg is not None:
+        check_apps_allowed(plan_cfg, list(dict.fromkeys(apps)))
     validate_username(username, slots.reserved_names())
     token = _PENDING_PLAN.set(plan_cfg.name if plan_cfg else None)
     try:
@@ -518,7 +558,9 @@ def terminate(ctx: Context, username: str, *, keep_data: bool = False) -> Plan:
     """Remove slot USERNAME (``slot remove``) under the slot lock."""
     validate_username(username)
     with slot_lock(ctx, username):
-        return slots.remove_slot(ctx, username, keep_data=keep_data)
+        plan = slots.remove_slot(ctx, username, keep_data=keep_data)
+        _drop_lock_file(ctx, username)
+    return plan
 
 
 def change_password(ctx: Context, username: str) -> str:
@@ -566,5 +608,86 @@ def _removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
                  lambda: put_lifecycle(store, previous))]
 
 
+# --- the apps package as an AppControl ------------------------------------------------------------
+
+
+class SupervisedApps:
+    """The apps of :mod:`provisioner.apps`, stopped and started through their supervisor programs.
+
+    Stopping keeps the install (files, ports, sealed credentials); starting waits until each
+    program runs again.
+    """
+
+    name = "apps"
+
+    def installed(self, ctx: Context, username: str) -> list[str]:
+        from provisioner.apps import registry_of
+
+        return [r.app for r in registry_of(ctx).installs(username)]
+
+    def running(self, ctx: Context, username: str) -> list[str]:
+        if not self.installed(ctx, username):
+            return []  # no supervisor round-trip for a slot without apps
+        from provisioner.apps import app_status
+
+        try:
+            return [row["app"] for row in app_status(ctx, username) if row.get("running")]
+        except SlotError as exc:  # supervisor down: nothing of it runs; suspend must still work
+            log.warning("cannot ask the supervisor about the apps of %s: %s", username, exc)
+            return []
+
+    def _programs(self, ctx: Context, username: str, app: str) -> list[str]:
+        from provisioner.apps import _existing  # the apps package's own lookup of an install
+
+        found, _rec, inst = _existing(ctx, username, app)
+        return [p.name for p in found.programs(ctx, inst)]
+
+    def stop(self, ctx: Context, username: str, app: str) -> None:
+        from provisioner.supervisor import supervisor_for
+
+        sup = supervisor_for(ctx)
+        for name in self._programs(ctx, username, app):
+            try:
+                sup.stop(name)
+            except SlotError as exc:  # the processes step that follows kills it anyway
+                log.warning("cannot stop %s through the supervisor: %s", name, exc)
+
+    def start(self, ctx: Context, username: str, app: str) -> None:
+        from provisioner.supervisor import supervisor_for
+
+        sup = supervisor_for(ctx)
+        for name in self._programs(ctx, username, app):
+            sup.start(name)
+            sup.wait_running(name)
+
+
+# --- the data report: plan and suspension are data about the user --------------------------------
+
+
+def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Any]:
+    """Rows for ``slotctl data report``: the slot's plan and, while suspended, when/why/by whom."""
+    from provisioner.datareport import Item
+
+    if rec is None:
+        return []
+    life = get_lifecycle(ctx.store, username)
+    where = f"store {ctx.config.db_path} (slot_lifecycle), clear"
+    items = [Item("plan", life.plan if life and life.plan else "none", "what the slot was sold with (quota, apps)",
+                  where, "while the slot exists")]
+    if life is not None and life.suspended_at is not None:
+        items.append(Item("suspension", {"since": life.suspended_at, "reason": life.suspended_reason,
+                                         "by": life.suspended_by},
+                          "why logins are refused, what unsuspend restores", where,
+                          "until unsuspended (the audit entry stays)"))
+    return items
+
+
 slots.CREATION_EXTENSIONS.append(_creation_steps)
 slots.REMOVAL_EXTENSIONS.append(_removal_steps)
+if importlib.util.find_spec("provisioner.datareport") is not None:
+    from provisioner import datareport as _datareport
+
+    if data_items not in _datareport.SOURCES:
+        _datareport.SOURCES.append(data_items)
+if importlib.util.find_spec("provisioner.apps") is not None:
+    APP_CONTROLS.append(SupervisedApps())

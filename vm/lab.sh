@@ -23,7 +23,7 @@ lab_range=198.51.100.0/24
 log() { printf '[vm-lab %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 # Vagrant redraws progress bars with carriage returns; keep the log readable.
-quiet() { tr '\r' '\n' | sed -u 's/\x1b\[K//g' | grep --line-buffered -v -e '^Progress:' -e '^[[:space:]]*$' || true; }
+quiet() { stdbuf -o0 tr '\r' '\n' | sed -u 's/\x1b\[K//g' | grep --line-buffered -v -e '^Progress:' -e '^[[:space:]]*$' || true; }
 
 # ---------------------------------------------------------------- root namespace side
 outer() {
@@ -34,7 +34,7 @@ outer() {
   flock -w 1800 9 || die "another VM lab holds $cache/lab.lock"
 
   started=$SECONDS
-  box=$(timeout 1800 "$here/build-box.sh" | tail -n1) || die "box build failed"
+  box=$(timeout -k 20 1800 "$here/build-box.sh" | tail -n1) || die "box build failed"
   run_id=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
   ns=swv-lab-$run_id
   work=$(mktemp -d /tmp/swv-lab.XXXXXX)
@@ -73,31 +73,29 @@ outer() {
   ip netns add "$ns"
   ip -n "$ns" link set lo up
 
-  wheel=""
-  if [[ -f $top/pyproject.toml ]]; then
-    log "building the wheel from $top"
-    local py=$top/.venv/bin/python
-    [[ -x $py ]] || py=python3
-    mkdir -p "$work/dist"
-    timeout 300 "$py" -m pip wheel --quiet --no-deps -w "$work/dist" "$top" >&2 \
-      || die "wheel build failed"
-    wheel=$(ls "$work"/dist/*.whl | head -n1)
-  fi
+  # site.yml builds and copies a wheelhouse from this checkout; inside the namespace there is no
+  # index to fetch dependencies (or the build backend) from, so they are fetched here first.
+  log "building the wheelhouse from $top"
+  local py=$top/.venv/bin/python
+  [[ -x $py ]] || die "no $py: run 'make venv' first"
+  SOURCE_DATE_EPOCH=315532800 timeout -k 20 600 "$py" -m pip wheel --quiet --disable-pip-version-check \
+    -w "$work/wheelhouse" "$top" setuptools >&2 || die "wheelhouse build failed"
 
   SLOTWARDEN_LAB_NS=$ns SLOTWARDEN_LAB_WORK=$work SLOTWARDEN_LAB_RUN=$run_id \
-  SLOTWARDEN_LAB_BOX=$box SLOTWARDEN_WHEEL=$wheel \
+  SLOTWARDEN_LAB_BOX=$box SLOTWARDEN_WHEELHOUSE=$work/wheelhouse \
     ip netns exec "$ns" "$here/lab.sh" inner "$@"
 }
 
 # ---------------------------------------------------------------- lab namespace side
 inner() {
-  local ns=${SLOTWARDEN_LAB_NS:?} work=${SLOTWARDEN_LAB_WORK:?} run_id=${SLOTWARDEN_LAB_RUN:?}
-  local box=${SLOTWARDEN_LAB_BOX:?}
+  # Globals, not locals: the EXIT trap runs after inner() has returned.
+  ns=${SLOTWARDEN_LAB_NS:?} work=${SLOTWARDEN_LAB_WORK:?} run_id=${SLOTWARDEN_LAB_RUN:?}
+  box=${SLOTWARDEN_LAB_BOX:?}
   # A vagrant or libvirt call from the root namespace would route lab addresses out through
   # the machine's own gateway; refuse anywhere but the lab namespace.
   [[ $(ip netns identify $$) == "$ns" ]] || die "not inside the lab namespace $ns"
 
-  local run=$work/run
+  run=$work/run
   mkdir -p "$run" "$work/logs" "$cache/pool" "$cache/vagrant.d"
   export VAGRANT_HOME=$cache/vagrant.d
   export VAGRANT_DOTFILE_PATH=$work/dotvagrant
@@ -105,8 +103,13 @@ inner() {
   export LIBVIRT_DEFAULT_URI=qemu:///system
   export SLOTWARDEN_BOX=slotwarden/debian12-$(basename "$box" .box | sed 's/^debian12-//')
   export SLOTWARDEN_VM_DRIVER=qemu SLOTWARDEN_VM_POOL=swv-pool SLOTWARDEN_VM_PREFIX=swv-$run_id-
-  export SLOTWARDEN_VM_LOGDIR=$work/logs
-  export SLOTWARDEN_SLOTS=tv${run_id}a,tv${run_id}b
+  export SLOTWARDEN_VM_LOGDIR=$work/logs SLOTWARDEN_VM_INSERT_KEY=0
+  export SLOTWARDEN_SLOTS=tv${run_id}a,tv${run_id}b SLOTWARDEN_SLOT_QUOTA_MIB=16
+  # Vagrant's ansible provisioner runs ansible-playbook from the project's venv; pip (the
+  # wheelhouse step of site.yml) uses only the wheelhouse built above.
+  # Pipelining: one SSH exec per module instead of put + chmod + exec (Python in an emulated
+  # guest is the slow part, and every saved round trip counts).
+  export PATH=$top/.venv/bin:$PATH PIP_NO_INDEX=1 ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_PIPELINING=True
   local vagrant_cwd=$top
   export VAGRANT_CWD=$vagrant_cwd
 
@@ -122,16 +125,16 @@ inner() {
     if [[ -S /run/libvirt/libvirt-sock ]] && [[ -s $run/libvirtd.pid ]]; then
       log "destroying lab domains, networks and pool"
       local d
-      for d in $(timeout 30 virsh list --all --name | grep "^swv-$run_id-"); do
-        timeout 60 virsh destroy "$d" >/dev/null 2>&1
-        timeout 60 virsh undefine "$d" --remove-all-storage --nvram >/dev/null 2>&1 \
-          || timeout 60 virsh undefine "$d" --remove-all-storage >/dev/null 2>&1
+      for d in $(timeout -k 20 30 virsh list --all --name | grep "^swv-$run_id-"); do
+        timeout -k 20 60 virsh destroy "$d" >/dev/null 2>&1
+        timeout -k 20 60 virsh undefine "$d" --remove-all-storage --nvram >/dev/null 2>&1 \
+          || timeout -k 20 60 virsh undefine "$d" --remove-all-storage >/dev/null 2>&1
       done
       for d in swv-private swv-mgmt; do
-        timeout 30 virsh net-destroy "$d" >/dev/null 2>&1
-        timeout 30 virsh net-undefine "$d" >/dev/null 2>&1
+        timeout -k 20 30 virsh net-destroy "$d" >/dev/null 2>&1
+        timeout -k 20 30 virsh net-undefine "$d" >/dev/null 2>&1
       done
-      timeout 30 virsh pool-destroy swv-pool >/dev/null 2>&1
+      timeout -k 20 30 virsh pool-destroy swv-pool >/dev/null 2>&1
     fi
     local f p
     for f in libvirtd virtlogd; do
@@ -145,17 +148,26 @@ inner() {
   }
   trap stop_daemons EXIT
 
+  # libvirt re-probes QEMU (seconds each) on every call when /dev/kvm exists but its QEMU user
+  # cannot open it, as here (root-only /dev/kvm, no udev). This mount namespace alone gets a
+  # node the kvm group may open, as udev sets it up on a stock Debian host.
+  if [[ -c /dev/kvm ]]; then
+    mknod -m 0660 "$run/kvm" c $((16#$(stat -c %t /dev/kvm))) $((16#$(stat -c %T /dev/kvm)))
+    chgrp kvm "$run/kvm"
+    mount --bind "$run/kvm" /dev/kvm
+  fi
+
   log "starting virtlogd and libvirtd in $ns"
-  timeout 30 virtlogd -d -p "$run/virtlogd.pid"
-  timeout 30 libvirtd -d -p "$run/libvirtd.pid"
-  timeout 60 bash -c 'until virsh -q version >/dev/null 2>&1; do sleep 0.5; done' \
+  timeout -k 20 30 virtlogd -d -p "$run/virtlogd.pid"
+  timeout -k 20 30 libvirtd -d -p "$run/libvirtd.pid"
+  timeout -k 20 60 bash -c 'until virsh -q version >/dev/null 2>&1; do sleep 0.5; done' \
     || die "libvirtd did not answer within 60 s"
 
   # A pool of our own, transient: box volumes stay cached in $cache/pool between runs.
-  timeout 60 virsh -q pool-create-as swv-pool dir --target "$cache/pool" >/dev/null
+  timeout -k 20 60 virsh -q pool-create-as swv-pool dir --target "$cache/pool" >/dev/null
   # Disks of domains from an earlier run that died before its cleanup.
   find "$cache/pool" -maxdepth 1 -name 'swv-*' -delete
-  timeout 60 virsh -q pool-refresh swv-pool >/dev/null
+  timeout -k 20 60 virsh -q pool-refresh swv-pool >/dev/null
 
   if ! vagrant box list 2>/dev/null | grep -q "^$SLOTWARDEN_BOX "; then
     log "vagrant box add $SLOTWARDEN_BOX"
@@ -165,27 +177,31 @@ inner() {
       vagrant box remove --force --all "$old" >/dev/null 2>&1 || true
     done
     find "$cache/pool" -maxdepth 1 -name 'slotwarden-VAGRANTSLASH-debian12-*' -delete
-    timeout 300 vagrant box add --name "$SLOTWARDEN_BOX" "$box" 2>&1 | quiet >&2
+    timeout -k 20 300 vagrant box add --name "$SLOTWARDEN_BOX" "$box" 2>&1 | quiet >&2
   fi
 
   local t0=$SECONDS
   log "vagrant up (server, client)"
-  timeout 1200 vagrant up --provider=libvirt 2>&1 | quiet >&2 || die "vagrant up failed (serial logs: $work/logs)"
-  log "vagrant up + provision: $((SECONDS - t0)) s"
+  timeout -k 20 900 vagrant up --provider=libvirt --no-provision 2>&1 | quiet >&2 \
+    || die "vagrant up failed (serial logs: $work/logs)"
+  log "vagrant up: $((SECONDS - t0)) s"
+  t0=$SECONDS
+  log "provisioning server (vm/slot-disk.sh, playbooks/site.yml, playbooks/slot.yml)"
+  timeout -k 20 900 vagrant provision server 2>&1 | quiet >&2 || die "provisioning failed"
+  log "provision: $((SECONDS - t0)) s"
 
-  timeout 60 vagrant ssh-config > "$work/ssh-config"
+  timeout -k 20 60 vagrant ssh-config > "$work/ssh-config"
   t0=$SECONDS
   log "isolation suite"
-  local py=$top/.venv/bin/python
   local rc=0
-  timeout 900 "$py" -m pytest -p no:cacheprovider "$top/tests/infra" \
+  timeout -k 20 900 "$top/.venv/bin/python" -m pytest -p no:cacheprovider "$top/tests/infra" \
     --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo \
     --client-host=ssh://client --server-address=198.51.100.10 \
-    --slots="$SLOTWARDEN_SLOTS" --quota-mib=16 -ra "$@" || rc=$?
+    --slots="$SLOTWARDEN_SLOTS" --quota-mib="$SLOTWARDEN_SLOT_QUOTA_MIB" -ra "$@" || rc=$?
   log "isolation suite: $((SECONDS - t0)) s (rc=$rc)"
 
   t0=$SECONDS
-  timeout 300 vagrant destroy -f >&2 || log "vagrant destroy failed; falling back to virsh"
+  timeout -k 20 300 vagrant destroy -f >&2 || log "vagrant destroy failed; falling back to virsh"
   log "vagrant destroy: $((SECONDS - t0)) s"
   return "$rc"
 }

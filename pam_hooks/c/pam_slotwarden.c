@@ -128,7 +128,8 @@ static long elapsed_ms(const struct timespec *t0)
     return (t1.tv_sec - t0->tv_sec) * 1000L + (t1.tv_nsec - t0->tv_nsec) / 1000000L;
 }
 
-/* One request line, one reply line. Returns 0 on success, -1 if unreachable. */
+/* One request line, one reply line (none when reply is NULL: fire and forget).
+ * Returns 0 on success, -1 if unreachable. */
 static int ask(const struct opts *o, const char *req, char *reply, size_t replysz)
 {
     struct sockaddr_un sa;
@@ -160,6 +161,10 @@ static int ask(const struct opts *o, const char *req, char *reply, size_t replys
         }
         off += (size_t)n;
     }
+    if (reply == NULL) {
+        ret = 0;
+        goto out;
+    }
     while (got + 1 < replysz) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         long left = o->timeout_ms - elapsed_ms(&t0);
@@ -189,11 +194,13 @@ out:
     return ret;
 }
 
-static void send_outcome(pam_handle_t *pamh, const struct opts *o, const char *verb, long token)
+/* SUCC waits for the reply, so the account check that follows sees it; FAIL does not
+ * wait (the try already counts as a failure since its reservation). */
+static void send_outcome(pam_handle_t *pamh, const struct opts *o, const char *verb, long token, int wait)
 {
     char req[64], reply[REPLY_SIZE];
     snprintf(req, sizeof(req), "%s\t%ld\n", verb, token);
-    if (ask(o, req, reply, sizeof(reply)) != 0 && pamh != NULL)
+    if (ask(o, req, wait ? reply : NULL, sizeof(reply)) != 0 && pamh != NULL)
         pam_syslog(pamh, LOG_ERR, "guard service unreachable on %s: %s not recorded", o->socket, verb);
 }
 
@@ -203,7 +210,7 @@ static void cleanup(pam_handle_t *pamh, void *data, int error_status)
     /* REPLACE: we never replace our own data. SILENT: a forked child ending
      * its copy of the handle; the parent still owns the reservation. */
     if (r != NULL && r->token > 0 && !(error_status & (PAM_DATA_REPLACE | PAM_DATA_SILENT)))
-        send_outcome(pamh, &r->o, "FAIL", r->token);
+        send_outcome(pamh, &r->o, "FAIL", r->token, 0);
     free(r);
 }
 
@@ -252,7 +259,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
 
     if (o.mode == MODE_AUTHSUCC) {
         if (r != NULL && r->token > 0) {
-            send_outcome(pamh, &o, "SUCC", r->token);
+            send_outcome(pamh, &o, "SUCC", r->token, 1);
             r->token = 0;
         }
         return PAM_IGNORE;
@@ -302,6 +309,8 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     }
     if (strncmp(reply, "DENY ", 5) == 0) {
         pam_syslog(pamh, LOG_NOTICE, "refused: user=%s rhost=%s locked (%.64s)", user, rhost, reply + 5);
+        /* Answer as slowly as pam_unix's failure would, so a lock is not told apart by timing. */
+        pam_fail_delay(pamh, 2000000);
         return PAM_AUTH_ERR;
     }
     pam_syslog(pamh, LOG_ERR, "guard service error: %.128s", reply);

@@ -264,6 +264,44 @@ def wait_listening(port: int, timeout: float) -> None:
             time.sleep(0.2)
 
 
+def stop_leftovers(inst: Installation) -> int:
+    """Kill the slot user's processes still working in the app's directory; return how many.
+
+    A program killed hard can leave children (PHP workers, kernels) that its supervisor no
+    longer knows; they are recognised by their working directory, under ``~/apps/<app>``.
+    """
+    import os
+    import signal
+
+    from provisioner.accounts import pids_of
+
+    prefix = str(inst.app_dir)
+    killed = 0
+    for pid in pids_of(inst.uid):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if cwd == prefix or cwd.startswith(prefix + "/"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def wait_closed(ports: list[int], timeout: float = 15.0) -> None:
+    """Wait until nothing listens on PORTS any more (workers outlive their master briefly)."""
+    from provisioner.apps.registry import listening_ports
+
+    deadline = time.monotonic() + timeout
+    while set(ports) & listening_ports():
+        if time.monotonic() > deadline:
+            raise SlotError(f"ports {sorted(set(ports) & listening_ports())} still listened on after the app stopped")
+        time.sleep(0.1)
+
+
 def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[str, Any]]:
     """The steps that install APP into slot REC, and the state they fill in as they run.
 
@@ -315,6 +353,8 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
         if "inst" in state:
             for prog in app.programs(ctx, inst()):
                 sup.remove_program(prog.name)
+            stop_leftovers(inst())
+            wait_closed(list(inst().ports.values()))
 
     def ready() -> None:
         wait_listening(inst().port, settings.ready_timeout)
@@ -397,6 +437,8 @@ def plan_uninstall(ctx: Context, username: str, app_name: str) -> Plan:
         reg.set_state(username, app.name, "removing")
         for prog in app.programs(ctx, inst):
             sup.remove_program(prog.name)
+        stop_leftovers(inst)
+        wait_closed(list(inst.ports.values()))
 
     def files() -> None:
         homefiles.remove_tree(inst.home, inst.rel_dir)

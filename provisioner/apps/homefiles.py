@@ -113,7 +113,11 @@ def symlink(home: Path, rel: str, target: str, uid: int, gid: int) -> None:
 
 
 def remove_tree(home: Path, rel: str) -> None:
-    """Remove HOME/REL whatever it is (file, link, tree); absent is fine. Never follows links."""
+    """Remove HOME/REL whatever it is (file, link, tree); absent is fine. Never follows links.
+
+    A path that runs through a symlink the tenant planted is treated as absent: nothing of ours
+    is there, and nothing outside the home is touched.
+    """
     parts = rel_parts(rel)
     try:
         with _open_dir(home, parts[:-1], 0, 0, create=False) as dfd:
@@ -125,7 +129,7 @@ def remove_tree(home: Path, rel: str) -> None:
                 shutil.rmtree(parts[-1], dir_fd=dfd)  # fd-based on Linux: links are removed, not followed
             else:
                 os.unlink(parts[-1], dir_fd=dfd)
-    except FileNotFoundError:
+    except (FileNotFoundError, SlotError):
         return
 
 

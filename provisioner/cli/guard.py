@@ -1,8 +1,8 @@
-"""``slotctl guard ...``: the login guard's operator commands (a thin layer over pam_hooks).
+"""``slotctl guard ...``: the login guard's operator commands, a thin layer over provisioner.guard.
 
-Every command takes ``--json``. Requests go to the running guard service
-(serialized with the logins they affect); when it is down, list/explain/lift/
-forget/purge/status work on the store directly.
+Requests go to the running guard service (serialized with the logins they
+affect); when it is down, list/explain/lift/forget/purge/status work on the
+store directly. ``--json`` everywhere (see provisioner.cli.output).
 
 >>> # slotctl guard explain --user bob --ip 198.51.100.7 --json
 """
@@ -10,98 +10,38 @@ forget/purge/status work on the store directly.
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 
-from pam_hooks import install as pam_install
-from pam_hooks.client import GuardRequestError, GuardUnavailable, admin
-from pam_hooks.config import GuardConfig, GuardConfigError, config_path, load_guard_config
-
-SUPERVISOR_DIR = Path("/etc/supervisor/conf.d")
-PROGRAM = "slotwarden-guard"
+from provisioner.cli.output import emit, json_option
+from provisioner.errors import BadInput
+from provisioner.guard import guard_config, guard_request, install_guard, supervise_guard, uninstall_guard
 
 
-def _fail(msg: str, code: int) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(code)
+def _check(user: str | None, ip: str | None) -> None:
+    if ip is not None:
+        try:
+            ipaddress.ip_network(ip, strict=False)
+        except ValueError:
+            raise BadInput(f"--ip: {ip!r} is not an IP address") from None
+    if user is not None and not 0 < len(user.encode("utf-8", "surrogateescape")) <= 256:
+        raise BadInput("--user: expected 1..256 bytes")
 
 
-def _cfg() -> GuardConfig:
-    try:
-        return load_guard_config()
-    except GuardConfigError as exc:
-        _fail(str(exc), 2)
-        raise  # unreachable
-
-
-def _emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        render(data)
-
-
-def _call(cfg: GuardConfig, op: str, **kw: Any) -> Any:
-    try:
-        return admin(cfg, op, **kw)
-    except (GuardRequestError, GuardUnavailable, OSError) as exc:
-        _fail(str(exc), 1)
-
-
-def _check_ip(ip: str | None) -> None:
-    if ip is None:
-        return
-    try:
-        ipaddress.ip_network(ip, strict=False)
-    except ValueError:
-        _fail(f"--ip: {ip!r} is not an IP address", 2)
-
-
-def _check_user(user: str | None) -> None:
-    if user is not None and (not user or len(user.encode("utf-8", "surrogateescape")) > 256):
-        _fail("--user: expected 1..256 bytes", 2)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def _lines(*text: str) -> Any:
+    def render(c: Console) -> None:
+        for t in text:
+            c.print(t, markup=False, highlight=False)
+    return render
 
 
 @click.group()
+@json_option
 def guard() -> None:
     """Login guard: record failed logins, lock whoever keeps failing."""
-
-
-def supervisor_program(cfg_file: Path) -> str:
-    """The supervisord program section that keeps ``guard serve`` running."""
-    return (
-        f"[program:{PROGRAM}]\n"
-        f"command={sys.executable} -m pam_hooks serve --config {cfg_file}\n"
-        f"directory={Path(__file__).resolve().parents[2]}\n"
-        "autostart=true\nautorestart=true\nstartsecs=1\nstopsignal=TERM\nuser=root\n"
-        "redirect_stderr=true\nstdout_logfile=/var/log/slotwarden-guard.log\n"
-        "stdout_logfile_maxbytes=10MB\nstdout_logfile_backups=3\n"
-    )
-
-
-def _supervise(conf_dir: Path, dry_run: bool) -> dict[str, Any]:
-    conf = conf_dir / f"{PROGRAM}.conf"
-    body = supervisor_program(config_path())
-    out: dict[str, Any] = {"supervisor_conf": str(conf), "changed": False}
-    if dry_run or (conf.exists() and conf.read_text() == body):
-        return out
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    conf.write_text(body)
-    out["changed"] = True
-    # supervisord may not run yet (host init starts it); then it picks the file up at start.
-    r = subprocess.run(["supervisorctl", "update"], capture_output=True, text=True)
-    out["supervisorctl"] = (r.stdout + r.stderr).strip()
-    return out
 
 
 @guard.command("install")
@@ -112,25 +52,19 @@ def _supervise(conf_dir: Path, dry_run: bool) -> dict[str, Any]:
 @click.option("--module/--no-module", "with_module", default=True, show_default=True,
               help="Also build and copy pam_slotwarden.so into the PAM module directory.")
 @click.option("--supervise/--no-supervise", default=True, show_default=True,
-              help="Put 'guard serve' under supervisord.")
-@click.option("--supervisor-dir", type=click.Path(path_type=Path, file_okay=False), default=SUPERVISOR_DIR,
-              show_default=True)
+              help="Also keep 'guard serve' running under the host's supervisor.")
 @json_option
-def install_cmd(service: str, pam_dir: Path, dry_run: bool, with_module: bool, supervise: bool,
-                supervisor_dir: Path, as_json: bool) -> None:
+def install_cmd(service: str, pam_dir: Path, dry_run: bool, with_module: bool, supervise: bool) -> None:
     """Write the guard's PAM lines into a service file (backup kept; uninstall restores it)."""
-    cfg = _cfg()
-    try:
-        res = pam_install.install(cfg, service, pam_dir, dry_run=dry_run, with_module=with_module)
-    except pam_install.InstallError as exc:
-        _fail(str(exc), 1)
-        return
+    from pam_hooks.config import config_path
+
+    cfg = guard_config()
+    res = install_guard(cfg, service, pam_dir, dry_run=dry_run, with_module=with_module)
     data: dict[str, Any] = {"service": res.service, "path": res.path, "changed": res.changed,
                             "backup": res.backup, "module": res.module, "diff": res.diff, "dry_run": dry_run}
     if supervise:
-        data["supervisor"] = _supervise(supervisor_dir, dry_run)
-    _emit(data, as_json, lambda d: click.echo(d["diff"] + ("(dry run: nothing written)" if dry_run
-                                                           else f"guard installed in {d['path']}")))
+        data["supervisor"] = supervise_guard(config_path(), dry_run=dry_run)
+    emit(data, _lines(res.diff, "(dry run: nothing written)" if dry_run else f"guard installed in {res.path}"))
 
 
 @guard.command("uninstall")
@@ -139,16 +73,45 @@ def install_cmd(service: str, pam_dir: Path, dry_run: bool, with_module: bool, s
               show_default=True)
 @click.option("--dry-run", is_flag=True)
 @json_option
-def uninstall_cmd(service: str, pam_dir: Path, dry_run: bool, as_json: bool) -> None:
+def uninstall_cmd(service: str, pam_dir: Path, dry_run: bool) -> None:
     """Remove the guard from a service file, restoring the original byte for byte."""
-    cfg = _cfg()
-    try:
-        res = pam_install.uninstall(cfg, service, pam_dir, dry_run=dry_run)
-    except pam_install.InstallError as exc:
-        _fail(str(exc), 1)
-        return
-    _emit({"service": res.service, "path": res.path, "changed": res.changed, "diff": res.diff}, as_json,
-          lambda d: click.echo(d["diff"] + f"guard removed from {d['path']}"))
+    res = uninstall_guard(guard_config(), service, pam_dir, dry_run=dry_run)
+    emit({"service": res.service, "path": res.path, "changed": res.changed, "diff": res.diff},
+         _lines(res.diff, f"guard removed from {res.path}"))
+
+
+@guard.command("pam-auth-update")
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("/usr/share/pam-configs"), show_default=True)
+@click.option("--enable", is_flag=True, help="Also run 'pam-auth-update --package --enable' (host-wide).")
+@click.option("--dry-run", is_flag=True)
+@json_option
+def pam_auth_update_cmd(directory: Path, enable: bool, dry_run: bool) -> None:
+    """Ship the Debian pam-auth-update profiles that put the guard into common-auth host-wide."""
+    from pam_hooks.install import PROFILES, install_module, write_pam_auth_update_profiles
+    from provisioner.runner import run
+
+    cfg = guard_config()
+    paths = write_pam_auth_update_profiles(cfg, directory, dry_run=dry_run)
+    data: dict[str, Any] = {"profiles": paths, "enabled": False, "dry_run": dry_run}
+    if enable and not dry_run:
+        install_module_path = install_module()
+        run(["pam-auth-update", "--package", "--enable", *PROFILES])
+        data.update(enabled=True, module=str(install_module_path))
+    hint = "" if data["enabled"] else f"enable with: pam-auth-update --enable {' '.join(PROFILES)}"
+    emit(data, _lines(*paths, hint))
+
+
+@guard.command("supervise")
+@click.option("--dry-run", is_flag=True)
+@json_option
+def supervise_cmd(dry_run: bool) -> None:
+    """Keep 'guard serve' running under the host's supervisor (supervisord or systemd)."""
+    from pam_hooks.config import config_path
+
+    guard_config()  # refuse a bad config before the supervisor restarts a failing service
+    data = supervise_guard(config_path(), dry_run=dry_run)
+    emit(data, _lines(f"{data['program']} under {data['supervisor']}"))
 
 
 @guard.command("serve")
@@ -157,31 +120,35 @@ def serve_cmd(verbose: bool) -> None:
     """Run the guard service in the foreground (for a supervisor)."""
     from pam_hooks.service import GuardService, setup_logging
 
-    cfg = _cfg()
+    cfg = guard_config()
     setup_logging(verbose)
     try:
         GuardService(cfg).run()
     except RuntimeError as exc:
-        _fail(str(exc), 1)
+        from provisioner.errors import SlotError
+
+        raise SlotError(str(exc)) from None
 
 
 @guard.command("status")
 @json_option
-def status_cmd(as_json: bool) -> None:
+def status_cmd() -> None:
     """Service health, counts and active locks."""
-    data = _call(_cfg(), "status")
+    d = guard_request(guard_config(), "status")
 
-    def render(d: dict[str, Any]) -> None:
+    def render(c: Console) -> None:
         svc = d["service"]
         state = f"running (pid {svc['pid']}, up {svc['uptime']}s)" if svc.get("running") else "NOT RUNNING"
-        click.echo(f"guard service: {state} on {svc['socket']}")
-        click.echo(f"records: {d['attempts']} attempts, {d['pairs']} user/address pairs, {d['pending']} pending")
+        c.print(f"guard service: {state} on {svc['socket']}", markup=False)
+        c.print(f"records: {d['attempts']} attempts, {d['pairs']} user/address pairs, {d['pending']} pending",
+                markup=False)
         for lk in d["active_locks"]:
-            click.echo(f"locked {lk['kind']:<4} {lk['key']:<40} until {lk['locked_until']} (level {lk['level']})")
+            c.print(f"locked {lk['kind']:<4} {lk['key']:<40} until {lk['locked_until']} (level {lk['level']})",
+                    markup=False)
         for net in d["blocks"]:
-            click.echo(f"blackhole route: {net}")
+            c.print(f"blackhole route: {net}", markup=False)
 
-    _emit(data, as_json, render)
+    emit(d, render)
 
 
 @guard.command("list")
@@ -189,83 +156,68 @@ def status_cmd(as_json: bool) -> None:
 @click.option("--ip", "ip", default=None)
 @click.option("--locked", is_flag=True, help="Only records that are locked now.")
 @json_option
-def list_cmd(user: str | None, ip: str | None, locked: bool, as_json: bool) -> None:
+def list_cmd(user: str | None, ip: str | None, locked: bool) -> None:
     """Attempt records: username as typed, address, service, count, last attempt, lock."""
-    _check_user(user)
-    _check_ip(ip)
-    data = _call(_cfg(), "list", user=user, ip=ip, locked=locked)
+    _check(user, ip)
+    rows = guard_request(guard_config(), "list", user=user, ip=ip, locked=locked)
 
-    def render(rows: list[dict[str, Any]]) -> None:
-        from rich.console import Console
+    def render(c: Console) -> None:
         from rich.table import Table
 
         t = Table("username", "ip", "service", "count", "refused", "last attempt", "locked until", "rule")
         for r in rows:
             t.add_row(r["username"], r["ip"] or "-", r["service"], str(r["count"]), str(r["refused"]),
                       r["last_attempt"], r["locked_until"] or "-", r["rule"] or "-")
-        Console().print(t)
+        c.print(t)
 
-    _emit(data, as_json, render)
+    emit(rows, render)
 
 
 @guard.command("explain")
 @click.option("--user", "user", required=True)
 @click.option("--ip", "ip", required=True)
 @json_option
-def explain_cmd(user: str, ip: str, as_json: bool) -> None:
+def explain_cmd(user: str, ip: str) -> None:
     """Would USER from IP be let through now; which rule refuses, until when."""
-    _check_user(user)
-    _check_ip(ip)
-    data = _call(_cfg(), "explain", user=user, ip=ip)
-
-    def render(d: dict[str, Any]) -> None:
-        if d["allowed"]:
-            click.echo(f"allowed: {user} from {ip}" + (f" ({d['note']})" if d["note"] else ""))
-        else:
-            until = f" until {d['until']}" if d["until"] else ""
-            click.echo(f"refused: {user} from {ip} by the {d['rule']} rule{until}")
-        for kind, c in d["counts"].items():
-            click.echo(f"  {kind:<4} {c['count']}/{c['limit']} failures in the window")
-
-    _emit(data, as_json, render)
+    _check(user, ip)
+    d = guard_request(guard_config(), "explain", user=user, ip=ip)
+    if d["allowed"]:
+        head = f"allowed: {user} from {ip}" + (f" ({d['note']})" if d["note"] else "")
+    else:
+        head = f"refused: {user} from {ip} by the {d['rule']} rule" + (f" until {d['until']}" if d["until"] else "")
+    counts = [f"  {k:<4} {c['count']}/{c['limit']} failures in the window" for k, c in d["counts"].items()]
+    emit(d, _lines(head, *counts))
 
 
 @guard.command("lift")
 @click.option("--user", "user", default=None)
 @click.option("--ip", "ip", default=None)
 @json_option
-def lift_cmd(user: str | None, ip: str | None, as_json: bool) -> None:
+def lift_cmd(user: str | None, ip: str | None) -> None:
     """End a lock for a user, an address, or the pair (works for names that no longer exist)."""
     if user is None and ip is None:
-        _fail("give --user, --ip or both", 2)
-    _check_user(user)
-    _check_ip(ip)
-    data = _call(_cfg(), "lift", user=user, ip=ip)
-    _emit(data, as_json, lambda d: click.echo(f"{d['lifted']} lock(s) lifted"))
+        raise BadInput("give --user, --ip or both")
+    _check(user, ip)
+    d = guard_request(guard_config(), "lift", user=user, ip=ip)
+    emit(d, _lines(f"{d['lifted']} lock(s) lifted"))
 
 
 @guard.command("forget")
 @click.option("--user", "user", default=None)
 @click.option("--ip", "ip", default=None)
 @json_option
-def forget_cmd(user: str | None, ip: str | None, as_json: bool) -> None:
+def forget_cmd(user: str | None, ip: str | None) -> None:
     """Delete the attempt records of a user or an address (on request)."""
     if (user is None) == (ip is None):
-        _fail("give exactly one of --user or --ip", 2)
-    _check_user(user)
-    _check_ip(ip)
-    data = _call(_cfg(), "forget", user=user, ip=ip)
-    _emit(data, as_json, lambda d: click.echo(f"{d['deleted']} record(s) deleted"))
+        raise BadInput("give exactly one of --user or --ip")
+    _check(user, ip)
+    d = guard_request(guard_config(), "forget", user=user, ip=ip)
+    emit(d, _lines(f"{d['deleted']} record(s) deleted"))
 
 
 @guard.command("purge")
 @json_option
-def purge_cmd(as_json: bool) -> None:
+def purge_cmd() -> None:
     """Drop records older than the retention (the service also does this by itself)."""
-    data = _call(_cfg(), "purge")
-    _emit(data, as_json, lambda d: click.echo(f"{d['deleted']} record(s) purged"))
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("COLUMNS", "160")
-    guard()
+    d = guard_request(guard_config(), "purge")
+    emit(d, _lines(f"{d['deleted']} record(s) purged"))

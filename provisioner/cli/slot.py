@@ -22,7 +22,7 @@ from provisioner.errors import BadInput
 from provisioner.executors import SlotChange
 from provisioner.names import format_size
 from provisioner.plan import Plan
-from provisioner.slots import BatchRow, Created, create_slot, get_slot, remove_slot, reset_password, slot_details
+from provisioner.slots import BatchRow, Created, create_slot, remove_slot, reset_password
 
 
 @click.group()
@@ -97,9 +97,11 @@ def _created_out(result: Created, app_creds: list[dict[str, Any]] | None = None)
 @click.argument("username")
 @json_option
 def show(username: str) -> None:
-    """Show slot USERNAME: store record and live disk usage."""
+    """Show slot USERNAME: store record, live disk usage, plan and suspension."""
+    from provisioner.lifecycle import slot_status
+
     ctx = Context()
-    data = slot_details(ctx, get_slot(ctx, username))
+    data = slot_status(ctx, username)
     emit(data, lambda c: kv_table(c, data))
 
 

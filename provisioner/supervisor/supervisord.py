@@ -7,6 +7,10 @@ Layout (all root-only, the directory is 0700)::
     supervisor/logs/NAME.log         the program's output (capped, one backup)
     supervisor/supervisor.sock       XML-RPC, mode 0700 root: only root can drive it
 
+supervisord watches its own configuration file: when it disappears (the state dir was removed:
+this installation is gone, e.g. a test's private state dir), supervisord stops its programs
+and exits instead of running on with nothing to answer to.
+
 It is driven over its XML-RPC socket (no ``supervisorctl`` process per call): a program is
 added with ``reloadConfig`` + ``addProcessGroup`` and removed with ``stopProcess`` +
 ``removeProcessGroup``, so other programs keep running. supervisord restarts a program that
@@ -142,6 +146,15 @@ class Supervisord:
             "",
             "[supervisorctl]",
             f"serverurl=unix://{self.socket}",
+            "",
+            "[program:slotwarden-state-watch]",
+            "command=" + _escape(shlex.join(["/bin/sh", "-c", 'while [ -e "$0" ]; do sleep 5; done; kill -TERM $PPID',
+                                             str(self.conf)])),
+            "autorestart=unexpected",
+            "exitcodes=0",
+            "startsecs=0",
+            "stdout_logfile=NONE",
+            "stderr_logfile=NONE",
             "",
             "[include]",
             f"files={self.programs_dir}/*.conf",

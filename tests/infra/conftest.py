@@ -11,7 +11,7 @@ scene (a canary file, a process to hide) and clears it again.
 >>> # pytest tests/infra --hosts=local:// --slots=tva,tvb --secret-path=/tmp/x/state
 
 Markers select what only some hosts have; the run says what it left out and why:
-``guard`` needs the login guard installed (``slotctl guard`` answers on the host),
+``guard`` needs the login guard installed (its PAM module, pam_slotwarden.so, on the host),
 ``client`` needs a second machine (``--client-host``) to log in from.
 """
 
@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import testinfra
 
-DEFAULT_SECRET_PATHS = ("/var/lib/slotwarden", "/etc/slotwarden")
+from tests.infra.tenants import DEFAULT_SECRET_PATHS, Slot
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,8 +61,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reasons: dict[str, str] = {}
     if any(item.get_closest_marker("guard") for item in items):
         host = _probe_host(config)
-        if host.run("slotctl guard --help").rc != 0:
-            reasons["guard"] = "the login guard is not installed on the host (`slotctl guard` is missing)"
+        if not host.run("find /lib /usr/lib -path '*security/pam_slotwarden.so'").stdout.strip():
+            reasons["guard"] = "the login guard is not installed on the host (no pam_slotwarden.so)"
     if not config.getoption("client_host") or not config.getoption("server_address"):
         reasons.setdefault("client", "no second machine to log in from (--client-host/--server-address)")
     keep, drop = [], []
@@ -83,15 +82,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("isolation checks not run on this host")
         for nodeid, why in left_out:
             terminalreporter.write_line(f"{nodeid}: {why}")
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A slot as the suite sees it: the Linux user and its home."""
-
-    name: str
-    uid: int
-    home: str
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +104,3 @@ def slots(host: Any, request: pytest.FixtureRequest) -> list[Slot]:
 def pairs(slots: list[Slot]) -> list[tuple[Slot, Slot]]:
     """Every (tenant, other tenant) pair, both directions."""
     return [(a, b) for a in slots for b in slots if a != b]
-
-
-def as_tenant(host: Any, slot: Slot, script: str) -> Any:
-    """Run a shell script as the slot user, from its home (HOME set to it)."""
-    home = shlex.quote(slot.home)
-    with host.sudo(slot.name):
-        return host.run(f"export HOME={home}; cd {home} && {{ {script}\n}}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from conftest import Slot, as_tenant
+from tests.infra.tenants import Slot, as_tenant
 
 CANARY = ".swv-canary"
 INTRUDER = ".swv-intruder"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DEFAULT_SECRET_PATHS, Slot, as_tenant
+from tests.infra.tenants import DEFAULT_SECRET_PATHS, Slot, as_tenant
 
 PRIVILEGED_GROUPS = {"root", "sudo", "wheel", "adm", "admin", "shadow", "disk", "docker", "lxd", "libvirt", "kvm"}
 

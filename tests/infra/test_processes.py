@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import Slot, as_tenant
+from tests.infra.tenants import Slot, as_tenant
 
 
 def test_proc_is_mounted_with_hidepid(host: Any) -> None:

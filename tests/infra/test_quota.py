@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Slot, as_tenant
+from tests.infra.tenants import Slot, as_tenant
 
 FILL = ".swv-fill"
 

@@ -57,7 +57,14 @@ def make_slot_host(base: Path, prefix: str, size: str = "1G", extra_config: str 
     """Make a btrfs loop filesystem under BASE and run host init on it (no fstab writes)."""
     base.mkdir(parents=True, exist_ok=True)
     cfg = base / "slotwarden.toml"
-    cfg.write_text(f'state_dir = "{base / "state"}"\n{extra_config}')
+    # Everything host-wide goes under BASE: cgroups of our own parent, facts, slotwarden-me,
+    # and a guard socket nobody else serves.
+    cfg.write_text(
+        f'state_dir = "{base / "state"}"\n{extra_config}\n'
+        f'[metrics]\ncgroup_parent = "slotwarden-{prefix}"\nfacts_dir = "{base / "facts"}"\n'
+        f'me_path = "{base / "bin" / "slotwarden-me"}"\n'
+        f'[guard]\nsocket = "{base / "guard.sock"}"\n'
+    )
     ctx = Context(load_config(cfg))
     req = parse_host_request(ctx, str(base / "slots"), "btrfs", str(base / "slots.img"), size, True, False)
     host_init(ctx, req)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from pam_hooks.client import GuardUnavailable, request
+from pam_hooks.config import GuardConfig, load_guard_config
 
-from pam_hooks.client import GuardUnavailable, request  # noqa: E402
-from pam_hooks.config import GuardConfig, load_guard_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+SLOTCTL = str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "slotctl")
 
 COUNTER = """#!/bin/sh
 # Counts password checks that reach the real stack (after the guard's preauth).
@@ -93,9 +93,9 @@ class GuardEnv:
         self.proc = None
 
     def slotctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``slotctl guard ARGS`` (the real CLI module) with this env's config."""
-        r = subprocess.run([sys.executable, "-m", "provisioner.cli.guard", *args], cwd=REPO, env=self.env,
-                           capture_output=True, text=True)
+        """Run ``slotctl guard ARGS`` (the installed CLI) with this env's config."""
+        r = subprocess.run([SLOTCTL, "guard", *args], cwd=REPO, env=self.env,
+                           capture_output=True, text=True, check=False)
         if check and r.returncode != 0:
             raise AssertionError(f"slotctl guard {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
         return r

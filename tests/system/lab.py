@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pyroute2 import IPRoute, NetNS, netns
 
@@ -66,6 +66,7 @@ class LabHost:
 
     def run(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
         """Run a command in this host (subprocess.run keywords pass through)."""
+        kw.setdefault("check", False)
         return subprocess.run(self.cmd(argv), **kw)
 
     def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
@@ -88,7 +89,7 @@ class LabNet:
         self.hosts: dict[str, LabHost] = {}
         self._namespaces: list[str] = []
 
-    def __enter__(self) -> LabNet:
+    def __enter__(self) -> Self:
         netns.create(self.switch)
         self._namespaces.append(self.switch)
         with NetNS(self.switch) as ns:
@@ -152,7 +153,7 @@ class LabSshd:
         """The address sshd listens on."""
         return self.host.addr
 
-    def __enter__(self) -> LabSshd:
+    def __enter__(self) -> Self:
         if not self.pam_service.startswith("slotwarden-test-"):
             raise ValueError("lab PAM service names start with slotwarden-test-")
         self.tmp = Path(tempfile.mkdtemp(prefix="swg-sshd-"))
@@ -165,12 +166,14 @@ class LabSshd:
         # The privilege-separation directory sshd insists on; harmless if it exists.
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         cfg = self.tmp / "sshd_config"
+        # sshd takes the first value of a keyword: the caller's extra lines come first.
         cfg.write_text(
-            f"Port {self.port}\nListenAddress {self.addr}\nHostKey {self.tmp}/host_ed25519\n"
+            self.extra_config
+            + f"Port {self.port}\nListenAddress {self.addr}\nHostKey {self.tmp}/host_ed25519\n"
             f"PidFile {self.tmp}/sshd.pid\nUsePAM yes\nPasswordAuthentication yes\n"
             "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin no\n"
             "AuthorizedKeysFile .ssh/authorized_keys\nMaxStartups 200\nMaxSessions 50\nMaxAuthTries 20\n"
-            "LoginGraceTime 60\nUseDNS no\nPrintMotd no\nLogLevel VERBOSE\n" + self.extra_config
+            "LoginGraceTime 60\nUseDNS no\nPrintMotd no\nLogLevel VERBOSE\n"
         )
         self.proc = self.host.popen([str(binary), "-D", "-e", "-f", str(cfg)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -231,22 +234,27 @@ def lab_user(name: str, password: str, keydir: Path | None = None) -> Iterator[L
         yield LabUser(name, password, home, key)
     finally:
         # Any session the test left must not keep the user alive.
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        subprocess.run(["userdel", "-r", name], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
 
 
 _SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
              "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
 
 
-def ssh_password(client: LabHost, sshd: LabSshd, user: str, password: str, timeout: float = 60) -> int:
-    """One password try from ``client``; sshpass exit code (0 ok, 5 refused, 255 ssh error)."""
+def ssh_password(client: LabHost, sshd: LabSshd, user: str, password: str, timeout: float = 60,
+                 extra: list[str] | None = None) -> int:
+    """One password try from ``client``; sshpass exit code (0 ok, 5 refused, 255 ssh error).
+
+    ``extra`` ssh options win over the defaults, e.g. ``-o PreferredAuthentications=keyboard-interactive``.
+    """
     r, w = os.pipe()
     try:
         os.write(w, password.encode() + b"\n")
         os.close(w)
         w = -1
-        argv = ["sshpass", "-d", str(r), "ssh", *_SSH_OPTS, "-o", "PreferredAuthentications=password",
+        # ssh takes the first value of an option: the caller's come first.
+        argv = ["sshpass", "-d", str(r), "ssh", *_SSH_OPTS, *(extra or []), "-o", "PreferredAuthentications=password",
                 "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1",
                 "-p", str(sshd.port), f"{user}@{sshd.addr}", "true"]
         try:

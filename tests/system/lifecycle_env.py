@@ -17,6 +17,7 @@ Name prefixes: users ``tl`` + random, netns ``swl-``, ports 2500-2599.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import pwd
@@ -32,6 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from provisioner import accounts
 from provisioner.config import Config, load_config
@@ -51,6 +54,10 @@ max_apps = 1
 
 [plans.large]
 quota = "256M"
+
+[apps]
+port_min = 2580
+port_max = 2599
 """
 
 
@@ -83,11 +90,15 @@ class SlotHost:
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config_path)}
 
+    def slotctl_path(self) -> Path:
+        """The slotctl of the interpreter running the tests (the checkout's venv)."""
+        import sys
+
+        exe = Path(sys.executable).parent / "slotctl"
+        return exe if exe.exists() else Path(__file__).resolve().parents[2] / ".venv" / "bin" / "slotctl"
+
     def slotctl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        exe = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "slotctl"
-        if not exe.exists():
-            exe = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "slotctl"
-        return subprocess.run([str(exe), *args], env=self.env(), capture_output=True, text=True,
+        return subprocess.run([str(self.slotctl_path()), *args], env=self.env(), capture_output=True, text=True,
                               check=check, timeout=300)
 
 
@@ -120,6 +131,10 @@ def slot_host(image_size: str = "1G", extra_toml: str = "") -> Iterator[SlotHost
                     accounts.stop_processes(pw.pw_uid)
                 subprocess.run(["userdel", pw.pw_name], check=False, capture_output=True)
                 subprocess.run(["groupdel", pw.pw_name], check=False, capture_output=True)
+        with suppress(Exception):  # host init started a supervisord for this state dir
+            from provisioner.supervisor import load_supervisor
+
+            load_supervisor("supervisord", config.state_dir).shutdown()
         subprocess.run(["umount", str(slots_root)], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -149,20 +164,46 @@ def _listening(sshd: LabSshd) -> bool:
     return subprocess.run(sshd.cmd(["/usr/bin/python3", "-c", probe]), capture_output=True).returncode == 0
 
 
+@dataclass
+class LabNetns:
+    """A network namespace ``swl-*`` whose loopback also holds a lab address."""
+
+    netns: str
+    addr: str
+
+    def cmd(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+
+@contextmanager
+def lab_netns() -> Iterator[LabNetns]:
+    """A fresh netns with one lab address (203.0.113.0/24) on its loopback; deleted at exit."""
+    netns = f"swl-{secrets.token_hex(3)}"
+    addr = f"203.0.113.{secrets.randbelow(200) + 20}"
+    try:
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", netns, "addr", "add", f"{addr}/32", "dev", "lo"], check=True)
+        yield LabNetns(netns, addr)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+
+
 @contextmanager
 def lab_sshd(port: int, allow_users: str = "tl*") -> Iterator[LabSshd]:
     """Debian's sshd on a lab address in its own netns, own config, host key and PAM service."""
-    tag = secrets.token_hex(3)
-    netns, service = f"swl-{tag}", f"swl-sshd-{tag}"
-    addr = f"203.0.113.{secrets.randbelow(200) + 20}"
+    with lab_netns() as ns:
+        yield from _lab_sshd(ns, port, allow_users)
+
+
+def _lab_sshd(ns: LabNetns, port: int, allow_users: str) -> Iterator[LabSshd]:
+    netns, addr = ns.netns, ns.addr
+    service = f"swl-sshd-{netns.removeprefix('swl-')}"
     tmp = Path(tempfile.mkdtemp(prefix="swl-sshd-"))
     pam_file = Path("/etc/pam.d") / service
     proc: subprocess.Popen[bytes] | None = None
     log = tmp / "sshd.log"
     try:
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "-n", netns, "addr", "add", f"{addr}/32", "dev", "lo"], check=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "host_key")], check=True)
         binary = tmp / service
         shutil.copy2("/usr/sbin/sshd", binary)
@@ -190,7 +231,6 @@ def lab_sshd(port: int, allow_users: str = "tl*") -> Iterator[LabSshd]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
         pam_file.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -337,3 +377,89 @@ class ProcessApps:
         self.procs[(username, app)] = (p, exited)
         if not wait_for(lambda: port_open(port)):
             raise RuntimeError(f"app web of {username} did not listen on {port}")
+
+
+# --- the API server ------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiServer:
+    """``slotctl api serve`` running on loopback for HOST, with a token."""
+
+    host: SlotHost
+    url: str
+    token: str
+    log: Path
+
+    def client(self, token: str | None = "default", **kw: object) -> httpx.Client:
+        tok = self.token if token == "default" else token
+        headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=300, **kw)  # type: ignore[arg-type]
+
+
+def make_token(host: SlotHost, name: str) -> str:
+    out = host.slotctl("--json", "api", "token", "create", name, check=True)
+    return str(json.loads(out.stdout)["token"])
+
+
+@contextmanager
+def api_server(host: SlotHost, ports: range = range(2500, 2550)) -> Iterator[ApiServer]:
+    """Start the API on 127.0.0.1 (a free port of PORTS) as a subprocess; stop it at exit."""
+    token = make_token(host, f"tests-{secrets.token_hex(3)}")
+    log = host.root / f"api-{secrets.token_hex(3)}.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for _attempt in range(8):
+            port = ports[secrets.randbelow(len(ports))]
+            with open(log, "ab") as logf:
+                proc = subprocess.Popen([str(host.slotctl_path()), "api", "serve", "--listen", f"127.0.0.1:{port}"],
+                                        env=host.env(), stdout=logf, stderr=subprocess.STDOUT)
+            url = f"http://127.0.0.1:{port}"
+
+            def up(url: str = url) -> bool:
+                try:
+                    return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(lambda: proc.poll() is not None or up(), timeout=30)  # noqa: B023
+            if proc.poll() is None and up():
+                yield ApiServer(host, url, token, log)
+                return
+            proc.wait()  # port taken by someone else: try another
+        raise RuntimeError(f"the API server did not start: {log.read_text()[-2000:]}")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def self_signed_cert(directory: Path, ip: str) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for IP (and its key), for the TLS test."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "api-cert.pem", directory / "api-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(key_path, 0o600)
+    return cert_path, key_path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from ctypes import CFUNCTYPE, POINTER, Structure, byref, c_char_p, c_int, c_void_p, cast, sizeof
+from typing import Self
 
 PAM_SUCCESS = 0
 PAM_AUTH_ERR = 7
@@ -116,7 +117,7 @@ class PamHandle:
             _libpam.pam_end(self.handle, self.last if status is None else status)
             self.handle = c_void_p()
 
-    def __enter__(self) -> PamHandle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

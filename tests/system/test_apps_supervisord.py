@@ -83,3 +83,21 @@ def test_programs_come_back_when_supervisord_restarts(supervisord: Supervisord) 
     assert not sd.is_running()
     sd.ensure_running()  # what host init does after a reboot
     assert sd.wait_running(prog.name).running
+
+
+def test_supervisord_exits_when_its_state_dir_is_removed(tmp_path: Path) -> None:
+    import shutil
+
+    sd = Supervisord(tmp_path / "gone" / "state")
+    try:
+        prog = Program(app="tasleep", user="nobody", argv=["/bin/sleep", "1000"], cwd="/")
+        sd.ensure_program(prog)
+        pid = int((sd.config_dir / "supervisord.pid").read_text())
+        child = sd.status(prog.name).pid
+        shutil.rmtree(tmp_path / "gone")
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{pid}").exists() or Path(f"/proc/{child}").exists():
+            assert time.monotonic() < deadline, "supervisord outlived its state dir"
+            time.sleep(0.2)
+    finally:
+        sd.shutdown()

@@ -11,7 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lifecycle_env import (
+
+from provisioner import accounts, lifecycle, plan
+from provisioner.errors import SlotError, StepFailed
+from provisioner.slots import Created
+from tests.system.lifecycle_env import (
     LabSshd,
     ProcessApps,
     SlotHost,
@@ -26,10 +30,6 @@ from lifecycle_env import (
     su_password,
     wait_for,
 )
-
-from provisioner import accounts, lifecycle, plan
-from provisioner.errors import SlotError, StepFailed
-from provisioner.slots import Created
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -142,6 +142,38 @@ def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restor
     assert accounts.lookup_user(name) is None
 
 
+def test_suspend_stops_a_real_app_and_unsuspend_starts_it_again(host: SlotHost) -> None:
+    """Transmission installed through the apps package, supervised: down while suspended, files kept."""
+    from provisioner.apps import app_status
+
+    name = new_name()
+    ctx = host.ctx()
+    try:
+        out = lifecycle.create(ctx, name, "owner@example.com", "DE", plan="small", apps=("transmission",))
+        assert isinstance(out, Created)
+
+        def status() -> dict[str, object]:
+            return {row["app"]: row for row in app_status(ctx, name)}["transmission"]
+
+        port = status()["port"]
+        assert isinstance(port, int) and status()["running"] and port_open(port)
+        settings = Path(out.record.home) / "apps" / "transmission" / "config" / "settings.json"
+        before = settings.read_bytes()
+
+        steps = [s.name for s in lifecycle.suspend(ctx, name, "unpaid").steps]
+        assert "stop-app:transmission" in steps
+        assert not status()["running"] and not port_open(port)
+        assert settings.read_bytes() == before
+        assert accounts.pids_of(out.record.uid or -1) == []
+
+        steps = [s.name for s in lifecycle.unsuspend(ctx, name).steps]
+        assert "start-app:transmission" in steps
+        assert status()["running"] and wait_for(lambda: port_open(port))
+    finally:
+        ctx.close()
+        _remove(host, name)
+
+
 def test_cli_suspend_unsuspend_su_and_password(host: SlotHost) -> None:
     name, password = _create(host, plan_name=None)
     try:
@@ -150,6 +182,14 @@ def test_cli_suspend_unsuspend_su_and_password(host: SlotHost) -> None:
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["changed"] is True
         assert not su_password(name, password) and not su_from_root(name)
+        shown = json.loads(host.slotctl("--json", "slot", "show", name).stdout)
+        assert shown["state"] == "suspended" and shown["suspended_reason"] == "chargeback"
+        from provisioner.datareport import data_report
+
+        ctx = host.ctx()
+        items = {i["item"]: i["value"] for i in data_report(ctx, name)["items"]}
+        ctx.close()
+        assert items["plan"] == "none" and items["suspension"]["reason"] == "chargeback"
         again = host.slotctl("slot", "suspend", name, "--reason", "chargeback", "--json")
         assert json.loads(again.stdout)["changed"] is False
         # A new password for a suspended slot does not unlock it.
@@ -246,6 +286,16 @@ def test_change_plan_refuses_a_plan_without_the_installed_app(host: SlotHost, ap
         ctx.config.plans.pop("narrow", None)
         ctx.close()
         _remove(host, name)
+
+
+def test_create_refuses_an_app_the_plan_does_not_allow(host: SlotHost) -> None:
+    name = new_name()
+    out = host.slotctl("slot", "create", name, "--email", "a@example.com", "--country", "DE",
+                       "--plan", "medium", "--app", "transmission")
+    assert out.returncode == 2 and "app 'transmission' is not part of plan medium" in out.stderr
+    assert accounts.lookup_user(name) is None
+    shown = host.slotctl("--json", "slot", "show", name)
+    assert shown.returncode == 1
 
 
 def test_remove_a_suspended_slot_leaves_no_trace(host: SlotHost) -> None:

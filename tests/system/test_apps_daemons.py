@@ -1,0 +1,200 @@
+"""Each catalog app for real: install into a fresh slot, log in over HTTP, isolation, crash
+recovery, rotation, and an uninstall that leaves nothing behind."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.cookiejar import CookieJar
+from pathlib import Path
+
+import pytest
+
+from provisioner.accounts import pids_of
+from provisioner.apps import (
+    CREDENTIALS_FILE,
+    AppCredentials,
+    app_credentials,
+    app_status,
+    install_app,
+    rotate_app,
+    uninstall_app,
+)
+from provisioner.apps.registry import listening_ports
+from tests.system.apps_lab import AppLab, all_cmdlines, as_user, http, make_lab, wait_for
+
+pytestmark = pytest.mark.root
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How to log in to one app over HTTP, and which of its files hold a secret."""
+
+    login: Callable[[int, str, str], bool]
+    anonymous_refused: Callable[[int], bool]
+    secret_files: tuple[str, ...]
+    # What the app keeps outside its directory (a database...), to prove uninstall removes it.
+    leftovers: Callable[[AppLab, str], list[str]] = lambda _lab, _user: []
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def transmission_login(port: int, user: str, password: str) -> bool:
+    status, _h, _b = http(f"http://127.0.0.1:{port}/transmission/rpc", headers=_basic(user, password))
+    return status == 409 or status == 200  # 409 = authenticated, asks for the session id
+
+
+def transmission_anonymous(port: int) -> bool:
+    return http(f"http://127.0.0.1:{port}/transmission/rpc")[0] == 401
+
+
+def jupyter_login(port: int, _user: str, password: str) -> bool:
+    jar = CookieJar()
+    http(f"http://127.0.0.1:{port}/login", jar=jar)
+    xsrf = next(c.value for c in jar if c.name == "_xsrf")
+    status, _h, _ = http(f"http://127.0.0.1:{port}/login?next=%2Flab", data={"password": password, "_xsrf": xsrf},
+                              jar=jar)
+    if status != 302:
+        return False
+    return http(f"http://127.0.0.1:{port}/api/status", jar=jar)[0] == 200
+
+
+def jupyter_anonymous(port: int) -> bool:
+    return http(f"http://127.0.0.1:{port}/api/status")[0] == 403
+
+
+def wordpress_login(port: int, user: str, password: str) -> bool:
+    jar = CookieJar()
+    base = f"http://127.0.0.1:{port}"
+    http(f"{base}/wp-login.php", jar=jar)  # sets the test cookie
+    status, headers, _ = http(f"{base}/wp-login.php", jar=jar, data={
+        "log": user, "pwd": password, "wp-submit": "Log In", "redirect_to": f"{base}/wp-admin/", "testcookie": "1"})
+    if status != 302 or "/wp-admin" not in headers.get("Location", ""):
+        return False
+    status, _h, body = http(f"{base}/wp-admin/", jar=jar)
+    return status == 200 and "Dashboard" in body
+
+
+def wordpress_anonymous(port: int) -> bool:
+    status, headers, _ = http(f"http://127.0.0.1:{port}/wp-admin/")
+    return status == 302 and "wp-login.php" in headers.get("Location", "")
+
+
+def wordpress_leftovers(lab: AppLab, user: str) -> list[str]:
+    assert lab.mariadb is not None
+    out = lab.mariadb.query(f"SELECT schema_name FROM information_schema.schemata WHERE schema_name = 'wp_{user}';"
+                            f"SELECT user FROM mysql.user WHERE user = 'wp_{user}';")
+    links = [str(p) for p in Path("/etc/wordpress").glob(f"config-sw-{user.encode().hex()}.php")]
+    return out.split() + links
+
+
+PROBES = {
+    "wordpress": Probe(wordpress_login, wordpress_anonymous, ("wp-config.php",), wordpress_leftovers),
+    "transmission": Probe(transmission_login, transmission_anonymous, ("config/settings.json",)),
+    "jupyterlab": Probe(jupyter_login, jupyter_anonymous, ("config/jupyter_server_config.json",)),
+}
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[AppLab]:
+    if os.geteuid() != 0:
+        pytest.fail("system tests run as root")
+    yield from make_lab(20100, 20199, mariadb=True)
+
+
+def _rows(lab: AppLab, username: str) -> dict[str, int]:
+    db = sqlite3.connect(lab.root / "state" / "slotwarden.db")
+    try:
+        return {t: db.execute(f"SELECT count(*) FROM {t} WHERE username = ?", (username,)).fetchone()[0]
+                for t in ("app_installs", "app_ports", "app_credentials")}
+    finally:
+        db.close()
+
+
+def _pid(lab: AppLab, username: str, app: str) -> int:
+    [row] = [r for r in app_status(lab.context(), username) if r["app"] == app]
+    assert row["running"], row
+    return int(row["pid"])
+
+
+@pytest.mark.parametrize("app", sorted(PROBES))
+def test_app_lifecycle(lab: AppLab, app: str) -> None:
+    probe = PROBES[app]
+    owner, other = lab.new_slot(), lab.new_slot()
+    ctx = lab.context()
+    creds = install_app(ctx, owner, app)
+    assert isinstance(creds, AppCredentials)
+    assert len(creds.password) >= 22 and creds.username == owner
+    port = int(creds.url.split(":")[2].split("/")[0])
+    assert lab.port_min <= port <= lab.port_max
+    app_dir = Path(lab.root / "homes" / owner / "apps" / app)
+    assert probe.leftovers(lab, owner) or app != "wordpress"
+
+    # Log in with the generated credentials; wrong or none are refused.
+    assert probe.login(port, owner, creds.password)
+    assert not probe.login(port, owner, creds.password[:-1] + ("x" if creds.password[-1] != "x" else "y"))
+    assert probe.anonymous_refused(port)
+
+    # The CLI reveals the same credentials (audited), with url/username/password.
+    out = lab.slotctl("app", "creds", owner, app, "--json")
+    assert out.returncode == 0, out.stderr
+    revealed = json.loads(out.stdout)
+    assert {revealed[k] for k in ("app", "username", "password", "url")} == {app, owner, creds.password, creds.url}
+    assert any(e["action"] == "app.creds.reveal" for e in ctx.store.audit_entries(owner))
+
+    # The owner's copy and the app's secret-bearing config: 0600, the slot user's; no other
+    # tenant can read them.
+    owner_uid = (lab.root / "homes" / owner).stat().st_uid
+    for rel in (CREDENTIALS_FILE, *probe.secret_files):
+        st = (app_dir / rel).stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o600, owner_uid), rel
+        assert as_user(owner, "cat", str(app_dir / rel)).returncode == 0
+        denied = as_user(other, "cat", str(app_dir / rel))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert json.loads((app_dir / CREDENTIALS_FILE).read_text())["password"] == creds.password
+
+    # Runs as the slot user, bound to loopback.
+    pid = _pid(lab, owner, app)
+    assert os.stat(f"/proc/{pid}").st_uid == owner_uid
+
+    # Never a secret on a command line, in the supervisor's logs, or in the audit log.
+    secret = creds.password.encode()
+    assert not any(secret in c for c in all_cmdlines())
+    for log in (lab.root / "state" / "supervisor").rglob("*.log"):
+        assert secret not in log.read_bytes(), log
+    assert creds.password not in json.dumps(ctx.store.audit_entries())
+
+    # Kill it: the supervisor brings it back, and it still lets the owner in.
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: any(r["running"] and r["pid"] not in (None, pid) for r in app_status(lab.context(), owner)),
+             what=f"{app} to be restarted")
+    wait_for(lambda: probe.login(port, owner, creds.password), what=f"{app} to accept logins again")
+
+    # Rotate: old credentials refused, new ones accepted, the owner's copy follows.
+    new = rotate_app(lab.context(), owner, app)
+    assert new.password != creds.password
+    wait_for(lambda: probe.login(port, owner, new.password), what="the new password to work")
+    assert not probe.login(port, owner, creds.password)
+    assert json.loads((app_dir / CREDENTIALS_FILE).read_text())["password"] == new.password
+    assert app_credentials(lab.context(), owner, app).password == new.password
+
+    # Uninstall: no process, no file, no port, no credential row.
+    prog_conf = lab.root / "state" / "supervisor" / "programs" / f"slotwarden-{app}@{owner}.conf"
+    assert prog_conf.exists()
+    pid = _pid(lab, owner, app)
+    uninstall_app(lab.context(), owner, app)
+    assert not Path(f"/proc/{pid}").exists()
+    assert pids_of(owner_uid) == []  # no worker, kernel or orphan of the app either
+    assert not app_dir.exists() and not (app_dir.parent).exists()
+    assert not prog_conf.exists()
+    assert _rows(lab, owner) == {"app_installs": 0, "app_ports": 0, "app_credentials": 0}
+    assert port not in listening_ports()
+    assert app_status(lab.context(), owner) == []
+    assert probe.leftovers(lab, owner) == []

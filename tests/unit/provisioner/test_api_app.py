@@ -1,0 +1,173 @@
+"""The API without root: tokens, idempotency records, --listen rules, and the app's HTTP contract."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
+
+from provisioner.api import idempotency
+from provisioner.api.app import create_app
+from provisioner.api.server import check_tls, parse_listen
+from provisioner.api.tokens import create_token, hash_token, list_tokens, revoke_token, verify_token
+from provisioner.config import load_config_text
+from provisioner.errors import BadInput, SlotError
+from provisioner.store import Store
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "t.db")
+    yield s
+    s.close()
+
+
+def test_tokens_are_stored_hashed_shown_once_and_revocable(store: Store) -> None:
+    tok = create_token(store, "billing")
+    assert tok.startswith("swt_") and len(tok) > 40
+    dump = "\n".join(store.db.iterdump())
+    assert tok not in dump and hash_token(tok) in dump
+    assert verify_token(store, tok) == "billing"
+    assert verify_token(store, tok + "x") is None and verify_token(store, "nope") is None
+    with pytest.raises(SlotError, match="active token named 'billing' exists"):
+        create_token(store, "billing")
+    revoke_token(store, "billing")
+    assert verify_token(store, tok) is None
+    with pytest.raises(SlotError, match="no active token"):
+        revoke_token(store, "billing")
+    tok2 = create_token(store, "billing")  # a revoked name may be reused, with a new token
+    assert verify_token(store, tok2) == "billing" and verify_token(store, tok) is None
+    assert [t.as_dict()["active"] for t in list_tokens(store)] == [True]
+    actions = [e["action"] for e in store.audit_entries()]
+    assert actions == ["api.token.create", "api.token.revoke", "api.token.create"]
+
+
+@pytest.mark.parametrize("name", ["", "Billing", "1abc", "a b", "x" * 65, "a/b"])
+def test_bad_token_names(store: Store, name: str) -> None:
+    with pytest.raises(BadInput):
+        create_token(store, name)
+
+
+# --- idempotency -------------------------------------------------------------------------------
+
+
+def test_idempotency_claim_replay_conflict_and_abandon(store: Store) -> None:
+    fp = idempotency.fingerprint("POST", "/v1/slots", {"username": "tla"})
+    assert idempotency.begin(store, "billing", "k1", fp, now=100.0) is None
+    with pytest.raises(idempotency.KeyConflict) as running:
+        idempotency.begin(store, "billing", "k1", fp, now=101.0)
+    assert running.value.status == 409
+    idempotency.finish(store, "billing", "k1", 201, {"username": "tla", "password": "s3cret"})
+    replay = idempotency.begin(store, "billing", "k1", fp, now=102.0)
+    assert replay == idempotency.Replay(201, {"username": "tla", "password": None})
+    assert "s3cret" not in "\n".join(store.db.iterdump())
+    other = idempotency.fingerprint("POST", "/v1/slots", {"username": "tlb"})
+    with pytest.raises(idempotency.KeyConflict) as reused:
+        idempotency.begin(store, "billing", "k1", other, now=103.0)
+    assert reused.value.status == 422
+    # Keys belong to a token: another token's k1 is a different key.
+    assert idempotency.begin(store, "other", "k1", other, now=104.0) is None
+    idempotency.abandon(store, "other", "k1")
+    assert idempotency.begin(store, "other", "k1", other, now=105.0) is None
+
+
+def test_stale_claims_are_taken_over_and_old_records_expire(store: Store) -> None:
+    fp = idempotency.fingerprint("POST", "/x", None)
+    assert idempotency.begin(store, "t", "k", fp, now=0.0) is None
+    assert idempotency.begin(store, "t", "k", fp, now=idempotency.STALE_SECONDS + 1.0) is None
+    idempotency.finish(store, "t", "k", 200, {"ok": True})
+    assert idempotency.begin(store, "t", "k", fp, now=idempotency.STALE_SECONDS + 2.0) is not None
+    assert idempotency.begin(store, "t", "k", fp, now=idempotency.KEEP_SECONDS + 10_000.0) is None
+
+
+@given(st.text(max_size=250))
+def test_valid_key_is_printable_ascii_up_to_200(key: str) -> None:
+    assert idempotency.valid_key(key) == (0 < len(key) <= 200 and key.isascii() and key.isprintable())
+
+
+# --- --listen ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("listen", "expected"), [
+    ("127.0.0.1:8780", ("127.0.0.1", 8780)),
+    ("[::1]:1", ("::1", 1)),
+    ("localhost:65535", ("localhost", 65535)),
+    ("203.0.113.4:443", ("203.0.113.4", 443)),
+])
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@given(st.text(max_size=40))
+def test_parse_listen_never_crashes(listen: str) -> None:
+    try:
+        host, port = parse_listen(listen)
+    except BadInput:
+        return
+    assert 0 < port < 65536 and host
+
+
+def test_only_loopback_without_tls(tmp_path: Path) -> None:
+    check_tls("127.0.0.1", None, None)
+    check_tls("::1", None, None)
+    with pytest.raises(BadInput, match="needs TLS"):
+        check_tls("0.0.0.0", None, None)
+    with pytest.raises(BadInput, match="needs TLS"):
+        check_tls("203.0.113.4", None, None)
+    with pytest.raises(BadInput, match="go together"):
+        check_tls("203.0.113.4", tmp_path / "c.pem", None)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    check_tls("203.0.113.4", cert, key)
+
+
+# --- the app, without a host -----------------------------------------------------------------
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[tuple[TestClient, str, Store]]:
+    config = load_config_text(f'state_dir = "{tmp_path}"\n[plans.small]\nquota = "1G"\n')
+    store = Store(config.db_path)
+    token = create_token(store, "billing")
+    with TestClient(create_app(config)) as c:
+        yield c, token, store
+    store.close()
+
+
+def test_401_without_a_valid_token_and_audit(client: tuple[TestClient, str, Store]) -> None:
+    c, token, store = client
+    r = c.get("/v1/plans")
+    assert r.status_code == 401 and r.json() == {
+        "ok": False, "error": "a valid bearer token is required", "field": "Authorization"}
+    assert c.get("/v1/plans", headers={"Authorization": "Bearer swt_wrong"}).status_code == 401
+    ok = c.get("/v1/plans", headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200 and ok.json()["plans"][0]["name"] == "small"
+    assert c.get("/openapi.json").status_code == 200
+    audit = [(e["actor"], e["action"], e["detail"]["status"]) for e in store.audit_entries()
+             if e["action"].startswith("api.") and not e["action"].startswith("api.token")]
+    assert audit == [("api:anonymous", "api.plans", 401), ("api:anonymous", "api.plans", 401),
+                     ("api:billing", "api.plans", 200), ("api:anonymous", "api.openapi", 200)]
+    assert token not in json.dumps(store.audit_entries())
+
+
+def test_errors_are_json_naming_the_field(client: tuple[TestClient, str, Store]) -> None:
+    c, token, _store = client
+    h = {"Authorization": f"Bearer {token}"}
+    r = c.post("/v1/slots", json={"username": "tla"}, headers=h)
+    assert r.status_code == 422 and r.json()["field"] == "email"
+    r = c.post("/v1/slots", json={"username": "Bad!", "email": "a@example.com", "country": "DE"}, headers=h)
+    assert r.status_code == 400 and r.json()["field"] == "username"
+    r = c.post("/v1/slots/NOPE/suspend", json={"reason": "x"}, headers=h)
+    assert r.status_code == 400 and r.json()["field"] == "username"
+    r = c.get("/v1/nothing", headers=h)
+    assert r.status_code == 404 and r.json()["ok"] is False
+    r = c.post("/v1/slots/tla/plan", content=b"{", headers={**h, "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "body"
