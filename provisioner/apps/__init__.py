@@ -323,6 +323,11 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
 
     def record() -> None:
         reg.begin_install(name, app.name, version)
+        state["recorded"] = True
+
+    def unrecord() -> None:
+        if state.get("recorded"):  # never the row of an install that was there before
+            reg.forget_install(name, app.name)
 
     def ports() -> None:
         allocated: dict[str, int] = {}
@@ -368,8 +373,7 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
 
     steps = [
         Step("app-check", f"check that {app.name} can run here ({', '.join(app.needs)})", check),
-        Step("app-record", f"record {app.name} as being installed in {name}", record,
-             lambda: reg.forget_install(name, app.name)),
+        Step("app-record", f"record {app.name} as being installed in {name}", record, unrecord),
         Step("app-ports", f"allocate {', '.join(app.port_purposes)} port(s) in "
                           f"{settings.port_min}-{settings.port_max}", ports,
              lambda: reg.release_ports(name, app.name)),
@@ -405,6 +409,11 @@ def install_app(ctx: Context, username: str, app_name: str, *, creating: bool = 
     """
     app = get_app(app_name)
     rec = _slot_for_apps(ctx, username, creating=creating)
+    existing = registry_of(ctx).get(username, app.name)
+    if existing is not None:
+        raise SlotError(f"{app.name} is already installed in slot {username} ({existing.state}); "
+                        + ("'slotctl app uninstall' finishes it" if existing.state != "installed" else
+                           "'slotctl app creds' shows its credentials"))
     plan, state = plan_install(ctx, rec, app)
     apply(plan)
     return _credentials(app, state["inst"], state["secrets"])
@@ -565,11 +574,46 @@ def _reserved() -> frozenset[str]:
     return frozenset(catalog())
 
 
+class LifecycleControl:
+    """What suspend/unsuspend use (``provisioner.lifecycle.APP_CONTROLS``): stop and start apps.
+
+    Stopping keeps the app's program known to the supervisor, its files, port and credentials.
+    """
+
+    name = "apps"
+
+    def installed(self, ctx: Context, username: str) -> list[str]:
+        return [r.app for r in registry_of(ctx).installs(username)]
+
+    def running(self, ctx: Context, username: str) -> list[str]:
+        return [r["app"] for r in app_status(ctx, username) if r.get("running")]
+
+    def _programs(self, ctx: Context, username: str, app_name: str) -> tuple[SupervisorBackend, list[Program]]:
+        app, _rec, inst = _existing(ctx, username, app_name)
+        return supervisor_for(ctx), app.programs(ctx, inst)
+
+    def stop(self, ctx: Context, username: str, app: str) -> None:
+        sup, progs = self._programs(ctx, username, app)
+        for prog in progs:
+            sup.stop(prog.name)
+
+    def start(self, ctx: Context, username: str, app: str) -> None:
+        sup, progs = self._programs(ctx, username, app)
+        for prog in progs:
+            sup.start(prog.name)
+
+
 def _register() -> None:
     if _creation_steps not in _slots.CREATION_EXTENSIONS:
         _slots.CREATION_EXTENSIONS.append(_creation_steps)
         _slots.REMOVAL_EXTENSIONS.append(_removal_steps)
         _slots.RESERVED_NAME_SOURCES.append(_reserved)
+    try:
+        from provisioner import lifecycle
+    except ModuleNotFoundError:  # pragma: no cover - lifecycle is optional
+        return
+    if not any(isinstance(c, LifecycleControl) for c in lifecycle.APP_CONTROLS):
+        lifecycle.APP_CONTROLS.append(LifecycleControl())
 
 
 _register()

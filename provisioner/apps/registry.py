@@ -1,5 +1,8 @@
 """The apps' tables in the store: installs, the port registry, and sealed credentials.
 
+``app_installs`` (one row per app installed in a slot) and ``app_credentials`` are also read
+by :mod:`provisioner.retention` and the data report, by these names.
+
 Ports come from a configurable range and are handed out inside one write transaction; the
 ``PRIMARY KEY`` on the port is the uniqueness constraint, so two installs racing for the
 same port cannot both get it — one transaction waits for the other and takes the next.

@@ -216,8 +216,12 @@ class WordPress(App):
 
     def uninstall(self, ctx: Context, inst: Installation) -> None:
         (CONFIG_DIR / f"config-{config_name(inst.username)}.php").unlink(missing_ok=True)
-        if Path(self._socket(inst.settings)).exists():
-            self._drop(inst)
+        sock = self._socket(inst.settings)
+        if not Path(sock).exists():
+            # Refuse rather than leave a database and a database user behind unnoticed.
+            raise SlotError(f"MariaDB is not running (no socket {sock}): cannot drop {db_name(inst.username)}; "
+                            "start it and uninstall again")
+        self._drop(inst)
 
     def programs(self, ctx: Context, inst: Installation) -> list[Program]:
         d = str(inst.app_dir)

@@ -14,7 +14,7 @@ from provisioner import plan as plan_mod
 from provisioner.apps import install_app, uninstall_app
 from provisioner.apps.registry import listening_ports
 from provisioner.errors import SlotError, StepFailed
-from tests.system.apps_lab import AppLab, make_lab
+from tests.system.apps_lab import AppLab, make_lab, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -167,7 +167,8 @@ def test_twenty_concurrent_installs_never_collide(lab: AppLab) -> None:
     assert len(set(ports)) == 20
     registered = {p for n in names for p in _ports(lab, n)}
     assert len(registered) == 40  # RPC and peer port for each, all distinct
-    assert registered <= set(listening_ports())
+    # The RPC port answers before install returns; the peer port may open a moment later.
+    wait_for(lambda: registered <= set(listening_ports()), what="every registered port to be listened on")
     for n in names:
         uninstall_app(lab.context(), n, "transmission")
     assert all(_leftovers(lab, n) == CLEAN for n in names)
@@ -185,3 +186,45 @@ def _ports(lab: AppLab, username: str) -> list[int]:
         return [r[0] for r in db.execute("SELECT port FROM app_ports WHERE username = ?", (username,))]
     finally:
         db.close()
+
+
+def test_suspend_stops_apps_unsuspend_brings_them_back_retention_keeps_creds(lab: AppLab) -> None:
+    from provisioner.apps import app_status
+    from provisioner.datareport import data_report
+    from provisioner.lifecycle import suspend, unsuspend
+    from provisioner.retention import run_retention
+
+    name = lab.new_slot()
+    creds = install_app(lab.context(), name, "transmission")
+    suspend(lab.context(), name, "unpaid")
+    [row] = app_status(lab.context(), name)
+    assert not row["running"] and row["state"] == "installed"
+    unsuspend(lab.context(), name)
+    [row] = app_status(lab.context(), name)
+    assert row["running"]
+
+    results = run_retention(lab.context())
+    assert all(f"{name}/transmission" not in r.removed for r in results)
+    from provisioner.apps import app_credentials
+
+    assert app_credentials(lab.context(), name, "transmission").password == creds.password
+    report = json.dumps(data_report(lab.context(), name))
+    assert "transmission" in report and creds.password not in report
+    uninstall_app(lab.context(), name, "transmission")
+    assert _leftovers(lab, name) == CLEAN
+
+
+def test_installing_twice_is_refused_and_keeps_the_first(lab: AppLab) -> None:
+    from provisioner.apps import app_credentials, app_status
+
+    name = lab.new_slot()
+    creds = install_app(lab.context(), name, "transmission")
+    with pytest.raises(SlotError, match="already installed"):
+        install_app(lab.context(), name, "transmission")
+    out = lab.slotctl("app", "install", name, "transmission")
+    assert out.returncode == 1 and "already installed" in out.stderr
+    [row] = app_status(lab.context(), name)
+    assert row["running"] and row["state"] == "installed"
+    assert app_credentials(lab.context(), name, "transmission").password == creds.password
+    uninstall_app(lab.context(), name, "transmission")
+    assert _leftovers(lab, name) == CLEAN

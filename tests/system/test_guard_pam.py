@@ -123,7 +123,9 @@ def _one_wrong(args: tuple[str, str, str]) -> bool:
 def test_fifty_concurrent_wrong_attempts_exact(guard: GuardEnv, service: str, user: tuple[str, str]) -> None:
     name, _ = user
     ip = "198.51.100.25"
-    ctx = multiprocessing.get_context("fork")
+    # forkserver, not fork: a fork of this (threaded) pytest process can inherit a held lock
+    # and hang forever; the forkserver is a fresh single-threaded process.
+    ctx = multiprocessing.get_context("forkserver")
     with ctx.Pool(50) as pool:
         results = pool.map(_one_wrong, [(service, name, "wrong", ip)] * 50)
     assert not any(results)

@@ -228,3 +228,11 @@ def test_wordpress_config_names_are_distinct_and_debian_safe(a: str, b: str) -> 
 
     assert re.fullmatch(r"[a-zA-Z0-9-]+", config_name(a))
     assert (config_name(a) == config_name(b)) == (a == b)
+
+
+def test_retention_and_data_report_read_the_apps_tables_by_their_names() -> None:
+    from provisioner.apps.registry import SCHEMA
+    from provisioner.retention import APPS_TABLE, CREDENTIALS_TABLE
+
+    for table in (APPS_TABLE, CREDENTIALS_TABLE):
+        assert f"CREATE TABLE IF NOT EXISTS {table} (" in SCHEMA
