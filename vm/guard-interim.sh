@@ -5,6 +5,10 @@
 # Runs as root inside the lab server; re-running changes nothing.
 set -euo pipefail
 src=${GUARD_SRC:-/tmp/slotwarden-pam-c}
+if grep -qs pam_slotwarden.so /etc/pam.d/common-auth; then
+  echo "the guard is in the PAM stack already (site.yml's pam-auth-update profile): nothing to do"
+  exit 0
+fi
 make -s -C "$src" clean install
 if ! grep -q pam_slotwarden.so /etc/pam.d/sshd; then
   slotctl guard install --service sshd --no-module

@@ -5,11 +5,11 @@
 #   vm/lab.sh test     # make vm-test: namespace, daemons, box, up, provision, suite, destroy
 #
 # Layout of one run:
-#   root namespace:  prohibit routes for 198.51.100.0/24 and 203.0.113.0/24 (so nothing here
-#                    can route lab addresses out through the machine's gateway), the wheel build
+#   root namespace:  a prohibit route for 198.51.100.0/24 (so nothing here can route lab
+#                    addresses out through the machine's gateway), the box and wheelhouse builds
 #   netns swv-lab-*: virtlogd + libvirtd (started here, stopped by PID), the libvirt networks,
 #                    dnsmasq, QEMU, vagrant and pytest. libvirt's `default` network never starts.
-# Every step that can hang runs under `timeout`. Needs root.
+# Every step that can hang runs under `timeout -k`. Needs root.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -110,8 +110,7 @@ inner() {
   # Pipelining: one SSH exec per module instead of put + chmod + exec (Python in an emulated
   # guest is the slow part, and every saved round trip counts).
   export PATH=$top/.venv/bin:$PATH PIP_NO_INDEX=1 ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_PIPELINING=True
-  local vagrant_cwd=$top
-  export VAGRANT_CWD=$vagrant_cwd
+  export VAGRANT_CWD=$top
 
   if [[ -e /run/libvirt/libvirtd.pid ]] && kill -0 "$(cat /run/libvirt/libvirtd.pid)" 2>/dev/null; then
     die "a libvirtd is already running (pid $(cat /run/libvirt/libvirtd.pid)); the lab needs its own"
@@ -163,6 +162,14 @@ inner() {
   timeout -k 20 60 bash -c 'until virsh -q version >/dev/null 2>&1; do sleep 0.5; done' \
     || die "libvirtd did not answer within 60 s"
 
+  # What a run that died before its cleanup left in libvirt's state (libvirtd brings running
+  # transient pools back from /run): the lab's pool and networks start fresh every time.
+  timeout -k 20 30 virsh pool-destroy swv-pool >/dev/null 2>&1 || true
+  local net
+  for net in swv-private swv-mgmt; do
+    timeout -k 20 30 virsh net-destroy "$net" >/dev/null 2>&1 || true
+    timeout -k 20 30 virsh net-undefine "$net" >/dev/null 2>&1 || true
+  done
   # A pool of our own, transient: box volumes stay cached in $cache/pool between runs.
   timeout -k 20 60 virsh -q pool-create-as swv-pool dir --target "$cache/pool" >/dev/null
   # Disks of domains from an earlier run that died before its cleanup.
@@ -187,7 +194,7 @@ inner() {
   log "vagrant up: $((SECONDS - t0)) s"
   t0=$SECONDS
   log "provisioning server (vm/slot-disk.sh, playbooks/site.yml, playbooks/slot.yml)"
-  timeout -k 20 900 vagrant provision server 2>&1 | quiet >&2 || die "provisioning failed"
+  timeout -k 20 1500 vagrant provision server 2>&1 | quiet >&2 || die "provisioning failed"
   log "provision: $((SECONDS - t0)) s"
 
   timeout -k 20 60 vagrant ssh-config > "$work/ssh-config"
@@ -195,7 +202,7 @@ inner() {
   log "isolation suite"
   local rc=0
   timeout -k 20 900 "$top/.venv/bin/python" -m pytest -p no:cacheprovider "$top/tests/infra" \
-    --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo \
+    --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo --guard=yes \
     --client-host=ssh://client --server-address=198.51.100.10 \
     --slots="$SLOTWARDEN_SLOTS" --quota-mib="$SLOTWARDEN_SLOT_QUOTA_MIB" -ra "$@" || rc=$?
   log "isolation suite: $((SECONDS - t0)) s (rc=$rc)"

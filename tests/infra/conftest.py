@@ -4,14 +4,16 @@ The suite runs against any host testinfra can reach, and checks from the tenants
 commands that must fail run as the slot user (``host.sudo(slot)``), root only sets the
 scene (a canary file, a process to hide) and clears it again.
 
->>> # a Vagrant VM (the lab passes these; see vm/lab.sh)
->>> # pytest tests/infra --hosts=ssh://server --ssh-config=ssh-config --sudo \\
->>> #     --slots=tva,tvb --client-host=ssh://client --server-address=198.51.100.10
->>> # this machine (tests/system/test_infra_local.py prepares it)
->>> # pytest tests/infra --hosts=local:// --slots=tva,tvb --secret-path=/tmp/x/state
+A Vagrant VM (what vm/lab.sh passes), and this machine (what tests/system/test_infra_local.py
+passes after making a btrfs loop host and two slots)::
+
+    pytest tests/infra --hosts=ssh://server --ssh-config=ssh-config --sudo --guard=yes \\
+        --slots=tva,tvb --client-host=ssh://client --server-address=198.51.100.10
+    pytest tests/infra --hosts=local:// --slots=tva,tvb --secret-path=/tmp/x/state
 
 Markers select what only some hosts have; the run says what it left out and why:
-``guard`` needs the login guard installed (its PAM module, pam_slotwarden.so, on the host),
+``guard`` needs the login guard in the host's sshd PAM stack (``--guard=yes`` requires it,
+as the VM lab does; ``auto`` looks for it),
 ``client`` needs a second machine (``--client-host``) to log in from.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--secret-path", action="append", default=[],
                     help="a file or directory no tenant may read (repeatable; default: "
                          + ", ".join(DEFAULT_SECRET_PATHS) + ")")
+    group.addoption("--guard", choices=("auto", "yes", "no"), default="auto",
+                    help="run the guard checks: yes (the host must have it), no, or auto (where "
+                         "pam_slotwarden.so is in sshd's PAM stack; default)")
     group.addoption("--client-host", default=None,
                     help="testinfra host spec of a second machine that logs in to the host")
     group.addoption("--server-address", default=None,
@@ -56,18 +62,30 @@ def _probe_host(config: pytest.Config) -> Any:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect (never skip silently) what this host cannot run, and remember why."""
-    if not items:
+    # This hook sees the whole session's items; only the suite's own are its business.
+    here = Path(__file__).parent
+    suite = {item for item in items if here in item.path.parents}
+    if not suite:
+        return
+    if not config.getoption("slots"):
+        why = "no --slots given: the suite runs through tests/system/test_infra_local.py or make vm-test"
+        config._swv_left_out.append((str(here.relative_to(config.rootpath)), why))  # type: ignore[attr-defined]
+        config.hook.pytest_deselected(items=suite)
+        items[:] = [item for item in items if item not in suite]
         return
     reasons: dict[str, str] = {}
-    if any(item.get_closest_marker("guard") for item in items):
-        host = _probe_host(config)
-        if not host.run("find /lib /usr/lib -path '*security/pam_slotwarden.so'").stdout.strip():
-            reasons["guard"] = "the login guard is not installed on the host (no pam_slotwarden.so)"
+    guard = config.getoption("guard")
+    if guard == "no":
+        reasons["guard"] = "--guard=no"
+    elif guard == "auto" and any(item.get_closest_marker("guard") for item in suite):
+        stack = "/etc/pam.d/sshd /etc/pam.d/common-auth /etc/pam.d/common-account"
+        if _probe_host(config).run(f"grep -qs pam_slotwarden.so {stack}").rc != 0:
+            reasons["guard"] = "the login guard is not in this host's sshd PAM stack (--guard=yes requires it)"
     if not config.getoption("client_host") or not config.getoption("server_address"):
         reasons.setdefault("client", "no second machine to log in from (--client-host/--server-address)")
     keep, drop = [], []
     for item in items:
-        why = [reasons[m] for m in reasons if item.get_closest_marker(m)]
+        why = [reasons[m] for m in reasons if item in suite and item.get_closest_marker(m)]
         (drop if why else keep).append(item)
         if why:
             config._swv_left_out.append((item.nodeid, "; ".join(why)))  # type: ignore[attr-defined]

@@ -42,5 +42,5 @@ def test_isolation_suite_passes_on_this_machine(infra_host: SlotHost) -> None:
          "--hosts=local://", f"--slots={','.join(names)}", f"--quota-mib={QUOTA_MIB}",
          f"--secret-path={infra_host.base / 'state'}"],
         cwd=REPO, env=infra_host.env(), capture_output=True, text=True, timeout=600)
-    print(suite.stdout[-4000:], suite.stderr[-2000:])
-    assert suite.returncode == 0, suite.stdout[-4000:]
+    print(suite.stdout)
+    assert suite.returncode == 0, suite.stdout[-12000:] + suite.stderr[-2000:]
