@@ -201,9 +201,16 @@ def install(cfg: GuardConfig, service: str, pam_dir: Path = Path("/etc/pam.d"), 
             with_module: bool = True) -> InstallResult:
     """Add the guard lines to ``<pam_dir>/<service>`` after backing it up."""
     path, raw, text = _read_service(pam_dir, service)
+    common = pam_dir / "common-auth"
+    if common.exists() and MODULE in common.read_text(errors="replace"):
+        # Twice in one stack would reserve twice per try (and halve pair_deny).
+        raise InstallError(f"the guard is already host-wide in {common} (pam-auth-update); nothing to add")
     new = plan_install(text, module_args(cfg))
     backup = _backup_path(cfg, path)
     mod = install_module(dry_run=dry_run) if with_module else None
+    if not with_module and not (module_dir() / MODULE).exists():
+        # A stack naming a module PAM cannot load fails every login: refuse instead.
+        raise InstallError(f"{module_dir() / MODULE} is not installed (make pam; or install without --no-module)")
     if not dry_run:
         backup.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         backup.write_bytes(raw)

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pam_hooks.config import GuardConfig
-from pam_hooks.protocol import escape_text, unescape
+from pam_hooks.protocol import escape_text, name_key, unescape
 from pam_hooks.store import purge_attempts
 
 KINDS = ("pair", "ip", "user")
@@ -339,7 +339,7 @@ class LockoutPolicy:
         clauses, args = [], []
         if user is not None:
             clauses.append("a.username = ?")
-            args.append(escape_text(user))
+            args.append(name_key(user))
         if ip is not None:
             clauses.append("(a.ip = ? OR a.ipkey = ?)")
             args += [escape_text(ip), self.origin(escape_text(ip)).ipkey]
@@ -387,7 +387,7 @@ class LockoutPolicy:
     def explain(self, user: str, ip: str, now: float | None = None) -> dict[str, Any]:
         """Would a try by ``user`` from ``ip`` be allowed now, and why not."""
         now = self.clock() if now is None else now
-        u, org = escape_text(user), self.origin(escape_text(ip))
+        u, org = name_key(user), self.origin(escape_text(ip))
         keys = self._keys(u, org)
         counts: dict[str, dict[str, Any]] = {}
         d = self._active(keys, now)
@@ -407,7 +407,7 @@ class LockoutPolicy:
         }
 
     def _lift_keys(self, user: str | None, ip: str | None) -> list[tuple[str, str]]:
-        u = escape_text(user) if user is not None else None
+        u = name_key(user) if user is not None else None
         org = self.origin(escape_text(ip)) if ip is not None else None
         if u is not None and org is not None:
             return [("pair", pair_key(u, org.ip))]
@@ -455,7 +455,7 @@ class LockoutPolicy:
                     self._unblock(key)
             n = 0
             if user is not None:
-                n += self.conn.execute("DELETE FROM attempts WHERE username = ?", (escape_text(user),)).rowcount
+                n += self.conn.execute("DELETE FROM attempts WHERE username = ?", (name_key(user),)).rowcount
             if ip is not None:
                 e = escape_text(ip)
                 n += self.conn.execute("DELETE FROM attempts WHERE ip = ? OR ipkey = ?",

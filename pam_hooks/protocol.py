@@ -45,6 +45,17 @@ def escape_text(text: str) -> str:
     return escape(text.encode("utf-8", "surrogateescape"))
 
 
+def name_key(text: str) -> str:
+    """The recorded form of an operator-given name: typed (``bob``) or as displayed (``b%FFob``).
+
+    Linux usernames never contain ``%``, so a clean field with a ``%`` is taken as
+    already escaped (copied from ``guard list``); anything else is escaped.
+    """
+    if "%" in text and is_clean_field(text):
+        return text
+    return escape_text(text)
+
+
 def unescape(field: str) -> bytes:
     """Reverse :func:`escape` (a ``%..`` marker is dropped)."""
     field = field.removesuffix(TRUNCATED)

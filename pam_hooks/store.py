@@ -92,12 +92,12 @@ def open_store(path: Path) -> sqlite3.Connection:
 
 def list_attempts(conn: sqlite3.Connection, username: str) -> list[dict[str, object]]:
     """Records for ``username`` as typed, one per address: ip, count, first, last (UNIX time)."""
-    from pam_hooks.protocol import escape_text
+    from pam_hooks.protocol import name_key
 
     rows = conn.execute(
         "SELECT ip, service, SUM(state IN ('pending', 'failed')) AS count, COUNT(*) AS attempts,"
         " MIN(ts) AS first, MAX(ts) AS last FROM attempts WHERE username = ? GROUP BY ip ORDER BY last DESC",
-        (escape_text(username),),
+        (name_key(username),),
     ).fetchall()
     return [dict(r) if isinstance(r, sqlite3.Row) else dict(zip(("ip", "service", "count", "attempts", "first",
                                                                  "last"), r, strict=True)) for r in rows]
@@ -105,9 +105,9 @@ def list_attempts(conn: sqlite3.Connection, username: str) -> list[dict[str, obj
 
 def forget_attempts(conn: sqlite3.Connection, username: str) -> int:
     """Delete every record (and counter) of ``username`` as typed; returns attempt rows removed."""
-    from pam_hooks.protocol import escape_text
+    from pam_hooks.protocol import name_key
 
-    u = escape_text(username)
+    u = name_key(username)
     n = conn.execute("DELETE FROM attempts WHERE username = ?", (u,)).rowcount
     conn.execute("DELETE FROM locks WHERE (kind = 'user' AND key = ?) OR (kind = 'pair' AND substr(key, 1, ?) = ?)",
                  (u, len(u) + 1, u + "\t"))

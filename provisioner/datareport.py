@@ -6,7 +6,8 @@ a shadow hash exists, for app credentials only whether they exist. A name that i
 (someone typed it at a login prompt) gets its failed-attempt records only.
 
 Another package adds rows by appending to :data:`SOURCES` (a function of the context and the
-username returning rows).
+username returning rows) when imported; :func:`data_report` imports every such package first
+(:data:`provisioner.slots.EXTENSION_MODULES`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from provisioner import accounts
+from provisioner import accounts, slots
 from provisioner.context import Context
 from provisioner.errors import BadInput
 from provisioner.metrics.kernel import human, tree_usage
@@ -137,6 +138,9 @@ def data_report(ctx: Context, username: str) -> dict[str, Any]:
     """Everything held about USERNAME; a non-slot name gets its attempt records only."""
     if not isinstance(username, str) or not username or "\x00" in username or len(username) > 256:
         raise BadInput("username is empty or invalid")
+    # The packages that append rows (lifecycle: plan, suspension) register when imported; a
+    # caller that never imported them must still get their rows.
+    slots._load_extensions()
     rec = ctx.store.get_slot(username)
     items = [item for source in SOURCES for item in source(ctx, username, rec)]
     return {"username": username, "is_slot": rec is not None, "generated_at": time.time(),

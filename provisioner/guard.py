@@ -45,12 +45,19 @@ def supervise_guard(config_file: Path, dry_run: bool = False) -> dict[str, Any]:
     try:
         backend = supervisor_for(ctx)
         program = guard_program(config_file)
-        out: dict[str, Any] = {"supervisor": backend.name, "program": program.name}
+        out: dict[str, Any] = {"supervisor": backend.name, "program": program.name, "changed": False}
+        before = backend.status(program.name) if backend.is_running() else None
+        out["before"] = before.as_dict() if before else None
         if dry_run:
+            out["changed"] = before is None or not before.known or before.state not in ("running", "starting")
             return out
         backend.ensure_running()
         backend.ensure_program(program)
-        out["status"] = backend.wait_running(program.name).as_dict()
+        status = backend.wait_running(program.name)
+        out["status"] = status.as_dict()
+        # Up before (running, or still "starting" after a crash restart) and the same process: unchanged.
+        up = before is not None and before.known and before.state in ("running", "starting")
+        out["changed"] = not up or (before is not None and before.pid is not None and before.pid != status.pid)
         return out
     finally:
         ctx.close()

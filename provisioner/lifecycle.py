@@ -44,7 +44,7 @@ from provisioner import accounts, slots
 from provisioner.config import PlanConfig
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
-from provisioner.names import format_size, validate_username
+from provisioner.names import RESERVED_NAMES, format_size, validate_username
 from provisioner.plan import Plan, Step, apply
 from provisioner.plans import allows_app, get_plan
 from provisioner.quota import Usage
@@ -160,14 +160,26 @@ def _restore_lifecycle(store: Store, username: str, previous: LifecycleRecord | 
 # --- per-slot lock ------------------------------------------------------------------------------
 
 
+def check_name_shape(username: object) -> str:
+    """USERNAME if it has the shape of a slot name (BadInput otherwise), reserved names included.
+
+    For operations on a slot that exists (or may not): ``slot remove daemon`` must say there is
+    no such slot, not that the name is reserved, and a slot whose name became reserved later
+    (a new catalog app) must still be removable.
+    """
+    if isinstance(username, str) and username in RESERVED_NAMES:
+        return username
+    return validate_username(username)
+
+
 @contextmanager
 def slot_lock(ctx: Context, username: str) -> Iterator[None]:
     """Hold the slot's lock: changes of one slot run one at a time, across processes and threads.
 
     A ``flock`` on ``<state_dir>/locks/USERNAME.lock``; the kernel drops it if the holder dies.
-    USERNAME must be a valid slot name (it becomes a file name).
+    USERNAME must have a slot name's shape (it becomes a file name).
     """
-    validate_username(username)
+    check_name_shape(username)
     lock_dir = ctx.config.state_dir / "locks"
     lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = lock_dir / f"{username}.lock"
@@ -479,15 +491,21 @@ def check_apps_allowed(plan: PlanConfig, apps: list[str], installed: int = 0) ->
         if plan.apps is not None and app not in plan.apps:
             raise BadInput(f"app {app!r} is not part of plan {plan.name} (it allows: {', '.join(plan.apps) or 'none'})")
         if not allows_app(plan, app, installed=installed + i):
-            raise BadInput(f"plan {plan.name} allows {plan.max_apps} app(s)")
+            raise BadInput(f"plan {plan.name} allows {plan.max_apps} app(s)"
+                           + (f" ({installed} installed)" if installed else ""))
 
 
 def check_app_install(ctx: Context, username: str, app: str) -> None:
-    """For the apps package before ``app install``: refuse an app the slot's plan does not allow."""
+    """For the apps package before ``app install``: refuse an app the slot's plan does not allow.
+
+    BadInput (one line, naming the plan) when the plan lacks APP or has no room for another app.
+    A slot without a plan, or on a plan no longer configured, may install anything.
+    """
     life = get_lifecycle(ctx.store, username)
     if life is None or life.plan is None or life.plan not in ctx.config.plans:
         return
-    installed = [a for c in APP_CONTROLS for a in c.installed(ctx, username)]
+    # APP itself does not count: reinstalling it is the apps package's question ("already installed").
+    installed = [a for c in APP_CONTROLS for a in c.installed(ctx, username) if a != app]
     check_apps_allowed(ctx.config.plans[life.plan], [app], installed=len(installed))
 
 
@@ -554,18 +572,29 @@ def create(
         _PENDING_PLAN.reset(token)
 
 
-def terminate(ctx: Context, username: str, *, keep_data: bool = False) -> Plan:
-    """Remove slot USERNAME (``slot remove``) under the slot lock."""
-    validate_username(username)
+def _require_slot(ctx: Context, username: str) -> None:
+    """Refuse a name that is no slot before locking it (no lock file left for a typo)."""
+    check_name_shape(username)
+    if ctx.store.get_slot(username) is None:
+        raise SlotError(f"no slot named {username!r}")
+
+
+def terminate(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:
+    """Remove slot USERNAME (``slot remove``, the API's terminate) under the slot lock.
+
+    Returns the plan (applied unless DRY_RUN).
+    """
+    _require_slot(ctx, username)
     with slot_lock(ctx, username):
-        plan = slots.remove_slot(ctx, username, keep_data=keep_data)
-        _drop_lock_file(ctx, username)
+        plan = slots.remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
+        if not dry_run:
+            _drop_lock_file(ctx, username)
     return plan
 
 
 def change_password(ctx: Context, username: str) -> str:
     """A new generated password for USERNAME; a suspended slot stays locked (the new hash too)."""
-    validate_username(username)
+    _require_slot(ctx, username)
     with slot_lock(ctx, username):
         password = slots.reset_password(ctx, username)
         rec = ctx.store.get_slot(username)

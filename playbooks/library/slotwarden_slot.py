@@ -171,7 +171,8 @@ def main():
         item["exit_code"] = o.exit_code
         results.append(item)
         if o.changed:
-            before = _record_view(o.record) if o.action in ("removed", "updated") else {}
+            before = _record_view(o.before if o.action == "updated" else o.record) if o.action in (
+                "removed", "updated") else {}
             after = {} if o.action == "removed" else _record_view(o.record) or {"username": o.username}
             diffs.append({"before": before, "after": after,
                           "before_header": f"slot {o.username}", "after_header": f"slot {o.username}"})

@@ -405,9 +405,22 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
 def install_app(ctx: Context, username: str, app_name: str, *, creating: bool = False) -> AppCredentials:
     """Install APP_NAME into slot USERNAME; returns the generated credentials.
 
-    On failure everything done so far is undone and StepFailed says which step and why.
+    On failure everything done so far is undone and StepFailed says which step and why. The
+    slot's plan must allow the app (BadInput naming the plan otherwise); the check and the install
+    run under the slot's lock, so concurrent installs cannot exceed the plan's number of apps.
+    CREATING: called by ``slot create --app``, which checked the plan and holds the lock already.
     """
     app = get_app(app_name)
+    if creating:
+        return _install(ctx, username, app, creating=True)
+    from provisioner import lifecycle  # imports this package's users; not at module level
+
+    with lifecycle.slot_lock(ctx, username):
+        lifecycle.check_app_install(ctx, username, app.name)
+        return _install(ctx, username, app, creating=False)
+
+
+def _install(ctx: Context, username: str, app: App, *, creating: bool) -> AppCredentials:
     rec = _slot_for_apps(ctx, username, creating=creating)
     existing = registry_of(ctx).get(username, app.name)
     if existing is not None:

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from provisioner.cli.fleet import inventory_option
+from provisioner.cli.fleet import inventory_option, refuse_if_unsupported
 from provisioner.cli.output import json_option, wants_json
 from provisioner.errors import SlotError
 
@@ -47,6 +47,12 @@ class LazyGroup(click.Group):
         module, _, attr = target.partition(":")
         cmd: click.Command = getattr(importlib.import_module(module), attr)
         return cmd
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        refuse_if_unsupported(ctx, cmd, rest)  # `--inventory` given to a command that would run here
+        return name, cmd, rest
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

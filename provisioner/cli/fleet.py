@@ -47,10 +47,34 @@ def inventory_option(f: F) -> F:
 
 def fleet_options(f: F) -> F:
     """Add ``--inventory FILE`` and ``--host NAME`` (repeatable) to a command."""
+    setattr(f, "_fleet_capable", True)  # noqa: B010 - read by refuse_if_unsupported
     f = click.option("--host", "hosts_", metavar="NAME", multiple=True, expose_value=False,
                      callback=_store("hosts"),
                      help="With --inventory: the host (or Ansible pattern) to run on; repeatable.")(f)
     return inventory_option(f)
+
+
+def refuse_if_unsupported(ctx: click.Context, cmd: click.Command | None, args: list[str]) -> None:
+    """Refuse ``slotctl --inventory FILE CMD`` when CMD has no fleet path, before it runs here.
+
+    Otherwise ``slotctl --inventory fleet.ini slot passwd alice`` would quietly change the
+    local slot instead of the fleet's. CMD is the root's subcommand, ARGS what follows it.
+    """
+    obj = ctx.find_root().obj
+    if cmd is None or not (isinstance(obj, dict) and obj.get("inventory")):
+        return
+    path = [cmd.name or "?"]
+    for tok in args:
+        if tok.startswith("-"):
+            continue
+        if not isinstance(cmd, click.Group):
+            break
+        sub = cmd.get_command(ctx, tok)
+        if sub is None:
+            break
+        cmd, path = sub, [*path, tok]
+    if not isinstance(cmd, click.Group) and not getattr(cmd.callback, "_fleet_capable", False):
+        raise BadInput(f"--inventory does not apply to 'slotctl {' '.join(path)}': it runs on this host only")
 
 
 def requested() -> bool:

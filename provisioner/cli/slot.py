@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from provisioner import lifecycle
 from provisioner import slots as slot_ops
 from provisioner.cli import fleet
 from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
@@ -22,7 +23,7 @@ from provisioner.errors import BadInput
 from provisioner.executors import SlotChange
 from provisioner.names import format_size
 from provisioner.plan import Plan
-from provisioner.slots import BatchRow, Created, create_slot, remove_slot, reset_password
+from provisioner.slots import BatchRow, Created, create_slot
 
 
 @click.group()
@@ -136,7 +137,8 @@ def remove(username: str, keep_data: bool, dry_run: bool) -> None:
             check=dry_run), check=dry_run)
         return
     ctx = Context()
-    plan = remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
+    # Through lifecycle: under the slot's lock, so it never interleaves with an API request.
+    plan = lifecycle.terminate(ctx, username, keep_data=keep_data, dry_run=dry_run)
     if dry_run:
         _plan_out(plan, True)
     else:
@@ -148,9 +150,9 @@ def remove(username: str, keep_data: bool, dry_run: bool) -> None:
 @click.argument("username")
 @json_option
 def passwd(username: str) -> None:
-    """Give slot USERNAME a new generated password, shown once."""
+    """Give slot USERNAME a new generated password, shown once (a suspended slot stays locked)."""
     ctx = Context()
-    password = reset_password(ctx, username)
+    password = lifecycle.change_password(ctx, username)  # under the slot's lock, like the API
     emit({"username": username, "password": password},
          lambda c: c.print(f"new password for {username}: {password}\n(shown once, not stored)"))
 

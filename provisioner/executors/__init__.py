@@ -109,6 +109,8 @@ class SlotOutcome:
     password: str | None = field(default=None, repr=False)
     # Credentials of apps installed by this change (secrets: shown once, like PASSWORD).
     apps: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # The record before an update (for --diff); RECORD is the one after.
+    before: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:

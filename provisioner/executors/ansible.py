@@ -184,7 +184,11 @@ class AnsibleExecutor:
     def run_playbook(self, playbook: str, extravars: dict[str, Any], *, check: bool = False,
                      diff: bool = False) -> PlaybookRun:
         """Run PLAYBOOK (a file in the playbooks directory) through ``ansible_runner.run``."""
-        import ansible_runner  # type: ignore[import-untyped]  # heavy: only the fleet path pays for it
+        try:
+            import ansible_runner  # type: ignore[import-untyped]  # heavy: only the fleet path pays for it
+        except ImportError:
+            raise SlotError("the fleet path needs ansible-runner and ansible-core: "
+                            "pip install 'slotwarden[fleet]' (make venv does)") from None
 
         collector = EventCollector(self.progress)
         if self.private_data_dir is not None:

@@ -61,18 +61,24 @@ def _app_creds(ctx: Context, name: str, apps: tuple[str, ...]) -> list[dict[str,
 
 
 def _install_missing(ctx: Context, rec: SlotRecord, apps: tuple[str, ...], check: bool,
-                     host: str, diff: dict[str, Any]) -> SlotOutcome:
+                     host: str, diff: dict[str, Any], before: SlotRecord) -> SlotOutcome:
     """Install the apps of APPS the live slot REC lacks (after updating its record by DIFF)."""
-    from provisioner.apps import get_app, install_app, registry_of
+    missing: list[str] = []
+    if apps:
+        from provisioner.apps import get_app, registry_of
 
-    installed = {r.app for r in registry_of(ctx).installs(rec.username)}
-    missing = [get_app(a).name for a in dict.fromkeys(apps) if get_app(a).name not in installed]
+        installed = {r.app for r in registry_of(ctx).installs(rec.username)}
+        missing = [get_app(a).name for a in dict.fromkeys(apps) if get_app(a).name not in installed]
     steps = [{"step": "update", "detail": f"set {', '.join(sorted(diff))}"}] if diff else []
     steps += [{"step": "app", "detail": f"install {a}"} for a in missing]
-    creds = [] if check else [install_app(ctx, rec.username, a).as_dict() for a in missing]
+    creds: list[dict[str, Any]] = []
+    if missing and not check:
+        from provisioner.apps import install_app
+
+        creds = [install_app(ctx, rec.username, a).as_dict() for a in missing]
     changed = bool(diff or missing)
     return SlotOutcome(host, rec.username, "updated" if changed else "unchanged", changed,
-                       {**rec.as_dict(), **(diff if check else {})}, steps, apps=creds)
+                       {**rec.as_dict(), **(diff if check else {})}, steps, apps=creds, before=before.as_dict())
 
 
 def _present(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOutcome:
@@ -84,10 +90,11 @@ def _present(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOu
         if change.strict:
             raise SlotError(f"slot {name!r} already exists")
         diff = _wanted(ctx, change, rec)
+        before = rec
         if diff and not check:
             _update(ctx, rec, diff)
             rec = ctx.store.get_slot(name) or rec
-        return _install_missing(ctx, rec, change.apps, check, host, diff)
+        return _install_missing(ctx, rec, change.apps, check, host, diff, before)
     if change.email is None or change.country is None:
         if rec is None and not change.strict:
             raise SlotError(f"no slot named {name!r} (creating one needs email and country)")

@@ -60,12 +60,19 @@ class BtrfsQuota:
         run(["btrfs", "subvolume", "sync", mnt], check=False)
         run(["btrfs", "qgroup", "clear-stale", mnt], check=False)
 
+    def _limit(self, home: Path, limit: str) -> None:
+        # The qgroup by id, on the mount point: given the home's path, btrfs starts the change's
+        # transaction in the home's own subvolume, which a slot at or over its limit refuses with
+        # "Disk quota exceeded" — and then neither a larger plan nor removal could lift it.
+        qgroup = f"0/{self.subvolume_id(home)}"
+        run(["btrfs", "qgroup", "limit", limit, qgroup, mount_of(self.slots_root)[0]])
+
     def set_limit(self, username: str, home: Path, limit_bytes: int) -> None:
-        run(["btrfs", "qgroup", "limit", str(limit_bytes), str(home)])
+        self._limit(home, str(limit_bytes))
 
     def clear_limit(self, username: str, home: Path) -> None:
         if self.is_subvolume(home):
-            run(["btrfs", "qgroup", "limit", "none", str(home)])
+            self._limit(home, "none")
 
     def usage(self, username: str, home: Path) -> Usage:
         qgroup = f"0/{self.subvolume_id(home)}"

@@ -64,6 +64,12 @@ class LabHost:
             "slotwarden_sshd_dropin": str(r / "sshd_config.d" / "50-slotwarden.conf"),
             "slotwarden_sshd_reload": "false",
             "slotwarden_wheelhouse": str(self.wheelhouse),
+            # The guard's profiles go to a temp dir; enabling them (pam-auth-update edits
+            # /etc/pam.d/common-*) and starting the service are host-wide: not on a shared machine.
+            "slotwarden_guard": "true",
+            "slotwarden_pam_configs_dir": str(r / "pam-configs"),
+            "slotwarden_guard_enable_pam": "false",
+            "slotwarden_guard_supervise": "false",
         }
 
     def write_inventory(self, host_line: str, extra: dict[str, str] | None = None) -> Path:

@@ -217,12 +217,12 @@ class LabUser:
 
 @contextlib.contextmanager
 def lab_user(name: str, password: str, keydir: Path | None = None) -> Iterator[LabUser]:
-    """Create ``name`` with ``password`` (via chpasswd stdin) and an ed25519 key; remove it after."""
+    """Create ``name`` with ``password`` (via chpasswd stdin) and an ed25519 key; remove both after."""
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+    kd = keydir or Path(tempfile.mkdtemp(prefix="swg-key-"))
     try:
         subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
         home = Path(pwd.getpwnam(name).pw_dir)
-        kd = keydir or Path(tempfile.mkdtemp(prefix="swg-key-"))
         key = kd / f"id_{name}"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         ssh_dir = home / ".ssh"
@@ -233,9 +233,23 @@ def lab_user(name: str, password: str, keydir: Path | None = None) -> Iterator[L
             os.chown(p, pw.pw_uid, pw.pw_gid)
         yield LabUser(name, password, home, key)
     finally:
-        # Any session the test left must not keep the user alive.
+        remove_user(name)
+        if keydir is None:
+            shutil.rmtree(kd, ignore_errors=True)
+
+
+def remove_user(name: str, attempts: int = 50) -> None:
+    """Kill the user's processes and ``userdel -r`` it, retrying while another job holds the
+    passwd lock or a killed process has not died yet (other helpers create users concurrently)."""
+    for _ in range(attempts):
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
         subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"lab user {name} could not be removed")
 
 
 _SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",

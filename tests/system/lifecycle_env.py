@@ -56,14 +56,14 @@ max_apps = 1
 quota = "256M"
 
 [apps]
-port_min = 2580
-port_max = 2599
+port_min = {port_min}
+port_max = {port_max}
 """
 
 
-def new_name() -> str:
-    """A slot name nobody else uses: ``tl`` + 8 hex digits."""
-    return "tl" + secrets.token_hex(4)
+def new_name(prefix: str = "tl") -> str:
+    """A slot name nobody else uses: PREFIX (``tl``, or a caller's own) + 8 hex digits."""
+    return prefix + secrets.token_hex(4)
 
 
 def wait_for(pred: object, timeout: float = 15.0, step: float = 0.05) -> bool:
@@ -103,12 +103,18 @@ class SlotHost:
 
 
 @contextmanager
-def slot_host(image_size: str = "1G", extra_toml: str = "") -> Iterator[SlotHost]:
-    """Initialise a btrfs slots host in a temp dir; remove every slot and the mount at exit."""
+def slot_host(image_size: str = "1G", extra_toml: str = "", *, name_prefix: str = "tl",
+              app_ports: tuple[int, int] = (2580, 2599)) -> Iterator[SlotHost]:
+    """Initialise a btrfs slots host in a temp dir; remove every slot and the mount at exit.
+
+    NAME_PREFIX is the caller's slot-name prefix (users a crashed test left are swept by it);
+    APP_PORTS the caller's port range for apps.
+    """
     root = Path(tempfile.mkdtemp(prefix="swl-", dir="/tmp"))
     os.chmod(root, 0o711)  # slot users must traverse to their homes (sshd reads authorized_keys as them)
     cfg_path = root / "slotwarden.toml"
-    cfg_path.write_text(f'state_dir = "{root}/state"\n{PLANS_TOML}\n{extra_toml}')
+    plans = PLANS_TOML.format(port_min=app_ports[0], port_max=app_ports[1])
+    cfg_path.write_text(f'state_dir = "{root}/state"\n{plans}\n{extra_toml}')
     slots_root = root / "slots"
     config = load_config(cfg_path)
     try:
@@ -126,7 +132,7 @@ def slot_host(image_size: str = "1G", extra_toml: str = "") -> Iterator[SlotHost
         ctx.close()
         # Anything a crashed test left: users of ours whose home is under this root.
         for pw in pwd.getpwall():
-            if pw.pw_name.startswith("tl") and pw.pw_dir.startswith(str(slots_root) + "/"):
+            if pw.pw_name.startswith(name_prefix) and pw.pw_dir.startswith(str(slots_root) + "/"):
                 with suppress(Exception):
                     accounts.stop_processes(pw.pw_uid)
                 subprocess.run(["userdel", pw.pw_name], check=False, capture_output=True)

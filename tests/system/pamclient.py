@@ -122,3 +122,47 @@ class PamHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.end()
+
+
+_RACE = r"""
+import json, os, sys
+from tests.system.pamclient import PAM_SUCCESS, PamHandle
+service, rhost, no_delay = sys.argv[1:]
+tries = json.load(sys.stdin)
+gate_r, gate_w = os.pipe()
+out_r, out_w = os.pipe()
+for user, password in tries:
+    if os.fork() == 0:
+        os.close(gate_w)
+        os.read(gate_r, 1)  # every child starts when the gate closes
+        with PamHandle(service, user, rhost, password, no_delay=no_delay == "1") as h:
+            rc = h.authenticate()
+        os.write(out_w, f"{rc}\n".encode())
+        os._exit(0)
+os.close(gate_r)
+os.close(out_w)
+os.close(gate_w)
+data = b""
+while chunk := os.read(out_r, 4096):
+    data += chunk
+print(json.dumps([int(x) for x in data.split()]))
+"""
+
+
+def concurrent_attempts(service: str, rhost: str, tries: list[tuple[str, str]], no_delay: bool = False) -> list[int]:
+    """Run all ``tries`` (user, password) at once, each in its own process; their PAM statuses.
+
+    The processes are forked from a fresh single-threaded interpreter (forking the test
+    runner itself, which may hold threads, can deadlock a child). The tries, passwords
+    included, reach it on stdin.
+    """
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = [sys.executable, "-c", _RACE, service, rhost, "1" if no_delay else "0"]
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run(argv, cwd=repo, input=json.dumps(tries), capture_output=True, text=True, timeout=300,
+                       check=True)
+    return [int(x) for x in json.loads(r.stdout)]

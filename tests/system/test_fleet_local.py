@@ -69,6 +69,8 @@ def test_site_yml_second_run_changes_nothing(lab: tuple[LabHost, Path], tmp_path
     assert os.path.ismount(lab_host.slots_root)
     assert lab_host.context().settings.quota_backend == "btrfs"
     assert "UsePAM yes" in (lab_host.root / "sshd_config.d" / "50-slotwarden.conf").read_text()
+    profiles = sorted((lab_host.root / "pam-configs").iterdir())
+    assert profiles and all("pam_slotwarden.so" in p.read_text() for p in profiles), profiles
 
 
 def test_slot_lifecycle_through_ansible_runner(lab: tuple[LabHost, Path], tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ that actually reach pam_unix.
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import os
 import secrets
 import sqlite3
@@ -24,7 +23,7 @@ import pytest
 from pam_hooks.protocol import MAX_FIELD_BYTES, escape
 from tests.system.guard_env import GuardEnv
 from tests.system.lab import lab_user, wait_for
-from tests.system.pamclient import PAM_AUTH_ERR, PAM_PERM_DENIED, PAM_SUCCESS, PamHandle
+from tests.system.pamclient import PAM_AUTH_ERR, PAM_PERM_DENIED, PAM_SUCCESS, PamHandle, concurrent_attempts
 
 pytestmark = [pytest.mark.root]
 
@@ -116,17 +115,11 @@ def test_unknown_user_answered_like_known(guard: GuardEnv, service: str, user: t
     assert results[unknown][-1] == (PAIR_DENY, 2, True)
 
 
-def _one_wrong(args: tuple[str, str, str]) -> bool:
-    return try_login(*args)
-
-
 def test_fifty_concurrent_wrong_attempts_exact(guard: GuardEnv, service: str, user: tuple[str, str]) -> None:
     name, _ = user
     ip = "198.51.100.25"
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(50) as pool:
-        results = pool.map(_one_wrong, [(service, name, "wrong", ip)] * 50)
-    assert not any(results)
+    statuses = concurrent_attempts(service, ip, [(name, f"wrong-{i}") for i in range(50)])
+    assert len(statuses) == 50 and PAM_SUCCESS not in statuses
     assert guard.checks(name) <= PAIR_DENY  # at most N passwords were ever checked
     rec = record(guard, name, ip)
     assert rec["count"] == guard.checks(name)  # every checked (failed) password is recorded
@@ -192,6 +185,8 @@ def test_hostile_pam_user_recorded_safely(guard: GuardEnv, service: str, raw: by
     assert recorded.isascii() and recorded.isprintable() and " " not in recorded
     assert len(recorded) <= 3 * MAX_FIELD_BYTES + 3
     assert recorded.endswith("%..") == (len(raw) > MAX_FIELD_BYTES)
+    # the operator can name it as displayed
+    assert [r["username"] for r in guard.json("list", "--user", recorded)] == [recorded]
     assert guard.json("status")["service"]["running"] is True  # the service is still there
 
 

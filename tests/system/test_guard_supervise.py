@@ -37,7 +37,7 @@ def test_supervised_guard_restarts_after_kill(env: GuardEnv) -> None:
     dry = env.json("supervise", "--dry-run")
     assert dry["program"] == "slotwarden-guard@root" and dry["supervisor"] == "supervisord"
     out = env.json("supervise")
-    assert out["status"]["running"] is True
+    assert out["status"]["running"] is True and out["changed"] is True
     assert wait_for(lambda: _pid(env) is not None)
     pid = _pid(env)
     assert pid is not None
@@ -45,4 +45,4 @@ def test_supervised_guard_restarts_after_kill(env: GuardEnv) -> None:
     os.kill(pid, signal.SIGKILL)  # a crash
     assert wait_for(lambda: _pid(env) not in (None, pid), timeout=30)
     again = env.json("supervise")  # idempotent: the running service is kept
-    assert again["status"]["pid"] == _pid(env)
+    assert again["status"]["pid"] == _pid(env) and again["changed"] is False, again

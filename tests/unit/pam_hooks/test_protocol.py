@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pam_hooks.protocol import MAX_FIELD_BYTES, TRUNCATED, escape, escape_text, is_clean_field, unescape
+from pam_hooks.protocol import MAX_FIELD_BYTES, TRUNCATED, escape, escape_text, is_clean_field, name_key, unescape
 
 
 @given(st.binary(max_size=600))
@@ -40,3 +40,16 @@ def test_examples() -> None:
 def test_is_clean_field_rejects_raw_controls(s: str) -> None:
     if any(not ("\x21" <= c <= "\x7e") for c in s):
         assert not is_clean_field(s)
+
+
+@given(st.binary(min_size=1, max_size=300))
+def test_name_key_accepts_typed_or_displayed(raw: bytes) -> None:
+    shown = escape(raw)
+    assert name_key(shown) == shown  # copied from `guard list`
+    if b"%" not in raw:
+        try:
+            typed = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        if len(raw) <= MAX_FIELD_BYTES:
+            assert name_key(typed) == shown

@@ -165,6 +165,14 @@ def test_cli_fleet_bad_input(argv: list[str], message: str) -> None:
     assert proc.returncode == 2 and message in proc.stderr
 
 
+@pytest.mark.parametrize("argv", [["slot", "passwd", "alice"], ["--json", "slot", "list"], ["doctor"]])
+def test_cli_inventory_refused_where_there_is_no_fleet_path(argv: list[str], tmp_path: Path) -> None:
+    inv = tmp_path / "inv.ini"
+    inv.write_text("web1\n")
+    proc = subprocess.run([SLOTCTL, "--inventory", str(inv), *argv], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--inventory does not apply to 'slotctl" in proc.stderr
+
+
 def test_cli_inventory_needs_a_host(tmp_path: Path) -> None:
     inv = tmp_path / "inv.ini"
     inv.write_text("web1\n")

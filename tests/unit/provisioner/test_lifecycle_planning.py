@@ -243,7 +243,7 @@ def test_any_plan_table_parses_or_names_its_key(name: str, table: dict[str, obje
 @pytest.mark.parametrize(("plan", "apps", "installed", "message"), [
     (WEB_ONLY, ["web"], 0, None),
     (WEB_ONLY, ["db"], 0, "app 'db' is not part of plan web-only (it allows: web)"),
-    (WEB_ONLY, ["web"], 1, "plan web-only allows 1 app(s)"),
+    (WEB_ONLY, ["web"], 1, "plan web-only allows 1 app(s) (1 installed)"),
     (PlanConfig("two", 1 << 30, max_apps=2), ["a", "b", "c"], 0, "plan two allows 2 app(s)"),
     (LARGE, ["anything", "else"], 9, None),
 ])
