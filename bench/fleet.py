@@ -43,6 +43,8 @@ def lab_inventory(root: Path) -> Path:
         "slotwarden_persist": "false", "slotwarden_link_slotctl": "false",
         "slotwarden_sshd_dropin": root / "sshd/50-slotwarden.conf", "slotwarden_sshd_reload": "false",
         "slotwarden_wheelhouse": root / "wheelhouse",
+        # this machine's own PAM stack and guard are not the bench's to change
+        "slotwarden_guard": "false",
     }
     (root / "sshd").mkdir()
     inv = root / "inventory.ini"
