@@ -16,6 +16,7 @@ the configuration, ``auto`` by default). Importing this package registers a crea
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -43,6 +44,27 @@ BACKENDS: dict[str, str] = {
     "systemd": "provisioner.metrics.systemd:SystemdSlices",
     "processes": "provisioner.metrics.processes:ProcessesOnly",
 }
+
+
+def remove_cgroup_dir(d: Path, evacuate_to: Path) -> None:
+    """Remove the slot cgroup D (absent is fine), shared by the cgroup v1 and v2 backends.
+
+    A process exiting right now can still hold the directory (EBUSY): it is moved into
+    EVACUATE_TO's ``cgroup.procs`` first, then the directory goes.
+    """
+    try:
+        d.rmdir()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        for pid in (d / "cgroup.procs").read_text().split():
+            try:
+                (evacuate_to / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass
+        d.rmdir()
 
 
 @dataclass(frozen=True)

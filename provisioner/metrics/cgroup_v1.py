@@ -7,12 +7,12 @@ listable). Memory charges follow a process that is moved in (``move_charge_at_im
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from provisioner.metrics import remove_cgroup_dir
 from provisioner.metrics.kernel import CgroupFigures, read_cgroup_v1
 
 if TYPE_CHECKING:
@@ -56,20 +56,7 @@ class CgroupV1:
 
     def remove(self, username: str) -> None:
         for d in self.dirs(username).values():
-            try:
-                d.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
-                # A process escaped the stop (exiting right now): give it back to the parent.
-                for pid in (d / "cgroup.procs").read_text().split():
-                    try:
-                        (d.parent / "cgroup.procs").write_text(pid)
-                    except OSError:
-                        pass
-                d.rmdir()
+            remove_cgroup_dir(d, evacuate_to=d.parent)
 
     def spec(self, username: str, uid: int) -> dict[str, Any] | None:
         if "memory" not in self.controllers or "cpuacct" not in self.controllers:

@@ -6,12 +6,12 @@ each slot directory is ``root:<slot group>`` mode 0750 under a parent of mode 07
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from provisioner.metrics import remove_cgroup_dir
 from provisioner.metrics.kernel import CgroupFigures, read_cgroup_v2
 
 if TYPE_CHECKING:
@@ -48,20 +48,7 @@ class CgroupV2:
         os.chmod(d, 0o750)  # noqa: S103 - the slot's group reads its own counters
 
     def remove(self, username: str) -> None:
-        d = self.path(username)
-        try:
-            d.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-            for pid in (d / "cgroup.procs").read_text().split():
-                try:
-                    (self.parent.parent / "cgroup.procs").write_text(pid)
-                except OSError:
-                    pass
-            d.rmdir()
+        remove_cgroup_dir(self.path(username), evacuate_to=self.parent.parent)
 
     def spec(self, username: str, uid: int) -> dict[str, Any] | None:
         return {"kind": "v2", "path": str(self.path(username))}
