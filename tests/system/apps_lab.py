@@ -27,6 +27,7 @@ from provisioner.context import Context
 from provisioner.host import HostRequest, host_init, proc_hidepid
 from provisioner.slots import create_slot, remove_slot
 from provisioner.supervisor.supervisord import Supervisord
+from tests.system.lab import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 SLOTCTL = REPO / ".venv" / "bin" / "slotctl"
@@ -103,12 +104,7 @@ class MariaDB:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop_process(self.proc, 60)
 
     def query(self, sql: str) -> str:
         return subprocess.run(["mariadb", "--no-defaults", f"--socket={self.socket}", "-u", "root", "--batch",

@@ -195,12 +195,7 @@ class LabSshd:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 10)
         self.pam_file.unlink(missing_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -289,6 +284,16 @@ def ssh_key(client: LabHost, sshd: LabSshd, user: str, key: Path, timeout: float
         return client.run(argv, capture_output=True, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         return -1
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to TIMEOUT seconds, then SIGKILL and reap: no daemon outlives its test."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for(pred: Any, timeout: float = 10.0, step: float = 0.05) -> bool:

@@ -41,6 +41,7 @@ from provisioner.config import Config, load_config
 from provisioner.context import Context
 from provisioner.host import host_init, parse_host_request
 from provisioner.slots import remove_slot
+from tests.system.lab import stop_process
 
 PLANS_TOML = """
 [plans.small]
@@ -231,12 +232,7 @@ def _lab_sshd(ns: LabNetns, port: int, allow_users: str) -> Iterator[LabSshd]:
         yield sshd
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 10)
         pam_file.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -436,12 +432,7 @@ def api_server(host: SlotHost, ports: range = range(2500, 2550)) -> Iterator[Api
         raise RuntimeError(f"the API server did not start: {log.read_text()[-2000:]}")
     finally:
         if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
 
 
 def self_signed_cert(directory: Path, ip: str) -> tuple[Path, Path]:

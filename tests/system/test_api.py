@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from provisioner import accounts, lifecycle
+from tests.system.lab import stop_process
 from tests.system.lifecycle_env import (
     ApiServer,
     SlotHost,
@@ -344,12 +345,7 @@ def test_serve_on_a_lab_address_with_tls(host: SlotHost) -> None:
             out = subprocess.run(ns.cmd([sys.executable, "-c", probe, f"https://{ns.addr}:{port}", str(cert), token]),
                                  capture_output=True, text=True, timeout=120)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
             log.close()
         status, anon, plain = out.stdout.split()
         assert (status, anon) == ("200", "401"), out.stderr
