@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,10 +37,11 @@ from starlette.routing import Match
 
 from provisioner import lifecycle, slots
 from provisioner.api import idempotency
+from provisioner.api.ratelimit import AnonymousAudit, SourceLimiter
 from provisioner.api.tokens import verify_token
 from provisioner.config import Config
 from provisioner.context import Context
-from provisioner.errors import BadInput, CommandFailed, SlotError, StepFailed
+from provisioner.errors import BadInput, CommandFailed, ConfigError, SlotError, StepFailed
 from provisioner.names import parse_size, validate_country, validate_email, validate_payment_ref, validate_username
 from provisioner.plans import get_plan, list_plans, plan_as_dict
 from provisioner.store import Store
@@ -52,6 +55,38 @@ Auth = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=idempotency.MAX_KEY,
                                        description="Retries with the same key return the first result.")]
 Username = Annotated[str, PathParam(max_length=64, description="The slot's username.")]
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """``[api]``: what traffic without a valid token may cost (see :mod:`.ratelimit`).
+
+    ``anonymous_rate``/``anonymous_burst``: requests per second (and at once) per source that end
+    without a valid token; ``anonymous_global_rate``: the same for all sources together;
+    ``audit_window``: seconds between two summary rows of such requests in the audit.
+    """
+
+    anonymous_rate: float = 0.2
+    anonymous_burst: int = 10
+    anonymous_global_rate: float = 5.0
+    audit_window: float = 60.0
+
+    @classmethod
+    def from_section(cls, table: dict[str, Any]) -> ApiSettings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in table:
+                continue
+            v = table[f.name]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1e6:
+                raise ConfigError(f"api.{f.name}: expected a positive number")
+            if f.type == "int" and not isinstance(v, int):
+                raise ConfigError(f"api.{f.name}: expected a positive integer")
+            values[f.name] = v
+        unknown = sorted(set(table) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"api.{unknown[0]}: unknown key")
+        return cls(**values)
 
 
 class ApiError(Exception):
@@ -226,12 +261,25 @@ def _audit(config: Config, actor: str, action: str, slot: str | None, detail: di
 
 def create_app(config: Config) -> FastAPI:
     """The API for the host described by CONFIG (its store holds the tokens and the slots)."""
+    settings = ApiSettings.from_section(config.section("api"))
+    limiter = SourceLimiter(settings.anonymous_rate, settings.anonymous_burst,
+                            global_rate=settings.anonymous_global_rate,
+                            global_burst=max(settings.anonymous_burst, int(settings.anonymous_global_rate * 10)))
+    anonymous = AnonymousAudit(lambda row: _audit(config, "api:anonymous", "api.unauthenticated", None, row),
+                               window=settings.audit_window)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(anonymous.flush)
+
     app = FastAPI(
         title="slotwarden provisioning API",
         version="1",
         description="Create, suspend, unsuspend, terminate slots, change their password and plan, read "
                     "their usage. Bearer tokens from `slotctl api token create`; `Idempotency-Key` on "
                     "every change.",
+        lifespan=lifespan,
     )
 
     @app.middleware("http")
@@ -240,16 +288,26 @@ def create_app(config: Config) -> FastAPI:
         started = time.monotonic()
         path = request.url.path
         token_name: str | None = None
+        source = request.client.host if request.client else None
         if path in PUBLIC_PATHS:
             response = await call_next(request)
         else:
             token_name = await run_in_threadpool(_authenticate, config, request.headers.get("authorization"))
             if token_name is None:
-                response = _error(401, "a valid bearer token is required", "Authorization",
-                                  {"WWW-Authenticate": "Bearer"})
+                allowed, wait = limiter.take(source or "")
+                if allowed:
+                    response = _error(401, "a valid bearer token is required", "Authorization",
+                                      {"WWW-Authenticate": "Bearer"})
+                else:
+                    response = _error(429, "too many requests without a valid token; retry later", None,
+                                      {"Retry-After": str(max(1, round(wait)))})
             else:
                 request.state.token_name = token_name
                 response = await call_next(request)
+        if token_name is None:
+            # Without a token nothing is written per request: one summary row per window.
+            await run_in_threadpool(anonymous.record, source or "", path, response.status_code)
+            return response
         state = request.state
         operation = getattr(state, "operation", None) or _route_name(app, request.scope)
         slot = getattr(state, "slot", None) or request.scope.get("path_params", {}).get("username")
@@ -260,8 +318,7 @@ def create_app(config: Config) -> FastAPI:
         if getattr(state, "replayed", False):
             detail["replayed"] = True
         slot_name = slot if isinstance(slot, str) and len(slot) <= 64 else None
-        await run_in_threadpool(_audit, config, f"api:{token_name or 'anonymous'}", f"api.{operation}",
-                                slot_name, detail)
+        await run_in_threadpool(_audit, config, f"api:{token_name}", f"api.{operation}", slot_name, detail)
         return response
 
     @app.exception_handler(ApiError)

@@ -1,51 +1,23 @@
 """``slotctl api serve``: run the API under uvicorn — loopback only, unless TLS is given.
 
->>> parse_listen("127.0.0.1:8780")
-('127.0.0.1', 8780)
->>> parse_listen("[::1]:8780")
-('::1', 8780)
+The API authenticates every request (bearer tokens), so TLS is what a non-loopback address
+needs (:func:`provisioner.listen.check_listener`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from provisioner.config import Config
-from provisioner.errors import BadInput
-from provisioner.names import shown
+from provisioner.listen import check_listener, check_tls_files, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:8780"
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) -> (host, port)."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise BadInput(f"--listen {shown(listen)} is invalid: use HOST:PORT, e.g. 127.0.0.1:8780")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise BadInput(f"--listen {shown(listen)}: the host must be an IP address or localhost") from None
-    return host, int(port_text)
-
-
-def is_loopback(host: str) -> bool:
-    return host == "localhost" or ipaddress.ip_address(host).is_loopback
-
-
 def check_tls(host: str, cert: Path | None, key: Path | None) -> None:
     """Refuse a non-loopback address without TLS, and half a TLS setup."""
-    if (cert is None) != (key is None):
-        raise BadInput("--cert and --key go together")
-    if not is_loopback(host) and cert is None:
-        raise BadInput(f"--listen {host} is not a loopback address: it needs TLS (--cert and --key)")
-    for name, path in (("--cert", cert), ("--key", key)):
-        if path is not None and not path.is_file():
-            raise BadInput(f"{name} {path}: no such file")
+    check_tls_files(cert, key)
+    check_listener("api serve", host, tls=cert is not None, authenticated=True, names_customers=True)
 
 
 def serve(config: Config, listen: str = DEFAULT_LISTEN, cert: Path | None = None, key: Path | None = None) -> None:

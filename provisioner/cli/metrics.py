@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -74,19 +75,53 @@ def show(username: str | None, all_: bool, fmt: str | None, sample: float | None
 
 @metrics.command("serve")
 @click.option("--listen", default="127.0.0.1:9464", show_default=True, metavar="ADDRESS:PORT",
-              help="Where to serve /metrics.")
+              help="Where to serve /metrics; anything but loopback needs --cert/--key and a scrape token.")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM).")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM).")
 @json_option
-def serve(listen: str) -> None:
-    """Serve the Prometheus exposition of every slot at http://ADDRESS:PORT/metrics."""
+def serve(listen: str, cert: Path | None, key: Path | None) -> None:
+    """Serve the Prometheus exposition of every slot at http(s)://ADDRESS:PORT/metrics."""
     from provisioner.config import load_config
-    from provisioner.metrics.serve import make_server, parse_listen
+    from provisioner.listen import parse_listen
+    from provisioner.metrics.serve import make_server
 
     host, port = parse_listen(listen)
-    server = make_server(load_config(), host, port)
-    emit({"listening": f"http://{listen}/metrics"}, lambda c: c.print(f"serving http://{listen}/metrics"))
+    server = make_server(load_config(), host, port, cert, key)
+    url = f"{'https' if cert else 'http'}://{listen}/metrics"
+    emit({"listening": url}, lambda c: c.print(f"serving {url}", markup=False))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+
+
+@metrics.group("token")
+@json_option
+def token() -> None:
+    """The scrape token: once made, every scrape must send it (required off loopback)."""
+
+
+@token.command("create")
+@json_option
+def token_create() -> None:
+    """Make a new scrape token (replacing the old one); prints it once."""
+    from provisioner.config import load_config
+    from provisioner.metrics.serve import create_scrape_token
+
+    value = create_scrape_token(load_config())
+    emit({"token": value}, lambda c: c.print(f"scrape token: {value}\n(shown once, stored hashed; give it "
+                                             "to Prometheus as authorization.credentials_file; restart "
+                                             "metrics serve)", markup=False))
+
+
+@token.command("revoke")
+@json_option
+def token_revoke() -> None:
+    """Forget the scrape token (metrics serve then answers only on loopback, to anyone there)."""
+    from provisioner.config import load_config
+    from provisioner.metrics.serve import revoke_scrape_token
+
+    had = revoke_scrape_token(load_config())
+    emit({"revoked": had}, lambda c: c.print("scrape token revoked" if had else "no scrape token"))

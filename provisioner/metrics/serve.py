@@ -3,36 +3,86 @@
 Only ``GET /metrics`` (and ``/`` pointing at it). Each scrape collects afresh (nothing is
 stored) with its own store connection; scrapes are serialized so two Prometheus servers
 cannot double the load.
+
+The exposition names every customer (slot names and usage), so it follows the listener rule of
+:mod:`provisioner.listen`: loopback, or TLS (``--cert``/``--key``) *and* a scrape token. The
+token (``slotctl metrics token create``) is shown once; only its SHA-256 is kept
+(``<state_dir>/metrics-token.sha256``, 0600). Once a token exists every scrape must send it
+(``Authorization: Bearer …``, Prometheus' ``authorization.credentials_file``), on loopback too —
+which is what keeps a tenant of this host from reading the other slots' figures.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import hashlib
+import hmac
 import logging
+import os
+import secrets
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from provisioner.config import Config
 from provisioner.context import Context
-from provisioner.errors import BadInput
+from provisioner.errors import SlotError
+from provisioner.listen import check_listener, check_tls_files
 
 log = logging.getLogger("slotwarden.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``127.0.0.1:9464`` or ``[::1]:9464`` -> (host, port); raises BadInput."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadInput(f"--listen: expected ADDRESS:PORT, got {value[:60]!r}")
-    host = host.strip("[]")
+TOKEN_PREFIX = "swm_"  # noqa: S105 - a marker, not a secret
+
+
+def token_path(config: Config) -> Path:
+    return config.state_dir / "metrics-token.sha256"
+
+
+def create_scrape_token(config: Config) -> str:
+    """A new scrape token (replacing any other); returns it, the only time it exists in clear."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    path = token_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(hashlib.sha256(token.encode()).hexdigest() + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def revoke_scrape_token(config: Config) -> bool:
+    """Forget the scrape token; True if there was one."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise BadInput(f"--listen: {host[:60]!r} is not an IP address") from None
-    return host, int(port)
+        token_path(config).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def scrape_token_hash(config: Config) -> str | None:
+    try:
+        text = token_path(config).read_text().strip()
+    except FileNotFoundError:
+        return None
+    if len(text) != 64:
+        raise SlotError(f"{token_path(config)} is damaged: make a new token (slotctl metrics token create)")
+    return text
+
+
+def authorized(expected_hash: str | None, header: str | None) -> bool:
+    """Does the Authorization HEADER carry the scrape token (any request, if none is set)?"""
+    if expected_hash is None:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or len(token) > 200:
+        return False
+    got = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).hexdigest()
+    return hmac.compare_digest(got, expected_hash)
 
 
 def scrape(config: Config) -> bytes:
@@ -49,8 +99,13 @@ def scrape(config: Config) -> bytes:
     return render(metrics, time.perf_counter() - t0).encode()
 
 
-def make_server(config: Config, host: str, port: int) -> ThreadingHTTPServer:
-    """A server bound to HOST:PORT (not yet serving)."""
+def make_server(config: Config, host: str, port: int, cert: Path | None = None,
+                key: Path | None = None) -> ThreadingHTTPServer:
+    """A server bound to HOST:PORT (not yet serving), refused where the listener rule says so."""
+    check_tls_files(cert, key)
+    expected = scrape_token_hash(config)
+    check_listener("metrics serve", host, tls=cert is not None, authenticated=expected is not None,
+                   names_customers=True)
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -63,6 +118,12 @@ def make_server(config: Config, host: str, port: int) -> ThreadingHTTPServer:
             if self.path == "/":
                 body = b'<a href="/metrics">/metrics</a>\n'
                 ctype = "text/html"
+            elif not authorized(expected, self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", "Bearer")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             else:
                 try:
                     with lock:
@@ -85,4 +146,11 @@ def make_server(config: Config, host: str, port: int) -> ThreadingHTTPServer:
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True
 
-    return Server((host, port), Handler)
+    server = Server((host, port), Handler)
+    if cert is not None and key is not None:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(str(cert), str(key))
+        # The handshake happens in the request's thread, so a slow client cannot stall accept().
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    return server

@@ -6,7 +6,7 @@ that is made is torn down by the context managers, also on failure.
 
 - :class:`LabNet` - a private switch (a bridge in its own netns) and hosts
   plugged into it, each a netns with one ``eth0`` and one lab address
-  (only 198.51.100.0/24 or 203.0.113.0/24).
+  (only 198.51.100.0/24: 203.0.113.0/24 holds this machine's package mirrors).
 - :class:`LabHost` - run commands inside a host (``ip netns exec``).
 - :class:`LabSshd` - Debian's sshd started in a host with its own config, host
   key, port and **its own PAM service name**: sshd takes the PAM service from
@@ -44,13 +44,13 @@ from typing import Any, Self
 
 from pyroute2 import IPRoute, NetNS, netns
 
-LAB_NETS = (ipaddress.ip_network("198.51.100.0/24"), ipaddress.ip_network("203.0.113.0/24"))
+LAB_NETS = (ipaddress.ip_network("198.51.100.0/24"),)
 
 
 def _check_lab_addr(addr: str) -> None:
     ip = ipaddress.ip_address(addr)
     if not any(ip in n for n in LAB_NETS):
-        raise ValueError(f"{addr} is not a lab address (198.51.100.0/24, 203.0.113.0/24)")
+        raise ValueError(f"{addr} is not a lab address (198.51.100.0/24)")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 - :func:`slot_host` — a btrfs loop image under a fresh ``/tmp/swl-*`` dir, ``host init`` on it with
   its own config (plans included) and state dir; every slot left in its store is removed at exit.
 - :func:`lab_sshd` — a minimal lab: a network namespace ``swl-*`` whose loopback holds a lab address
-  (203.0.113.0/24) and Debian's sshd on it with its own config, host key and PAM service (sshd
+  (198.51.100.0/24) and Debian's sshd on it with its own config, host key and PAM service (sshd
   takes the service from its program name, so the binary is copied to ``<tmp>/<service>`` and
   ``/etc/pam.d/<service>`` is a copy of the stock ``sshd`` file). The guard branch writes a fuller
   reusable ``tests/system/lab.py``; this one stays minimal until the two are merged.
@@ -184,9 +184,9 @@ class LabNetns:
 
 @contextmanager
 def lab_netns() -> Iterator[LabNetns]:
-    """A fresh netns with one lab address (203.0.113.0/24) on its loopback; deleted at exit."""
+    """A fresh netns with one lab address (198.51.100.0/24) on its loopback; deleted at exit."""
     netns = f"swl-{secrets.token_hex(3)}"
-    addr = f"203.0.113.{secrets.randbelow(200) + 20}"
+    addr = f"198.51.100.{secrets.randbelow(200) + 20}"
     try:
         subprocess.run(["ip", "netns", "add", netns], check=True)
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.system.metrics_lab import SLOTCTL, Lab, lab_fixture, uid_pids  # noqa: F401 - the lab fixture
+from tests.system.metrics_lab import SLOTCTL, TENANT_PYTHON, Lab, lab_fixture, uid_pids  # noqa: F401 - the lab fixture
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -232,6 +232,67 @@ def test_serve_answers_scrapes(lab: Lab, two: tuple[str, str]) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+TENANT_SCRAPE = ("import ssl, sys, urllib.request, urllib.error\n"
+                 "ctx = ssl.create_default_context(cafile=sys.argv[2])\n"
+                 "try:\n"
+                 "    urllib.request.urlopen(sys.argv[1], timeout=10, context=ctx); print('read')\n"
+                 "except urllib.error.HTTPError as e:\n"
+                 "    print(e.code)\n")
+
+
+def test_listener_rule_tls_and_scrape_token(lab: Lab, two: tuple[str, str]) -> None:
+    """Every slot's name and usage used to be served to anyone on 0.0.0.0 without TLS or a token.
+
+    Now a public address needs TLS and a scrape token; once a token exists, a tenant of this host
+    scraping loopback without it gets 401, and Prometheus with it reads every slot."""
+    import shutil
+
+    from tests.system.conftest import world_traversable_tmpdir
+    from tests.system.lifecycle_env import self_signed_cert
+
+    a, b = two
+    tmp_path = world_traversable_tmpdir("metricstls")
+    port = free_port()
+    r = lab.slotctl("metrics", "serve", "--listen", f"0.0.0.0:{port}", check=False)
+    assert r.returncode == 2 and "needs TLS" in r.stderr and r.stderr.count("\n") == 1
+    cert, key = self_signed_cert(tmp_path, "127.0.0.1")
+    cert.chmod(0o644)
+    r = lab.slotctl("metrics", "serve", "--listen", f"0.0.0.0:{port}", "--cert", str(cert), "--key", str(key),
+                    check=False)
+    assert r.returncode == 2 and "needs authentication" in r.stderr
+    token = lab.slotctl_json("metrics", "token", "create")["token"]
+    assert token not in (lab.state_dir / "metrics-token.sha256").read_text()
+    assert (lab.state_dir / "metrics-token.sha256").stat().st_mode & 0o777 == 0o600
+    server = subprocess.Popen([SLOTCTL, "metrics", "serve", "--listen", f"127.0.0.1:{port}", "--cert", str(cert),
+                               "--key", str(key)], env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"https://127.0.0.1:{port}/metrics"
+    try:
+        import ssl
+
+        tls = ssl.create_default_context(cafile=str(cert))
+        body = None
+        for _ in range(100):
+            try:
+                req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+                with urllib.request.urlopen(req, timeout=10, context=tls) as resp:
+                    body = resp.read().decode()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        assert body is not None and f'slot="{b}"' in body
+        tenant = lab.run_as(a, [TENANT_PYTHON, "-c", TENANT_SCRAPE, url, str(cert)], in_cgroup=False)
+        assert tenant.stdout.strip() == "401", tenant.stderr
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer swm_wrong"}),
+                                   timeout=10, context=tls)
+        assert err.value.code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        lab.slotctl("metrics", "token", "revoke")
+        shutil.rmtree(tmp_path)
 
 
 def test_bad_input_is_one_line(lab: Lab) -> None:
