@@ -587,46 +587,12 @@ def _reserved() -> frozenset[str]:
     return frozenset(catalog())
 
 
-class LifecycleControl:
-    """What suspend/unsuspend use (``provisioner.lifecycle.APP_CONTROLS``): stop and start apps.
-
-    Stopping keeps the app's program known to the supervisor, its files, port and credentials.
-    """
-
-    name = "apps"
-
-    def installed(self, ctx: Context, username: str) -> list[str]:
-        return [r.app for r in registry_of(ctx).installs(username)]
-
-    def running(self, ctx: Context, username: str) -> list[str]:
-        return [r["app"] for r in app_status(ctx, username) if r.get("running")]
-
-    def _programs(self, ctx: Context, username: str, app_name: str) -> tuple[SupervisorBackend, list[Program]]:
-        app, _rec, inst = _existing(ctx, username, app_name)
-        return supervisor_for(ctx), app.programs(ctx, inst)
-
-    def stop(self, ctx: Context, username: str, app: str) -> None:
-        sup, progs = self._programs(ctx, username, app)
-        for prog in progs:
-            sup.stop(prog.name)
-
-    def start(self, ctx: Context, username: str, app: str) -> None:
-        sup, progs = self._programs(ctx, username, app)
-        for prog in progs:
-            sup.start(prog.name)
-
-
 def _register() -> None:
     if _creation_steps not in _slots.CREATION_EXTENSIONS:
         _slots.CREATION_EXTENSIONS.append(_creation_steps)
         _slots.REMOVAL_EXTENSIONS.append(_removal_steps)
         _slots.RESERVED_NAME_SOURCES.append(_reserved)
-    try:
-        from provisioner import lifecycle
-    except ModuleNotFoundError:  # pragma: no cover - lifecycle is optional
-        return
-    if not any(isinstance(c, LifecycleControl) for c in lifecycle.APP_CONTROLS):
-        lifecycle.APP_CONTROLS.append(LifecycleControl())
+    # Suspend/unsuspend stop and start apps through lifecycle.SupervisedApps, the one app control.
 
 
 _register()

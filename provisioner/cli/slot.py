@@ -161,8 +161,8 @@ CSV_FIELDS = ("username", "email", "country", "quota", "payment_ref")
 
 
 def read_slots_csv(text: str) -> list[dict[str, str]]:
-    """Rows of a create-many CSV (header: username,email,country[,quota][,payment_ref])."""
-    reader = csv.DictReader(io.StringIO(text))
+    """Rows of a create-many CSV (header: username,email,country[,quota][,payment_ref]); a BOM is ignored."""
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff")))
     header = reader.fieldnames or []
     missing = [f for f in CSV_FIELDS[:3] if f not in header]
     if missing:
@@ -183,7 +183,7 @@ def read_slots_csv(text: str) -> list[dict[str, str]]:
 def create_many(csv_file: Path) -> None:
     """Create a slot per CSV row; a failing row does not stop the rest. Exit 1 if any failed."""
     try:
-        text = csv_file.read_text(encoding="utf-8")
+        text = csv_file.read_text(encoding="utf-8-sig")  # spreadsheets write a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{csv_file}: cannot read: {exc}") from None
     rows = read_slots_csv(text)

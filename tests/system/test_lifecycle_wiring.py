@@ -37,6 +37,11 @@ PLANS = """
 quota = "256M"
 apps = ["transmission", "jupyterlab"]
 max_apps = 1
+
+[plans.tktwo]
+quota = "256M"
+apps = ["transmission", "jupyterlab"]
+max_apps = 2
 """
 
 
@@ -136,6 +141,22 @@ def test_app_install_respects_the_slots_plan(host: SlotHost) -> None:
         # Reinstalling the one app is the apps package's refusal, not the plan's.
         again = host.slotctl("app", "install", name, "transmission")
         assert again.returncode != 0 and "plan" not in again.stderr, again.stderr
+    finally:
+        _remove(host, name)
+
+
+def test_max_apps_two_allows_two_apps(host: SlotHost) -> None:
+    """The bug: two app controls both named "apps" were added up, so with max_apps = 2 and one
+    app installed the second was refused ("plan tktwo allows 2 app(s)")."""
+    import provisioner.apps  # noqa: F401 - both modules loaded, as in slotctl
+
+    assert [c.name for c in lifecycle.APP_CONTROLS] == ["apps"]
+    name, _password = _create(host, "tktwo")
+    try:
+        for app in ("transmission", "jupyterlab"):
+            ok = host.slotctl("--json", "app", "install", name, app)
+            assert ok.returncode == 0, ok.stderr
+        assert sorted(_installed(host, name)) == ["jupyterlab", "transmission"]
     finally:
         _remove(host, name)
 

@@ -136,3 +136,11 @@ def test_payment_ref_never_crashes(value: str) -> None:
     except BadInput:
         return
     assert out.isascii() and out.isprintable() and " " not in out
+
+
+def test_create_many_csv_from_a_spreadsheet_with_a_bom() -> None:
+    """A CSV exported by a spreadsheet (UTF-8 with a BOM) failed with "CSV header lacks username"."""
+    from provisioner.cli.slot import read_slots_csv
+
+    rows = read_slots_csv("\ufeffusername,email,country\nann,ann@example.com,DE\n")
+    assert rows == [{"username": "ann", "email": "ann@example.com", "country": "DE"}]
