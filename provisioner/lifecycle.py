@@ -31,6 +31,7 @@ import importlib.util
 import json
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -172,17 +173,26 @@ def check_name_shape(username: object) -> str:
     return validate_username(username)
 
 
+_held_locks = threading.local()
+
+
 @contextmanager
 def slot_lock(ctx: Context, username: str) -> Iterator[None]:
     """Hold the slot's lock: changes of one slot run one at a time, across processes and threads.
 
     A ``flock`` on ``<state_dir>/locks/USERNAME.lock``; the kernel drops it if the holder dies.
-    USERNAME must have a slot name's shape (it becomes a file name).
+    USERNAME must have a slot name's shape (it becomes a file name). Re-entrant within one
+    thread (an operation that holds the lock may call another that takes it); other threads
+    and processes wait.
     """
     check_name_shape(username)
     lock_dir = ctx.config.state_dir / "locks"
-    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = lock_dir / f"{username}.lock"
+    held: set[str] = _held_locks.__dict__.setdefault("paths", set())
+    if str(path) in held:
+        yield
+        return
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -192,13 +202,15 @@ def slot_lock(ctx: Context, username: str) -> Iterator[None]:
         except FileNotFoundError:
             pass
         os.close(fd)  # the holder before us removed the file (slot terminated): lock the new one
+    held.add(str(path))
     try:
         yield
     finally:
+        held.discard(str(path))
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _drop_lock_file(ctx: Context, username: str) -> None:
+def drop_lock_file(ctx: Context, username: str) -> None:
     """Remove the lock file of a terminated slot (call while holding its lock)."""
     (ctx.config.state_dir / "locks" / f"{username}.lock").unlink(missing_ok=True)
 
@@ -588,7 +600,7 @@ def terminate(ctx: Context, username: str, *, keep_data: bool = False, dry_run: 
     with slot_lock(ctx, username):
         plan = slots.remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
         if not dry_run:
-            _drop_lock_file(ctx, username)
+            drop_lock_file(ctx, username)
     return plan
 
 

@@ -482,7 +482,15 @@ def plan_uninstall(ctx: Context, username: str, app_name: str) -> Plan:
 
 
 def uninstall_app(ctx: Context, username: str, app_name: str) -> Plan:
-    """Uninstall APP_NAME from slot USERNAME; returns the applied plan."""
+    """Uninstall APP_NAME from slot USERNAME under the slot's lock; returns the applied plan."""
+    from provisioner import lifecycle  # imports this package's users; not at module level
+
+    with lifecycle.slot_lock(ctx, username):
+        return _uninstall(ctx, username, app_name)
+
+
+def _uninstall(ctx: Context, username: str, app_name: str) -> Plan:
+    """Uninstall, for callers that hold the slot's lock (slot removal, an undone create)."""
     plan = plan_uninstall(ctx, username, app_name)
     apply(plan)
     return plan
@@ -499,7 +507,16 @@ def app_credentials(ctx: Context, username: str, app_name: str) -> AppCredential
 
 
 def rotate_app(ctx: Context, username: str, app_name: str) -> AppCredentials:
-    """New credentials for an installed app, applied to the running app; the old ones stop working."""
+    """New credentials for an installed app, applied to the running app; the old ones stop working.
+
+    Runs under the slot's lock, so it cannot interleave with an uninstall or a removal."""
+    from provisioner import lifecycle  # imports this package's users; not at module level
+
+    with lifecycle.slot_lock(ctx, username):
+        return _rotate(ctx, username, app_name)
+
+
+def _rotate(ctx: Context, username: str, app_name: str) -> AppCredentials:
     app, rec, inst = _existing(ctx, username, app_name)
     if rec.state != "installed":
         raise SlotError(f"{app.name} in slot {username} is {rec.state}, not installed")
@@ -573,7 +590,7 @@ def _install_quiet(ctx: Context, username: str, app_name: str) -> None:
 
 def _uninstall_if_there(ctx: Context, username: str, app_name: str) -> None:
     if registry_of(ctx).get(username, app_name) is not None:
-        uninstall_app(ctx, username, app_name)
+        _uninstall(ctx, username, app_name)
 
 
 def _removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:

@@ -23,7 +23,7 @@ from provisioner.errors import BadInput
 from provisioner.executors import SlotChange
 from provisioner.names import format_size
 from provisioner.plan import Plan
-from provisioner.slots import BatchRow, Created, create_slot
+from provisioner.slots import BatchRow, Created
 
 
 @click.group()
@@ -62,13 +62,8 @@ def create(username: str, email: str, country: str, quota: str | None, payment_r
              "payment_ref": payment_ref, "strict": True})], check=dry_run), check=dry_run)
         return
     ctx = Context()
-    if plan_name is not None:
-        from provisioner.lifecycle import create as create_on_plan
-
-        result = create_on_plan(ctx, username, email, country, plan=plan_name, quota=quota,
-                                payment_ref=payment_ref, dry_run=dry_run, apps=apps)
-    else:
-        result = create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run, apps=apps)
+    result = lifecycle.create(ctx, username, email, country, plan=plan_name, quota=quota,
+                              payment_ref=payment_ref, dry_run=dry_run, apps=apps)  # under the slot's lock
     if isinstance(result, Plan):
         _plan_out(result, True)
         return

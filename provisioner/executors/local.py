@@ -131,6 +131,23 @@ def _batchable(ctx: Context, changes: list[SlotChange]) -> list[int]:
             and ctx.store.get_slot(c.username) is None]
 
 
+def _locked(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOutcome:
+    """One change under the slot's lock, like every other front door (check mode takes none)."""
+    from provisioner import lifecycle
+
+    def one() -> SlotOutcome:
+        return _absent(ctx, change, host, check) if change.state == "absent" else _present(ctx, change, host, check)
+
+    lifecycle.check_name_shape(change.username)
+    if check or (change.state == "absent" and ctx.store.get_slot(change.username) is None):
+        return one()  # nothing to change: no lock file for a name that is no slot
+    with lifecycle.slot_lock(ctx, change.username):
+        out = one()
+        if change.state == "absent" and out.changed:
+            lifecycle.drop_lock_file(ctx, change.username)
+    return out
+
+
 def apply_changes(ctx: Context, changes: list[SlotChange], *, check: bool = False,
                   host: str | None = None) -> list[SlotOutcome]:
     """Apply CHANGES on this host; one outcome per change, in order. A failing change is
@@ -153,10 +170,7 @@ def apply_changes(ctx: Context, changes: list[SlotChange], *, check: bool = Fals
         if i in outcomes:
             continue
         try:
-            if change.state == "absent":
-                outcomes[i] = _absent(ctx, change, host, check)
-            else:
-                outcomes[i] = _present(ctx, change, host, check)
+            outcomes[i] = _locked(ctx, change, host, check)
         except SlotError as exc:
             outcomes[i] = SlotOutcome(host, change.username, "failed", False, error=" ".join(str(exc).split()),
                                       exit_code=exc.exit_code)

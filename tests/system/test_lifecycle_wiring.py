@@ -195,13 +195,19 @@ def _shadow_hash(name: str) -> str:
     raise AssertionError(f"{name} has no shadow entry")
 
 
-def _run_while_locked(host: SlotHost, name: str, *args: str) -> tuple[subprocess.CompletedProcess[str], bool]:
+def _run_while_locked(host: SlotHost, name: str, *args: str,
+                      unchanged: object = None) -> tuple[subprocess.CompletedProcess[str], bool]:
     """Run slotctl ARGS while this test holds NAME's slot lock.
 
     Returns the result and whether, with the lock still held, the command was waiting for it
-    and had changed nothing of the slot (user and password hash as before).
+    and had changed nothing of the slot (UNCHANGED() true; default: user and password hash as
+    before).
     """
-    before = _shadow_hash(name)
+    if unchanged is None:
+        before = _shadow_hash(name)
+
+        def unchanged() -> bool:
+            return accounts.lookup_user(name) is not None and _shadow_hash(name) == before
     ctx = host.ctx()
     try:
         with lifecycle.slot_lock(ctx, name):
@@ -210,8 +216,7 @@ def _run_while_locked(host: SlotHost, name: str, *args: str) -> tuple[subprocess
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 wait_for(lambda: _waits_for_lock(proc.pid, inode) or proc.poll() is not None, timeout=120)
-                waited = (proc.poll() is None and _waits_for_lock(proc.pid, inode)
-                          and accounts.lookup_user(name) is not None and _shadow_hash(name) == before)
+                waited = proc.poll() is None and _waits_for_lock(proc.pid, inode) and unchanged()  # type: ignore[operator]
             except BaseException:
                 proc.kill()
                 proc.communicate()
@@ -292,4 +297,45 @@ def test_a_slot_over_its_quota_can_be_upgraded_and_terminated(host: SlotHost, th
         assert accounts.lookup_user(name) is None and not _in_store(host, name) and not home.exists()
     finally:
         ctx.close()
+        _remove(host, name)
+
+
+def test_cli_create_without_a_plan_waits_for_the_slot_lock(host: SlotHost) -> None:
+    """`slot create` without --plan used to bypass the lock that every other front door takes."""
+    name = new_name(PREFIX)
+    try:
+        out, waited = _run_while_locked(host, name, "--json", "slot", "create", name, "--email",
+                                        f"{name}@example.com", "--country", "DE",
+                                        unchanged=lambda: accounts.lookup_user(name) is None)
+        assert waited, "slot create did not wait for the slot lock"
+        assert out.returncode == 0, out.stderr
+        assert accounts.lookup_user(name) is not None
+    finally:
+        _remove(host, name)
+
+
+def test_cli_app_rotate_and_uninstall_wait_for_the_slot_lock(host: SlotHost) -> None:
+    """`app rotate` and `app uninstall` used to run beside a removal or each other."""
+    name, _password = _create(host, "tkpair")
+    try:
+        ok = host.slotctl("--json", "app", "install", name, "transmission")
+        assert ok.returncode == 0, ok.stderr
+        first = json.loads(ok.stdout)["password"]
+
+        def creds_unchanged() -> bool:
+            shown = host.slotctl("--json", "app", "creds", name, "transmission")
+            return shown.returncode == 0 and json.loads(shown.stdout)["password"] == first
+
+        out, waited = _run_while_locked(host, name, "--json", "app", "rotate", name, "transmission",
+                                        unchanged=creds_unchanged)
+        assert waited, "app rotate did not wait for the slot lock"
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["password"] != first
+
+        out, waited = _run_while_locked(host, name, "--json", "app", "uninstall", name, "transmission",
+                                        unchanged=lambda: _installed(host, name) == ["transmission"])
+        assert waited, "app uninstall did not wait for the slot lock"
+        assert out.returncode == 0, out.stderr
+        assert _installed(host, name) == []
+    finally:
         _remove(host, name)

@@ -270,7 +270,7 @@ def test_slot_lock_serializes_and_survives_removal_of_its_file(tmp_path: Path) -
                 if len(inside) > 1:
                     overlaps.append(i)
                 if i == 0:
-                    lifecycle._drop_lock_file(ctx, "tlx")  # as terminate does, under the lock
+                    lifecycle.drop_lock_file(ctx, "tlx")  # as terminate does, under the lock
                 inside.remove(i)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
@@ -282,3 +282,20 @@ def test_slot_lock_serializes_and_survives_removal_of_its_file(tmp_path: Path) -
     with pytest.raises(BadInput):
         with lifecycle.slot_lock(ctx, "../etc"):
             pass
+
+
+def test_slot_lock_is_reentrant_in_its_thread_and_exclusive_across_threads(tmp_path: Path) -> None:
+    """An operation holding the lock may call another that takes it (a slot removal uninstalls
+    its apps); another thread still waits."""
+    import threading
+
+    ctx: Any = SimpleNamespace(config=SimpleNamespace(state_dir=tmp_path))
+    entered = threading.Event()
+    with lifecycle.slot_lock(ctx, "tlx"):
+        with lifecycle.slot_lock(ctx, "tlx"):  # no self-deadlock
+            pass
+        other = threading.Thread(target=lambda: (lifecycle.slot_lock(ctx, "tlx").__enter__(), entered.set()))
+        other.start()
+        assert not entered.wait(0.3)  # blocked while this thread holds it
+    assert entered.wait(10)
+    other.join()
