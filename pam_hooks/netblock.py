@@ -6,7 +6,8 @@ a restart. pyroute2 is imported lazily: it is only needed when
 ``guard.network_block = true``, and the PAM hot path never touches it.
 
 >>> nb = NetBlock()            # doctest: +SKIP
->>> nb.block("198.51.100.9")   # doctest: +SKIP   (adds "blackhole 198.51.100.9 proto 186")
+>>> # adds the route "blackhole 198.51.100.9 proto 186":
+>>> nb.block("198.51.100.9")   # doctest: +SKIP
 """
 
 from __future__ import annotations
