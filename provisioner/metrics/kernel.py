@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import pwd
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -251,34 +252,58 @@ def from_cgroup(m: SlotMetrics, fig: CgroupFigures, label: str) -> None:
 
 
 def tree_usage(top: str) -> int:
-    """Bytes allocated under TOP (like ``du -s``: st_blocks, hard links once, symlinks not followed)."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    stack = [top]
+    """Bytes allocated under TOP (like ``du -s``: st_blocks, hard links once, symlinks not followed).
+
+    Root runs this over a tenant's home (the data report), so the walk is by descriptor: every
+    directory is opened with ``O_NOFOLLOW`` relative to its parent's descriptor, so a directory
+    swapped for a symlink mid-walk (to ``/``, another home) is never entered. Nested btrfs
+    subvolumes count (they are the tenant's data too). A tree too deep for the descriptors left
+    is counted as far as they reach.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        total += os.lstat(top).st_blocks * 512
+        top_fd = os.open(top, flags)
     except OSError:
-        return 0
-    while stack:
-        d = stack.pop()
         try:
-            it = os.scandir(d)
+            return os.lstat(top).st_blocks * 512  # not a directory (or unreadable): itself
         except OSError:
-            continue
-        with it:
-            for e in it:
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_nlink > 1 and not e.is_dir(follow_symlinks=False):
-                    key = (st.st_dev, st.st_ino)
-                    if key in seen:
+            return 0
+    total = os.fstat(top_fd).st_blocks * 512
+    seen: set[tuple[int, int]] = set()
+    stack = [top_fd]
+    try:
+        while stack:
+            dfd = stack.pop()
+            try:
+                with os.scandir(dfd) as it:
+                    names = [e.name for e in it]
+            except OSError:
+                names = []
+            try:
+                for name in names:
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except OSError:
                         continue
-                    seen.add(key)
-                total += st.st_blocks * 512
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
+                    if stat.S_ISDIR(st.st_mode):
+                        try:
+                            cfd = os.open(name, flags, dir_fd=dfd)
+                        except OSError:
+                            continue  # swapped for a symlink, gone, or out of descriptors
+                        total += os.fstat(cfd).st_blocks * 512
+                        stack.append(cfd)
+                        continue
+                    if st.st_nlink > 1:
+                        key = (st.st_dev, st.st_ino)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                    total += st.st_blocks * 512
+            finally:
+                os.close(dfd)
+    finally:
+        for fd in stack:
+            os.close(fd)
     return total
 
 
