@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except GuardConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, cfg.syslog_socket)
     try:
         GuardService(cfg).run()
     except RuntimeError as exc:

@@ -16,11 +16,22 @@ be lost when a PAM client dies, forks or never calls ``pam_end``.
 >>> pol = LockoutPolicy(GuardConfig(pair_deny=2), conn)
 >>> [pol.reserve("sshd", "bob", "198.51.100.7", now=100.0).allowed for _ in range(3)]
 [True, True, False]
+
+Local tries (no PAM_RHOST) arrive with the caller as the origin, ``local:<caller>``
+(see :func:`local_origin`): a tenant's ``su root`` locks (root, local:tenant) only.
+
+The per-username rule (``user_deny``) is the one a distributed attacker can turn
+on a victim, so it never refuses at an origin where the user logged in with a
+password before (``known_origins``, bounded and expiring) nor in the account
+phase (key logins), and root and the admin group keep the console way in
+(``local:root``) that no tenant can reach.
 """
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import pwd
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +45,11 @@ from pam_hooks.protocol import escape_text, name_key, unescape
 from pam_hooks.store import purge_attempts
 
 KINDS = ("pair", "ip", "user")
+LOCAL = "local:"
+# The console way in: a local try whose caller is root itself (login on a tty, a root shell).
+CONSOLE = LOCAL + "root"
+# Known origins kept per user (newest first); older ones are dropped.
+KNOWN_MAX = 16
 
 
 class Blocker(Protocol):
@@ -58,10 +74,11 @@ class Decision:
 class Origin:
     """Where a try comes from, as the policy counts it."""
 
-    ip: str  # the escaped PAM_RHOST as recorded
+    ip: str  # the escaped PAM_RHOST as recorded, or local:<caller> for a local try
     ipkey: str  # address (v4) or /prefix network (v6); the raw value if not an IP; "" if none
     is_ip: bool
     allowed: bool
+    local: bool = False
 
 
 def iso(ts: float | None) -> str | None:
@@ -69,6 +86,22 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def local_origin(rhost: str, caller: str | None) -> str:
+    """The recorded origin of a try: ``local:<caller>`` when there is no rhost.
+
+    A network rhost can never pass for a local origin: one that starts with
+    ``local:`` is recorded with its colon escaped.
+
+    >>> local_origin("", "alice"), local_origin("local:root", None), local_origin("198.51.100.7", "x")
+    ('local:alice', 'local%3Aroot', '198.51.100.7')
+    """
+    if not rhost:
+        return LOCAL + caller if caller else ""
+    if rhost.startswith(LOCAL):
+        return "local%3A" + rhost[len(LOCAL):]
+    return rhost
 
 
 def pair_key(user: str, ip: str) -> str:
@@ -107,6 +140,8 @@ class LockoutPolicy:
         """Classify an escaped PAM_RHOST: address, /64 key, allow list."""
         if not rhost:
             return Origin("", "", False, False)
+        if rhost.startswith(LOCAL):
+            return Origin(rhost, rhost, False, False, local=True)
         try:
             addr = ipaddress.ip_address(unescape(rhost).decode("ascii"))
         except (ValueError, UnicodeDecodeError):
@@ -120,18 +155,65 @@ class LockoutPolicy:
             key = str(addr)
         return Origin(rhost, key, True, allowed)
 
-    def _keys(self, user: str, org: Origin) -> list[tuple[str, str]]:
-        """The (kind, key) pairs that can lock this try, most specific first."""
+    def _keys(self, user: str, org: Origin, now: float, phase: str = "auth") -> list[tuple[str, str]]:
+        """The (kind, key) pairs that can lock this try, most specific first.
+
+        ``phase`` "account" (key logins, and the check after a password) leaves
+        the per-username rule out; so does an origin the user is known at.
+        """
         if org.allowed:
             return []
         if user == "root" and not self.cfg.deny_root:
             return []
+        if org.ip == CONSOLE and self.is_admin(user):
+            return []
         keys = [("pair", pair_key(user, org.ip))]
         if org.ipkey:
             keys.append(("ip", org.ipkey))
-        if user != "root":  # root is never locked globally per username
+        # root is never locked globally per username
+        if user != "root" and phase == "auth" and not self.known(user, org, now):
             keys.append(("user", user))
         return keys
+
+    def is_admin(self, user: str) -> bool:
+        """root, or a member of the admin group (``[host] admin_group``)."""
+        name = unescape(user).decode("utf-8", "surrogateescape")
+        if name == "root":
+            return True
+        try:
+            group = grp.getgrnam(self.cfg.admin_group)
+        except KeyError:
+            return False
+        if name in group.gr_mem:
+            return True
+        try:
+            return pwd.getpwnam(name).pw_gid == group.gr_gid
+        except KeyError:
+            return False
+
+    def known(self, user: str, org: Origin, now: float) -> bool:
+        """Did ``user`` log in with a password from this origin (address, /64) within ``known_for``."""
+        if not org.ipkey:
+            return False
+        row = self.conn.execute(
+            "SELECT 1 FROM known_origins WHERE username = ? AND ipkey = ? AND last > ?",
+            (user, org.ipkey, now - self.cfg.known_for),
+        ).fetchone()
+        return row is not None
+
+    def _remember(self, user: str, org: Origin, now: float) -> None:
+        if not org.ipkey:
+            return
+        self.conn.execute(
+            "INSERT INTO known_origins (username, ipkey, last) VALUES (?, ?, ?)"
+            " ON CONFLICT (username, ipkey) DO UPDATE SET last = excluded.last",
+            (user, org.ipkey, now),
+        )
+        self.conn.execute(
+            "DELETE FROM known_origins WHERE username = ? AND ipkey NOT IN"
+            " (SELECT ipkey FROM known_origins WHERE username = ? ORDER BY last DESC LIMIT ?)",
+            (user, user, KNOWN_MAX),
+        )
 
     def _threshold(self, kind: str) -> int:
         return {"pair": self.cfg.pair_deny, "ip": self.cfg.ip_deny, "user": self.cfg.user_deny}[kind]
@@ -215,8 +297,8 @@ class LockoutPolicy:
         """
         now = self.clock() if now is None else now
         org = self.origin(rhost)
-        keys = self._keys(user, org)
         with self._tx():
+            keys = self._keys(user, org, now)
             if prev is not None:
                 self._resolve(prev, "failed")
             locks = {kind: self._lock(kind, key) for kind, key in keys}
@@ -279,7 +361,7 @@ class LockoutPolicy:
                 "UPDATE attempts SET state = 'cleared' WHERE username = ? AND ip = ? AND state = 'failed'",
                 (user, org.ip),
             )
-            for kind, key in self._keys(user, org):
+            for kind, key in self._keys(user, org, now):
                 lock = self._lock(kind, key)
                 if lock is None or lock["locked_until"] <= now or lock["locked_at"] < row["ts"]:
                     continue
@@ -292,12 +374,13 @@ class LockoutPolicy:
                 )
                 if kind == "ip":
                     self._unblock(key)
+            self._remember(user, org, now)
 
     def account(self, service: str, user: str, rhost: str, now: float | None = None) -> Decision:
         """Account phase: refuse any login (also by key) while a lock holds."""
         now = self.clock() if now is None else now
         org = self.origin(rhost)
-        denied = self._active(self._keys(user, org), now)
+        denied = self._active(self._keys(user, org, now, phase="account"), now)
         return denied or Decision(True)
 
     # -- upkeep -------------------------------------------------------------
@@ -319,7 +402,7 @@ class LockoutPolicy:
         now = self.clock() if now is None else now
         cutoff = now - self.cfg.retention
         with self._tx():
-            return purge_attempts(self.conn, cutoff)
+            return purge_attempts(self.conn, cutoff, now - self.cfg.known_for)
 
     def restore_blocks(self, now: float | None = None) -> None:
         """After a restart: re-add live blocks, drop ended ones."""
@@ -365,7 +448,7 @@ class LockoutPolicy:
         out = []
         for r in rows:
             org = self.origin(r["ip"])
-            lock = self._active(self._keys(r["username"], org), now)
+            lock = self._active(self._keys(r["username"], org, now), now)
             if locked and lock is None:
                 continue
             out.append({
@@ -388,7 +471,7 @@ class LockoutPolicy:
         """Would a try by ``user`` from ``ip`` be allowed now, and why not."""
         now = self.clock() if now is None else now
         u, org = name_key(user), self.origin(escape_text(ip))
-        keys = self._keys(u, org)
+        keys = self._keys(u, org, now)
         counts: dict[str, dict[str, Any]] = {}
         d = self._active(keys, now)
         for kind, key in keys:
@@ -399,8 +482,12 @@ class LockoutPolicy:
         reason = None
         if org.allowed:
             reason = "address is in guard.allow"
+        elif org.ip == CONSOLE and not keys:
+            reason = "the console way in: root and the admin group are never locked at local:root"
         elif not keys:
             reason = "root is not locked (guard.deny_root = false)"
+        elif u != "root" and "user" not in counts:
+            reason = "known origin: the per-username rule does not apply here"
         return {
             "username": u, "ip": org.ip, "allowed": d is None, "rule": d.rule if d else None,
             "until": iso(d.until) if d else None, "counts": counts, "note": reason,
@@ -456,11 +543,17 @@ class LockoutPolicy:
             n = 0
             if user is not None:
                 n += self.conn.execute("DELETE FROM attempts WHERE username = ?", (name_key(user),)).rowcount
+                self.conn.execute("DELETE FROM known_origins WHERE username = ?", (name_key(user),))
             if ip is not None:
                 e = escape_text(ip)
                 n += self.conn.execute("DELETE FROM attempts WHERE ip = ? OR ipkey = ?",
                                        (e, self.origin(e).ipkey)).rowcount
         return int(n)
+
+    def active_lock_count(self, now: float | None = None) -> int:
+        """How many locks hold now (for ``stats``)."""
+        now = self.clock() if now is None else now
+        return int(self.conn.execute("SELECT COUNT(*) FROM locks WHERE locked_until > ?", (now,)).fetchone()[0])
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """Counts and the active locks."""
@@ -485,4 +578,5 @@ def _policy(cfg: GuardConfig) -> dict[str, Any]:
     d["allow"] = [str(n) for n in cfg.allow]
     d["socket"] = str(cfg.socket)
     d["state_dir"] = str(cfg.state_dir)
+    d["syslog_socket"] = str(cfg.syslog_socket)
     return d

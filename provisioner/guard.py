@@ -10,6 +10,7 @@ supervisor (supervisord here, systemd elsewhere) and the exit-code contract.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,11 @@ def supervise_guard(config_file: Path, dry_run: bool = False) -> dict[str, Any]:
 
 
 def install_guard(cfg: GuardConfig, service: str, pam_dir: Path, dry_run: bool = False,
-                  with_module: bool = True) -> pam_install.InstallResult:
+                  with_module: bool = True, module_path: Path | None = None) -> pam_install.InstallResult:
     """Add the guard's PAM lines (and the module); InstallError becomes SlotError."""
     try:
-        return pam_install.install(cfg, service, pam_dir, dry_run=dry_run, with_module=with_module)
+        return pam_install.install(cfg, service, pam_dir, dry_run=dry_run, with_module=with_module,
+                                   module_path=module_path)
     except pam_install.InstallError as exc:
         raise SlotError(str(exc)) from None
 
@@ -80,9 +82,28 @@ def uninstall_guard(cfg: GuardConfig, service: str, pam_dir: Path, dry_run: bool
         raise SlotError(str(exc)) from None
 
 
-def guard_request(cfg: GuardConfig, op: str, **args: Any) -> Any:
+def guard_request(cfg: GuardConfig, op: str, direct_ok: bool = True, **args: Any) -> Any:
     """An operator request to the service (or to the store when the service is down)."""
     try:
-        return admin(cfg, op, **args)
+        return admin(cfg, op, direct_ok=direct_ok, **args)
     except (GuardRequestError, GuardUnavailable, OSError) as exc:
         raise SlotError(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise SlotError(f"guard store {cfg.db_path} cannot be read ({exc}); the service sets a damaged "
+                        "store aside when it starts") from None
+
+
+def guard_status(cfg: GuardConfig) -> dict[str, Any]:
+    """The service's status with ``state`` "up" or "degraded"; SlotError "guard: down ..." when it is not deciding.
+
+    Only the service itself answers: a store on disk says nothing about whether
+    logins are being decided.
+    """
+    try:
+        d: dict[str, Any] = admin(cfg, "status", direct_ok=False)
+    except GuardUnavailable as exc:
+        raise SlotError(f"guard: down ({exc})") from None
+    except (GuardRequestError, OSError, ValueError) as exc:
+        raise SlotError(f"guard: down (the service on {cfg.socket} does not decide: {exc})") from None
+    d["state"] = "degraded" if d["service"].get("degraded") else "up"
+    return d

@@ -24,6 +24,9 @@ from pam_hooks.client import GuardUnavailable, request
 from pam_hooks.config import GuardConfig, load_guard_config
 
 REPO = Path(__file__).resolve().parents[2]
+# This checkout's module, named by absolute path in the test PAM files: tests of parallel
+# checkouts never share (or overwrite) one copy in the system's module directory.
+MODULE_PATH = REPO / "pam_hooks" / "c" / "pam_slotwarden.so"
 SLOTCTL = str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "slotctl")
 
 COUNTER = """#!/bin/sh
@@ -111,10 +114,17 @@ class GuardEnv:
         path = Path("/etc/pam.d") / name
         path.write_text(text)
         self.services.append(path)
-        self.slotctl("install", "--service", name, "--no-supervise")
+        self.install(name)
         if count_checks:
             self.add_counter(path)
         return name
+
+    def install(self, service: str) -> None:
+        """``slotctl guard install`` into /etc/pam.d/SERVICE with this checkout's module."""
+        from pam_hooks.install import built_module
+
+        built_module()  # (re)build it if the source is newer
+        self.slotctl("install", "--service", service, "--no-supervise", "--module-path", str(MODULE_PATH))
 
     def add_counter(self, path: Path) -> None:
         """Insert a pam_exec line that logs every password check reaching the real stack."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pam_hooks.config import GuardConfig
-from pam_hooks.install import pam_auth_update_profiles
+from pam_hooks.install import TOLERANT, pam_auth_update_profiles
 from tests.system.guard_env import SLOTCTL, GuardEnv
 from tests.system.lab import lab_user
 
@@ -91,10 +91,10 @@ def test_enabled_host_wide_in_a_private_mount_namespace(env: GuardEnv) -> None:
     finally:
         shutil.rmtree(t, ignore_errors=True)
     auth = _lines(out["common_auth"])
-    pre = _find(auth, "auth requisite pam_slotwarden.so")
+    pre = _find(auth, f"auth {TOLERANT['requisite']} pam_slotwarden.so")
     assert auth[pre + 1].startswith("auth [success=") and "pam_unix.so" in auth[pre + 1]
     assert _find(auth, "auth optional pam_slotwarden.so authsucc") > _find(auth, "auth requisite pam_deny.so")
-    _find(_lines(out["common_account"]), "account required pam_slotwarden.so")
+    _find(_lines(out["common_account"]), f"account {TOLERANT['required']} pam_slotwarden.so")
     # right password, two wrong ones (pair_deny = 2), then the right one refused
     assert out["logins"] == [True, False, False, False]
     assert env.json("list", "--user", name)[0]["count"] == 2
