@@ -333,3 +333,28 @@ def write_pam_auth_update_profiles(cfg: GuardConfig, directory: Path = Path("/us
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
     return paths
+
+
+# -- systemd: the socket before sshd, the service behind it ----------------------------------
+
+UNITS = ("slotwarden-guard.socket", "slotwarden-guard.service")
+
+
+def systemd_units(cfg: GuardConfig, python: str, workdir: str, config_file: str) -> dict[str, str]:
+    """The two unit files of ``pam_hooks/systemd/``, rendered for this host (pure).
+
+    >>> u = systemd_units(GuardConfig(), "/usr/bin/python3", "/opt/sw", "/etc/slotwarden/slotwarden.toml")
+    >>> [ln for ln in u["slotwarden-guard.socket"].splitlines() if ln.startswith("ListenStream")]
+    ['ListenStream=/run/slotwarden/guard.sock']
+    """
+    for what, value in (("python", python), ("workdir", workdir), ("config", config_file)):
+        if not value.startswith("/") or any(c.isspace() or c in "%$\\\"'" for c in value):
+            raise InstallError(f"{what} {value!r}: a unit needs an absolute path without spaces, quotes or %")
+    values = {"@SOCKET@": str(cfg.socket), "@PYTHON@": python, "@WORKDIR@": workdir, "@CONFIG@": config_file}
+    out = {}
+    for name in UNITS:
+        text = (Path(__file__).resolve().parent / "systemd" / name).read_text()
+        for key, value in values.items():
+            text = text.replace(key, value)
+        out[name] = text
+    return out

@@ -49,6 +49,7 @@ _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # A connection silent this long is closed (the PAM module's timeout is at most 60 s).
 IDLE_SECONDS = 65.0
 PAUSE_SECONDS = 0.05
+ACCEPTS_PER_ROUND = 256
 
 log = logging.getLogger("slotwarden.guard")
 
@@ -215,7 +216,8 @@ class GuardService:
 
     def _accept(self) -> None:
         assert self.listener is not None
-        while True:
+        # Bounded per round, so the requests of those accepted are read before more come in.
+        for _ in range(ACCEPTS_PER_ROUND):
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -255,13 +257,24 @@ class GuardService:
         self.sel.register(sock, selectors.EVENT_READ, c)
 
     def _evict_idle(self) -> bool:
-        """Close the longest-idle connection without a request in progress; False if there is none."""
-        idle = [c for c in self.conns.values() if not c.busy]
-        if not idle:
-            return False
-        self.stats["evicted"] += 1
-        self._close(min(idle, key=lambda c: c.last))
-        return True
+        """Close the longest-idle connection with nothing sent and nothing to answer; False if there is none.
+
+        A connection whose request has arrived but is not read yet is not idle
+        (peeked without reading): closing it would lose a decision.
+        """
+        for c in sorted((c for c in self.conns.values() if not c.busy), key=lambda c: c.last):
+            try:
+                pending = c.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                pending = None
+            except OSError:
+                pending = b""
+            if pending:
+                continue
+            self.stats["evicted"] += 1
+            self._close(c)
+            return True
+        return False
 
     def _pause(self) -> None:
         if self.listener is not None and self.paused_until == 0.0:

@@ -39,8 +39,12 @@ class StoreCorrupt(sqlite3.DatabaseError):
 
 def is_corruption(exc: BaseException) -> bool:
     """True for SQLite's "database disk image is malformed" / "file is not a database"."""
-    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.OperationalError):
-        return isinstance(exc, StoreCorrupt)
+    if isinstance(exc, StoreCorrupt):
+        return True
+    # Subclasses (OperationalError: locked, I/O, full disk; ProgrammingError: a closed
+    # connection; IntegrityError ...) are never a reason to set a store aside.
+    if type(exc) is not sqlite3.DatabaseError:
+        return False
     code = getattr(exc, "sqlite_errorcode", None)
     return code is None or code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
 

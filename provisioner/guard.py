@@ -45,6 +45,8 @@ def supervise_guard(config_file: Path, dry_run: bool = False) -> dict[str, Any]:
     ctx = Context()
     try:
         backend = supervisor_for(ctx)
+        if backend.name == "systemd":
+            return supervise_guard_systemd(guard_config(config_file), config_file, dry_run=dry_run)
         program = guard_program(config_file)
         out: dict[str, Any] = {"supervisor": backend.name, "program": program.name, "changed": False}
         before = backend.status(program.name) if backend.is_running() else None
@@ -62,6 +64,40 @@ def supervise_guard(config_file: Path, dry_run: bool = False) -> dict[str, Any]:
         return out
     finally:
         ctx.close()
+
+
+def supervise_guard_systemd(cfg: GuardConfig, config_file: Path, unit_dir: Path = Path("/etc/systemd/system"),
+                            dry_run: bool = False) -> dict[str, Any]:
+    """Under systemd: slotwarden-guard.socket (before ssh.service) and .service, enabled and started.
+
+    The socket unit owns the socket from early boot and across restarts; the
+    service gets it by socket activation. Unchanged unit files are not rewritten.
+    """
+    from provisioner.runner import run
+
+    try:
+        units = pam_install.systemd_units(cfg, sys.executable, str(REPO), str(config_file.resolve()))
+    except pam_install.InstallError as exc:
+        raise SlotError(str(exc)) from None
+    changed = [name for name, text in units.items()
+               if not (unit_dir / name).exists() or (unit_dir / name).read_text() != text]
+    out: dict[str, Any] = {"supervisor": "systemd", "program": pam_install.UNITS[1], "changed": bool(changed),
+                           "units": [str(unit_dir / n) for n in units], "dry_run": dry_run}
+    if dry_run:
+        return out
+    for name in changed:
+        tmp = unit_dir / f".{name}.tmp"
+        tmp.write_text(units[name])
+        tmp.chmod(0o644)
+        tmp.replace(unit_dir / name)
+    if changed:
+        run(["systemctl", "daemon-reload"])
+    run(["systemctl", "enable", "--now", *pam_install.UNITS])
+    if changed:
+        run(["systemctl", "restart", pam_install.UNITS[1]])  # the socket stays: no login finds it missing
+    state = run(["systemctl", "is-active", pam_install.UNITS[1]], check=False).stdout.strip()
+    out["status"] = {"name": pam_install.UNITS[1], "state": state, "running": state == "active"}
+    return out
 
 
 def install_guard(cfg: GuardConfig, service: str, pam_dir: Path, dry_run: bool = False,

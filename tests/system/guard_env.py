@@ -131,7 +131,7 @@ class GuardEnv:
         lines = path.read_text().splitlines(keepends=True)
         for i, ln in enumerate(lines):
             if "pam_slotwarden.so" in ln and ln.startswith("auth") and "authsucc" not in ln:
-                lines.insert(i + 1, f"auth optional pam_exec.so quiet {self.counter}\n")
+                lines.insert(i + 1, f"auth optional pam_exec.so quiet seteuid {self.counter}\n")
                 break
         else:
             raise AssertionError("no guard preauth line")
