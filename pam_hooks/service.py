@@ -114,13 +114,14 @@ def notify_ready() -> None:
 
 
 class _Conn:
-    __slots__ = ("inbuf", "last", "outbuf", "sock")
+    __slots__ = ("closed", "inbuf", "last", "outbuf", "sock")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.inbuf = b""
         self.outbuf = b""
         self.last = now
+        self.closed = False
 
     @property
     def busy(self) -> bool:
@@ -287,6 +288,9 @@ class GuardService:
             self.sel.register(self.listener, selectors.EVENT_READ, None)
 
     def _close(self, c: _Conn) -> None:
+        if c.closed:
+            return
+        c.closed = True
         self.conns.pop(c.sock.fileno(), None)
         self.sel.unregister(c.sock)
         c.sock.close()
@@ -320,6 +324,8 @@ class GuardService:
         self._flush(c)
 
     def _flush(self, c: _Conn) -> None:
+        if c.closed:
+            return
         if c.outbuf:
             try:
                 sent = c.sock.send(c.outbuf)
@@ -460,12 +466,7 @@ class GuardService:
                 if self.paused_until:
                     timeout = min(timeout, max(0.0, self.paused_until - self.clock()))
                 for key, mask in self.sel.select(timeout):
-                    if key.data is None:
-                        self._accept()
-                    elif mask & selectors.EVENT_READ:
-                        self._read(key.data)
-                    elif mask & selectors.EVENT_WRITE:
-                        self._flush(key.data)
+                    self._event(key.data, mask)
                 now = self.clock()
                 if self.paused_until and now >= self.paused_until:
                     self._resume()
@@ -478,6 +479,23 @@ class GuardService:
                     next_purge = now + PURGE_SECONDS
         finally:
             self.close()
+
+    def _event(self, c: _Conn | None, mask: int) -> None:
+        """One ready socket; a connection closed earlier in this round is skipped. Never raises."""
+        try:
+            if c is None:
+                if self.listener is not None and not self.paused_until:
+                    self._accept()
+            elif c.closed:
+                return
+            elif mask & selectors.EVENT_READ:
+                self._read(c)
+            elif mask & selectors.EVENT_WRITE:
+                self._flush(c)
+        except Exception:  # one connection must not stop the guard
+            log.exception("connection handling failed")
+            if c is not None:
+                self._close(c)
 
     def _purge(self, now: float) -> None:
         removed = self.policy.purge(now)
