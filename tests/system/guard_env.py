@@ -70,11 +70,13 @@ class GuardEnv:
         os.chmod(self.counter, 0o755)
         self.services: list[Path] = []
         self.log = self.tmp / "guard.log"
+        self.columns = 200  # the terminal width the CLI's tables get
 
     @property
     def env(self) -> dict[str, str]:
         """Environment for CLI calls."""
-        return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config), "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+        return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config), "PYTHONPATH": str(REPO),
+                "COLUMNS": str(self.columns)}
 
     def start(self, nofile: int | None = None, listen_fd: int | None = None,
               activate: list[str] | None = None, wait: bool = True) -> None:
