@@ -282,3 +282,36 @@ def test_install_uninstall_byte_for_byte_on_debian_files(tmp_path: object) -> No
             assert stat.S_IMODE((pam_dir / name).stat().st_mode) == 0o644
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(("mode", "logs_in"), [("open", True), ("closed", False)])
+def test_module_removed_by_hand(user: tuple[str, str], tmp_path: object, mode: str, logs_in: bool) -> None:
+    """pam_slotwarden.so deleted without uninstalling: with fail_mode = open logins still work (unguarded).
+
+    (The lines said ``requisite pam_slotwarden.so``: a module PAM cannot load failed every login.)
+    """
+    import shutil
+    from pathlib import Path
+
+    from pam_hooks.install import built_module
+
+    name, pw = user
+    module = Path(str(tmp_path)) / "pam_slotwarden.so"
+    shutil.copyfile(built_module(), module)
+    env = GuardEnv({"fail_mode": mode, "pair_deny": 3})
+    try:
+        env.start()
+        svc = f"slotwarden-test-{secrets.token_hex(4)}"
+        path = Path("/etc/pam.d") / svc
+        path.write_text("@include common-auth\n@include common-account\n")
+        env.services.append(path)
+        env.slotctl("install", "--service", svc, "--no-supervise", "--module-path", str(module))
+        rhost = "198.51.100.33"
+        assert concurrent_attempts(svc, rhost, [(name, "wrong")]) == [PAM_AUTH_ERR]
+        assert record(env, name, rhost)["count"] == 1  # guarded while the module is there
+        module.unlink()  # removed by hand
+        # fresh processes: each loads the stack anew, as sshd's children do
+        assert (concurrent_attempts(svc, rhost, [(name, pw)]) == [PAM_SUCCESS]) is logs_in
+        assert concurrent_attempts(svc, rhost, [(name, "wrong")]) != [PAM_SUCCESS]  # never the wrong password
+    finally:
+        env.close()
