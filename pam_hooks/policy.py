@@ -159,7 +159,8 @@ class LockoutPolicy:
         """The (kind, key) pairs that can lock this try, most specific first.
 
         ``phase`` "account" (key logins, and the check after a password) leaves
-        the per-username rule out; so does an origin the user is known at.
+        the per-username rule out. At an origin the user is known at, that rule
+        still counts but never refuses (:meth:`_spared`, asked only when it would).
         """
         if org.allowed:
             return []
@@ -171,9 +172,13 @@ class LockoutPolicy:
         if org.ipkey:
             keys.append(("ip", org.ipkey))
         # root is never locked globally per username
-        if user != "root" and phase == "auth" and not self.known(user, org, now):
+        if user != "root" and phase == "auth":
             keys.append(("user", user))
         return keys
+
+    def _spared(self, kind: str, user: str, org: Origin, now: float) -> bool:
+        """The per-username rule never refuses a user at an origin she logged in from."""
+        return kind == "user" and self.known(user, org, now)
 
     def is_admin(self, user: str) -> bool:
         """root, or a member of the admin group (``[host] admin_group``)."""
@@ -279,10 +284,10 @@ class LockoutPolicy:
         if self.conn.execute("DELETE FROM blocks WHERE net = ?", (net,)).rowcount:
             self.blocker.unblock(net)
 
-    def _active(self, keys: list[tuple[str, str]], now: float) -> Decision | None:
+    def _active(self, keys: list[tuple[str, str]], now: float, user: str, org: Origin) -> Decision | None:
         for kind, key in keys:
             row = self._lock(kind, key)
-            if row is not None and row["locked_until"] > now:
+            if row is not None and row["locked_until"] > now and not self._spared(kind, user, org, now):
                 return Decision(False, kind, float(row["locked_until"]))
         return None
 
@@ -303,12 +308,13 @@ class LockoutPolicy:
                 self._resolve(prev, "failed")
             locks = {kind: self._lock(kind, key) for kind, key in keys}
             denied = next((Decision(False, kind, float(row["locked_until"])) for kind, row in locks.items()
-                           if row is not None and row["locked_until"] > now), None)
+                           if row is not None and row["locked_until"] > now
+                           and not self._spared(kind, user, org, now)), None)
             counts: dict[str, int] = {}
             if denied is None:
                 for kind, key in keys:
                     counts[kind] = self._count(kind, key, self._since(locks[kind], now))
-                    if counts[kind] >= self._threshold(kind):
+                    if counts[kind] >= self._threshold(kind) and not self._spared(kind, user, org, now):
                         # Possible after the limit was lowered: lock now.
                         denied = Decision(False, kind, self._set_lock(kind, key, now, org))
                         break
@@ -380,7 +386,7 @@ class LockoutPolicy:
         """Account phase: refuse any login (also by key) while a lock holds."""
         now = self.clock() if now is None else now
         org = self.origin(rhost)
-        denied = self._active(self._keys(user, org, now, phase="account"), now)
+        denied = self._active(self._keys(user, org, now, phase="account"), now, user, org)
         return denied or Decision(True)
 
     # -- upkeep -------------------------------------------------------------
@@ -448,7 +454,7 @@ class LockoutPolicy:
         out = []
         for r in rows:
             org = self.origin(r["ip"])
-            lock = self._active(self._keys(r["username"], org, now), now)
+            lock = self._active(self._keys(r["username"], org, now), now, r["username"], org)
             if locked and lock is None:
                 continue
             out.append({
@@ -473,11 +479,11 @@ class LockoutPolicy:
         u, org = name_key(user), self.origin(escape_text(ip))
         keys = self._keys(u, org, now)
         counts: dict[str, dict[str, Any]] = {}
-        d = self._active(keys, now)
+        d = self._active(keys, now, u, org)
         for kind, key in keys:
             n = self._count(kind, key, self._since(self._lock(kind, key), now))
             counts[kind] = {"count": n, "limit": self._threshold(kind), "key": key.replace("\t", " ")}
-            if d is None and n >= self._threshold(kind):
+            if d is None and n >= self._threshold(kind) and not self._spared(kind, u, org, now):
                 d = Decision(False, kind, None)
         reason = None
         if org.allowed:
@@ -486,8 +492,8 @@ class LockoutPolicy:
             reason = "the console way in: root and the admin group are never locked at local:root"
         elif not keys:
             reason = "root is not locked (guard.deny_root = false)"
-        elif u != "root" and "user" not in counts:
-            reason = "known origin: the per-username rule does not apply here"
+        elif "user" in counts and self.known(u, org, now):
+            reason = "known origin: the per-username rule never refuses here"
         return {
             "username": u, "ip": org.ip, "allowed": d is None, "rule": d.rule if d else None,
             "until": iso(d.until) if d else None, "counts": counts, "note": reason,

@@ -71,6 +71,9 @@ class GuardEnv:
         self.services: list[Path] = []
         self.log = self.tmp / "guard.log"
         self.columns = 200  # the terminal width the CLI's tables get
+        # The service's code and the module the PAM lines name (a benchmark's baseline sets older ones).
+        self.code_dir = REPO
+        self.module_path = MODULE_PATH
 
     @property
     def env(self) -> dict[str, str]:
@@ -101,7 +104,8 @@ class GuardEnv:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=log, pass_fds=pass_fds)
+            self.proc = subprocess.Popen(argv, cwd=self.code_dir, env={**self.env, "PYTHONPATH": str(self.code_dir)},
+                                         stdout=log, stderr=log, pass_fds=pass_fds)
         if not wait:
             return
         for _ in range(200):
@@ -158,8 +162,9 @@ class GuardEnv:
         """``slotctl guard install`` into /etc/pam.d/SERVICE with this checkout's module."""
         from pam_hooks.install import built_module
 
-        built_module()  # (re)build it if the source is newer
-        self.slotctl("install", "--service", service, "--no-supervise", "--module-path", str(MODULE_PATH))
+        if self.module_path == MODULE_PATH:
+            built_module()  # (re)build it if the source is newer
+        self.slotctl("install", "--service", service, "--no-supervise", "--module-path", str(self.module_path))
 
     def add_counter(self, path: Path) -> None:
         """Insert a pam_exec line that logs every password check reaching the real stack."""
