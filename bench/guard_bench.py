@@ -283,6 +283,23 @@ def in_process(trees: dict[str, Path], rounds: int = 7, n: int = 3000) -> dict[s
     return {k: round(statistics.median(v), 4) for k, v in got.items()}
 
 
+def socket_cpu(envs: dict[str, GuardEnv], rounds: int = 5, n: int = 1500) -> dict[str, float]:
+    """The service's CPU ms per reservation + failure over its socket (one connection each, as the module does)."""
+    from pam_hooks.client import request
+
+    got: dict[str, list[float]] = {k: [] for k in envs}
+    for _ in range(rounds):
+        for k, env in envs.items():
+            assert env.proc is not None
+            c0 = proc_cpu(env.proc.pid)
+            for i in range(n):
+                tok = request(env.cfg.socket, f"AUTH\tsshd\tu{i % 50}\t198.51.100.{i % 200}").split()[1]
+                request(env.cfg.socket, f"FAIL\t{tok}")
+            time.sleep(0.2)
+            got[k].append((proc_cpu(env.proc.pid) - c0) * 1000 / n)
+    return {k: round(statistics.median(v), 4) for k, v in got.items()}
+
+
 def compare(attempts: int, user: str, now: GuardEnv, base: GuardEnv) -> dict[str, object]:
     """This checkout's guard vs the baseline's, interleaved: full stack and preauth alone, plus service CPU."""
     svc: dict[str, str] = {"unix": f"slotwarden-test-bench-{secrets.token_hex(3)}",
@@ -325,6 +342,9 @@ def compare(attempts: int, user: str, now: GuardEnv, base: GuardEnv) -> dict[str
     assert isinstance(b, dict) and isinstance(n, dict)
     out["service_cpu_ratio_now_over_base"] = round(n["service_cpu_ms_per_attempt"] /
                                                    max(b["service_cpu_ms_per_attempt"], 1e-9), 3)
+    sc = socket_cpu({"now": now, "base": base})
+    out["socket_cpu_ms_per_reservation_and_failure"] = sc
+    out["socket_ratio_now_over_base"] = round(sc["now"] / sc["base"], 3)
     ip = in_process({"now": now.code_dir, "base": base.code_dir})
     out["in_process_cpu_ms_per_reservation_and_failure"] = ip
     out["in_process_ratio_now_over_base"] = round(ip["now"] / ip["base"], 3)

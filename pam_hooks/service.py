@@ -149,7 +149,8 @@ class GuardService:
         self.listener: socket.socket | None = None
         self.activated = False
         self.paused_until = 0.0
-        self.conns: dict[int, _Conn] = {}
+        self.conns: set[_Conn] = set()
+        self.now = clock()  # the loop's time, read once per round (connection idle times)
         self.running = False
         self.started = clock()
         self.handled = 0
@@ -253,8 +254,8 @@ class GuardService:
             sock.close()
             return
         sock.setblocking(False)
-        c = _Conn(sock, self.clock())
-        self.conns[sock.fileno()] = c
+        c = _Conn(sock, self.now)
+        self.conns.add(c)
         self.sel.register(sock, selectors.EVENT_READ, c)
 
     def _evict_idle(self) -> bool:
@@ -263,7 +264,7 @@ class GuardService:
         A connection whose request has arrived but is not read yet is not idle
         (peeked without reading): closing it would lose a decision.
         """
-        for c in sorted((c for c in self.conns.values() if not c.busy), key=lambda c: c.last):
+        for c in sorted((c for c in self.conns if not c.busy), key=lambda c: c.last):
             try:
                 pending = c.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -291,13 +292,14 @@ class GuardService:
         if c.closed:
             return
         c.closed = True
-        self.conns.pop(c.sock.fileno(), None)
+        self.conns.discard(c)
         self.sel.unregister(c.sock)
         c.sock.close()
-        self._resume()
+        if self.paused_until:
+            self._resume()
 
     def _close_idle(self, now: float) -> None:
-        for c in [c for c in self.conns.values() if now - c.last > IDLE_SECONDS]:
+        for c in [c for c in self.conns if now - c.last > IDLE_SECONDS]:
             self.stats["idle_closed"] += 1
             self._close(c)
 
@@ -312,7 +314,7 @@ class GuardService:
         if not data:
             self._close(c)
             return
-        c.last = self.clock()
+        c.last = self.now
         c.inbuf += data
         while b"\n" in c.inbuf:
             line, c.inbuf = c.inbuf.split(b"\n", 1)
@@ -393,8 +395,9 @@ class GuardService:
         if not 3 <= len(fields) <= most or not all(is_clean_field(f) for f in fields):
             return "ERR malformed request"
         service, user, rhost = fields[:3]
-        caller = fields[most - 1] if len(fields) == most else None
-        origin = local_origin(rhost, caller)
+        origin = rhost
+        if not rhost or rhost.startswith("local:"):
+            origin = local_origin(rhost, fields[most - 1] if len(fields) == most else None)
         if verb == "ACCT":
             d = self.policy.account(service, user, origin)
         else:
@@ -465,9 +468,24 @@ class GuardService:
                 timeout = max(0.0, next_tick - self.clock())
                 if self.paused_until:
                     timeout = min(timeout, max(0.0, self.paused_until - self.clock()))
-                for key, mask in self.sel.select(timeout):
-                    self._event(key.data, mask)
-                now = self.clock()
+                events = self.sel.select(timeout)
+                now = self.now = self.clock()
+                for key, mask in events:
+                    c = key.data
+                    try:
+                        if c is None:
+                            if not self.paused_until:
+                                self._accept()
+                        elif c.closed:  # dropped earlier in this round
+                            continue
+                        elif mask & selectors.EVENT_READ:
+                            self._read(c)
+                        elif mask & selectors.EVENT_WRITE:
+                            self._flush(c)
+                    except Exception:  # one connection must not stop the guard
+                        log.exception("connection handling failed")
+                        if c is not None:
+                            self._close(c)
                 if self.paused_until and now >= self.paused_until:
                     self._resume()
                 if now >= next_tick:
@@ -479,23 +497,6 @@ class GuardService:
                     next_purge = now + PURGE_SECONDS
         finally:
             self.close()
-
-    def _event(self, c: _Conn | None, mask: int) -> None:
-        """One ready socket; a connection closed earlier in this round is skipped. Never raises."""
-        try:
-            if c is None:
-                if self.listener is not None and not self.paused_until:
-                    self._accept()
-            elif c.closed:
-                return
-            elif mask & selectors.EVENT_READ:
-                self._read(c)
-            elif mask & selectors.EVENT_WRITE:
-                self._flush(c)
-        except Exception:  # one connection must not stop the guard
-            log.exception("connection handling failed")
-            if c is not None:
-                self._close(c)
 
     def _purge(self, now: float) -> None:
         removed = self.policy.purge(now)
