@@ -41,7 +41,7 @@ from typing import Any
 from pam_hooks.config import GuardConfig
 from pam_hooks.policy import LockoutPolicy, local_origin
 from pam_hooks.protocol import MAX_LINE, is_clean_field
-from pam_hooks.store import is_corruption, open_checked, set_aside
+from pam_hooks.store import SCHEMA, is_corruption, open_checked, set_aside
 
 SD_LISTEN_FDS_START = 3
 # accept() errors that mean "no descriptor or memory right now", not "the socket is broken".
@@ -136,7 +136,7 @@ class GuardService:
         self.cfg = cfg
         self.clock = clock
         self.recoveries: list[dict[str, Any]] = []
-        self.conn, note = open_checked(cfg.db_path)
+        self.conn, note = self._open()
         if note is not None:
             self._degraded(note)
         blocker = None
@@ -162,17 +162,36 @@ class GuardService:
         self.recoveries.append({"at": round(self.clock(), 3), "note": note})
         log.critical("GUARD STORE DAMAGED: %s", note)
 
+    def _open(self) -> tuple[sqlite3.Connection, str | None]:
+        """The store on disk, or (unusable: unwritable, full disk) one in memory, so the guard still decides.
+
+        A supervisor restarting a service that cannot open its store would
+        leave logins to fail_mode meanwhile; deciding from memory keeps the
+        limits, only not across a restart.
+        """
+        try:
+            return open_checked(self.cfg.db_path)
+        except (sqlite3.Error, OSError) as exc:
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.executescript(SCHEMA)
+            return conn, (f"store {self.cfg.db_path} cannot be used ({exc}); deciding from a store in memory, "
+                          "records and locks are lost at the next restart")
+
     def recover_store(self, exc: BaseException) -> None:
         """The store broke while serving: set it aside, start a fresh one, keep deciding."""
         try:
             self.conn.close()
         except sqlite3.Error:
             pass
-        kept = set_aside(self.cfg.db_path)
-        self.conn, _ = open_checked(self.cfg.db_path)
+        try:
+            kept = str(set_aside(self.cfg.db_path))
+        except OSError as err:
+            kept = f"nowhere ({err})"
+        self.conn, note = self._open()
         self.policy.conn = self.conn
         self._degraded(f"store {self.cfg.db_path} was damaged while serving ({exc}); set aside as {kept}, "
-                       "started a fresh store")
+                       "started a fresh store" + (f"; {note}" if note else ""))
         self.stats["store_recoveries"] = len(self.recoveries)
 
     # -- socket --------------------------------------------------------------

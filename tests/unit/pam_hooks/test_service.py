@@ -151,3 +151,16 @@ def test_log_lines_are_printable() -> None:
 
     rec = logging.LogRecord("x", logging.INFO, "f", 1, "user=%s", ("a\nb\x1b[2J\u00e9",), None)
     assert _PrintableFormatter("%(message)s").format(rec) == "user=a%0Ab%1B[2J%C3%A9"
+
+
+def test_unusable_store_decides_from_memory(tmp_path: Path) -> None:
+    """A state dir that cannot hold the store (here: a file in its place) must not stop the guard."""
+    (tmp_path / "state").write_text("not a directory")
+    s = GuardService(GuardConfig(state_dir=tmp_path / "state", socket=tmp_path / "g.sock", pair_deny=1))
+    try:
+        assert "in memory" in s.recoveries[0]["note"]
+        tok = s.handle_line(b"AUTH\tsshd\tbob\t198.51.100.7").split()[1]
+        assert s.handle_line(f"FAIL\t{tok}".encode()) == "OK"
+        assert s.handle_line(b"AUTH\tsshd\tbob\t198.51.100.7").startswith("DENY pair ")  # still deciding
+    finally:
+        s.close()
