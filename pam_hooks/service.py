@@ -214,26 +214,7 @@ class GuardService:
         self.listener = sock
 
     def _create_socket(self) -> socket.socket:
-        path = self.cfg.socket
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        if path.exists():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(path))
-                raise RuntimeError(f"another guard service is listening on {path}")
-            except (ConnectionRefusedError, FileNotFoundError):
-                path.unlink(missing_ok=True)
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        sock.listen(4096)
-        return sock
+        return bind_socket(self.cfg.socket)
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -546,6 +527,29 @@ class GuardService:
             self.listener = None
         self.conns.clear()
         self.conn.close()
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """The root-only (0600) listening socket at PATH; RuntimeError if a guard already answers there."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+            raise RuntimeError(f"another guard service is listening on {path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(4096)
+    return sock
 
 
 def _unlink_socket(path: Path) -> None:

@@ -33,9 +33,13 @@ def guard_config(path: Path | None = None) -> GuardConfig:
 
 
 def guard_program(config_file: Path) -> Program:
-    """``guard serve`` as a supervised program (root; restarted on crash)."""
+    """``guard keep`` as a supervised program: it holds the socket and restarts ``serve`` behind it.
+
+    So a crash or restart of the service never leaves the socket missing
+    (a login waits in its backlog); supervisord restarts the keeper itself.
+    """
     return Program(app="guard", user="root", cwd=str(REPO),
-                   argv=[sys.executable, "-m", "pam_hooks", "serve", "--config", str(config_file)])
+                   argv=[sys.executable, "-m", "pam_hooks", "keep", "--config", str(config_file)])
 
 
 def supervise_guard(config_file: Path, dry_run: bool = False) -> dict[str, Any]:

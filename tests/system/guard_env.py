@@ -82,14 +82,15 @@ class GuardEnv:
                 "COLUMNS": str(self.columns)}
 
     def start(self, nofile: int | None = None, listen_fd: int | None = None,
-              activate: list[str] | None = None, wait: bool = True) -> None:
+              activate: list[str] | None = None, wait: bool = True, command: str = "serve") -> None:
         """Start ``guard serve`` and wait until it answers.
 
         ``nofile`` caps its descriptors (soft and hard); ``listen_fd`` hands it a
         listening socket the way systemd does (fd 3, LISTEN_PID, LISTEN_FDS);
-        ``activate`` is a command prefix that does that itself (systemd-socket-activate).
+        ``activate`` is a command prefix that does that itself (systemd-socket-activate);
+        ``command`` "keep" runs the socket keeper (which runs serve behind it).
         """
-        serve = [sys.executable, "-m", "pam_hooks", "serve", "--config", str(self.config)]
+        serve = [sys.executable, "-m", "pam_hooks", command, "--config", str(self.config)]
         argv = serve
         pass_fds: tuple[int, ...] = ()
         if listen_fd is not None:

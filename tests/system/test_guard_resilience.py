@@ -225,3 +225,29 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
                        capture_output=True, text=True, check=False)
     problems = [ln for ln in (r.stdout + r.stderr).splitlines() if "slotwarden-guard" in ln]
     assert r.returncode == 0 or not problems, r.stdout + r.stderr
+
+
+def test_keeper_holds_the_socket_while_the_service_crashes(user: tuple[str, str]) -> None:
+    """Without systemd (`guard keep`, what supervisord runs): a crash of the service leaves no window.
+
+    (supervisord ran `serve` itself: its socket went with it, and a login until the restart fell to fail_mode.)
+    """
+    import signal
+
+    env = GuardEnv({"pair_deny": 2, "ip_deny": 1000, "user_deny": 1000, "timeout_ms": 30000})
+    try:
+        env.start(command="keep")
+        service = env.pam_service(count_checks=True)
+        name, pw = user
+        for i in range(2):
+            assert login(service, name, f"wrong-{i}", "198.51.100.65") != PAM_SUCCESS
+        served = env.json("status")["service"]["pid"]
+        assert served != env.proc.pid  # type: ignore[union-attr]  # the keeper runs serve as its child
+        os.kill(served, signal.SIGKILL)  # a crash
+        # a login right now: it waits in the kept socket's backlog for the restarted service
+        assert concurrent_attempts(service, "198.51.100.65", [(name, pw)], no_delay=True) != [PAM_SUCCESS]
+        assert env.checks(name) == 2
+        assert env.alive() and env.json("status")["service"]["pid"] not in (served, None)
+    finally:
+        env.close()
+    assert not env.cfg.socket.exists()  # the keeper removed its socket on SIGTERM
