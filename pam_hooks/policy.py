@@ -46,7 +46,8 @@ from pam_hooks.store import purge_attempts
 
 KINDS = ("pair", "ip", "user")
 LOCAL = "local:"
-# The console way in: a local try whose caller is root itself (login on a tty, a root shell).
+# The console way in: a local try by root itself on a terminal (login on a tty); the module sends
+# "root:notty" / "root:ruser" for root services without a terminal or passing PAM_RUSER=root.
 CONSOLE = LOCAL + "root"
 # Known origins kept per user (newest first); older ones are dropped.
 KNOWN_MAX = 16

@@ -24,8 +24,9 @@
  * last field, so the service counts them by who made them: the real uid when
  * it is not root (su and sudo are setuid: the kernel's word, not the
  * caller's), else PAM_RUSER (set by a root service acting for someone), else
- * the login uid, else "root". A tenant's failed `su root` thus locks only
- * (root, that tenant), never root's console.
+ * the login uid, else "root" on a terminal (the console), else "root:notty".
+ * A tenant's failed `su root` thus locks only (root, that tenant), never
+ * root's console.
  *
  * Every field is escaped (bytes outside 0x21..0x7e and '%' become %XX) and
  * capped to 256 raw bytes ("%.." marks a cut), so a hostile PAM_USER can
@@ -276,7 +277,11 @@ static long login_uid(void)
     }
 }
 
-/* Who asks, for a try without PAM_RHOST (see the header comment). */
+/* Who asks, for a try without PAM_RHOST (see the header comment). Only a root
+ * process on a terminal, acting for nobody else, is "root" - the console way in
+ * the service never locks for root and the admin group. A root service without
+ * a terminal is "root:notty", and a PAM_RUSER of "root" is "root:ruser": counted,
+ * never the console (no username contains ':'). */
 static void caller(pam_handle_t *pamh, char *out)
 {
     const void *item = NULL;
@@ -286,7 +291,7 @@ static void caller(pam_handle_t *pamh, char *out)
         return;
     }
     if (pam_get_item(pamh, PAM_RUSER, &item) == PAM_SUCCESS && item != NULL && ((const char *)item)[0] != '\0') {
-        escape_field(item, out);
+        escape_field(strcmp(item, "root") == 0 ? "root:ruser" : item, out);
         return;
     }
     luid = login_uid();
@@ -294,7 +299,11 @@ static void caller(pam_handle_t *pamh, char *out)
         uid_name((uid_t)luid, out);
         return;
     }
-    escape_field("root", out);
+    item = NULL;
+    if (pam_get_item(pamh, PAM_TTY, &item) == PAM_SUCCESS && item != NULL && ((const char *)item)[0] != '\0')
+        escape_field("root", out);
+    else
+        escape_field("root:notty", out);
 }
 
 /* Build "VERB\tservice\tuser\trhost" (and the caller for local tries) from the handle's items. */

@@ -22,6 +22,7 @@ PAM_PERM_DENIED = 6
 PAM_CONV_ERR = 19
 PAM_RHOST = 4
 PAM_RUSER = 8
+PAM_TTY = 3
 PAM_FAIL_DELAY = 10
 PAM_PROMPT_ECHO_OFF = 1
 PAM_PROMPT_ECHO_ON = 2
@@ -66,7 +67,8 @@ class PamHandle:
     """One PAM handle; ``password`` answers echo-off prompts, ``abort`` fails the conversation."""
 
     def __init__(self, service: str, user: bytes | str, rhost: str | bytes | None = None, password: str = "",
-                 abort: bool = False, no_delay: bool = False, ruser: str | None = None) -> None:
+                 abort: bool = False, no_delay: bool = False, ruser: str | None = None,
+                 tty: str | None = None) -> None:
         self.password = password.encode()
         self.abort = abort
         self.prompts = 0
@@ -80,6 +82,9 @@ class PamHandle:
         if rhost is not None:
             self._rhost = c_char_p(rhost.encode() if isinstance(rhost, str) else rhost)
             _libpam.pam_set_item(self.handle, PAM_RHOST, cast(self._rhost, c_void_p))
+        if tty is not None:  # what login (and su) set: the terminal
+            self._tty = c_char_p(tty.encode())
+            _libpam.pam_set_item(self.handle, PAM_TTY, cast(self._tty, c_void_p))
         if ruser is not None:  # what su and sudo set: the user who asks
             self._ruser = c_char_p(ruser.encode())
             _libpam.pam_set_item(self.handle, PAM_RUSER, cast(self._ruser, c_void_p))

@@ -38,9 +38,10 @@ import json, os, sys
 from tests.system.pamclient import PAM_SUCCESS, PamHandle
 service, target = sys.argv[1:3]
 ruser = sys.argv[3] or None
+tty = sys.argv[4] or None
 out = []
 for password in json.load(sys.stdin):
-    with PamHandle(service, target, None, password, no_delay=True, ruser=ruser) as h:
+    with PamHandle(service, target, None, password, no_delay=True, ruser=ruser, tty=tty) as h:
         rc = h.authenticate()
         if rc == PAM_SUCCESS:
             rc = h.acct_mgmt()
@@ -49,9 +50,13 @@ print(json.dumps({"resuid": os.getresuid(), "rcs": out}))
 """
 
 
-def su(service: str, caller: str | None, target: str, passwords: list[str]) -> list[int]:
-    """``su TARGET`` as CALLER (None: root at the console) with each password in turn; PAM statuses."""
-    argv = [sys.executable, "-c", SU, service, target, caller or ""]
+def su(service: str, caller: str | None, target: str, passwords: list[str], tty: str = "pts/7",
+       ruser: str | None = None) -> list[int]:
+    """``su TARGET`` as CALLER (None: root) on TTY ("" for none) with each password in turn; PAM statuses.
+
+    PAM_RUSER is the caller's name, as su sets it (or ``ruser``).
+    """
+    argv = [sys.executable, "-c", SU, service, target, ruser if ruser is not None else (caller or ""), tty]
     if caller is not None:
         uid = pwd.getpwnam(caller).pw_uid
         argv = ["setpriv", f"--ruid={uid}", "--euid=0", "--clear-groups", *argv]
@@ -105,7 +110,7 @@ def test_tenant_su_root_never_locks_root_or_other_tenants(guard: GuardEnv, su_se
     console = guard.json("explain", "--user", "root", "--ip", "local:root")
     assert console["allowed"] is True and "console" in console["note"]
     before = guard.checks("root")
-    su(console_service, None, "root", ["still-wrong"])
+    su(console_service, None, "root", ["still-wrong"], tty="tty1")
     assert guard.checks("root") == before + 1
     # another tenant's su root is not locked either (its own guesses are checked)
     su(su_service, b.name, "root", ["b-guess"])
@@ -115,7 +120,7 @@ def test_tenant_su_root_never_locks_root_or_other_tenants(guard: GuardEnv, su_se
     assert PAM_SUCCESS not in su(su_service, a.name, victim.name, ["wrong"] * (PAIR_DENY + 1))
     assert su(su_service, a.name, victim.name, [victim.password]) != [PAM_SUCCESS]  # locked: not even checked
     assert su(su_service, b.name, victim.name, [victim.password]) == [PAM_SUCCESS]
-    assert su(console_service, None, victim.name, [victim.password]) == [PAM_SUCCESS]  # her console login
+    assert su(console_service, None, victim.name, [victim.password], tty="tty1") == [PAM_SUCCESS]  # console login
 
 
 def test_network_rhost_cannot_pose_as_the_console(guard: GuardEnv, console_service: str) -> None:
@@ -127,6 +132,18 @@ def test_network_rhost_cannot_pose_as_the_console(guard: GuardEnv, console_servi
             assert h.authenticate() != PAM_SUCCESS
     rows = [r for r in guard.json("list", "--user", "root") if r["ip"] == "local%3Aroot"]
     assert len(rows) == 1 and rows[0]["locked_until"] is not None
+    assert guard.json("explain", "--user", "root", "--ip", "local:root")["allowed"] is True
+
+
+def test_root_service_without_tty_or_with_ruser_root_is_not_the_console(guard: GuardEnv,
+                                                                        console_service: str) -> None:
+    """A root-run PAM client with neither rhost nor terminal (a web login that forgot PAM_RHOST), or one
+    that passes PAM_RUSER=root along, is counted and locked, but it never passes for root's console."""
+    for tty, ruser, origin in (("", None, "local:root:notty"), ("tty3", "root", "local:root:ruser")):
+        assert PAM_SUCCESS not in su(console_service, None, "root", ["wrong"] * (PAIR_DENY + 1), tty=tty,
+                                     ruser=ruser or "")
+        rows = [r for r in guard.json("list", "--user", "root") if r["ip"] == origin]
+        assert len(rows) == 1 and rows[0]["locked_until"] is not None, guard.json("list", "--user", "root")
     assert guard.json("explain", "--user", "root", "--ip", "local:root")["allowed"] is True
 
 

@@ -78,6 +78,8 @@ CASES = [
     ("console is root's way in", {}, [("root", "local:root")] * 9, ("root", "local:root"), True, None),
     ("console: admin group too", {"admin_group": "nogroup"}, [("nobody", "local:root")] * 9,
      ("nobody", "local:root"), True, None),
+    ("root service without a tty is not the console", {}, [("root", "local:root:notty")] * 3,
+     ("root", "local:root:notty"), False, "pair"),
     ("console: not for others", {"admin_group": "nogroup"}, [("bob", "local:root")] * 3, ("bob", "local:root"),
      False, "pair"),
 ]
