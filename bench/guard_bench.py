@@ -16,7 +16,13 @@ Exactness: with deny/pair_deny = 3, 20 children released at once try one pair, t
 child with the right password; a pam_exec counter after the preauth line counts the
 passwords that reached pam_unix.
 
+Baseline (``--baseline REF``): the guard of git revision REF (its pam_hooks/ and module,
+exported with ``git archive`` and built in a temp dir) runs beside this checkout's, each
+with its own service, both stacks interleaved round-robin in one run: the guard's cost
+now as a ratio of the baseline's.
+
     sudo .venv/bin/python bench/guard_bench.py --attempts 300 --rounds 10
+    sudo .venv/bin/python bench/guard_bench.py --baseline e494538 --attempts 300 --only-baseline
 """
 
 from __future__ import annotations
@@ -233,6 +239,118 @@ def exactness(rounds: int, deny: int, conc: int, user: str, password: str, tmp: 
     return {"deny": deny, "concurrent": conc, "rounds": rows}
 
 
+def baseline_tree(ref: str, tmp: Path) -> Path:
+    """pam_hooks/ of git revision REF in a temp dir, its module built there."""
+    root = tmp / "baseline"
+    root.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    tar = subprocess.run(["git", "-C", str(repo), "archive", ref, "pam_hooks"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=tar, check=True)
+    subprocess.run(["make", "-s", "-C", str(root / "pam_hooks" / "c")], check=True, capture_output=True)
+    return root
+
+
+IN_PROCESS = r"""
+import resource, sys, tempfile
+from pathlib import Path
+from pam_hooks.config import GuardConfig
+from pam_hooks.service import GuardService
+d = Path(tempfile.mkdtemp(prefix="swg-bench-ip-"))
+s = GuardService(GuardConfig(state_dir=d, socket=d / "g.sock", pair_deny=10**6, ip_deny=10**6, user_deny=10**6))
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+n = int(sys.argv[1])
+for i in range(n + 300):
+    if i == 300:
+        c0 = cpu()
+    t = s.handle_line(f"AUTH\tsshd\tu{i % 50}\t198.51.100.{i % 200}".encode()).split()[1]
+    s.handle_line(f"FAIL\t{t}".encode())
+print((cpu() - c0) * 1000 / n)
+s.close()
+import shutil; shutil.rmtree(d)
+"""
+
+
+def in_process(trees: dict[str, Path], rounds: int = 7, n: int = 3000) -> dict[str, float]:
+    """CPU ms per reservation + failure, the service's code called in-process (no socket), trees alternated."""
+    got: dict[str, list[float]] = {k: [] for k in trees}
+    for _ in range(rounds):
+        for k, root in trees.items():
+            r = subprocess.run([sys.executable, "-c", IN_PROCESS, str(n)], cwd=root, env={**os.environ,
+                               "PYTHONPATH": str(root)}, capture_output=True, text=True, check=True)
+            got[k].append(float(r.stdout))
+    return {k: round(statistics.median(v), 4) for k, v in got.items()}
+
+
+def socket_cpu(envs: dict[str, GuardEnv], rounds: int = 5, n: int = 1500) -> dict[str, float]:
+    """The service's CPU ms per reservation + failure over its socket (one connection each, as the module does)."""
+    from pam_hooks.client import request
+
+    got: dict[str, list[float]] = {k: [] for k in envs}
+    for _ in range(rounds):
+        for k, env in envs.items():
+            assert env.proc is not None
+            c0 = proc_cpu(env.proc.pid)
+            for i in range(n):
+                tok = request(env.cfg.socket, f"AUTH\tsshd\tu{i % 50}\t198.51.100.{i % 200}").split()[1]
+                request(env.cfg.socket, f"FAIL\t{tok}")
+            time.sleep(0.2)
+            got[k].append((proc_cpu(env.proc.pid) - c0) * 1000 / n)
+    return {k: round(statistics.median(v), 4) for k, v in got.items()}
+
+
+def compare(attempts: int, user: str, now: GuardEnv, base: GuardEnv) -> dict[str, object]:
+    """This checkout's guard vs the baseline's, interleaved: full stack and preauth alone, plus service CPU."""
+    svc: dict[str, str] = {"unix": f"slotwarden-test-bench-{secrets.token_hex(3)}",
+                           "deny": f"slotwarden-test-bench-{secrets.token_hex(3)}"}
+    files = [write_pam(svc["unix"], UNIX_STACK), write_pam(svc["deny"], GUARD_ONLY)]
+    for tag, env in (("now", now), ("base", base)):
+        svc[f"guard_{tag}"] = env.pam_service(UNIX_STACK)
+        svc[f"alone_{tag}"] = env.pam_service(GUARD_ONLY + UNIX_STACK)
+        gd = Path("/etc/pam.d") / svc[f"alone_{tag}"]
+        lines = gd.read_text().splitlines(keepends=True)
+        pre = next(i for i, ln in enumerate(lines) if ln.startswith("auth") and "pam_slotwarden.so" in ln)
+        gd.write_text("".join(lines[: pre + 1]) + GUARD_ONLY)
+    assert now.proc is not None and base.proc is not None
+    wall: dict[str, list[float]] = {k: [] for k in svc}
+    order = list(svc)
+    try:
+        for k in svc:
+            forked(svc[k], user, "wrong-password")
+        c0 = {"now": proc_cpu(now.proc.pid), "base": proc_cpu(base.proc.pid)}
+        for i in range(attempts):
+            for k in (order if i % 2 == 0 else order[::-1]):
+                ok, w, _c = forked(svc[k], user, "wrong-password")
+                assert not ok
+                wall[k].append(w * 1000)
+        time.sleep(1.5)
+        cpu = {"now": proc_cpu(now.proc.pid) - c0["now"], "base": proc_cpu(base.proc.pid) - c0["base"]}
+    finally:
+        for f in files:
+            f.unlink(missing_ok=True)
+
+    def added(k: str, ref: str) -> float:
+        return round(statistics.median([a - b for a, b in zip(wall[k], wall[ref], strict=True)]), 3)
+
+    out: dict[str, object] = {"attempts_per_stack": attempts}
+    for tag in ("now", "base"):
+        out[tag] = {"full_stack_added_wall_ms_median": added(f"guard_{tag}", "unix"),
+                    "preauth_alone_added_wall_ms_median": added(f"alone_{tag}", "deny"),
+                    "service_cpu_ms_per_attempt": round(cpu[tag] * 1000 / (2 * attempts), 3)}
+    b, n = out["base"], out["now"]
+    assert isinstance(b, dict) and isinstance(n, dict)
+    out["service_cpu_ratio_now_over_base"] = round(n["service_cpu_ms_per_attempt"] /
+                                                   max(b["service_cpu_ms_per_attempt"], 1e-9), 3)
+    sc = socket_cpu({"now": now, "base": base})
+    out["socket_cpu_ms_per_reservation_and_failure"] = sc
+    out["socket_ratio_now_over_base"] = round(sc["now"] / sc["base"], 3)
+    ip = in_process({"now": now.code_dir, "base": base.code_dir})
+    out["in_process_cpu_ms_per_reservation_and_failure"] = ip
+    out["in_process_ratio_now_over_base"] = round(ip["now"] / ip["base"], 3)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--attempts", type=int, default=300, help="attempts per stack for latency")
@@ -240,6 +358,8 @@ def main() -> int:
     ap.add_argument("--deny", type=int, default=3)
     ap.add_argument("--concurrent", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "guard.json")
+    ap.add_argument("--baseline", default=None, help="git revision whose guard runs beside this one")
+    ap.add_argument("--only-baseline", action="store_true", help="only the baseline comparison")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (real users, PAM services, the guard service)", file=sys.stderr)
@@ -248,16 +368,30 @@ def main() -> int:
     result: dict[str, object] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "cpus": os.cpu_count(), "load": os.getloadavg()}
     name, pw = f"tg{secrets.token_hex(3)}", f"Pw-{secrets.token_hex(8)}"
+    high = {"pair_deny": 10**6, "ip_deny": 10**6, "user_deny": 10**6}
     try:
         with lab_user(name, pw):
-            env = GuardEnv({"pair_deny": 10**6, "ip_deny": 10**6, "user_deny": 10**6})
-            try:
-                env.start()
-                result["latency"] = latency(args.attempts, name, tmp, env)
-            finally:
-                env.close()
-            print(json.dumps(result["latency"], indent=1), flush=True)
-            result["exactness"] = exactness(args.rounds, args.deny, args.concurrent, name, pw, tmp)
+            if args.baseline:
+                root = baseline_tree(args.baseline, tmp)
+                now, base = GuardEnv(high), GuardEnv(high)
+                base.code_dir, base.module_path = root, root / "pam_hooks" / "c" / "pam_slotwarden.so"
+                try:
+                    now.start()
+                    base.start()
+                    result["baseline"] = {"ref": args.baseline, **compare(args.attempts, name, now, base)}
+                finally:
+                    now.close()
+                    base.close()
+                print(json.dumps(result["baseline"], indent=1), flush=True)
+            if not args.only_baseline:
+                env = GuardEnv(high)
+                try:
+                    env.start()
+                    result["latency"] = latency(args.attempts, name, tmp, env)
+                finally:
+                    env.close()
+                print(json.dumps(result["latency"], indent=1), flush=True)
+                result["exactness"] = exactness(args.rounds, args.deny, args.concurrent, name, pw, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,9 @@
-"""``python3 -m pam_hooks serve``: run the guard service without the provisioner CLI."""
+"""``python3 -m pam_hooks serve|keep``: run the guard service without the provisioner CLI.
+
+``serve`` is the service itself (it takes a socket from systemd when given one);
+``keep`` holds the socket and runs ``serve`` behind it, restarting it (what
+supervisord runs: pam_hooks.keeper).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,9 @@ from pam_hooks.service import GuardService, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``serve [--config FILE] [-v]`` and run the service in the foreground."""
+    """Parse ``serve|keep [--config FILE] [-v]`` and run it in the foreground."""
     ap = argparse.ArgumentParser(prog="python3 -m pam_hooks")
-    ap.add_argument("command", choices=["serve"])
+    ap.add_argument("command", choices=["serve", "keep"])
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -22,8 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     except GuardConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, cfg.syslog_socket)
     try:
+        if args.command == "keep":
+            from pam_hooks.keeper import SocketKeeper
+
+            return SocketKeeper(cfg, args.config).run()
         GuardService(cfg).run()
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -54,6 +54,13 @@ class GuardConfig:
     # failed (it already counts as a failure while pending).
     reservation_ttl: float = 120.0
     timeout_ms: int = 500
+    # How long an origin where a user logged in with a password stays "known"
+    # (the per-username rule never refuses her there).
+    known_for: float = 30 * 86400.0
+    # Members of this group (and root) are never locked at the console (local:root).
+    admin_group: str = "slotwarden-admin"
+    # Where the service's syslog lines go (a datagram socket).
+    syslog_socket: Path = Path("/dev/log")
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -110,7 +117,7 @@ def _allow(value: object) -> tuple[Network, ...]:
 _KNOWN = {
     "pair_deny", "window", "ip_deny", "ipv6_prefix", "user_deny", "lock_for", "lock_max",
     "allow", "deny_root", "fail_mode", "socket", "network_block", "retention",
-    "reservation_ttl", "timeout_ms",
+    "reservation_ttl", "timeout_ms", "known_for", "syslog_socket",
 }
 
 
@@ -130,7 +137,7 @@ def parse_guard(doc: dict[str, Any]) -> GuardConfig:
         kw["ipv6_prefix"] = _int("ipv6_prefix", section["ipv6_prefix"], 1, 128)
     if "timeout_ms" in section:
         kw["timeout_ms"] = _int("timeout_ms", section["timeout_ms"], 1, 60_000)
-    for key in ("window", "lock_for", "lock_max", "retention", "reservation_ttl"):
+    for key in ("window", "lock_for", "lock_max", "retention", "reservation_ttl", "known_for"):
         if key in section:
             kw[key] = parse_duration(key, section[key])
     for key in ("deny_root", "network_block"):
@@ -142,6 +149,11 @@ def parse_guard(doc: dict[str, Any]) -> GuardConfig:
         kw["fail_mode"] = section["fail_mode"]
     if "socket" in section:
         kw["socket"] = _path("socket", section["socket"])
+    if "syslog_socket" in section:
+        kw["syslog_socket"] = _path("syslog_socket", section["syslog_socket"])
+    host = doc.get("host", {})
+    if isinstance(host, dict) and isinstance(host.get("admin_group"), str) and host["admin_group"]:
+        kw["admin_group"] = host["admin_group"]
     if "allow" in section:
         kw["allow"] = _allow(section["allow"])
     state_dir = doc.get("state_dir")

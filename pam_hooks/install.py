@@ -9,6 +9,14 @@ a line before it runs on every try. The guard therefore adds::
     auth     optional  pam_slotwarden.so authsucc ...   (right after it)
     account  required  pam_slotwarden.so ...            (before @include common-account)
 
+With ``fail_mode = open`` (the default) ``requisite`` and ``required`` are
+written in Linux-PAM's bracket form with ``module_unknown=ignore`` added: a
+module that cannot be loaded (deleted by hand, a broken upgrade) makes PAM
+answer PAM_MODULE_UNKNOWN, and that alone then skips the line instead of
+failing every login on the host. libpam still logs "unable to dlopen" to
+syslog. With ``fail_mode = closed`` a missing module refuses, as a stopped
+service does.
+
 Lines before the auth include come after ``pam_rootok`` in ``su``, so root's
 own ``su`` is never prompted. Only stacks included inline (``@include`` or
 ``auth include``) are accepted: with ``substack`` or a ``required`` pam_unix
@@ -18,7 +26,7 @@ The untouched original is kept under ``<state_dir>/pam-backup/``;
 :func:`uninstall` restores it exactly when the file still is what we wrote,
 and otherwise removes only our lines.
 
->>> plan = plan_install("auth requisite pam_nologin.so\\n@include common-auth\\n", "--args--")
+>>> plan = plan_install("auth requisite pam_nologin.so\\n@include common-auth\\n", "--args--", tolerant=False)
 >>> print(plan, end="")
 auth requisite pam_nologin.so
 # slotwarden-guard: preauth (slotctl guard uninstall removes this)
@@ -28,6 +36,8 @@ auth     requisite pam_slotwarden.so --args--
 auth     optional  pam_slotwarden.so authsucc --args--
 # slotwarden-guard: account (slotctl guard uninstall removes this)
 account  required  pam_slotwarden.so --args--
+>>> plan_install("@include common-auth\\n", "x").splitlines()[1]
+'auth     [success=ok new_authtok_reqd=ok ignore=ignore module_unknown=ignore default=die] pam_slotwarden.so x'
 """
 
 from __future__ import annotations
@@ -48,6 +58,13 @@ SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _AUTH_INCLUDE = re.compile(r"^\s*(@include\s+common-auth|auth\s+include\s+common-auth)\s*(#.*)?$")
 _ACCT_INCLUDE = re.compile(r"^\s*(@include\s+common-account|account\s+include\s+common-account)\s*(#.*)?$")
 _ACCT_LINE = re.compile(r"^\s*-?account\s")
+
+
+# requisite / required, except that a module PAM cannot load is skipped (see the module docstring).
+TOLERANT = {
+    "requisite": "[success=ok new_authtok_reqd=ok ignore=ignore module_unknown=ignore default=die]",
+    "required": "[success=ok new_authtok_reqd=ok ignore=ignore module_unknown=ignore default=bad]",
+}
 
 
 class InstallError(RuntimeError):
@@ -71,12 +88,27 @@ def module_args(cfg: GuardConfig) -> str:
     return f"socket={cfg.socket} timeout={cfg.timeout_ms} fail_mode={cfg.fail_mode}"
 
 
-def _line(kind: str, control: str, args: str, what: str) -> list[str]:
-    return [f"{MARK} {what} (slotctl guard uninstall removes this)\n", f"{kind:<8} {control:<9} {MODULE} {args}\n"]
+def control(name: str, tolerant: bool) -> str:
+    """``requisite``/``required``, or its bracket form that skips a missing module."""
+    return TOLERANT[name] if tolerant else name
 
 
-def plan_install(text: str, args: str) -> str:
-    """Return the service file text with the guard lines added (pure)."""
+def tolerates_missing_module(cfg: GuardConfig) -> bool:
+    """Only ``fail_mode = open`` lets logins through without the module (as without the service)."""
+    return cfg.fail_mode == "open"
+
+
+def _line(kind: str, ctl: str, args: str, what: str, module: str = MODULE) -> list[str]:
+    return [f"{MARK} {what} (slotctl guard uninstall removes this)\n", f"{kind:<8} {ctl:<9} {module} {args}\n"]
+
+
+def plan_install(text: str, args: str, tolerant: bool = True, module: str = MODULE) -> str:
+    """Return the service file text with the guard lines added (pure).
+
+    ``module`` is the name PAM loads (a bare name from the module directory,
+    or an absolute path); ``tolerant`` writes the controls that skip it when
+    it cannot be loaded.
+    """
     if MARK in text:
         raise InstallError("the guard is already installed in this file")
     lines = text.splitlines(keepends=True)
@@ -89,17 +121,18 @@ def plan_install(text: str, args: str) -> str:
     acct = [i for i, ln in enumerate(lines) if _ACCT_INCLUDE.match(ln)]
     if not acct:
         acct = [i for i, ln in enumerate(lines) if _ACCT_LINE.match(ln)]
+    pre, acc = control("requisite", tolerant), control("required", tolerant)
     out: list[str] = []
     for i, ln in enumerate(lines):
         if i == auth[0]:
-            out += _line("auth", "requisite", args, "preauth")
+            out += _line("auth", pre, args, "preauth", module)
         if acct and i == acct[0]:
-            out += _line("account", "required", args, "account")
+            out += _line("account", acc, args, "account", module)
         out.append(ln)
         if i == auth[0]:
-            out += _line("auth", "optional", "authsucc " + args, "authsucc")
+            out += _line("auth", "optional", "authsucc " + args, "authsucc", module)
     if not acct:
-        out += _line("account", "required", args, "account")
+        out += _line("account", acc, args, "account", module)
     return "".join(out)
 
 
@@ -198,17 +231,26 @@ def install_module(dest_dir: Path | None = None, dry_run: bool = False) -> Path:
 
 
 def install(cfg: GuardConfig, service: str, pam_dir: Path = Path("/etc/pam.d"), dry_run: bool = False,
-            with_module: bool = True) -> InstallResult:
-    """Add the guard lines to ``<pam_dir>/<service>`` after backing it up."""
+            with_module: bool = True, module_path: Path | None = None) -> InstallResult:
+    """Add the guard lines to ``<pam_dir>/<service>`` after backing it up.
+
+    ``module_path`` (absolute) names the module file in the lines instead of
+    the module directory's copy; nothing is copied then.
+    """
     path, raw, text = _read_service(pam_dir, service)
     common = pam_dir / "common-auth"
     if common.exists() and MODULE in common.read_text(errors="replace"):
         # Twice in one stack would reserve twice per try (and halve pair_deny).
         raise InstallError(f"the guard is already host-wide in {common} (pam-auth-update); nothing to add")
-    new = plan_install(text, module_args(cfg))
+    if module_path is not None:
+        if not module_path.is_absolute() or not module_path.is_file():
+            raise InstallError(f"--module-path {module_path}: expected an absolute path to a built {MODULE}")
+        with_module = False
+    module = str(module_path) if module_path is not None else MODULE
+    new = plan_install(text, module_args(cfg), tolerates_missing_module(cfg), module)
     backup = _backup_path(cfg, path)
-    mod = install_module(dry_run=dry_run) if with_module else None
-    if not with_module and not (module_dir() / MODULE).exists():
+    mod = install_module(dry_run=dry_run) if with_module else module_path
+    if module_path is None and not with_module and not (module_dir() / MODULE).exists():
         # A stack naming a module PAM cannot load fails every login: refuse instead.
         raise InstallError(f"{module_dir() / MODULE} is not installed (make pam; or install without --no-module)")
     if not dry_run:
@@ -256,15 +298,17 @@ def pam_auth_update_profiles(cfg: GuardConfig) -> dict[str, str]:
     those after ``requisite pam_deny.so``, where only a success arrives.
     """
     args = module_args(cfg)
+    tolerant = tolerates_missing_module(cfg)
+    pre, acc = control("requisite", tolerant), control("required", tolerant)
     return {
         "slotwarden": (
             "Name: slotwarden login guard (record failed logins, refuse locked users and addresses)\n"
             "Default: no\nPriority: 1024\n"
             "Auth-Type: Primary\n"
-            f"Auth:\n\trequisite\t{MODULE} {args}\n"
-            f"Auth-Initial:\n\trequisite\t{MODULE} {args}\n"
+            f"Auth:\n\t{pre}\t{MODULE} {args}\n"
+            f"Auth-Initial:\n\t{pre}\t{MODULE} {args}\n"
             "Account-Type: Additional\n"
-            f"Account:\n\trequired\t{MODULE} {args}\n"
+            f"Account:\n\t{acc}\t{MODULE} {args}\n"
         ),
         "slotwarden-authsucc": (
             "Name: slotwarden login guard, success hook (enable together with 'slotwarden')\n"
@@ -289,3 +333,28 @@ def write_pam_auth_update_profiles(cfg: GuardConfig, directory: Path = Path("/us
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
     return paths
+
+
+# -- systemd: the socket before sshd, the service behind it ----------------------------------
+
+UNITS = ("slotwarden-guard.socket", "slotwarden-guard.service")
+
+
+def systemd_units(cfg: GuardConfig, python: str, workdir: str, config_file: str) -> dict[str, str]:
+    """The two unit files of ``pam_hooks/systemd/``, rendered for this host (pure).
+
+    >>> u = systemd_units(GuardConfig(), "/usr/bin/python3", "/opt/sw", "/etc/slotwarden/slotwarden.toml")
+    >>> [ln for ln in u["slotwarden-guard.socket"].splitlines() if ln.startswith("ListenStream")]
+    ['ListenStream=/run/slotwarden/guard.sock']
+    """
+    for what, value in (("python", python), ("workdir", workdir), ("config", config_file)):
+        if not value.startswith("/") or any(c.isspace() or c in "%$\\\"'" for c in value):
+            raise InstallError(f"{what} {value!r}: a unit needs an absolute path without spaces, quotes or %")
+    values = {"@SOCKET@": str(cfg.socket), "@PYTHON@": python, "@WORKDIR@": workdir, "@CONFIG@": config_file}
+    out = {}
+    for name in UNITS:
+        text = (Path(__file__).resolve().parent / "systemd" / name).read_text()
+        for key, value in values.items():
+            text = text.replace(key, value)
+        out[name] = text
+    return out

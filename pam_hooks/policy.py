@@ -16,11 +16,22 @@ be lost when a PAM client dies, forks or never calls ``pam_end``.
 >>> pol = LockoutPolicy(GuardConfig(pair_deny=2), conn)
 >>> [pol.reserve("sshd", "bob", "198.51.100.7", now=100.0).allowed for _ in range(3)]
 [True, True, False]
+
+Local tries (no PAM_RHOST) arrive with the caller as the origin, ``local:<caller>``
+(see :func:`local_origin`): a tenant's ``su root`` locks (root, local:tenant) only.
+
+The per-username rule (``user_deny``) is the one a distributed attacker can turn
+on a victim, so it never refuses at an origin where the user logged in with a
+password before (``known_origins``, bounded and expiring) nor in the account
+phase (key logins), and root and the admin group keep the console way in
+(``local:root``) that no tenant can reach.
 """
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import pwd
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +45,12 @@ from pam_hooks.protocol import escape_text, name_key, unescape
 from pam_hooks.store import purge_attempts
 
 KINDS = ("pair", "ip", "user")
+LOCAL = "local:"
+# The console way in: a local try by root itself on a terminal (login on a tty); the module sends
+# "root:notty" / "root:ruser" for root services without a terminal or passing PAM_RUSER=root.
+CONSOLE = LOCAL + "root"
+# Known origins kept per user (newest first); older ones are dropped.
+KNOWN_MAX = 16
 
 
 class Blocker(Protocol):
@@ -58,10 +75,11 @@ class Decision:
 class Origin:
     """Where a try comes from, as the policy counts it."""
 
-    ip: str  # the escaped PAM_RHOST as recorded
+    ip: str  # the escaped PAM_RHOST as recorded, or local:<caller> for a local try
     ipkey: str  # address (v4) or /prefix network (v6); the raw value if not an IP; "" if none
     is_ip: bool
     allowed: bool
+    local: bool = False
 
 
 def iso(ts: float | None) -> str | None:
@@ -69,6 +87,22 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def local_origin(rhost: str, caller: str | None) -> str:
+    """The recorded origin of a try: ``local:<caller>`` when there is no rhost.
+
+    A network rhost can never pass for a local origin: one that starts with
+    ``local:`` is recorded with its colon escaped.
+
+    >>> local_origin("", "alice"), local_origin("local:root", None), local_origin("198.51.100.7", "x")
+    ('local:alice', 'local%3Aroot', '198.51.100.7')
+    """
+    if not rhost:
+        return LOCAL + caller if caller else ""
+    if rhost.startswith(LOCAL):
+        return "local%3A" + rhost[len(LOCAL):]
+    return rhost
 
 
 def pair_key(user: str, ip: str) -> str:
@@ -107,6 +141,8 @@ class LockoutPolicy:
         """Classify an escaped PAM_RHOST: address, /64 key, allow list."""
         if not rhost:
             return Origin("", "", False, False)
+        if rhost.startswith(LOCAL):
+            return Origin(rhost, rhost, False, False, local=True)
         try:
             addr = ipaddress.ip_address(unescape(rhost).decode("ascii"))
         except (ValueError, UnicodeDecodeError):
@@ -120,18 +156,70 @@ class LockoutPolicy:
             key = str(addr)
         return Origin(rhost, key, True, allowed)
 
-    def _keys(self, user: str, org: Origin) -> list[tuple[str, str]]:
-        """The (kind, key) pairs that can lock this try, most specific first."""
+    def _keys(self, user: str, org: Origin, now: float, phase: str = "auth") -> list[tuple[str, str]]:
+        """The (kind, key) pairs that can lock this try, most specific first.
+
+        ``phase`` "account" (key logins, and the check after a password) leaves
+        the per-username rule out. At an origin the user is known at, that rule
+        still counts but never refuses (:meth:`_spared`, asked only when it would).
+        """
         if org.allowed:
             return []
         if user == "root" and not self.cfg.deny_root:
             return []
+        if org.ip == CONSOLE and self.is_admin(user):
+            return []
         keys = [("pair", pair_key(user, org.ip))]
         if org.ipkey:
             keys.append(("ip", org.ipkey))
-        if user != "root":  # root is never locked globally per username
+        # root is never locked globally per username
+        if user != "root" and phase == "auth":
             keys.append(("user", user))
         return keys
+
+    def _spared(self, kind: str, user: str, org: Origin, now: float) -> bool:
+        """The per-username rule never refuses a user at an origin she logged in from."""
+        return kind == "user" and self.known(user, org, now)
+
+    def is_admin(self, user: str) -> bool:
+        """root, or a member of the admin group (``[host] admin_group``)."""
+        name = unescape(user).decode("utf-8", "surrogateescape")
+        if name == "root":
+            return True
+        try:
+            group = grp.getgrnam(self.cfg.admin_group)
+        except KeyError:
+            return False
+        if name in group.gr_mem:
+            return True
+        try:
+            return pwd.getpwnam(name).pw_gid == group.gr_gid
+        except KeyError:
+            return False
+
+    def known(self, user: str, org: Origin, now: float) -> bool:
+        """Did ``user`` log in with a password from this origin (address, /64) within ``known_for``."""
+        if not org.ipkey:
+            return False
+        row = self.conn.execute(
+            "SELECT 1 FROM known_origins WHERE username = ? AND ipkey = ? AND last > ?",
+            (user, org.ipkey, now - self.cfg.known_for),
+        ).fetchone()
+        return row is not None
+
+    def _remember(self, user: str, org: Origin, now: float) -> None:
+        if not org.ipkey:
+            return
+        self.conn.execute(
+            "INSERT INTO known_origins (username, ipkey, last) VALUES (?, ?, ?)"
+            " ON CONFLICT (username, ipkey) DO UPDATE SET last = excluded.last",
+            (user, org.ipkey, now),
+        )
+        self.conn.execute(
+            "DELETE FROM known_origins WHERE username = ? AND ipkey NOT IN"
+            " (SELECT ipkey FROM known_origins WHERE username = ? ORDER BY last DESC LIMIT ?)",
+            (user, user, KNOWN_MAX),
+        )
 
     def _threshold(self, kind: str) -> int:
         return {"pair": self.cfg.pair_deny, "ip": self.cfg.ip_deny, "user": self.cfg.user_deny}[kind]
@@ -197,10 +285,10 @@ class LockoutPolicy:
         if self.conn.execute("DELETE FROM blocks WHERE net = ?", (net,)).rowcount:
             self.blocker.unblock(net)
 
-    def _active(self, keys: list[tuple[str, str]], now: float) -> Decision | None:
+    def _active(self, keys: list[tuple[str, str]], now: float, user: str, org: Origin) -> Decision | None:
         for kind, key in keys:
             row = self._lock(kind, key)
-            if row is not None and row["locked_until"] > now:
+            if row is not None and row["locked_until"] > now and not self._spared(kind, user, org, now):
                 return Decision(False, kind, float(row["locked_until"]))
         return None
 
@@ -215,18 +303,19 @@ class LockoutPolicy:
         """
         now = self.clock() if now is None else now
         org = self.origin(rhost)
-        keys = self._keys(user, org)
         with self._tx():
+            keys = self._keys(user, org, now)
             if prev is not None:
                 self._resolve(prev, "failed")
             locks = {kind: self._lock(kind, key) for kind, key in keys}
             denied = next((Decision(False, kind, float(row["locked_until"])) for kind, row in locks.items()
-                           if row is not None and row["locked_until"] > now), None)
+                           if row is not None and row["locked_until"] > now
+                           and not self._spared(kind, user, org, now)), None)
             counts: dict[str, int] = {}
             if denied is None:
                 for kind, key in keys:
                     counts[kind] = self._count(kind, key, self._since(locks[kind], now))
-                    if counts[kind] >= self._threshold(kind):
+                    if counts[kind] >= self._threshold(kind) and not self._spared(kind, user, org, now):
                         # Possible after the limit was lowered: lock now.
                         denied = Decision(False, kind, self._set_lock(kind, key, now, org))
                         break
@@ -279,7 +368,7 @@ class LockoutPolicy:
                 "UPDATE attempts SET state = 'cleared' WHERE username = ? AND ip = ? AND state = 'failed'",
                 (user, org.ip),
             )
-            for kind, key in self._keys(user, org):
+            for kind, key in self._keys(user, org, now):
                 lock = self._lock(kind, key)
                 if lock is None or lock["locked_until"] <= now or lock["locked_at"] < row["ts"]:
                     continue
@@ -292,12 +381,13 @@ class LockoutPolicy:
                 )
                 if kind == "ip":
                     self._unblock(key)
+            self._remember(user, org, now)
 
     def account(self, service: str, user: str, rhost: str, now: float | None = None) -> Decision:
         """Account phase: refuse any login (also by key) while a lock holds."""
         now = self.clock() if now is None else now
         org = self.origin(rhost)
-        denied = self._active(self._keys(user, org), now)
+        denied = self._active(self._keys(user, org, now, phase="account"), now, user, org)
         return denied or Decision(True)
 
     # -- upkeep -------------------------------------------------------------
@@ -319,7 +409,7 @@ class LockoutPolicy:
         now = self.clock() if now is None else now
         cutoff = now - self.cfg.retention
         with self._tx():
-            return purge_attempts(self.conn, cutoff)
+            return purge_attempts(self.conn, cutoff, now - self.cfg.known_for)
 
     def restore_blocks(self, now: float | None = None) -> None:
         """After a restart: re-add live blocks, drop ended ones."""
@@ -365,7 +455,7 @@ class LockoutPolicy:
         out = []
         for r in rows:
             org = self.origin(r["ip"])
-            lock = self._active(self._keys(r["username"], org), now)
+            lock = self._active(self._keys(r["username"], org, now), now, r["username"], org)
             if locked and lock is None:
                 continue
             out.append({
@@ -388,19 +478,23 @@ class LockoutPolicy:
         """Would a try by ``user`` from ``ip`` be allowed now, and why not."""
         now = self.clock() if now is None else now
         u, org = name_key(user), self.origin(escape_text(ip))
-        keys = self._keys(u, org)
+        keys = self._keys(u, org, now)
         counts: dict[str, dict[str, Any]] = {}
-        d = self._active(keys, now)
+        d = self._active(keys, now, u, org)
         for kind, key in keys:
             n = self._count(kind, key, self._since(self._lock(kind, key), now))
             counts[kind] = {"count": n, "limit": self._threshold(kind), "key": key.replace("\t", " ")}
-            if d is None and n >= self._threshold(kind):
+            if d is None and n >= self._threshold(kind) and not self._spared(kind, u, org, now):
                 d = Decision(False, kind, None)
         reason = None
         if org.allowed:
             reason = "address is in guard.allow"
+        elif org.ip == CONSOLE and not keys:
+            reason = "the console way in: root and the admin group are never locked at local:root"
         elif not keys:
             reason = "root is not locked (guard.deny_root = false)"
+        elif "user" in counts and self.known(u, org, now):
+            reason = "known origin: the per-username rule never refuses here"
         return {
             "username": u, "ip": org.ip, "allowed": d is None, "rule": d.rule if d else None,
             "until": iso(d.until) if d else None, "counts": counts, "note": reason,
@@ -456,11 +550,17 @@ class LockoutPolicy:
             n = 0
             if user is not None:
                 n += self.conn.execute("DELETE FROM attempts WHERE username = ?", (name_key(user),)).rowcount
+                self.conn.execute("DELETE FROM known_origins WHERE username = ?", (name_key(user),))
             if ip is not None:
                 e = escape_text(ip)
                 n += self.conn.execute("DELETE FROM attempts WHERE ip = ? OR ipkey = ?",
                                        (e, self.origin(e).ipkey)).rowcount
         return int(n)
+
+    def active_lock_count(self, now: float | None = None) -> int:
+        """How many locks hold now (for ``stats``)."""
+        now = self.clock() if now is None else now
+        return int(self.conn.execute("SELECT COUNT(*) FROM locks WHERE locked_until > ?", (now,)).fetchone()[0])
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """Counts and the active locks."""
@@ -485,4 +585,5 @@ def _policy(cfg: GuardConfig) -> dict[str, Any]:
     d["allow"] = [str(n) for n in cfg.allow]
     d["socket"] = str(cfg.socket)
     d["state_dir"] = str(cfg.state_dir)
+    d["syslog_socket"] = str(cfg.syslog_socket)
     return d

@@ -20,6 +20,14 @@
  * cleanup (pam_end): an unresolved reservation is reported failed.
  * account: refuse while any lock holds (this also stops key logins).
  *
+ * Local tries (no PAM_RHOST: su, sudo, login on a tty) carry the caller as a
+ * last field, so the service counts them by who made them: the real uid when
+ * it is not root (su and sudo are setuid: the kernel's word, not the
+ * caller's), else PAM_RUSER (set by a root service acting for someone), else
+ * the login uid, else "root" on a terminal (the console), else "root:notty".
+ * A tenant's failed `su root` thus locks only (root, that tenant), never
+ * root's console.
+ *
  * Every field is escaped (bytes outside 0x21..0x7e and '%' become %XX) and
  * capped to 256 raw bytes ("%.." marks a cut), so a hostile PAM_USER can
  * neither break the line protocol nor make the request big.
@@ -28,6 +36,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <pwd.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -67,6 +77,15 @@ struct reservation {
     struct opts o;
 };
 
+/* A string goes into syslog only when every byte is printable ASCII. */
+static const char *printable(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
+        if (*p < 0x20 || *p > 0x7e)
+            return "(unprintable)";
+    return s;
+}
+
 static void parse_opts(pam_handle_t *pamh, int argc, const char **argv, struct opts *o)
 {
     memset(o, 0, sizeof(*o));
@@ -92,7 +111,7 @@ static void parse_opts(pam_handle_t *pamh, int argc, const char **argv, struct o
         } else if (strcmp(a, "debug") == 0) {
             o->debug = 1;
         } else {
-            pam_syslog(pamh, LOG_ERR, "unknown option: %.64s", a);
+            pam_syslog(pamh, LOG_ERR, "unknown option: %.64s", printable(a));
         }
     }
 }
@@ -223,8 +242,72 @@ static int unreachable(pam_handle_t *pamh, const struct opts *o, const char *pha
     return strcmp(phase, "account") == 0 ? PAM_PERM_DENIED : PAM_AUTH_ERR;
 }
 
-/* Build "VERB\tservice\tuser\trhost" from the handle's items. */
-static int who(pam_handle_t *pamh, char *svc, char *user, char *rhost)
+/* The name of uid (or "uid=N" without a passwd entry), escaped into out. */
+static void uid_name(uid_t uid, char *out)
+{
+    struct passwd pw, *res = NULL;
+    char buf[4096], num[32];
+    if (getpwuid_r(uid, &pw, buf, sizeof(buf), &res) == 0 && res != NULL && res->pw_name[0] != '\0') {
+        escape_field(res->pw_name, out);
+        return;
+    }
+    snprintf(num, sizeof(num), "uid=%lu", (unsigned long)uid);
+    escape_field(num, out);
+}
+
+/* The login uid of this process (-1 when unset or unreadable). */
+static long login_uid(void)
+{
+    char buf[32];
+    ssize_t n;
+    int fd = open("/proc/self/loginuid", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    {
+        char *end = NULL;
+        unsigned long v = strtoul(buf, &end, 10);
+        if (end == buf || v >= 4294967295UL)
+            return -1;
+        return (long)v;
+    }
+}
+
+/* Who asks, for a try without PAM_RHOST (see the header comment). Only a root
+ * process on a terminal, acting for nobody else, is "root" - the console way in
+ * the service never locks for root and the admin group. A root service without
+ * a terminal is "root:notty", and a PAM_RUSER of "root" is "root:ruser": counted,
+ * never the console (no username contains ':'). */
+static void caller(pam_handle_t *pamh, char *out)
+{
+    const void *item = NULL;
+    long luid;
+    if (getuid() != 0) {
+        uid_name(getuid(), out);
+        return;
+    }
+    if (pam_get_item(pamh, PAM_RUSER, &item) == PAM_SUCCESS && item != NULL && ((const char *)item)[0] != '\0') {
+        escape_field(strcmp(item, "root") == 0 ? "root:ruser" : item, out);
+        return;
+    }
+    luid = login_uid();
+    if (luid > 0) {
+        uid_name((uid_t)luid, out);
+        return;
+    }
+    item = NULL;
+    if (pam_get_item(pamh, PAM_TTY, &item) == PAM_SUCCESS && item != NULL && ((const char *)item)[0] != '\0')
+        escape_field("root", out);
+    else
+        escape_field("root:notty", out);
+}
+
+/* Build "VERB\tservice\tuser\trhost" (and the caller for local tries) from the handle's items. */
+static int who(pam_handle_t *pamh, char *svc, char *user, char *rhost, char *from)
 {
     const void *item = NULL;
     const char *u = NULL;
@@ -238,6 +321,9 @@ static int who(pam_handle_t *pamh, char *svc, char *user, char *rhost)
     item = NULL;
     pam_get_item(pamh, PAM_RHOST, &item);
     escape_field(item, rhost);
+    from[0] = '\0';
+    if (rhost[0] == '\0')
+        caller(pamh, from);
     return PAM_SUCCESS;
 }
 
@@ -246,8 +332,8 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     struct opts o;
     struct reservation *r = NULL;
     const void *data = NULL;
-    char svc[ESC_SIZE], user[ESC_SIZE], rhost[ESC_SIZE], reply[REPLY_SIZE];
-    char req[ESC_SIZE * 3 + 64];
+    char svc[ESC_SIZE], user[ESC_SIZE], rhost[ESC_SIZE], from[ESC_SIZE], reply[REPLY_SIZE];
+    char req[ESC_SIZE * 4 + 64];
     const char *tok = NULL;
     long prev = 0;
     int rc;
@@ -265,7 +351,7 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
         return PAM_IGNORE;
     }
 
-    rc = who(pamh, svc, user, rhost);
+    rc = who(pamh, svc, user, rhost, from);
     if (rc != PAM_SUCCESS)
         return rc;
     /* No password, no try: a conversation that fails here is not counted. */
@@ -275,7 +361,10 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
 
     if (r != NULL)
         prev = r->token;
-    if (prev > 0)
+    /* The 4th field is the earlier token (0: none); a local try adds its caller as a 5th. */
+    if (from[0] != '\0')
+        snprintf(req, sizeof(req), "AUTH\t%s\t%s\t%s\t%ld\t%s\n", svc, user, rhost, prev > 0 ? prev : 0L, from);
+    else if (prev > 0)
         snprintf(req, sizeof(req), "AUTH\t%s\t%s\t%s\t%ld\n", svc, user, rhost, prev);
     else
         snprintf(req, sizeof(req), "AUTH\t%s\t%s\t%s\n", svc, user, rhost);
@@ -304,16 +393,17 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
         r->o = o;
         r->token = token;
         if (o.debug)
-            pam_syslog(pamh, LOG_DEBUG, "reservation %ld for user=%s rhost=%s", token, user, rhost);
+            pam_syslog(pamh, LOG_DEBUG, "reservation %ld for user=%s rhost=%s from=%s", token, user, rhost, from);
         return PAM_IGNORE;
     }
     if (strncmp(reply, "DENY ", 5) == 0) {
-        pam_syslog(pamh, LOG_NOTICE, "refused: user=%s rhost=%s locked (%.64s)", user, rhost, reply + 5);
+        pam_syslog(pamh, LOG_NOTICE, "refused: user=%s rhost=%s from=%s locked (%.64s)", user, rhost, from,
+                   printable(reply + 5));
         /* Answer as slowly as pam_unix's failure would, so a lock is not told apart by timing. */
         pam_fail_delay(pamh, 2000000);
         return PAM_AUTH_ERR;
     }
-    pam_syslog(pamh, LOG_ERR, "guard service error: %.128s", reply);
+    pam_syslog(pamh, LOG_ERR, "guard service error: %.128s", printable(reply));
     return unreachable(pamh, &o, "auth");
 }
 
@@ -329,24 +419,28 @@ PAM_EXTERN int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const cha
 PAM_EXTERN int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
     struct opts o;
-    char svc[ESC_SIZE], user[ESC_SIZE], rhost[ESC_SIZE], reply[REPLY_SIZE];
-    char req[ESC_SIZE * 3 + 64];
+    char svc[ESC_SIZE], user[ESC_SIZE], rhost[ESC_SIZE], from[ESC_SIZE], reply[REPLY_SIZE];
+    char req[ESC_SIZE * 4 + 64];
     int rc;
     (void)flags;
 
     parse_opts(pamh, argc, argv, &o);
-    rc = who(pamh, svc, user, rhost);
+    rc = who(pamh, svc, user, rhost, from);
     if (rc != PAM_SUCCESS)
         return rc;
-    snprintf(req, sizeof(req), "ACCT\t%s\t%s\t%s\n", svc, user, rhost);
+    if (from[0] != '\0')
+        snprintf(req, sizeof(req), "ACCT\t%s\t%s\t%s\t%s\n", svc, user, rhost, from);
+    else
+        snprintf(req, sizeof(req), "ACCT\t%s\t%s\t%s\n", svc, user, rhost);
     if (ask(&o, req, reply, sizeof(reply)) != 0)
         return unreachable(pamh, &o, "account");
     if (strcmp(reply, "ALLOW") == 0)
         return PAM_SUCCESS;
     if (strncmp(reply, "DENY ", 5) == 0) {
-        pam_syslog(pamh, LOG_NOTICE, "account refused: user=%s rhost=%s locked (%.64s)", user, rhost, reply + 5);
+        pam_syslog(pamh, LOG_NOTICE, "account refused: user=%s rhost=%s from=%s locked (%.64s)", user, rhost, from,
+                   printable(reply + 5));
         return PAM_PERM_DENIED;
     }
-    pam_syslog(pamh, LOG_ERR, "guard service error: %.128s", reply);
+    pam_syslog(pamh, LOG_ERR, "guard service error: %.128s", printable(reply));
     return unreachable(pamh, &o, "account");
 }

@@ -15,27 +15,43 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from provisioner.cli.output import emit, json_option
 from provisioner.errors import BadInput
-from provisioner.guard import guard_config, guard_request, install_guard, supervise_guard, uninstall_guard
+from provisioner.guard import (
+    guard_config,
+    guard_request,
+    guard_status,
+    install_guard,
+    supervise_guard,
+    uninstall_guard,
+)
+
+LOCAL = "local:"
 
 
 def _check(user: str | None, ip: str | None) -> None:
-    if ip is not None:
+    if ip is not None and ip.startswith(LOCAL):
+        # A local origin: the caller behind su/sudo/login, as `guard list` shows it.
+        name = ip[len(LOCAL):]
+        if not 0 < len(name.encode("utf-8", "surrogateescape")) <= 3 * 256 + 3 or not name.isprintable():
+            raise BadInput(f"--ip: {ip!r}: expected local:USER (the user who ran su, sudo or login)")
+    elif ip is not None:
         try:
             ipaddress.ip_network(ip, strict=False)
         except ValueError:
-            raise BadInput(f"--ip: {ip!r} is not an IP address") from None
+            raise BadInput(f"--ip: {ip!r} is not an IP address or local:USER") from None
     # 256 bytes as typed, or up to 771 as `guard list` shows a long hostile name (escaped).
     if user is not None and not 0 < len(user.encode("utf-8", "surrogateescape")) <= 3 * 256 + 3:
         raise BadInput("--user: expected 1..771 bytes")
 
 
 def _lines(*text: str) -> Any:
+    """Print each string as plain text: no Rich markup, emoji codes or highlighting."""
     def render(c: Console) -> None:
         for t in text:
-            c.print(t, markup=False, highlight=False)
+            c.print(Text(t), markup=False, highlight=False, emoji=False)
     return render
 
 
@@ -52,15 +68,22 @@ def guard() -> None:
 @click.option("--dry-run", is_flag=True, help="Show the change, write nothing.")
 @click.option("--module/--no-module", "with_module", default=True, show_default=True,
               help="Also build and copy pam_slotwarden.so into the PAM module directory.")
+@click.option("--module-path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Name this built module file (absolute path) in the lines; nothing is copied.")
 @click.option("--supervise/--no-supervise", default=True, show_default=True,
               help="Also keep 'guard serve' running under the host's supervisor.")
 @json_option
-def install_cmd(service: str, pam_dir: Path, dry_run: bool, with_module: bool, supervise: bool) -> None:
-    """Write the guard's PAM lines into a service file (backup kept; uninstall restores it)."""
+def install_cmd(service: str, pam_dir: Path, dry_run: bool, with_module: bool, module_path: Path | None,
+                supervise: bool) -> None:
+    """Write the guard's PAM lines into a service file (backup kept; uninstall restores it).
+
+    With fail_mode = open the lines skip a module PAM cannot load, so deleting
+    pam_slotwarden.so by hand leaves logins working (unguarded) instead of refusing all.
+    """
     from pam_hooks.config import config_path
 
     cfg = guard_config()
-    res = install_guard(cfg, service, pam_dir, dry_run=dry_run, with_module=with_module)
+    res = install_guard(cfg, service, pam_dir, dry_run=dry_run, with_module=with_module, module_path=module_path)
     data: dict[str, Any] = {"service": res.service, "path": res.path, "changed": res.changed,
                             "backup": res.backup, "module": res.module, "diff": res.diff, "dry_run": dry_run}
     if supervise:
@@ -85,16 +108,28 @@ def uninstall_cmd(service: str, pam_dir: Path, dry_run: bool) -> None:
 @click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False),
               default=Path("/usr/share/pam-configs"), show_default=True)
 @click.option("--enable", is_flag=True, help="Also run 'pam-auth-update --package --enable' (host-wide).")
+@click.option("--disable", is_flag=True,
+              help="Take the guard out of common-auth/common-account host-wide ('pam-auth-update --package --remove').")
 @click.option("--dry-run", is_flag=True)
 @json_option
-def pam_auth_update_cmd(directory: Path, enable: bool, dry_run: bool) -> None:
+def pam_auth_update_cmd(directory: Path, enable: bool, disable: bool, dry_run: bool) -> None:
     """Ship the Debian pam-auth-update profiles that put the guard into common-auth host-wide."""
     from pam_hooks.install import PROFILES, install_module, write_pam_auth_update_profiles
     from provisioner.runner import run
 
+    if enable and disable:
+        raise BadInput("give --enable or --disable, not both")
+    if disable:
+        data: dict[str, Any] = {"profiles": list(PROFILES), "enabled": False, "disabled": not dry_run,
+                                "dry_run": dry_run}
+        if not dry_run:
+            run(["pam-auth-update", "--package", "--remove", *PROFILES])
+        emit(data, _lines("(dry run: nothing changed)" if dry_run else
+                          f"guard profiles {' '.join(PROFILES)} disabled host-wide"))
+        return
     cfg = guard_config()
     paths = write_pam_auth_update_profiles(cfg, directory, dry_run=dry_run)
-    data: dict[str, Any] = {"profiles": paths, "enabled": False, "dry_run": dry_run}
+    data = {"profiles": paths, "enabled": False, "dry_run": dry_run}
     if enable and not dry_run:
         install_module_path = install_module()
         run(["pam-auth-update", "--package", "--enable", *PROFILES])
@@ -122,7 +157,7 @@ def serve_cmd(verbose: bool) -> None:
     from pam_hooks.service import GuardService, setup_logging
 
     cfg = guard_config()
-    setup_logging(verbose)
+    setup_logging(verbose, cfg.syslog_socket)
     try:
         GuardService(cfg).run()
     except RuntimeError as exc:
@@ -134,22 +169,30 @@ def serve_cmd(verbose: bool) -> None:
 @guard.command("status")
 @json_option
 def status_cmd() -> None:
-    """Service health, counts and active locks."""
-    d = guard_request(guard_config(), "status")
+    """Is the guard deciding: one line first ("up", "degraded ...", or "down" with exit 1), then counts and locks."""
+    d = guard_status(guard_config())
 
     def render(c: Console) -> None:
         svc = d["service"]
-        state = f"running (pid {svc['pid']}, up {svc['uptime']}s)" if svc.get("running") else "NOT RUNNING"
-        c.print(f"guard service: {state} on {svc['socket']}", markup=False)
-        c.print(f"records: {d['attempts']} attempts, {d['pairs']} user/address pairs, {d['pending']} pending",
-                markup=False)
+        for line in (f"guard: {d['state']} (pid {svc['pid']}, up {svc['uptime']}s) on {svc['socket']}",
+                     *(f"degraded: {note}" for note in svc.get("degraded", [])),
+                     f"records: {d['attempts']} attempts, {d['pairs']} user/address pairs, {d['pending']} pending"):
+            c.print(Text(line), markup=False, highlight=False, emoji=False)
         for lk in d["active_locks"]:
-            c.print(f"locked {lk['kind']:<4} {lk['key']:<40} until {lk['locked_until']} (level {lk['level']})",
-                    markup=False)
+            c.print(Text(f"locked {lk['kind']:<4} {lk['key']:<40} until {lk['locked_until']} (level {lk['level']})"),
+                    markup=False, highlight=False, emoji=False)
         for net in d["blocks"]:
-            c.print(f"blackhole route: {net}", markup=False)
+            c.print(Text(f"blackhole route: {net}"), markup=False, highlight=False, emoji=False)
 
     emit(d, render)
+
+
+@guard.command("stats")
+@json_option
+def stats_cmd() -> None:
+    """The service's counters (decisions, refusals, accept errors, store recoveries, locks), e.g. for alerting."""
+    d = guard_request(guard_config(), "stats", direct_ok=False)
+    emit(d, _lines(*(f"{k}: {v}" for k, v in sorted(d.items()))))
 
 
 @guard.command("list")
@@ -167,8 +210,10 @@ def list_cmd(user: str | None, ip: str | None, locked: bool) -> None:
 
         t = Table("username", "ip", "service", "count", "refused", "last attempt", "locked until", "rule")
         for r in rows:
-            t.add_row(r["username"], r["ip"] or "-", r["service"], str(r["count"]), str(r["refused"]),
-                      r["last_attempt"], r["locked_until"] or "-", r["rule"] or "-")
+            # Text cells: a name like "[/x]" or "[link=...]" is shown, never parsed as markup.
+            t.add_row(*(Text(str(v)) for v in (r["username"], r["ip"] or "-", r["service"], r["count"],
+                                                r["refused"], r["last_attempt"], r["locked_until"] or "-",
+                                                r["rule"] or "-")))
         c.print(t)
 
     emit(rows, render)
@@ -176,16 +221,17 @@ def list_cmd(user: str | None, ip: str | None, locked: bool) -> None:
 
 @guard.command("explain")
 @click.option("--user", "user", required=True)
-@click.option("--ip", "ip", required=True)
+@click.option("--ip", "ip", required=True, help="An address, or local:USER for su/sudo/login run by USER.")
 @json_option
 def explain_cmd(user: str, ip: str) -> None:
-    """Would USER from IP be let through now; which rule refuses, until when."""
+    """Would USER from IP (or local:CALLER) be let through now; which rule refuses, until when."""
     _check(user, ip)
     d = guard_request(guard_config(), "explain", user=user, ip=ip)
+    who = f"{d['username']} from {d['ip'] or '-'}"  # as recorded: escaped, printable
     if d["allowed"]:
-        head = f"allowed: {user} from {ip}" + (f" ({d['note']})" if d["note"] else "")
+        head = f"allowed: {who}" + (f" ({d['note']})" if d["note"] else "")
     else:
-        head = f"refused: {user} from {ip} by the {d['rule']} rule" + (f" until {d['until']}" if d["until"] else "")
+        head = f"refused: {who} by the {d['rule']} rule" + (f" until {d['until']}" if d["until"] else "")
     counts = [f"  {k:<4} {c['count']}/{c['limit']} failures in the window" for k, c in d["counts"].items()]
     emit(d, _lines(head, *counts))
 

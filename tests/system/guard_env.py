@@ -12,9 +12,11 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,18 @@ from pam_hooks.client import GuardUnavailable, request
 from pam_hooks.config import GuardConfig, load_guard_config
 
 REPO = Path(__file__).resolve().parents[2]
+# This checkout's module, named by absolute path in the test PAM files: tests of parallel
+# checkouts never share (or overwrite) one copy in the system's module directory.
+MODULE_PATH = REPO / "pam_hooks" / "c" / "pam_slotwarden.so"
 SLOTCTL = str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "slotctl")
+
+# What systemd does before it execs a socket-activated service: the socket on fd 3, LISTEN_* set.
+ACTIVATE = """
+import os, sys
+os.dup2(int(sys.argv[1]), 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 COUNTER = """#!/bin/sh
 # Counts password checks that reach the real stack (after the guard's preauth).
@@ -57,19 +70,45 @@ class GuardEnv:
         os.chmod(self.counter, 0o755)
         self.services: list[Path] = []
         self.log = self.tmp / "guard.log"
+        self.columns = 200  # the terminal width the CLI's tables get
+        # The service's code and the module the PAM lines name (a benchmark's baseline sets older ones).
+        self.code_dir = REPO
+        self.module_path = MODULE_PATH
 
     @property
     def env(self) -> dict[str, str]:
         """Environment for CLI calls."""
-        return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config), "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+        return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config), "PYTHONPATH": str(REPO),
+                "COLUMNS": str(self.columns)}
 
-    def start(self) -> None:
-        """Start ``guard serve`` and wait until it answers."""
-        argv = [sys.executable, "-m", "pam_hooks", "serve", "--config", str(self.config)]
+    def start(self, nofile: int | None = None, listen_fd: int | None = None,
+              activate: list[str] | None = None, wait: bool = True, command: str = "serve") -> None:
+        """Start ``guard serve`` and wait until it answers.
+
+        ``nofile`` caps its descriptors (soft and hard); ``listen_fd`` hands it a
+        listening socket the way systemd does (fd 3, LISTEN_PID, LISTEN_FDS);
+        ``activate`` is a command prefix that does that itself (systemd-socket-activate);
+        ``command`` "keep" runs the socket keeper (which runs serve behind it).
+        """
+        serve = [sys.executable, "-m", "pam_hooks", command, "--config", str(self.config)]
+        argv = serve
+        pass_fds: tuple[int, ...] = ()
+        if listen_fd is not None:
+            argv = [sys.executable, "-c", ACTIVATE, str(listen_fd), *serve]
+            pass_fds = (listen_fd,)
+        if activate is not None:
+            argv = [*activate, *serve]
+        # (no preexec_fn: the test process has threads) umask 077 for a socket made by a wrapper
+        argv = ["sh", "-c", 'umask 077 && exec "$@"', "sh", *argv]
+        if nofile is not None:
+            argv = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(argv, cwd=self.code_dir, env={**self.env, "PYTHONPATH": str(self.code_dir)},
+                                         stdout=log, stderr=log, pass_fds=pass_fds)
+        if not wait:
+            return
         for _ in range(200):
             try:
                 if request(self.cfg.socket, 'JSON\t{"op": "ping"}', timeout=1):
@@ -80,6 +119,10 @@ class GuardEnv:
                 break
             time.sleep(0.05)
         raise RuntimeError("guard service did not start:\n" + self.log.read_text())
+
+    def alive(self) -> bool:
+        """The service process is still running."""
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         """SIGTERM the service and wait for it."""
@@ -111,17 +154,25 @@ class GuardEnv:
         path = Path("/etc/pam.d") / name
         path.write_text(text)
         self.services.append(path)
-        self.slotctl("install", "--service", name, "--no-supervise")
+        self.install(name)
         if count_checks:
             self.add_counter(path)
         return name
+
+    def install(self, service: str) -> None:
+        """``slotctl guard install`` into /etc/pam.d/SERVICE with this checkout's module."""
+        from pam_hooks.install import built_module
+
+        if self.module_path == MODULE_PATH:
+            built_module()  # (re)build it if the source is newer
+        self.slotctl("install", "--service", service, "--no-supervise", "--module-path", str(self.module_path))
 
     def add_counter(self, path: Path) -> None:
         """Insert a pam_exec line that logs every password check reaching the real stack."""
         lines = path.read_text().splitlines(keepends=True)
         for i, ln in enumerate(lines):
             if "pam_slotwarden.so" in ln and ln.startswith("auth") and "authsucc" not in ln:
-                lines.insert(i + 1, f"auth optional pam_exec.so quiet {self.counter}\n")
+                lines.insert(i + 1, f"auth optional pam_exec.so quiet seteuid {self.counter}\n")
                 break
         else:
             raise AssertionError("no guard preauth line")
@@ -140,3 +191,34 @@ class GuardEnv:
         for p in self.services:
             p.unlink(missing_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class SyslogSink:
+    """A datagram socket standing in for /dev/log: every line sent to it, as bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o666)
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.lines.append(self.sock.recv(65536))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        """Stop reading and remove the socket."""
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)

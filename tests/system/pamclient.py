@@ -21,6 +21,8 @@ PAM_AUTH_ERR = 7
 PAM_PERM_DENIED = 6
 PAM_CONV_ERR = 19
 PAM_RHOST = 4
+PAM_RUSER = 8
+PAM_TTY = 3
 PAM_FAIL_DELAY = 10
 PAM_PROMPT_ECHO_OFF = 1
 PAM_PROMPT_ECHO_ON = 2
@@ -64,8 +66,9 @@ def _no_delay(_status: int, _usec: int, _appdata: int) -> None:
 class PamHandle:
     """One PAM handle; ``password`` answers echo-off prompts, ``abort`` fails the conversation."""
 
-    def __init__(self, service: str, user: bytes | str, rhost: str | None = None, password: str = "",
-                 abort: bool = False, no_delay: bool = False) -> None:
+    def __init__(self, service: str, user: bytes | str, rhost: str | bytes | None = None, password: str = "",
+                 abort: bool = False, no_delay: bool = False, ruser: str | None = None,
+                 tty: str | None = None) -> None:
         self.password = password.encode()
         self.abort = abort
         self.prompts = 0
@@ -77,8 +80,14 @@ class PamHandle:
         if rc != PAM_SUCCESS:
             raise OSError(f"pam_start failed: {rc}")
         if rhost is not None:
-            self._rhost = c_char_p(rhost.encode())
+            self._rhost = c_char_p(rhost.encode() if isinstance(rhost, str) else rhost)
             _libpam.pam_set_item(self.handle, PAM_RHOST, cast(self._rhost, c_void_p))
+        if tty is not None:  # what login (and su) set: the terminal
+            self._tty = c_char_p(tty.encode())
+            _libpam.pam_set_item(self.handle, PAM_TTY, cast(self._tty, c_void_p))
+        if ruser is not None:  # what su and sudo set: the user who asks
+            self._ruser = c_char_p(ruser.encode())
+            _libpam.pam_set_item(self.handle, PAM_RUSER, cast(self._ruser, c_void_p))
         if no_delay:
             _libpam.pam_set_item(self.handle, PAM_FAIL_DELAY, cast(_no_delay, c_void_p))
         self.last = PAM_SUCCESS

@@ -42,15 +42,26 @@ def test_bad_config_names_the_key(env: GuardEnv) -> None:
     assert r.returncode == 2 and "guard.pair_deny" in r.stderr
 
 
+def test_status_says_down_in_one_line(env: GuardEnv) -> None:
+    """Nothing decides logins: status must not look healthy (it printed the store and exited 0)."""
+    r = env.slotctl("status", check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "guard: down" in r.stderr
+    r = env.slotctl("status", "--json", check=False)
+    assert r.returncode == 1 and json.loads(r.stdout)["ok"] is False
+    env.start()
+    r = env.slotctl("status")
+    assert r.stdout.splitlines()[0].startswith("guard: up (pid ")
+    assert env.json("status")["state"] == "up"
+
+
 def test_json_everywhere_with_service_down(env: GuardEnv) -> None:
-    st = env.json("status")
-    assert st["service"]["running"] is False and st["attempts"] == 0
     assert env.json("list") == []
     ex = env.json("explain", "--user", "bob", "--ip", "198.51.100.5")
     assert ex["allowed"] is True and ex["counts"]["pair"]["limit"] == 2
     assert env.json("lift", "--ip", "198.51.100.5") == {"lifted": 0}
     assert env.json("forget", "--user", "bob") == {"deleted": 0}
     assert env.json("purge") == {"deleted": 0}
-    # the root --json flag works too (provisioner.cli.output)
-    r = env.slotctl("status", "--json")
-    assert json.loads(r.stdout)["policy"]["pair_deny"] == 2
+    # explain takes a local origin (the caller behind su/sudo/login)
+    r = env.slotctl("explain", "--user", "bob", "--ip", "local:alice", "--json")
+    assert json.loads(r.stdout)["ip"] == "local:alice"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import secrets
 import sqlite3
 import stat
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 import pam
 import pytest
 
+from pam_hooks.install import TOLERANT
 from pam_hooks.protocol import MAX_FIELD_BYTES, escape
 from tests.system.guard_env import GuardEnv
 from tests.system.lab import lab_user, wait_for
@@ -28,6 +30,13 @@ from tests.system.pamclient import PAM_AUTH_ERR, PAM_PERM_DENIED, PAM_SUCCESS, P
 pytestmark = [pytest.mark.root]
 
 PAIR_DENY = 3
+
+
+def pam_line(line: str) -> list[str]:
+    """type, control (a bracket control kept whole), module of one PAM line."""
+    m = re.match(r"^\s*(\S+)\s+(\[[^]]*\]|\S+)\s*(\S*)", line)
+    assert m, line
+    return [m.group(1), m.group(2), m.group(3)]
 
 
 def try_login(service: str, user: str | bytes, password: str, rhost: str) -> bool:
@@ -256,20 +265,53 @@ def test_install_uninstall_byte_for_byte_on_debian_files(tmp_path: object) -> No
             (pam_dir / name).write_bytes(src.read_bytes())
             os.chmod(pam_dir / name, 0o644)
             dry = env.json("install", "--service", name, "--pam-dir", str(pam_dir), "--dry-run", "--no-supervise")
-            assert dry["changed"] is False and "+auth     requisite pam_slotwarden.so" in dry["diff"]
+            assert dry["changed"] is False and f"+auth     {TOLERANT['requisite']} pam_slotwarden.so" in dry["diff"]
             assert (pam_dir / name).read_bytes() == src.read_bytes()
             env.slotctl("install", "--service", name, "--pam-dir", str(pam_dir), "--no-supervise", "--no-module")
             text = (pam_dir / name).read_text()
-            lines = [ln.split()[0:3] for ln in text.splitlines() if ln and not ln.startswith("#")]
-            pre = lines.index(["auth", "requisite", "pam_slotwarden.so"])
-            assert lines[pre + 1] == ["@include", "common-auth"]
+            lines = [pam_line(ln) for ln in text.splitlines() if ln and not ln.startswith("#")]
+            pre = lines.index(["auth", TOLERANT["requisite"], "pam_slotwarden.so"])
+            assert lines[pre + 1] == ["@include", "common-auth", ""]
             assert lines[pre + 2] == ["auth", "optional", "pam_slotwarden.so"]
-            acct = lines.index(["account", "required", "pam_slotwarden.so"])
-            assert lines[acct + 1] == ["@include", "common-account"]
+            acct = lines.index(["account", TOLERANT["required"], "pam_slotwarden.so"])
+            assert lines[acct + 1] == ["@include", "common-account", ""]
             assert env.slotctl("install", "--service", name, "--pam-dir", str(pam_dir), "--no-supervise",
                                check=False).returncode == 1  # already installed: refused, unchanged
             env.slotctl("uninstall", "--service", name, "--pam-dir", str(pam_dir))
             assert (pam_dir / name).read_bytes() == src.read_bytes()
             assert stat.S_IMODE((pam_dir / name).stat().st_mode) == 0o644
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(("mode", "logs_in"), [("open", True), ("closed", False)])
+def test_module_removed_by_hand(user: tuple[str, str], tmp_path: object, mode: str, logs_in: bool) -> None:
+    """pam_slotwarden.so deleted without uninstalling: with fail_mode = open logins still work (unguarded).
+
+    (The lines said ``requisite pam_slotwarden.so``: a module PAM cannot load failed every login.)
+    """
+    import shutil
+    from pathlib import Path
+
+    from pam_hooks.install import built_module
+
+    name, pw = user
+    module = Path(str(tmp_path)) / "pam_slotwarden.so"
+    shutil.copyfile(built_module(), module)
+    env = GuardEnv({"fail_mode": mode, "pair_deny": 3})
+    try:
+        env.start()
+        svc = f"slotwarden-test-{secrets.token_hex(4)}"
+        path = Path("/etc/pam.d") / svc
+        path.write_text("@include common-auth\n@include common-account\n")
+        env.services.append(path)
+        env.slotctl("install", "--service", svc, "--no-supervise", "--module-path", str(module))
+        rhost = "198.51.100.33"
+        assert concurrent_attempts(svc, rhost, [(name, "wrong")]) == [PAM_AUTH_ERR]
+        assert record(env, name, rhost)["count"] == 1  # guarded while the module is there
+        module.unlink()  # removed by hand
+        # fresh processes: each loads the stack anew, as sshd's children do
+        assert (concurrent_attempts(svc, rhost, [(name, pw)]) == [PAM_SUCCESS]) is logs_in
+        assert concurrent_attempts(svc, rhost, [(name, "wrong")]) != [PAM_SUCCESS]  # never the wrong password
     finally:
         env.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pam_hooks.config import GuardConfig
-from pam_hooks.install import pam_auth_update_profiles
+from pam_hooks.install import TOLERANT, pam_auth_update_profiles
 from tests.system.guard_env import SLOTCTL, GuardEnv
 from tests.system.lab import lab_user
 
@@ -44,8 +44,21 @@ def login(password):
     p.pam_authenticate = with_rhost
     return bool(p.authenticate(user, password, service=service, resetcreds=False))
 results = [login(pw), login("wrong"), login("wrong"), login(pw)]
-print(json.dumps({"logins": results, "common_auth": open("/etc/pam.d/common-auth").read(),
-                  "common_account": open("/etc/pam.d/common-account").read()}))
+enabled = {"common_auth": open("/etc/pam.d/common-auth").read(),
+           "common_account": open("/etc/pam.d/common-account").read()}
+# the module removed by hand (in this namespace only: an empty file over it): logins still work
+from pam_hooks.install import module_dir
+subprocess.run(["mount", "--bind", "/dev/null", f"{module_dir()}/pam_slotwarden.so"], check=True)
+import tests.system.pamclient as pc
+missing = [pc.concurrent_attempts(service, "198.51.100.45", [(user, pw)])[0] == 0,
+           pc.concurrent_attempts(service, "198.51.100.45", [(user, "wrong")])[0] == 0]
+subprocess.run(["umount", f"{module_dir()}/pam_slotwarden.so"], check=True)
+r = subprocess.run([slotctl, "guard", "pam-auth-update", "--disable", "--json"], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr
+print(json.dumps({"logins": results, "missing_module": missing, **enabled,
+                  "disabled_auth": open("/etc/pam.d/common-auth").read(),
+                  "disabled_account": open("/etc/pam.d/common-account").read(),
+                  "disabled_json": json.loads(r.stdout)}))
 '''
 
 
@@ -91,12 +104,17 @@ def test_enabled_host_wide_in_a_private_mount_namespace(env: GuardEnv) -> None:
     finally:
         shutil.rmtree(t, ignore_errors=True)
     auth = _lines(out["common_auth"])
-    pre = _find(auth, "auth requisite pam_slotwarden.so")
+    pre = _find(auth, f"auth {TOLERANT['requisite']} pam_slotwarden.so")
     assert auth[pre + 1].startswith("auth [success=") and "pam_unix.so" in auth[pre + 1]
     assert _find(auth, "auth optional pam_slotwarden.so authsucc") > _find(auth, "auth requisite pam_deny.so")
-    _find(_lines(out["common_account"]), "account required pam_slotwarden.so")
+    _find(_lines(out["common_account"]), f"account {TOLERANT['required']} pam_slotwarden.so")
     # right password, two wrong ones (pair_deny = 2), then the right one refused
     assert out["logins"] == [True, False, False, False]
     assert env.json("list", "--user", name)[0]["count"] == 2
+    # removed by hand: the right password still logs in, the wrong one never
+    assert out["missing_module"] == [True, False]
+    # --disable takes the guard out of the host-wide stack again
+    assert "pam_slotwarden" not in out["disabled_auth"] and "pam_slotwarden" not in out["disabled_account"]
+    assert out["disabled_json"]["disabled"] is True
     # the machine's own files were never touched
     assert {f: Path(f"/etc/pam.d/{f}").read_bytes() for f in before} == before

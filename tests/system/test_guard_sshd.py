@@ -48,7 +48,7 @@ def lab() -> Iterator[Lab]:
         try:
             port = 2200 + secrets.randbelow(100)
             with LabSshd(srv, port, f"slotwarden-test-sshd-{secrets.token_hex(3)}") as sshd:
-                guard.slotctl("install", "--service", sshd.pam_service, "--no-supervise")
+                guard.install(sshd.pam_service)
                 guard.add_counter(sshd.pam_file)
                 guard.start()
                 yield Lab(net, sshd, guard)
@@ -156,7 +156,7 @@ def test_keyboard_interactive_is_counted_too(lab: Lab, user: LabUser) -> None:
                   f"slotwarden-test-sshd-{secrets.token_hex(3)}",
                   extra_config="KbdInteractiveAuthentication yes\n")
     with kbd:
-        lab.guard.slotctl("install", "--service", kbd.pam_service, "--no-supervise")
+        lab.guard.install(kbd.pam_service)
         g = lab.attacker()
         opts = ["-o", "PreferredAuthentications=keyboard-interactive"]
         for _ in range(PAIR_DENY):

@@ -42,7 +42,13 @@ def test_supervised_guard_restarts_after_kill(env: GuardEnv) -> None:
     pid = _pid(env)
     assert pid is not None
     assert request(env.cfg.socket, 'JSON\t{"op": "ping"}').endswith('"pong"}')
-    os.kill(pid, signal.SIGKILL)  # a crash
+    keeper = out["status"]["pid"]  # supervisord runs the socket keeper; it runs serve
+    assert keeper != pid
+    os.kill(pid, signal.SIGKILL)  # a crash of the service: the keeper starts it again
     assert wait_for(lambda: _pid(env) not in (None, pid), timeout=30)
-    again = env.json("supervise")  # idempotent: the running service is kept
-    assert again["status"]["pid"] == _pid(env) and again["changed"] is False, again
+    again = env.json("supervise")  # idempotent: the running program is kept
+    assert again["status"]["pid"] == keeper and again["changed"] is False, again
+    served = _pid(env)
+    os.kill(keeper, signal.SIGKILL)  # a crash of the keeper itself: supervisord starts it again
+    assert wait_for(lambda: _pid(env) not in (None, served), timeout=30)
+    assert env.json("supervise")["status"]["pid"] != keeper

@@ -20,10 +20,10 @@ def _norm(text: str) -> list[str]:
 def test_lines_around_the_includes(name: str) -> None:
     text = (DATA / f"debian12-{name}").read_text()
     lines = _norm(inst.plan_install(text, "socket=/run/x.sock"))
-    pre = lines.index("auth requisite pam_slotwarden.so socket=/run/x.sock")
+    pre = lines.index(f"auth {inst.TOLERANT['requisite']} pam_slotwarden.so socket=/run/x.sock")
     assert lines[pre + 1] == "@include common-auth"
     assert lines[pre + 2] == "auth optional pam_slotwarden.so authsucc socket=/run/x.sock"
-    acct = lines.index("account required pam_slotwarden.so socket=/run/x.sock")
+    acct = lines.index(f"account {inst.TOLERANT['required']} pam_slotwarden.so socket=/run/x.sock")
     assert lines[acct + 1] == "@include common-account"
     if name == "su":  # root's own su never meets the prompt: pam_rootok comes first
         assert lines.index("auth sufficient pam_rootok.so") < pre
@@ -41,7 +41,7 @@ def test_refusals(text: str, message: str) -> None:
 
 
 def test_no_trailing_newline_and_auth_include_form() -> None:
-    out = inst.plan_install("auth include common-auth", "x")
+    out = inst.plan_install("auth include common-auth", "x", tolerant=False)
     assert out.endswith("account  required  pam_slotwarden.so x\n")
     assert _norm(out)[1] == "auth include common-auth"
 
@@ -94,3 +94,22 @@ def test_refuses_when_host_wide_or_module_missing(pam_dir: Path, tmp_path: Path)
     assert (pam_dir / "sshd").read_text() == "@include common-auth\n"
     with pytest.raises(inst.InstallError, match="invalid PAM service name"):
         inst.install(cfg, "../passwd", pam_dir, with_module=False)
+
+
+@pytest.mark.parametrize(("mode", "pre", "acct"), [
+    ("open", inst.TOLERANT["requisite"], inst.TOLERANT["required"]),
+    ("closed", "requisite", "required"),
+])
+def test_missing_module_tolerated_only_when_fail_mode_open(mode: str, pre: str, acct: str) -> None:
+    cfg = GuardConfig(fail_mode=mode)
+    lines = _norm(inst.plan_install("@include common-auth\n@include common-account\n", inst.module_args(cfg),
+                                    inst.tolerates_missing_module(cfg)))
+    assert lines[0].startswith(f"auth {pre} pam_slotwarden.so") and lines[3].startswith(f"account {acct} ")
+    prof = inst.pam_auth_update_profiles(cfg)["slotwarden"]
+    assert f"Auth:\n\t{pre}\tpam_slotwarden.so" in prof and f"Account:\n\t{acct}\tpam_slotwarden.so" in prof
+
+
+def test_module_path_named_in_lines() -> None:
+    out = inst.plan_install("@include common-auth\n", "x", module="/opt/sw/pam_slotwarden.so")
+    assert out.count("/opt/sw/pam_slotwarden.so") == 3
+    assert inst.plan_remove(out) == "@include common-auth\n"

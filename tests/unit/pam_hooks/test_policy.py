@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pam_hooks import store
 from pam_hooks.config import GuardConfig, parse_guard
-from pam_hooks.policy import LockoutPolicy
+from pam_hooks.policy import KNOWN_MAX, LockoutPolicy, local_origin
 
 A, B = "198.51.100.7", "198.51.100.8"
 BASE = GuardConfig(pair_deny=3, ip_deny=5, user_deny=8, window=900, lock_for=900, lock_max=3600)
@@ -69,6 +69,19 @@ CASES = [
     ("no rhost: pair only", {}, [(f"u{i}", "") for i in range(9)], ("x", ""), True, None),
     ("hostname rhost counted as is", {}, [(f"u{i}", "evil.example") for i in range(5)], ("x", "evil.example"),
      False, "ip"),
+    # local tries are counted by who made them (the C module sends the caller)
+    ("tenant su root locks that tenant", {}, [("root", "local:alice")] * 3, ("root", "local:alice"), False, "pair"),
+    ("tenant su root: root's console", {}, [("root", "local:alice")] * 3, ("root", "local:root"), True, None),
+    ("tenant su root: another tenant", {}, [("root", "local:alice")] * 3, ("root", "local:bob"), True, None),
+    ("tenant su many users: own origin", {}, [(f"u{i}", "local:alice") for i in range(5)], ("x", "local:alice"),
+     False, "ip"),
+    ("console is root's way in", {}, [("root", "local:root")] * 9, ("root", "local:root"), True, None),
+    ("console: admin group too", {"admin_group": "nogroup"}, [("nobody", "local:root")] * 9,
+     ("nobody", "local:root"), True, None),
+    ("root service without a tty is not the console", {}, [("root", "local:root:notty")] * 3,
+     ("root", "local:root:notty"), False, "pair"),
+    ("console: not for others", {"admin_group": "nogroup"}, [("bob", "local:root")] * 3, ("bob", "local:root"),
+     False, "pair"),
 ]
 
 
@@ -81,7 +94,8 @@ def test_policy_table(case: str, changes: dict[str, object], tries: list[tuple[s
     p = policy(cfg)
     for i, (u, ip) in enumerate(tries):
         fail(p, u, ip, now=1000.0 + i)
-    assert p.account("sshd", probe[0], probe[1], now=1100.0).allowed == allowed  # what a key login meets
+    # what a key login meets: every rule but the per-username one
+    assert p.account("sshd", probe[0], probe[1], now=1100.0).allowed == (allowed or rule == "user")
     d = p.reserve("sshd", probe[0], probe[1], now=1100.0)
     assert (d.allowed, d.rule) == (allowed, rule)
 
@@ -244,3 +258,50 @@ def test_store_functions_for_retention() -> None:
     assert store.forget_attempts(p.conn, "bob smith") == 2
     assert store.list_attempts(p.conn, "bob smith") == []
     assert store.purge_attempts(p.conn, 2000.0) == 1
+
+
+def succeed(p: LockoutPolicy, user: str, ip: str, now: float) -> None:
+    d = p.reserve("sshd", user, ip, now=now)
+    assert d.allowed and d.token is not None
+    p.succeed(d.token, now=now)
+
+
+@pytest.mark.parametrize("home", [A, "2001:db8:7:7::1"])
+def test_user_rule_spares_known_origins(home: str) -> None:
+    """A distributed attack on bob's name: his usual address (or /64) and his keys still get in."""
+    p = policy()
+    succeed(p, "bob", home, 10.0)
+    for i in range(8):
+        fail(p, "bob", f"203.0.113.{i + 1}", 100.0 + i)
+        fail(p, "bob", f"2001:db8:{i + 100:x}::1", 100.0 + i)
+    assert p.reserve("sshd", "bob", "198.51.100.99", now=200.0).rule == "user"  # a new address: refused
+    same_net = home.replace("::1", "::abcd") if ":" in home else home
+    assert p.reserve("sshd", "bob", same_net, now=200.0).allowed  # his address or /64: password checked
+    assert p.account("sshd", "bob", "198.51.100.99", now=200.0).allowed  # a key login anywhere
+    e = p.explain("bob", same_net, now=200.0)
+    assert e["allowed"] and "known origin" in e["note"]
+
+
+def test_known_origins_bounded_and_expire() -> None:
+    p = policy(replace(BASE, known_for=1000.0))
+    for i in range(KNOWN_MAX + 5):
+        succeed(p, "bob", f"198.51.100.{i + 1}", float(i))
+    rows = store.list_known_origins(p.conn, "bob")
+    assert len(rows) == KNOWN_MAX and rows[0]["origin"] == f"198.51.100.{KNOWN_MAX + 5}"
+    org = p.origin(f"198.51.100.{KNOWN_MAX + 5}")
+    assert p.known("bob", org, now=500.0) and not p.known("bob", org, now=5000.0)
+    p.purge(now=5000.0)
+    assert store.list_known_origins(p.conn, "bob") == []
+    succeed(p, "bob", A, 6000.0)
+    store.forget_attempts(p.conn, "bob")
+    assert store.list_known_origins(p.conn, "bob") == []
+
+
+def test_local_origin_cannot_be_forged_by_rhost() -> None:
+    assert local_origin("local:root", None) == "local%3Aroot"
+    assert local_origin("", "alice") == "local:alice" and local_origin("", None) == ""
+    p = policy()
+    for i in range(9):
+        fail(p, "root", local_origin("local:root", None), float(i))
+    assert not p.reserve("sshd", "root", local_origin("local:root", None), now=20.0).allowed
+    assert p.reserve("su", "root", local_origin("", "root"), now=20.0).allowed
