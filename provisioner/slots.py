@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provisioner import accounts
+from provisioner import accountfiles, accounts, sweep
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.names import (
@@ -159,11 +159,13 @@ def plan_create_slot(
     skeleton: Path,
     password: str,
     extensions: list[Step] | None = None,
+    id_range: tuple[int, int] = (65536, 99999),
 ) -> Plan:
     """The steps that turn REQ into a slot, given FACTS. Raises SlotError when it must not run.
 
     A fresh name gets every step; a name whose create was interrupted (store row ``creating``)
-    gets only the steps whose result is missing.
+    gets only the steps whose result is missing. The UID (and the private group's GID, the
+    same number) comes from ID_RANGE through the store, above every id ever handed out.
     """
     name = req.username
     home = slots_root / name
@@ -192,8 +194,17 @@ def plan_create_slot(
         steps.append(Step("reserve", f"record slot {name} as being created", reserve,
                           lambda: store.delete_slot(name)))
     if facts.account is None:
+        lowest, highest = id_range
+        allocated: dict[str, int] = {}
+
+        def allocate() -> None:
+            allocated.update(store.allocate_ids([name], lowest, highest, accounts.id_taken()))
+            store.update_slot(name, uid=allocated[name])
+
+        steps.append(Step("uid", f"allocate {name} a never-used id from {lowest}-{highest}", allocate,
+                          lambda: store.retire_ids([name])))
         steps.append(Step("user", f"useradd {name} (private group, shell {shell}, home {home})",
-                          lambda: accounts.add_user(name, home, shell),
+                          lambda: accounts.add_user(name, home, shell, allocated[name]),
                           lambda: accounts.delete_user(name)))
     if not facts.home_exists:
         steps.append(Step("home", f"create home {home} ({quota.name})",
@@ -228,6 +239,13 @@ def plan_create_slot(
     return Plan(f"create slot {name}" + (" (resume)" if resume else ""), steps)
 
 
+def slot_id_range(ctx: Context) -> tuple[int, int]:
+    """The configured slot id range, checked against the ranges shadow-utils allocates from."""
+    lowest, highest = ctx.config.slots.uid_min, ctx.config.slots.uid_max
+    accounts.check_slot_range(lowest, highest)
+    return lowest, highest
+
+
 def create_slot(
     ctx: Context,
     username: str,
@@ -251,10 +269,11 @@ def create_slot(
     if facts.account is not None and facts.account.uid < facts.uid_min:
         raise BadInput(f"username {req.username!r} is reserved (system account)")
     password = accounts.generate_password(ctx.config.slots.password_length)
+    id_range = slot_id_range(ctx)
     plan = plan_create_slot(
         req, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
         shell=ctx.config.slots.shell, skeleton=ctx.config.slots.skeleton, password=password,
-        extensions=[s for ext in CREATION_EXTENSIONS for s in ext(ctx, req)],
+        extensions=[s for ext in CREATION_EXTENSIONS for s in ext(ctx, req)], id_range=id_range,
     )
     if dry_run:
         return plan
@@ -273,6 +292,7 @@ def plan_create_batch(
     shell: str,
     skeleton: Path,
     passwords: dict[str, str],
+    id_range: tuple[int, int] = (65536, 99999),
 ) -> Plan:
     """The steps that create many fresh slots at once (every name checked fresh by the caller).
 
@@ -306,9 +326,23 @@ def plan_create_batch(
         for n in names:
             quota.remove_home(homes[n])
 
+    allocated: dict[str, int] = {}
+
+    def allocate() -> None:
+        allocated.update(store.allocate_ids(names, id_range[0], id_range[1], accounts.id_taken()))
+        with store.transaction():
+            for n in names:
+                store.update_slot(n, uid=allocated[n])
+
     def users() -> None:
-        lines = "".join(f"{n}:{passwords[n]}:::{accounts.SLOT_COMMENT}:{homes[n]}:{shell}\n" for n in names)
-        run(["newusers"], stdin=lines)
+        # An explicit uid and gid (the same number) per line: newusers creates the private group
+        # with that gid. It also hands each user a subordinate range, which we take back at once.
+        lines = "".join(f"{n}:{passwords[n]}:{allocated[n]}:{allocated[n]}:{accounts.SLOT_COMMENT}:"
+                        f"{homes[n]}:{shell}\n" for n in names)
+        try:
+            run(["newusers"], stdin=lines)
+        finally:
+            accountfiles.drop_subordinate_ids(names)
 
     def delete_users() -> None:
         for n in names:
@@ -340,6 +374,8 @@ def plan_create_batch(
     steps = [
         Step("reserve", f"record {len(names)} slots as being created", reserve, unreserve),
         Step("home", f"create {len(names)} homes under {slots_root} ({quota.name})", make_homes, remove_homes),
+        Step("uid", f"allocate {len(names)} never-used ids from {id_range[0]}-{id_range[1]}", allocate,
+             lambda: store.retire_ids(names)),
         Step("user", f"newusers: {len(names)} users with private groups, passwords on stdin", users,
              delete_users),
         Step("skeleton", f"copy {skeleton} into each home, owner the slot, mode 0700", skeletons),
@@ -369,6 +405,7 @@ def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> li
     fails itself. Rows that resume an interrupted create go through :func:`create_slot`.
     """
     _load_extensions()
+    id_range = slot_id_range(ctx)
     results: list[Created | SlotError | None] = [None] * len(rows)
     fresh: list[tuple[int, SlotRequest]] = []
     single: list[int] = []
@@ -396,6 +433,7 @@ def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> li
         plan = plan_create_batch(
             [req for _, req in chunk], slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
             shell=ctx.config.slots.shell, skeleton=ctx.config.slots.skeleton, passwords=passwords,
+            id_range=id_range,
         )
         try:
             apply(plan)
@@ -445,6 +483,7 @@ def plan_remove_slot(
     if home.parent != slots_root:
         raise SlotError(f"slot {username!r} has home {home} outside {slots_root}; refusing")
     actor = current_actor()
+    results: dict[str, Any] = {}
     steps: list[Step] = [
         Step("mark", f"mark slot {username} as being removed",
              lambda: store.update_slot(username, state="removing")),
@@ -454,28 +493,38 @@ def plan_remove_slot(
         uid = acct.uid
         if uid < facts.uid_min:
             raise SlotError(f"{username!r} has system uid {uid}; refusing")
+        # Locked first: from here on no login of any kind can start a process that the next
+        # step would have to catch, or that could race the steps after it.
+        steps.append(Step("lock", f"lock and expire the account {username}",
+                          lambda: accounts.lock_and_expire(username)))
 
         def stop() -> None:
             accounts.stop_processes(uid)
 
-        steps.append(Step("processes", f"stop every process of {username} (uid {uid})", stop))
+        steps.append(Step("processes", f"stop every process of {username} (uid {uid}) until none is left", stop))
     steps.extend(extensions)
+    swept_uid = acct.uid if acct is not None else rec.uid
+    if swept_uid is not None and swept_uid >= facts.uid_min:
+        sweep_uid = swept_uid
+
+        def sweep_step() -> None:
+            found = sweep.sweep({sweep_uid: username}, [slots_root])
+            results["sweep"] = found[sweep_uid].as_dict()
+
+        steps.append(Step("sweep", f"remove what uid {sweep_uid} owns outside {home}: tmp dirs, spools, "
+                                   "SysV IPC, message queues, systemd user state", sweep_step))
     if facts.home_exists:
         steps.append(Step("quota", f"lift the quota on {home}", lambda: quota.clear_limit(username, home)))
         if keep_data:
-            dest = kept_dir / f"{username}-{time.strftime('%Y%m%dT%H%M%S')}"
+            dest = kept_dir / f"{username}-{time.strftime('%Y%m%dT%H%M%S')}-{swept_uid}"
 
             def keep() -> None:
-                kept_dir.mkdir(mode=0o700, exist_ok=True)
-                os.rename(home, dest)
-                for root, dirs, files in os.walk(dest):
-                    for n in dirs + files:
-                        os.lchown(os.path.join(root, n), 0, 0)
-                os.chown(dest, 0, 0)
-                os.chmod(dest, 0o700)
+                keep_home(home, kept_dir, dest)
                 store.add_kept_home(str(dest), username)
+                results["kept"] = str(dest)
 
-            steps.append(Step("keep-data", f"move {home} to {dest}, owned by root", keep))
+            steps.append(Step("keep-data", f"move {home} to {dest} (one rename into a root-only directory)",
+                              keep))
         else:
             steps.append(Step("home", f"remove home {home} ({quota.name})", lambda: quota.remove_home(home)))
     if acct is not None or facts.group_exists:
@@ -484,10 +533,44 @@ def plan_remove_slot(
     def forget() -> None:
         with store.transaction():
             store.delete_slot(username)
-            store.audit(actor, "slot.remove", username, {"keep_data": keep_data})
+            store.retire_ids([username])
+            store.audit(actor, "slot.remove", username, {"keep_data": keep_data, **removal_audit(results)})
 
     steps.append(Step("forget", f"delete the store rows of {username} (audit kept)", forget))
-    return Plan(f"remove slot {username}", steps)
+    return Plan(f"remove slot {username}", steps, results)
+
+
+def removal_audit(results: dict[str, Any]) -> dict[str, Any]:
+    """The audit detail of what a removal swept: counts, and the first paths removed."""
+    found = results.get("sweep")
+    if not found:
+        return {}
+    return {"swept": {"paths": found["paths"][:20], "removed_paths": found["removed_paths"],
+                      "ipc": found["ipc"], "mqueues": found["mqueues"], "systemd": found["systemd"]}}
+
+
+def keep_home(home: Path, kept_dir: Path, dest: Path) -> None:
+    """Move HOME to DEST inside KEPT_DIR with one rename; nothing inside it is touched.
+
+    KEPT_DIR is root's, mode 0700, so nobody but root reaches the kept tree; the files keep
+    their owner, the slot's retired UID, which no account ever gets again, so no chown has to
+    walk a tree a tenant shaped (with symlinks swapped in while it runs). Only DEST itself is
+    made root's and 0700, through a descriptor opened without following links.
+    """
+    kept_dir.mkdir(mode=0o700, exist_ok=True)
+    kfd = os.open(kept_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(kfd, 0, 0)
+        os.fchmod(kfd, 0o700)
+        os.rename(home, dest)
+        dfd = os.open(dest.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=kfd)
+        try:
+            os.fchown(dfd, 0, 0)
+            os.fchmod(dfd, 0o700)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(kfd)
 
 
 def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:

@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from provisioner import lifecycle
 from provisioner import slots as slot_ops
@@ -142,8 +144,20 @@ def remove(username: str, keep_data: bool, dry_run: bool) -> None:
     if dry_run:
         _plan_out(plan, True)
     else:
-        emit({"removed": username, "keep_data": keep_data, "steps": plan.describe()},
-             lambda c: c.print(f"slot {username} removed"))
+        emit({"removed": username, "keep_data": keep_data, "steps": plan.describe(), **plan.results},
+             lambda c: _removed_out(c, username, plan.results))
+
+
+def _removed_out(c: Console, username: str, results: dict[str, Any]) -> None:
+    c.print(f"slot {escape(username)} removed")
+    if "kept" in results:
+        c.print(f"home kept at {escape(results['kept'])} (root only)")
+    found = results.get("sweep")
+    if found and (found["removed_paths"] or found["ipc"] or found["mqueues"] or found["systemd"]):
+        c.print(f"swept {found['removed_paths']} paths outside the home, {len(found['ipc'])} IPC objects, "
+                f"{len(found['mqueues'])} message queues, systemd: {', '.join(found['systemd']) or 'nothing'}")
+        for p in found["paths"]:
+            c.print(Text(f"  {p}"))
 
 
 @slot.command("passwd")

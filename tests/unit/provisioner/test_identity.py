@@ -1,0 +1,138 @@
+"""Slot identities: the id range in the config, the allocator in the store, the account files."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from provisioner import accountfiles
+from provisioner.config import load_config_text
+from provisioner.errors import ConfigError, SlotError
+from provisioner.store import Store
+
+
+@given(st.integers(-5, 1 << 33), st.integers(-5, 1 << 33))
+def test_id_range_in_config_is_validated(lo: int, hi: int) -> None:
+    text = f"[slots]\nuid_min = {lo}\nuid_max = {hi}\n"
+    try:
+        cfg = load_config_text(text)
+    except ConfigError as exc:
+        assert str(exc).startswith("slots.uid_"), exc
+        return
+    assert 1000 <= cfg.slots.uid_min < cfg.slots.uid_max <= (1 << 31) - 1
+    assert not cfg.slots.uid_min <= 65534 <= cfg.slots.uid_max
+
+
+@pytest.mark.parametrize("text", ['[slots]\nuid_min = "x"\n', "[slots]\nuid_min = true\n", "[slots]\nuid_max = 1.5\n"])
+def test_id_range_of_the_wrong_type_names_the_key(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^slots\.uid_"):
+        load_config_text(text)
+
+
+def test_default_range_avoids_useradd_and_subordinate_ranges() -> None:
+    cfg = load_config_text("")
+    assert (cfg.slots.uid_min, cfg.slots.uid_max) == (65536, 99999)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["alloc", "retire"]), st.sampled_from("abcdef")), max_size=30),
+       st.sets(st.integers(70000, 70040)))
+def test_allocator_never_hands_an_id_out_twice(ops: list[tuple[str, str]], taken: set[int]) -> None:
+    store = Store(Path(tempfile.mkdtemp()) / "s.db")
+    handed: dict[int, str] = {}
+    live: dict[str, int] = {}
+    for op, name in ops:
+        if op == "alloc":
+            got = store.allocate_ids([name], 70000, 80000, lambda i: i in taken)[name]
+            assert got not in taken
+            if name in live:
+                assert got == live[name], "a half-made create keeps its id"
+            else:
+                assert got not in handed, f"id {got} handed out twice"
+            handed[got] = name
+            live[name] = got
+        else:
+            store.retire_ids([name])
+            live.pop(name, None)
+    rows = store.slot_ids()
+    assert len({r["id"] for r in rows}) == len(rows)
+    store.close()
+
+
+def test_allocator_survives_a_store_restored_from_an_older_backup(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = Store(db)
+    first = store.allocate_ids(["a"], 70000, 80000, lambda i: False)["a"]
+    store.close()
+    shutil.copy(db, tmp_path / "backup.db")
+    store = Store(db)
+    later = store.allocate_ids(["b"], 70000, 80000, lambda i: False)["b"]
+    store.retire_ids(["b"])
+    store.close()
+    shutil.copy(tmp_path / "backup.db", db)  # the restore forgets b and its retirement
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    store = Store(db)
+    again = store.allocate_ids(["c"], 70000, 80000, lambda i: False)["c"]
+    assert again not in {first, later}
+    store.close()
+
+
+def test_allocator_refuses_a_used_up_range_and_a_corrupt_high_water(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    store.allocate_ids(["a", "b"], 70000, 70001, lambda i: False)
+    with pytest.raises(SlotError, match="used up"):
+        store.allocate_ids(["c"], 70000, 70001, lambda i: False)
+    store.high_water_path.write_text("x\n")
+    with pytest.raises(SlotError, match="corrupt"):
+        store.allocate_ids(["d"], 70000, 80000, lambda i: False)
+    store.close()
+
+
+def _etc(tmp_path: Path) -> Path:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0::/root:/bin/bash\nal:x:70000:70000:s:/s/al:/bin/bash\n"
+                                "bo:x:70001:70001:s:/s/bo:/bin/bash\n")
+    (etc / "shadow").write_text("root:*:1::::::\nal:$y$h:1:0:99999:7:::\nbo:$y$g:1:0:99999:7:::\n")
+    (etc / "group").write_text("root:x:0:\nal:x:70000:\nbo:x:70001:\nstaff:x:50:al,bo\n")
+    (etc / "gshadow").write_text("root:*::\nal:!::\nbo:!::\nstaff:!:al:al,bo\n")
+    (etc / "subuid").write_text("al:100000:65536\nbo:165536:65536\n")
+    (etc / "subgid").write_text("al:100000:65536\nbo:165536:65536\n")
+    return etc
+
+
+def test_remove_accounts_drops_users_groups_memberships_and_ranges(tmp_path: Path) -> None:
+    etc = _etc(tmp_path)
+    accountfiles.remove_accounts(["al"], etc)
+    assert (etc / "passwd").read_text() == "root:x:0:0::/root:/bin/bash\nbo:x:70001:70001:s:/s/bo:/bin/bash\n"
+    assert "al" not in (etc / "shadow").read_text()
+    assert (etc / "group").read_text() == "root:x:0:\nbo:x:70001:\nstaff:x:50:bo\n"
+    assert (etc / "gshadow").read_text() == "root:*::\nbo:!::\nstaff:!::bo\n"
+    assert (etc / "subuid").read_text() == "bo:165536:65536\n"
+    assert "\nal:x:70000:" in (etc / "passwd-").read_text(), "the old version is kept as passwd-"
+    assert not list(etc.glob("*.lock")), "no lock left behind"
+
+
+def test_lock_and_expire_locks_hash_and_sets_day_one(tmp_path: Path) -> None:
+    etc = _etc(tmp_path)
+    accountfiles.lock_and_expire(["al", "bo"], etc)
+    accountfiles.lock_and_expire(["al"], etc)  # idempotent: one "!" only
+    lines = (etc / "shadow").read_text().splitlines()
+    assert lines[1] == "al:!$y$h:1:0:99999:7::1:" and lines[2] == "bo:!$y$g:1:0:99999:7::1:"
+
+
+def test_a_held_lock_is_waited_for_and_a_stale_one_broken(tmp_path: Path) -> None:
+    etc = _etc(tmp_path)
+    (etc / "passwd.lock").write_text("999999999")  # no such process: stale
+    accountfiles.remove_accounts(["bo"], etc)
+    assert "bo" not in (etc / "passwd").read_text()
+    (etc / "shadow.lock").write_text("1")  # pid 1 lives: held
+    with pytest.raises(SlotError, match="held by another process"), accountfiles._lock_file(etc / "shadow", 3):
+        pass
+    assert (etc / "shadow.lock").read_text() == "1", "another process's lock is never taken away"
