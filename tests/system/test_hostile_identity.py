@@ -1,0 +1,177 @@
+"""Hostile tenants against slot identity and removal, as root sets the scene on this machine.
+
+The attacks need a slot removed and another created between the tenant's move and the check,
+which only root can do, so they live here rather than in the testinfra suite:
+
+- UID reuse: ``old`` leaves a setuid shell, tmp files, a crontab, an at job, mail, SysV IPC and a
+  POSIX message queue behind; after ``slot remove old`` and ``slot create victim`` the victim
+  has another uid and nothing of ``old`` is left anywhere.
+- ``--keep-data`` race: a tenant that keeps logging back in and swapping a directory of its home
+  for a symlink to a tree outside never gets that tree chowned.
+- ``slot remove-many``: the batch path sweeps every slot like the single one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioner.sweep import sysv_objects
+from tests.system.conftest import SlotHost, as_user
+
+pytestmark = pytest.mark.root
+
+MQ_OPEN = ("import ctypes, os, sys; rt = ctypes.CDLL('librt.so.1', use_errno=True); "
+           "fd = rt.mq_open(sys.argv[1].encode(), os.O_CREAT | os.O_RDWR, 0o600, None); "
+           "sys.exit(0 if fd >= 0 else 1)")
+MQ_EXISTS = ("import ctypes, os, sys; rt = ctypes.CDLL('librt.so.1', use_errno=True); "
+             "fd = rt.mq_open(sys.argv[1].encode(), os.O_RDONLY, 0, None); "
+             "sys.exit(0 if fd >= 0 else 3)")
+
+
+def create(host: SlotHost, name: str) -> dict:
+    r = host.slotctl("slot", "create", name, "--email", f"{name}@example.com", "--country", "DE",
+                     "--quota", "32M", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def plant(name: str, tag: str) -> dict[str, Path]:
+    """Leave everything a hostile tenant can leave outside its home; return the paths."""
+    acct = pwd.getpwnam(name)
+    paths = {
+        "setuid": Path(f"/var/tmp/.b-{tag}"),
+        "tmp": Path(f"/tmp/.old-{tag}"),
+        "tmpdir": Path(f"/tmp/.olddir-{tag}"),
+        "shm": Path(f"/dev/shm/.old-{tag}"),
+        "crontab": Path(f"/var/spool/cron/crontabs/{name}"),
+        "mail": Path(f"/var/mail/{name}"),
+        "run_user": Path(f"/run/user/{acct.pw_uid}"),
+    }
+    script = (f"cp /bin/bash {paths['setuid']} && chmod 4755 {paths['setuid']} && "
+              f"echo x > {paths['tmp']} && mkdir {paths['tmpdir']} && echo y > {paths['tmpdir']}/f && "
+              f"ln -s /etc/shadow {paths['tmpdir']}/link && echo z > {paths['shm']} && "
+              "echo '* * * * * true' | crontab - && echo true | at now + 2 hours 2>/dev/null; "
+              "ipcmk -M 4096 >/dev/null && ipcmk -Q >/dev/null && ipcmk -S 1 >/dev/null && "
+              f"python3 -c {json.dumps(MQ_OPEN)} /sw-{tag}")
+    r = as_user(name, script)
+    assert r.returncode == 0, r.stderr
+    # What daemons file in the user's name: the MTA's spool, logind's runtime dir.
+    paths["mail"].write_text("From: x\n\nhello\n")
+    os.chown(paths["mail"], acct.pw_uid, 8)  # group mail
+    paths["run_user"].mkdir(parents=True, exist_ok=True)
+    os.chown(paths["run_user"], acct.pw_uid, acct.pw_gid)
+    (paths["run_user"] / "bus").write_text("")
+    os.chown(paths["run_user"] / "bus", acct.pw_uid, acct.pw_gid)
+    atjobs = [p for p in Path("/var/spool/cron/atjobs").iterdir() if p.stat().st_uid == acct.pw_uid]
+    assert atjobs, "the at job was queued"
+    paths["atjob"] = atjobs[0]
+    return paths
+
+
+def test_uid_reuse_no_identity_or_leftover_passes_to_the_next_tenant(slot_host: SlotHost) -> None:
+    old, victim, tag = slot_host.name(), slot_host.name(), secrets.token_hex(3)
+    old_uid = create(slot_host, old)["uid"]
+    paths = plant(old, tag)
+    assert sysv_objects({old_uid}), "the tenant made SysV IPC objects"
+    assert paths["setuid"].stat().st_mode & 0o4000
+    r = slot_host.slotctl("slot", "remove", old, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout).get("sweep", {})
+    made = create(slot_host, victim)
+    try:
+        assert made["uid"] != old_uid, "the victim got the removed tenant's uid"
+        with pytest.raises(KeyError):
+            pwd.getpwuid(old_uid)
+        for what, p in paths.items():
+            assert not (p.exists() or p.is_symlink()), f"{what} left behind: {p}"
+        assert Path("/etc/shadow").exists(), "the symlink was removed, not followed"
+        assert sysv_objects({old_uid}) == [], "SysV IPC left behind"
+        assert subprocess.run(["python3", "-c", MQ_EXISTS, f"/sw-{tag}"]).returncode == 3, "mqueue left"
+        # What the removal reported: the paths, the IPC objects, the queue.
+        for what in ("setuid", "tmp", "tmpdir", "shm", "crontab", "mail", "run_user", "atjob"):
+            assert str(paths[what]) in report["paths"], (what, report["paths"])
+        assert len(report["ipc"]) == 3 and report["mqueues"] == [f"sw-{tag}"]
+        ctx = slot_host.ctx()
+        audit = [e for e in ctx.store.audit_entries(old) if e["action"] == "slot.remove"][-1]
+        assert audit["detail"]["swept"]["removed_paths"] == report["removed_paths"] >= 8
+        ids = {r["id"]: r for r in ctx.store.slot_ids()}
+        ctx.close()
+        assert ids[old_uid]["username"] == old and ids[old_uid]["retired_at"] is not None
+        assert ids[made["uid"]]["username"] == victim and ids[made["uid"]]["retired_at"] is None
+        # The victim: nothing of its own outside its home, and no way to the old setuid shell.
+        assert as_user(victim, f"test -e {paths['setuid']}").returncode == 1
+        assert pwd.getpwnam(victim).pw_gid == made["uid"], "private group with the same number"
+        assert victim not in Path("/etc/subuid").read_text(), "a slot gets no subordinate ids"
+    finally:
+        assert slot_host.slotctl("slot", "remove", victim).returncode == 0
+
+
+def test_a_removed_uid_is_never_handed_out_again(slot_host: SlotHost) -> None:
+    seen: set[int] = set()
+    for _ in range(3):
+        name = slot_host.name()
+        uid = create(slot_host, name)["uid"]
+        assert uid not in seen
+        ctx = slot_host.ctx()
+        assert ctx.config.slots.uid_min <= uid <= ctx.config.slots.uid_max
+        ctx.close()
+        seen.add(uid)
+        assert slot_host.slotctl("slot", "remove", name).returncode == 0
+
+
+def test_keep_data_never_chowns_outside_the_kept_tree_while_the_tenant_races(slot_host: SlotHost,
+                                                                            tmp_path: Path) -> None:
+    name = slot_host.name()
+    create(slot_host, name)
+    # A tree outside the home, owned by nobody: the old code's path walk chowned it to root.
+    outside = Path(f"/tmp/slotwarden-canary-{secrets.token_hex(3)}")
+    outside.mkdir(mode=0o755)
+    try:
+        (outside / "canary").write_text("c")
+        for p in (outside / "canary", outside):
+            os.chown(p, 65534, 65534)
+        # Many directories to walk, so a swap lands while the old walk runs.
+        assert as_user(name, "for i in $(seq 1 300); do mkdir -p $HOME/d$i/x && touch $HOME/d$i/x/f; done"
+                       ).returncode == 0
+        stop = threading.Event()
+        racer_runs = [0]
+
+        def racer() -> None:
+            # Logging back in (su runs the account phase: an expired account is refused) and
+            # swapping every directory for a symlink to the outside tree, over and over.
+            swap = (f"for i in $(seq 1 300); do rm -rf $HOME/d$i 2>/dev/null; ln -sfn {outside} $HOME/d$i "
+                    "2>/dev/null; done")
+            while not stop.is_set():
+                subprocess.run(["su", "-s", "/bin/sh", name, "-c", swap], capture_output=True, timeout=60)
+                racer_runs[0] += 1
+
+        t = threading.Thread(target=racer)
+        t.start()
+        time.sleep(0.5)
+        r = slot_host.slotctl("slot", "remove", name, "--keep-data", "--json")
+        stop.set()
+        t.join(60)
+        assert r.returncode == 0, r.stderr
+        assert racer_runs[0] >= 1
+        for p in (outside, outside / "canary"):
+            st = os.lstat(p)
+            assert (st.st_uid, st.st_gid) == (65534, 65534), f"{p} was chowned by the removal"
+        kept = Path(json.loads(r.stdout)["kept"])
+        assert kept.parent == slot_host.slots_root / ".kept"
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(outside)], check=False)
+        ctx = slot_host.ctx()
+        for k in ctx.store.kept_homes():
+            if k["username"] == name:
+                ctx.quota.remove_home(Path(k["path"]))
+                ctx.store.delete_kept_home(k["path"])
+        ctx.close()
