@@ -172,6 +172,11 @@ def set_password(name: str, password: str) -> None:
 
 def pids_of(uid: int) -> list[int]:
     """PIDs whose real UID is UID (read from /proc; root sees all even with hidepid)."""
+    return [pid for pid, _uid in pids_of_uids({uid})]
+
+
+def pids_of_uids(uids: set[int]) -> list[tuple[int, int]]:
+    """(pid, uid) of every process whose real UID is in UIDS (one scan of /proc)."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -180,8 +185,9 @@ def pids_of(uid: int) -> list[int]:
             with open(f"/proc/{entry.name}/status", "rb") as f:
                 for line in f:
                     if line.startswith(b"Uid:"):
-                        if int(line.split()[1]) == uid:
-                            found.append(int(entry.name))
+                        owner = int(line.split()[1])
+                        if owner in uids:
+                            found.append((int(entry.name), owner))
                         break
         except (OSError, ValueError):
             continue
@@ -204,6 +210,28 @@ def stop_processes(uid: int, timeout: float = 10.0) -> int:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.add(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
+def stop_processes_of(uids: set[int], timeout: float = 10.0) -> set[int]:
+    """SIGKILL every process of UIDS until none is left (one /proc scan a round for all).
+
+    Returns the UIDs whose processes still survive after TIMEOUT (empty: all gone).
+    """
+    if 0 in uids:
+        raise SlotError("refusing to stop the processes of uid 0")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = pids_of_uids(uids)
+        if not found:
+            return set()
+        if time.monotonic() > deadline:
+            return {uid for _pid, uid in found}
+        for pid, _uid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         time.sleep(0.05)

@@ -592,6 +592,130 @@ def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run
     return plan
 
 
+@dataclass(frozen=True)
+class Removed:
+    """The outcome of one removal in a batch: what was swept, where the home was kept."""
+
+    username: str
+    uid: int | None
+    sweep: dict[str, Any] | None
+    kept: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"username": self.username, "uid": self.uid, "sweep": self.sweep, "kept": self.kept}
+
+
+def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
+                batch_size: int = 200) -> list[Removed | SlotError]:
+    """Remove many slots; one result per name, in order. A failing name never stops the rest.
+
+    Every slot gets what :func:`remove_slot` does (locked and expired first, every process
+    stopped, its removal extensions, the sweep, home and quota, account, store rows, audit),
+    but each expensive part once per chunk of BATCH_SIZE: one rewrite of the account files to
+    lock them and one to delete them, one /proc scan a round for all their processes, one
+    filesystem walk for the sweep, one btrfs commit for all the homes. The caller holds the
+    slots' locks (:func:`provisioner.lifecycle.terminate_many`).
+    """
+    _load_extensions()
+    results: list[Removed | SlotError | None] = [None] * len(usernames)
+    seen: set[str] = set()
+    todo: list[tuple[int, SlotFacts]] = []
+    root = ctx.settings.slots_root
+    for i, name in enumerate(usernames):
+        if not isinstance(name, str) or not name or "/" in name or "\x00" in name or name in {".", ".."}:
+            results[i] = BadInput(f"username {name!r} is invalid")
+            continue
+        if name in seen:
+            results[i] = BadInput(f"{name!r} is named twice")
+            continue
+        seen.add(name)
+        facts = SlotFacts.gather(ctx, name)
+        rec = facts.record
+        if rec is None:
+            results[i] = SlotError(f"no slot named {name!r}")
+        elif Path(rec.home).parent != root:
+            results[i] = SlotError(f"slot {name!r} has home {rec.home} outside {root}; refusing")
+        elif facts.account is not None and facts.account.uid < facts.uid_min:
+            results[i] = SlotError(f"{name!r} has system uid {facts.account.uid}; refusing")
+        else:
+            todo.append((i, facts))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        try:
+            for i, out in _remove_chunk(ctx, chunk, keep_data).items():
+                results[i] = out
+        except SlotError as exc:  # a batch-wide step failed: every row not yet done says why
+            for i, _facts in chunk:
+                if results[i] is None:
+                    results[i] = SlotError(f"batch removal failed: {exc}")
+    return [r if r is not None else SlotError("not processed") for r in results]
+
+
+def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: bool) -> dict[int, Removed | SlotError]:
+    """Remove the slots of CHUNK (index, facts); see :func:`remove_many`."""
+    store, quota, root = ctx.store, ctx.quota, ctx.settings.slots_root
+    actor = current_actor()
+    out: dict[int, Removed | SlotError] = {}
+    live = dict(chunk)
+    name_of = {i: f.record.username for i, f in chunk if f.record is not None}
+    with store.transaction():
+        for i in live:
+            store.update_slot(name_of[i], state="removing")
+    accountfiles.lock_and_expire([name_of[i] for i, f in live.items() if f.account is not None])
+    uid_of = {i: (f.account.uid if f.account is not None else f.record.uid if f.record else None)
+              for i, f in live.items()}
+    survivors = accounts.stop_processes_of({f.account.uid for f in live.values() if f.account is not None})
+    for i in list(live):
+        if uid_of[i] in survivors:
+            out[i] = SlotError(f"step 'processes' failed: processes of uid {uid_of[i]} survive SIGKILL")
+            del live[i]
+    for i in list(live):
+        rec = live[i].record
+        assert rec is not None
+        ext = [s for e in REMOVAL_EXTENSIONS for s in e(ctx, rec)]
+        try:
+            if ext:
+                apply(Plan(f"remove slot {rec.username}: extensions", ext))
+        except SlotError as exc:
+            out[i] = exc
+            del live[i]
+    swept = sweep.sweep({u: name_of[i] for i in live if (u := uid_of[i]) is not None and u >= live[i].uid_min},
+                        [root])
+    kept: dict[int, str] = {}
+    homes = {i: Path(f.record.home) for i, f in live.items() if f.record is not None and f.home_exists}
+    if keep_data:
+        for i, home in homes.items():
+            dest = root / ".kept" / f"{name_of[i]}-{time.strftime('%Y%m%dT%H%M%S')}-{uid_of[i]}"
+            try:
+                quota.clear_limit(name_of[i], home)
+                keep_home(home, root / ".kept", dest)
+                store.add_kept_home(str(dest), name_of[i])
+                kept[i] = str(dest)
+            except (SlotError, OSError) as exc:
+                out[i] = SlotError(f"step 'keep-data' failed: {exc}")
+                del live[i]
+    else:
+        many = getattr(quota, "remove_homes", None)
+        if many is not None:  # the backend removes the limit with the home (btrfs: the qgroup)
+            many(list(homes.values()))
+        else:
+            for i, home in homes.items():
+                quota.clear_limit(name_of[i], home)
+                quota.remove_home(home)
+    accountfiles.remove_accounts([name_of[i] for i, f in live.items() if f.account is not None or f.group_exists])
+    with store.transaction():
+        for i in live:
+            name = name_of[i]
+            uid = uid_of[i]
+            found = swept.get(uid) if uid is not None else None
+            result = {"sweep": found.as_dict()} if found else {}
+            store.delete_slot(name)
+            store.retire_ids([name])
+            store.audit(actor, "slot.remove", name, {"keep_data": keep_data, "batch": True, **removal_audit(result)})
+            out[i] = Removed(name, uid_of[i], result.get("sweep"), kept.get(i))
+    return out
+
+
 def reset_password(ctx: Context, username: str) -> str:
     """Give slot USERNAME a new generated password (shown once, only the hash is kept)."""
     rec = ctx.store.get_slot(username) if username else None

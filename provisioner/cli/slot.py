@@ -171,6 +171,64 @@ def passwd(username: str) -> None:
          lambda c: c.print(f"new password for {username}: {password}\n(shown once, not stored)"))
 
 
+def read_names(text: str) -> list[str]:
+    """The names of a remove-many file: one a line (blank lines and ``#`` comments skipped), or a
+    create-many CSV (its ``username`` column)."""
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    if "," in first and "username" in [f.strip() for f in first.split(",")]:
+        return [r["username"] for r in read_slots_csv(text)]
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+@slot.command("remove-many")
+@click.argument("names", nargs=-1, required=True, metavar="FILE|NAMES...")
+@click.option("--keep-data", is_flag=True, help="Keep each home, moved aside into the root-only .kept directory.")
+@json_option
+def remove_many(names: tuple[str, ...], keep_data: bool) -> None:
+    """Remove many slots: NAMES, or a FILE of names (one a line, or create-many's CSV).
+
+    Every slot gets the whole removal and its own result line; a failing one does not stop
+    the rest. Exit 1 if any failed.
+    """
+    if len(names) == 1 and Path(names[0]).is_file():
+        try:
+            wanted = read_names(Path(names[0]).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"{names[0]}: cannot read: {exc}") from None
+    else:
+        wanted = list(names)
+    if not wanted:
+        raise BadInput("no slot names given")
+    ctx = Context()
+    with err_console.status(f"removing {len(wanted)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
+        outcomes = lifecycle.terminate_many(ctx, wanted, keep_data=keep_data)
+    results: list[dict[str, Any]] = []
+    for name, out in zip(wanted, outcomes, strict=True):
+        if isinstance(out, slot_ops.Removed):
+            results.append({"ok": True, **out.as_dict()})
+        else:
+            results.append({"ok": False, "username": name, "error": str(out)})
+    failed = [r for r in results if not r["ok"]]
+    summary = {"removed": len(results) - len(failed), "failed": len(failed), "results": results}
+
+    def render(c: Console) -> None:
+        for r in results:
+            if r["ok"]:
+                swept = r["sweep"]["removed_paths"] if r["sweep"] else 0
+                c.print(Text(f"{r['username']}: removed (swept {swept} paths outside the home)"
+                             + (f", kept at {r['kept']}" if r["kept"] else "")))
+            else:
+                c.print(Text(f"{r['username']!r}: FAILED: {r['error']}"))
+        c.print(f"{summary['removed']} removed, {summary['failed']} failed")
+
+    emit(summary, render)
+    if failed:
+        if not wants_json():
+            click.echo(f"slotctl: error: {len(failed)} of {len(wanted)} slots failed", err=True)
+        sys.exit(1)
+
+
 CSV_FIELDS = ("username", "email", "country", "quota", "payment_ref")
 
 

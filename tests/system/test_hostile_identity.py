@@ -175,3 +175,41 @@ def test_keep_data_never_chowns_outside_the_kept_tree_while_the_tenant_races(slo
                 ctx.quota.remove_home(Path(k["path"]))
                 ctx.store.delete_kept_home(k["path"])
         ctx.close()
+
+
+def test_remove_many_sweeps_every_slot_and_goes_on_past_bad_names(slot_host: SlotHost, tmp_path: Path) -> None:
+    names = [slot_host.name() for _ in range(4)]
+    csv_file = tmp_path / "slots.csv"
+    csv_file.write_text("username,email,country,quota\n" + "".join(f"{n},{n}@example.com,DE,32M\n" for n in names))
+    made = slot_host.slotctl("slot", "create-many", str(csv_file), "--json")
+    assert made.returncode == 0, made.stderr
+    uids = {r["username"]: r["uid"] for r in json.loads(made.stdout)["results"]}
+    assert len(set(uids.values())) == len(names)
+    tag = secrets.token_hex(3)
+    for n in names:
+        script = (f"echo x > /tmp/.rm-{tag}-{n} && ipcmk -M 4096 >/dev/null && "
+                  "(setsid sleep 600 </dev/null >/dev/null 2>&1 &)")
+        assert as_user(n, script).returncode == 0
+    assert all(Path(f"/tmp/.rm-{tag}-{n}").exists() for n in names)
+    assert all(n not in Path("/etc/subuid").read_text() for n in names), "no subordinate ids"
+    ghost = slot_host.name()
+    r = slot_host.slotctl("slot", "remove-many", names[0], ghost, "bad/name", *names[1:], "--json")
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["removed"], out["failed"]) == (4, 2)
+    by_name = {row["username"]: row for row in out["results"]}
+    assert not by_name[ghost]["ok"] and "no slot" in by_name[ghost]["error"]
+    for n in names:
+        row = by_name[n]
+        assert row["ok"] and f"/tmp/.rm-{tag}-{n}" in row["sweep"]["paths"] and len(row["sweep"]["ipc"]) == 1
+        assert not Path(f"/tmp/.rm-{tag}-{n}").exists()
+        assert not (slot_host.slots_root / n).exists()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(n)
+    assert sysv_objects(set(uids.values())) == []
+    ctx = slot_host.ctx()
+    assert all(ctx.store.get_slot(n) is None for n in names)
+    retired = {r["id"] for r in ctx.store.slot_ids() if r["retired_at"] is not None}
+    ctx.close()
+    assert set(uids.values()) <= retired
+    assert slot_host.slotctl("doctor").returncode == 0, slot_host.slotctl("doctor").stdout
