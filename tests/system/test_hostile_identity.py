@@ -213,3 +213,59 @@ def test_remove_many_sweeps_every_slot_and_goes_on_past_bad_names(slot_host: Slo
     ctx.close()
     assert set(uids.values()) <= retired
     assert slot_host.slotctl("doctor").returncode == 0, slot_host.slotctl("doctor").stdout
+
+
+def _runs_as(owner: str, other: str, home: Path) -> str:
+    """OTHER runs OWNER's setuid copy of bash; the uid it ends up with."""
+    pub = home / ".swv-pub"
+    assert as_user(owner, f"mkdir -p {pub} && cp /bin/bash {pub}/sh && chmod 4755 {pub}/sh && chmod 755 {pub} "
+                          f"&& chmod 711 {home}").returncode == 0
+    try:
+        return as_user(other, f"{pub}/sh -p -c 'id -u'").stdout.strip()
+    finally:
+        as_user(owner, f"rm -rf {pub}; chmod 700 {home}")
+
+
+def test_slots_filesystem_is_nosuid_nodev_and_host_init_restores_it(slot_host: SlotHost) -> None:
+    from provisioner.host import host_init, parse_host_request
+    from provisioner.quota import mount_of
+
+    a, b = slot_host.name(), slot_host.name()
+    uid_a = create(slot_host, a)["uid"]
+    uid_b = create(slot_host, b)["uid"]
+    root = slot_host.slots_root
+    try:
+        assert {"nosuid", "nodev"} <= mount_of(root)[2]
+        assert _runs_as(a, b, root / a) == str(uid_b)
+        # A host mounted the old way: the other tenant becomes the owner of the setuid file.
+        subprocess.run(["mount", "-o", "remount,suid,dev", str(root)], check=True)
+        assert _runs_as(a, b, root / a) == str(uid_a), "the scene: suid mounts let tenants borrow identities"
+        ctx = slot_host.ctx()
+        req = parse_host_request(ctx, str(root), "btrfs", str(slot_host.base / "slots.img"), "1G", True, False)
+        plan = host_init(ctx, req)
+        assert "mount-options" in [s.name for s in plan.steps]
+        assert [s.name for s in host_init(ctx, req, dry_run=True).steps] == [], "idempotent"
+        ctx.close()
+        assert {"nosuid", "nodev"} <= mount_of(root)[2]
+        assert _runs_as(a, b, root / a) == str(uid_b)
+    finally:
+        subprocess.run(["mount", "-o", "remount,nosuid,nodev", str(root)], check=False)
+        for n in (a, b):
+            slot_host.slotctl("slot", "remove", n)
+
+
+def test_doctor_reports_ids_that_break_the_never_twice_rule(slot_host: SlotHost) -> None:
+    name = slot_host.name()
+    uid = create(slot_host, name)["uid"]
+    assert slot_host.slotctl("slot", "remove", name).returncode == 0
+    squatter = slot_host.name()
+    subprocess.run(["useradd", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", "--uid", str(uid),
+                    "--no-create-home", squatter], check=True, capture_output=True)
+    try:
+        r = slot_host.slotctl("doctor", "--json")
+        assert r.returncode == 1
+        assert {"subject": squatter, "problem": f"holds uid {uid}, retired from slot {name!r}"} in \
+            json.loads(r.stdout)["drift"]
+    finally:
+        subprocess.run(["userdel", squatter], check=False)
+    assert slot_host.slotctl("doctor").returncode == 0
