@@ -282,10 +282,13 @@ def sysv_objects(uids: set[int], proc: Path = Path("/proc/sysvipc")) -> list[tup
             cols = line.split()
             if len(cols) < len(header):
                 continue
-            for col in (i_uid, i_cuid):
-                if int(cols[col]) in uids:
-                    out.append((kind, int(cols[i_id]), int(cols[col])))
-                    break
+            try:
+                ident, owners = int(cols[i_id]), (int(cols[i_uid]), int(cols[i_cuid]))
+            except ValueError:
+                continue
+            owner = next((o for o in owners if o in uids), None)
+            if owner is not None:
+                out.append((kind, ident, owner))
     return out
 
 

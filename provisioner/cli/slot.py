@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,15 @@ def passwd(username: str) -> None:
          lambda c: c.print(f"new password for {username}: {password}\n(shown once, not stored)"))
 
 
+def _emit_batch(summary: dict[str, Any], render: Callable[[Console], None], failed: int, of: str) -> None:
+    """Print a batch's results; exit 1 (one line on stderr) if any row failed."""
+    emit(summary, render)
+    if failed:
+        if not wants_json():
+            click.echo(f"slotctl: error: {failed} of {of} failed", err=True)
+        sys.exit(1)
+
+
 def read_names(text: str) -> list[str]:
     """The names of a remove-many file: one a line (blank lines and ``#`` comments skipped), or a
     create-many CSV (its ``username`` column)."""
@@ -222,11 +232,7 @@ def remove_many(names: tuple[str, ...], keep_data: bool) -> None:
                 c.print(Text(f"{r['username']!r}: FAILED: {r['error']}"))
         c.print(f"{summary['removed']} removed, {summary['failed']} failed")
 
-    emit(summary, render)
-    if failed:
-        if not wants_json():
-            click.echo(f"slotctl: error: {len(failed)} of {len(wanted)} slots failed", err=True)
-        sys.exit(1)
+    _emit_batch(summary, render, len(failed), f"{len(wanted)} slots")
 
 
 CSV_FIELDS = ("username", "email", "country", "quota", "payment_ref")
@@ -284,11 +290,7 @@ def create_many(csv_file: Path) -> None:
                 c.print(f"line {r['line']}: {r['username']!r} FAILED: {r['error']}")
         c.print(f"{summary['created']} created, {summary['failed']} failed")
 
-    emit(summary, render)
-    if failed:
-        if not wants_json():
-            click.echo(f"slotctl: error: {len(failed)} of {len(rows)} rows failed", err=True)
-        sys.exit(1)
+    _emit_batch(summary, render, len(failed), f"{len(rows)} rows")
 
 
 @click.command("doctor")

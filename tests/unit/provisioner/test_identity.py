@@ -136,3 +136,53 @@ def test_a_held_lock_is_waited_for_and_a_stale_one_broken(tmp_path: Path) -> Non
     with pytest.raises(SlotError, match="held by another process"), accountfiles._lock_file(etc / "shadow", 3):
         pass
     assert (etc / "shadow.lock").read_text() == "1", "another process's lock is never taken away"
+
+
+# Anything but what str.splitlines() splits on.
+_LINE = st.text(st.characters(blacklist_categories=("Cs",),
+                              blacklist_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["al", "bo", "cy", "dee"]), _LINE), max_size=12),
+       st.sets(st.sampled_from(["al", "bo", "cy", "zed"])))
+def test_remove_accounts_keeps_every_other_line_as_it_was(rows: list[tuple[str, str]], gone: set[str]) -> None:
+    etc = Path(tempfile.mkdtemp())
+    lines = [f"{name}:{rest}" for name, rest in rows]
+    (etc / "passwd").write_text("".join(ln + "\n" for ln in lines))
+    accountfiles.remove_accounts(sorted(gone), etc)
+    kept = (etc / "passwd").read_text().splitlines()
+    assert kept == [ln for ln in lines if ln.split(":", 1)[0] not in gone]
+
+
+@given(st.text(max_size=300))
+def test_remove_many_file_parser_takes_any_text(text: str) -> None:
+    from provisioner.cli.slot import read_names
+    from provisioner.errors import BadInput
+
+    try:
+        names = read_names(text)
+    except BadInput:
+        return
+    assert all(n and n == n.strip() and not n.startswith("#") for n in names)
+
+
+def test_remove_many_file_reads_names_or_create_many_csv() -> None:
+    from provisioner.cli.slot import read_names
+
+    assert read_names("# old customers\nalice\n\n  bob \n") == ["alice", "bob"]
+    assert read_names("username,email,country\nal,a@example.com,DE\nbo,b@example.com,FR\n") == ["al", "bo"]
+
+
+@given(st.lists(st.lists(st.text(st.characters(blacklist_characters=" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0"
+                                               "\u1680\u2028\u2029\u3000\u2000\u2001\u2002\u2003\u2004\u2005"
+                                               "\u2006\u2007\u2008\u2009\u200a\u202f\u205f"), min_size=1,
+                                         max_size=6), min_size=1, max_size=14), max_size=5))
+def test_sysv_parser_never_crashes_on_odd_proc_content(rows: list[list[str]]) -> None:
+    from provisioner.sweep import sysv_objects
+
+    d = Path(tempfile.mkdtemp())
+    header = "key shmid perms size cpid lpid nattch uid gid cuid cgid\n"
+    (d / "shm").write_text(header + "".join(" ".join(r) + "\n" for r in rows))
+    for kind, ident, owner in sysv_objects({70001}, d):
+        assert kind == "shm" and owner == 70001 and isinstance(ident, int)
