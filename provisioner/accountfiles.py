@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -105,13 +104,20 @@ def _rewrite(path: Path, edit: Edit) -> None:
     if new == lines:
         return
     st = path.stat()
-    shutil.copy2(path, path.with_name(path.name + "-"))
+    _replace(path.with_name(path.name + "-"), text.encode(), st)  # the old version, as shadow-utils keeps it
+    _replace(path, ("\n".join(new) + "\n").encode() if new else b"", st)
+
+
+def _replace(path: Path, data: bytes, like: os.stat_result) -> None:
+    """Atomically make PATH hold DATA with LIKE's owner and mode, never readable by others meanwhile."""
     tmp = path.with_name(f"{path.name}+slotwarden.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.fchown(fd, st.st_uid, st.st_gid)
-        os.fchmod(fd, st.st_mode & 0o7777)
-        os.write(fd, ("\n".join(new) + "\n").encode() if new else b"")
+        os.fchown(fd, like.st_uid, like.st_gid)
+        os.fchmod(fd, like.st_mode & 0o7777)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
