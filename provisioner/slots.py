@@ -472,8 +472,13 @@ def plan_remove_slot(
     keep_data: bool,
     extensions: list[Step],
     kept_dir: Path,
+    sweep_scope: sweep.SweepScope | None = None,
 ) -> Plan:
-    """The steps that remove slot USERNAME without trace (the audit entries stay)."""
+    """The steps that remove slot USERNAME without trace (the audit entries stay).
+
+    SWEEP_SCOPE says where the sweep looks (default: everything local but SLOTS_ROOT).
+    """
+    scope = sweep_scope or sweep.SweepScope((slots_root,))
     if not username:
         raise BadInput("username is empty")
     rec = facts.record
@@ -508,7 +513,7 @@ def plan_remove_slot(
         sweep_uid = swept_uid
 
         def sweep_step() -> None:
-            found = sweep.sweep({sweep_uid: username}, [slots_root])
+            found = sweep.sweep({sweep_uid: username}, scope)
             results["sweep"] = found[sweep_uid].as_dict()
 
         steps.append(Step("sweep", f"remove what uid {sweep_uid} owns outside {home}: tmp dirs, spools, "
@@ -573,6 +578,12 @@ def keep_home(home: Path, kept_dir: Path, dest: Path) -> None:
         os.close(kfd)
 
 
+def sweep_scope(ctx: Context, max_age: float) -> sweep.SweepScope:
+    """Where removals on this host sweep: all but the slots root; places cached in the state dir."""
+    return sweep.SweepScope((ctx.settings.slots_root,), (ctx.config.slots.uid_min, ctx.config.slots.uid_max),
+                            ctx.config.state_dir / "sweep-places.json", max_age)
+
+
 def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:
     """Remove slot USERNAME (exact name). Returns the plan (applied unless DRY_RUN)."""
     if not isinstance(username, str) or not username:
@@ -586,6 +597,7 @@ def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run
     plan = plan_remove_slot(
         username, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
         keep_data=keep_data, extensions=extensions, kept_dir=ctx.settings.slots_root / ".kept",
+        sweep_scope=sweep_scope(ctx, sweep.PLACES_MAX_AGE),
     )
     if not dry_run:
         apply(plan)
@@ -680,7 +692,7 @@ def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: b
             out[i] = exc
             del live[i]
     swept = sweep.sweep({u: name_of[i] for i in live if (u := uid_of[i]) is not None and u >= live[i].uid_min},
-                        [root])
+                        sweep_scope(ctx, 0.0))  # one fresh walk for the whole batch
     kept: dict[int, str] = {}
     homes = {i: Path(f.record.home) for i, f in live.items() if f.record is not None and f.home_exists}
     if keep_data:

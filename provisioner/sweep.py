@@ -24,11 +24,13 @@ What it sweeps, for a set of UIDs at once (``slot remove-many`` pays for one wal
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,9 +101,11 @@ def _open_dir(name: str, dir_fd: int | None, dev: int) -> int | None:
     return fd
 
 
-def _writable_places(mount: str, dev: int, uids: set[int], gids: set[int],
+def _writable_places(mount: str, dev: int, tenant: Callable[[int], bool],
                      exclude_devs: set[int], exclude_inodes: set[tuple[int, int]]) -> list[str]:
-    """Directories under MOUNT the UIDs could have written to (one walk of its directories).
+    """Directories under MOUNT a tenant could have written to (one walk of its directories).
+
+    World-writable ones, and those owned by (or group-writable for) an id TENANT says is a slot's.
 
     Files are not looked at here: only directories, which are few. A place found is not
     descended into; the sweep searches it whole.
@@ -127,8 +131,7 @@ def _writable_places(mount: str, dev: int, uids: set[int], gids: set[int],
                     continue
                 full = os.path.join(path, name)
                 mode = st.st_mode
-                if (mode & stat.S_IWOTH or st.st_uid in uids
-                        or (mode & stat.S_IWGRP and st.st_gid in gids)):
+                if mode & stat.S_IWOTH or tenant(st.st_uid) or (mode & stat.S_IWGRP and tenant(st.st_gid)):
                     found.append(full)
                 else:
                     stack.append(full)
@@ -217,32 +220,91 @@ def _sweep_place(path: str, by_uid: dict[int, Swept], skip: set[tuple[int, int]]
         os.close(fd)
 
 
-def sweep_files(uids: dict[int, str], exclude: list[Path]) -> dict[int, Swept]:
-    """Remove what UIDS (uid -> username) own on the local filesystems outside EXCLUDE."""
-    by_uid = {uid: Swept(uid) for uid in uids}
-    ids = set(uids)
-    exclude_devs: set[int] = set()
-    exclude_inodes: set[tuple[int, int]] = set()
+@dataclass(frozen=True)
+class SweepScope:
+    """Where a sweep looks: everything local but EXCLUDE (the slots root).
+
+    Directories owned by an id of ID_RANGE (a slot's) count as tenant-writable places. The
+    places one walk finds are kept in CACHE and reused for MAX_AGE seconds (0: always walk);
+    ``/run/user/UID`` and the spools are searched every time regardless.
+    """
+
+    exclude: tuple[Path, ...]
+    id_range: tuple[int, int] = (65536, 99999)
+    cache: Path | None = None
+    max_age: float = 0.0
+
+
+# A single `slot remove` reuses the places found within the last hour (a walk of / costs
+# 0.5-4 s here); `slot remove-many` always walks once for its whole batch.
+PLACES_MAX_AGE = 3600.0
+
+
+def _excluded(exclude: Iterable[Path]) -> tuple[set[int], set[tuple[int, int]]]:
+    devs: set[int] = set()
+    inodes: set[tuple[int, int]] = set()
     for p in exclude:
         try:
             st = os.stat(p)
         except OSError:
             continue
-        exclude_inodes.add((st.st_dev, st.st_ino))
+        inodes.add((st.st_dev, st.st_ino))
         if os.path.ismount(p):
-            exclude_devs.add(st.st_dev)
+            devs.add(st.st_dev)
+    return devs, inodes
+
+
+def walk_places(scope: SweepScope, uids: set[int]) -> list[str]:
+    """Every tenant-writable directory of the local writable filesystems (one walk of each)."""
+    lo, hi = scope.id_range
+    exclude_devs, exclude_inodes = _excluded(scope.exclude)
+
+    def tenant(i: int) -> bool:
+        return lo <= i <= hi or i in uids
+
     places: list[str] = []
-    for mount, dev in local_mounts(exclude):
+    for mount, dev in local_mounts(scope.exclude):
         if dev in exclude_devs:
             continue
         try:
             mst = os.stat(mount)
         except OSError:
             continue
-        if mst.st_mode & stat.S_IWOTH or mst.st_uid in ids:
+        if mst.st_mode & stat.S_IWOTH or tenant(mst.st_uid):
             places.append(mount)  # e.g. /dev/shm or /tmp as its own tmpfs
         else:
-            places += _writable_places(mount, dev, ids, ids, exclude_devs, exclude_inodes)
+            places += _writable_places(mount, dev, tenant, exclude_devs, exclude_inodes)
+    return places
+
+
+def find_places(scope: SweepScope, uids: set[int]) -> list[str]:
+    """The tenant-writable places: from the cache while it is fresh, else walked (and cached)."""
+    key = [str(p) for p in scope.exclude] + [str(i) for i in scope.id_range]
+    if scope.cache is not None and scope.max_age > 0:
+        try:
+            st = os.stat(scope.cache, follow_symlinks=False)
+            cached = json.loads(scope.cache.read_text())
+            if (stat.S_ISREG(st.st_mode) and st.st_uid == 0 and time.time() - cached["at"] < scope.max_age
+                    and cached["key"] == key and all(isinstance(p, str) for p in cached["places"])):
+                return list(cached["places"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    places = walk_places(scope, uids)
+    if scope.cache is not None:
+        tmp = scope.cache.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"at": time.time(), "key": key, "places": places}, f)
+        os.replace(tmp, scope.cache)
+    return places
+
+
+def sweep_files(uids: dict[int, str], scope: SweepScope) -> dict[int, Swept]:
+    """Remove what UIDS (uid -> username) own on the local filesystems outside the scope's EXCLUDE."""
+    by_uid = {uid: Swept(uid) for uid in uids}
+    _devs, exclude_inodes = _excluded(scope.exclude)
+    places = find_places(scope, set(uids))
+    places += [f"/run/user/{uid}" for uid in uids]
     places += [str(p) for p in SPOOLS if p.is_dir()]
     for place in dict.fromkeys(places):
         _sweep_place(place, by_uid, exclude_inodes)
@@ -361,9 +423,9 @@ def sweep_systemd(by_uid: dict[int, Swept], names: dict[int, str]) -> None:
             swept.systemd.append(f"terminate-user {uid}")
 
 
-def sweep(uids: dict[int, str], exclude: list[Path]) -> dict[int, Swept]:
-    """The whole sweep for UIDS (uid -> username); EXCLUDE (the slots root) is not searched."""
-    by_uid = sweep_files(uids, exclude)
+def sweep(uids: dict[int, str], scope: SweepScope) -> dict[int, Swept]:
+    """The whole sweep for UIDS (uid -> username) within SCOPE."""
+    by_uid = sweep_files(uids, scope)
     sweep_ipc(by_uid)
     sweep_mqueues(by_uid)
     sweep_systemd(by_uid, uids)
