@@ -539,6 +539,8 @@ def plan_remove_slot(
         with store.transaction():
             store.delete_slot(username)
             store.retire_ids([username])
+            if swept_uid is not None:
+                store.retire_id(swept_uid, username)
             store.audit(actor, "slot.remove", username, {"keep_data": keep_data, **removal_audit(results)})
 
     steps.append(Step("forget", f"delete the store rows of {username} (audit kept)", forget))
@@ -723,6 +725,8 @@ def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: b
             result = {"sweep": found.as_dict()} if found else {}
             store.delete_slot(name)
             store.retire_ids([name])
+            if uid is not None:
+                store.retire_id(uid, name)
             store.audit(actor, "slot.remove", name, {"keep_data": keep_data, "batch": True, **removal_audit(result)})
             out[i] = Removed(name, uid_of[i], result.get("sweep"), kept.get(i))
     return out

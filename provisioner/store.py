@@ -263,6 +263,18 @@ class Store:
         self.db.executemany("UPDATE slot_ids SET retired_at = ? WHERE username = ? AND retired_at IS NULL",
                             [(now, n) for n in usernames])
 
+    def retire_id(self, uid: int, username: str) -> None:
+        """Record UID as USERNAME's and retired, also when it was never allocated here.
+
+        A slot made before ids came from the range (its uid from useradd) is removed like any
+        other; its uid goes into the record, so the record holds every slot uid ever retired.
+        """
+        now = time.time()
+        self.db.execute("INSERT OR IGNORE INTO slot_ids (id, username, allocated_at, retired_at) VALUES (?, ?, ?, ?)",
+                        (uid, username, now, now))
+        self.db.execute("UPDATE slot_ids SET retired_at = ? WHERE id = ? AND username = ? AND retired_at IS NULL",
+                        (now, uid, username))
+
     def slot_ids(self) -> list[dict[str, Any]]:
         """Every id ever handed to a slot: id, username, allocated_at, retired_at (None: live)."""
         return [dict(r) for r in self.db.execute("SELECT * FROM slot_ids ORDER BY id")]
