@@ -196,3 +196,32 @@ def test_a_legacy_uid_is_recorded_retired_and_a_live_one_of_another_name_untouch
     assert rows[1005]["username"] == "legacy" and rows[1005]["retired_at"] is not None
     assert rows[live]["username"] == "al" and rows[live]["retired_at"] is None
     store.close()
+
+
+@pytest.mark.parametrize(("options", "mounted", "expected_steps", "expected_line"), [
+    ("defaults,usrquota", {"rw", "usrquota"}, ["mount-options", "fstab-options"],
+     "LABEL=slots /srv/slots ext4 defaults,usrquota,nosuid,nodev 0 2"),
+    ("defaults,usrquota,suid", {"rw", "nosuid", "nodev"}, ["fstab-options"],
+     "LABEL=slots /srv/slots ext4 defaults,usrquota,nosuid,nodev 0 2"),
+    ("defaults,nosuid,nodev", {"rw", "nosuid", "nodev"}, [], None),
+])
+def test_slots_mount_gets_nosuid_nodev_live_and_in_fstab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        options: str, mounted: set[str],
+                                                        expected_steps: list[str], expected_line: str | None) -> None:
+    from provisioner import host
+
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"/dev/sda1 / ext4 defaults 0 1\nLABEL=slots /srv/slots ext4 {options} 0 2\n")
+    monkeypatch.setattr(host, "FSTAB", fstab)
+    root = tmp_path / "srv-slots"
+    root.mkdir()
+    monkeypatch.setattr(host, "mount_of", lambda p: (str(root), "ext4", mounted))
+    fstab.write_text(fstab.read_text().replace("/srv/slots", str(root)))
+    steps = host._mount_option_steps(root, persist=True)
+    assert [s.name for s in steps] == expected_steps
+    for s in steps:
+        if s.name == "fstab-options":
+            s.do()
+    if expected_line is not None:
+        assert fstab.read_text().splitlines() == ["/dev/sda1 / ext4 defaults 0 1",
+                                                  expected_line.replace("/srv/slots", str(root))]
