@@ -17,9 +17,11 @@ import json
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ from tests.system.conftest import SlotHost, as_user
 
 pytestmark = pytest.mark.root
 
+LINGER = Path("/var/lib/systemd/linger")
 MQ_OPEN = ("import ctypes, os, sys; rt = ctypes.CDLL('librt.so.1', use_errno=True); "
            "fd = rt.mq_open(sys.argv[1].encode(), os.O_CREAT | os.O_RDWR, 0o600, None); "
            "sys.exit(0 if fd >= 0 else 1)")
@@ -71,13 +74,27 @@ def plant(name: str, tag: str) -> dict[str, Path]:
     os.chown(paths["run_user"], acct.pw_uid, acct.pw_gid)
     (paths["run_user"] / "bus").write_text("")
     os.chown(paths["run_user"] / "bus", acct.pw_uid, acct.pw_gid)
+    # What `loginctl enable-linger` leaves: a root-owned file named after the user.
+    (LINGER / name).write_text("")
     atjobs = [p for p in Path("/var/spool/cron/atjobs").iterdir() if p.stat().st_uid == acct.pw_uid]
     assert atjobs, "the at job was queued"
     paths["atjob"] = atjobs[0]
     return paths
 
 
-def test_uid_reuse_no_identity_or_leftover_passes_to_the_next_tenant(slot_host: SlotHost) -> None:
+@pytest.fixture
+def linger_dir() -> Iterator[Path]:
+    """systemd's linger directory (made for the test when this machine has none, then removed)."""
+    made = not LINGER.exists()
+    LINGER.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        yield LINGER
+    finally:
+        if made:
+            shutil.rmtree(LINGER, ignore_errors=True)
+
+
+def test_uid_reuse_no_identity_or_leftover_passes_to_the_next_tenant(slot_host: SlotHost, linger_dir: Path) -> None:
     old, victim, tag = slot_host.name(), slot_host.name(), secrets.token_hex(3)
     old_uid = create(slot_host, old)["uid"]
     paths = plant(old, tag)
@@ -100,6 +117,7 @@ def test_uid_reuse_no_identity_or_leftover_passes_to_the_next_tenant(slot_host: 
         for what in ("setuid", "tmp", "tmpdir", "shm", "crontab", "mail", "run_user", "atjob"):
             assert str(paths[what]) in report["paths"], (what, report["paths"])
         assert len(report["ipc"]) == 3 and report["mqueues"] == [f"sw-{tag}"]
+        assert f"linger {old}" in report["systemd"] and not Path(f"/var/lib/systemd/linger/{old}").exists()
         ctx = slot_host.ctx()
         audit = [e for e in ctx.store.audit_entries(old) if e["action"] == "slot.remove"][-1]
         assert audit["detail"]["swept"]["removed_paths"] == report["removed_paths"] >= 8
