@@ -187,37 +187,62 @@ def _sweep_dir(fd: int, path: str, dev: int, by_uid: dict[int, Swept], skip: set
                 os.close(sub)
 
 
+def open_path(path: str) -> int | None:
+    """Open directory PATH from ``/`` one component at a time, following no link on the way.
+
+    A tenant that swaps a directory of the path for a symlink (between the walk that found the
+    place and now) gets None, never a descriptor somewhere else.
+    """
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    for part in [p for p in path.split("/") if p]:
+        if part in (".", ".."):
+            os.close(fd)
+            return None
+        try:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+        fd = nxt
+    return fd
+
+
 def _sweep_place(path: str, by_uid: dict[int, Swept], skip: set[tuple[int, int]]) -> None:
-    """Sweep PATH: removed whole if one of the UIDs owns it, else searched."""
-    parent, name = os.path.split(path.rstrip("/")) if path != "/" else ("/", ".")
+    """Sweep PATH: removed whole if one of the UIDs owns it, else searched.
+
+    >>> _sweep_place("/nonexistent/place", {}, set())
+    """
+    parent, name = os.path.split(path.rstrip("/"))
+    if not name:
+        return
+    pfd = open_path(parent)
+    if pfd is None:
+        return
     try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        return
-    owner = by_uid.get(st.st_uid)
-    if owner is not None and name not in (".", ""):
-        pfd = _open_dir(parent, None, os.stat(parent).st_dev)
-        if pfd is None:
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) in skip:
+            return
+        owner = by_uid.get(st.st_uid)
+        if owner is not None and st.st_dev == os.fstat(pfd).st_dev:
+            shutil.rmtree(name, dir_fd=pfd)
+            owner.add_path(path)
+            return
+        # Not the UIDs' own, or a filesystem mounted there (systemd's /run/user/UID tmpfs):
+        # what is inside is searched.
+        fd = _open_dir(name, pfd, st.st_dev)
+        if fd is None:
             return
         try:
-            got = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            if (got.st_dev, got.st_ino) == (st.st_dev, st.st_ino) and got.st_dev == os.fstat(pfd).st_dev:
-                shutil.rmtree(name, dir_fd=pfd)
-                owner.add_path(path)
-        except OSError:
-            pass
+            got = os.fstat(fd)
+            if (got.st_dev, got.st_ino) == (st.st_dev, st.st_ino):
+                _sweep_dir(fd, path, st.st_dev, by_uid, skip)
         finally:
-            os.close(pfd)
+            os.close(fd)
+    except OSError:
         return
-    fd = _open_dir(path, None, st.st_dev)
-    if fd is None:
-        return
-    try:
-        _sweep_dir(fd, path, st.st_dev, by_uid, skip)
     finally:
-        os.close(fd)
+        os.close(pfd)
 
 
 @dataclass(frozen=True)
@@ -425,8 +450,11 @@ def sweep_systemd(by_uid: dict[int, Swept], names: dict[int, str]) -> None:
 
 def sweep(uids: dict[int, str], scope: SweepScope) -> dict[int, Swept]:
     """The whole sweep for UIDS (uid -> username) within SCOPE."""
-    by_uid = sweep_files(uids, scope)
+    by_uid = {uid: Swept(uid) for uid in uids}
+    sweep_systemd(by_uid, uids)  # first: logind then unmounts /run/user/UID itself
+    for uid, found in sweep_files(uids, scope).items():
+        found.systemd = by_uid[uid].systemd
+        by_uid[uid] = found
     sweep_ipc(by_uid)
     sweep_mqueues(by_uid)
-    sweep_systemd(by_uid, uids)
     return by_uid

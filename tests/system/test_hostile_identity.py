@@ -287,3 +287,38 @@ def test_doctor_reports_ids_that_break_the_never_twice_rule(slot_host: SlotHost)
     finally:
         subprocess.run(["userdel", squatter], check=False)
     assert slot_host.slotctl("doctor").returncode == 0
+
+
+def test_sweep_follows_no_symlink_another_tenant_swaps_in(slot_host: SlotHost) -> None:
+    a, b, tag = slot_host.name(), slot_host.name(), secrets.token_hex(3)
+    create(slot_host, a)
+    create(slot_host, b)
+    home_a = slot_host.slots_root / a
+    assert as_user(a, "echo keep > $HOME/notes && mkdir -p $HOME/d && echo x > $HOME/d/f").returncode == 0
+    # B points the sweep at A's home (what --keep-data is about to keep): a plain symlink, and a
+    # directory swapped for one over and over while A is removed.
+    lnk, swap = f"/tmp/.lnk-{tag}", f"/tmp/.swap-{tag}"
+    assert as_user(b, f"ln -s {home_a} {lnk}").returncode == 0
+    racer = subprocess.Popen(["runuser", "-u", b, "--", "/bin/bash", "-c",
+                              f"while :; do mkdir {swap} 2>/dev/null; rmdir {swap} 2>/dev/null; "
+                              f"ln -s {home_a} {swap} 2>/dev/null; rm -f {swap}; done"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = slot_host.slotctl("slot", "remove", a, "--keep-data", "--json")
+        assert r.returncode == 0, r.stderr
+        kept = Path(json.loads(r.stdout)["kept"])
+        assert (kept / "notes").read_text() == "keep\n" and (kept / "d" / "f").read_text() == "x\n"
+        assert not any(p.startswith(str(home_a)) or p.startswith(lnk) or p.startswith(swap)
+                       for p in json.loads(r.stdout)["sweep"]["paths"])
+        assert os.readlink(lnk) == str(home_a), "another tenant's symlink is not the removed tenant's"
+    finally:
+        racer.kill()
+        racer.wait()
+        subprocess.run(["rm", "-rf", lnk, swap], check=False)
+        slot_host.slotctl("slot", "remove", b)
+        ctx = slot_host.ctx()
+        for k in ctx.store.kept_homes():
+            if k["username"] == a:
+                ctx.quota.remove_home(Path(k["path"]))
+                ctx.store.delete_kept_home(k["path"])
+        ctx.close()
