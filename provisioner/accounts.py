@@ -6,6 +6,7 @@ appears in ``ps``.
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import pwd
@@ -13,7 +14,8 @@ import secrets
 import signal
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +152,33 @@ def id_taken() -> Callable[[int], bool]:
     """A test for ids already used on this host (passwd, group, subordinate ranges)."""
     uids, gids, ranges = ids_in_use()
     return lambda i: i in uids or i in gids or any(lo <= i <= hi for lo, hi in ranges)
+
+
+# One lock for every store on this host: between checking that an id is free and useradd
+# taking it, no other slotwarden (another state dir, a test's) may take it.
+ID_LOCK = Path("/run/lock/slotwarden-ids.lock")
+
+
+@contextmanager
+def host_id_lock(path: Path = ID_LOCK) -> Iterator[None]:
+    """Hold the host-wide lock of slot id use (a flock, dropped by the kernel if we die)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def id_free_for(uid: int, name: str) -> bool:
+    """True if UID can become NAME's uid and gid: no account, no other group, no subordinate range."""
+    uids, _gids, ranges = ids_in_use()
+    try:
+        group_ok = grp.getgrgid(uid).gr_name == name  # NAME's own group, left by a killed create
+    except KeyError:
+        group_ok = True
+    return uid not in uids and group_ok and not any(lo <= uid <= hi for lo, hi in ranges)
 
 
 def delete_user(name: str) -> None:

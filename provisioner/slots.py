@@ -203,9 +203,13 @@ def plan_create_slot(
 
         steps.append(Step("uid", f"allocate {name} a never-used id from {lowest}-{highest}", allocate,
                           lambda: store.retire_ids([name])))
+        def make_user() -> None:
+            with accounts.host_id_lock():
+                allocated.update(_still_free(store, [name], dict(allocated), id_range))
+                accounts.add_user(name, home, shell, allocated[name])
+
         steps.append(Step("user", f"useradd {name} (private group, shell {shell}, home {home})",
-                          lambda: accounts.add_user(name, home, shell, allocated[name]),
-                          lambda: accounts.delete_user(name)))
+                          make_user, lambda: accounts.delete_user(name)))
     if not facts.home_exists:
         steps.append(Step("home", f"create home {home} ({quota.name})",
                           lambda: quota.make_home(home), lambda: quota.remove_home(home)))
@@ -237,6 +241,21 @@ def plan_create_slot(
 
     steps.append(Step("activate", f"mark slot {name} active", activate))
     return Plan(f"create slot {name}" + (" (resume)" if resume else ""), steps)
+
+
+def _still_free(store: Store, names: list[str], ids: dict[str, int], id_range: tuple[int, int]) -> dict[str, int]:
+    """IDS, with every id that something outside the store took meanwhile replaced by a fresh one.
+
+    Called under :func:`accounts.host_id_lock`, right before the accounts are made. A replaced
+    id is burnt (retired unused); the slot row gets the new one.
+    """
+    out = dict(ids)
+    for name in names:
+        while not accounts.id_free_for(out[name], name):
+            store.burn_id(out[name])
+            out[name] = store.allocate_ids([name], id_range[0], id_range[1], accounts.id_taken())[name]
+            store.update_slot(name, uid=out[name])
+    return out
 
 
 def slot_id_range(ctx: Context) -> tuple[int, int]:
@@ -337,12 +356,14 @@ def plan_create_batch(
     def users() -> None:
         # An explicit uid and gid (the same number) per line: newusers creates the private group
         # with that gid. It also hands each user a subordinate range, which we take back at once.
-        lines = "".join(f"{n}:{passwords[n]}:{allocated[n]}:{allocated[n]}:{accounts.SLOT_COMMENT}:"
-                        f"{homes[n]}:{shell}\n" for n in names)
-        try:
-            run(["newusers"], stdin=lines)
-        finally:
-            accountfiles.drop_subordinate_ids(names)
+        with accounts.host_id_lock():
+            allocated.update(_still_free(store, names, dict(allocated), id_range))
+            lines = "".join(f"{n}:{passwords[n]}:{allocated[n]}:{allocated[n]}:{accounts.SLOT_COMMENT}:"
+                            f"{homes[n]}:{shell}\n" for n in names)
+            try:
+                run(["newusers"], stdin=lines)
+            finally:
+                accountfiles.drop_subordinate_ids(names)
 
     def delete_users() -> None:
         for n in names:

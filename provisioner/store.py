@@ -263,6 +263,10 @@ class Store:
         self.db.executemany("UPDATE slot_ids SET retired_at = ? WHERE username = ? AND retired_at IS NULL",
                             [(now, n) for n in usernames])
 
+    def burn_id(self, uid: int) -> None:
+        """Retire UID before use: something outside the store took it meanwhile."""
+        self.db.execute("UPDATE slot_ids SET retired_at = ? WHERE id = ? AND retired_at IS NULL", (time.time(), uid))
+
     def retire_id(self, uid: int, username: str) -> None:
         """Record UID as USERNAME's and retired, also when it was never allocated here.
 

@@ -322,3 +322,43 @@ def test_sweep_follows_no_symlink_another_tenant_swaps_in(slot_host: SlotHost) -
                 ctx.quota.remove_home(Path(k["path"]))
                 ctx.store.delete_kept_home(k["path"])
         ctx.close()
+
+
+def test_two_stores_on_one_host_never_hand_out_the_same_id(slot_host: SlotHost) -> None:
+    from tests.system.conftest import make_slot_host, teardown_slot_host, world_traversable_tmpdir
+
+    other = make_slot_host(world_traversable_tmpdir("ids"), f"ti{secrets.token_hex(2)}", size="1G")
+    try:
+        results: list[subprocess.CompletedProcess[str]] = []
+        ours: list[str] = []
+
+        def run_creates(host: SlotHost, many: bool) -> None:
+            names = [host.name() for _ in range(4)]
+            if host is slot_host:
+                ours.extend(names)
+            if many:
+                csv_file = host.base / f"{names[0]}.csv"
+                csv_file.write_text("username,email,country\n" + "".join(f"{n},{n}@example.com,DE\n" for n in names))
+                results.append(host.slotctl("slot", "create-many", str(csv_file), "--json"))
+            else:
+                for n in names:
+                    results.append(host.slotctl("slot", "create", n, "--email", f"{n}@example.com",
+                                                "--country", "DE", "--json"))
+
+        threads = [threading.Thread(target=run_creates, args=(h, m))
+                   for h, m in ((slot_host, False), (other, False), (slot_host, True), (other, True))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+        uids = [pwd.getpwnam(line.split(":", 1)[0]).pw_uid for line in Path("/etc/passwd").read_text().splitlines()
+                if line.startswith((slot_host.prefix, other.prefix))]
+        assert len(uids) == len(set(uids)) and len(uids) >= 16
+    finally:
+        teardown_slot_host(other)
+        ctx = slot_host.ctx()
+        made = [n for n in ours if ctx.store.get_slot(n) is not None]
+        ctx.close()
+        if made:
+            assert slot_host.slotctl("slot", "remove-many", *made).returncode == 0
