@@ -49,6 +49,19 @@ LINGER_DIR = Path("/var/lib/systemd/linger")
 REPORT_LIMIT = 200
 
 
+def shown(name: str) -> str:
+    r"""NAME (a path or queue name a tenant chose) as printable text: never a control character.
+
+    Undecodable bytes and non-printable characters become backslash escapes, so a reported
+    path cannot move the operator's cursor or colour the terminal.
+
+    >>> shown("/tmp/\x1b[31mred\udcff")
+    '/tmp/\\x1b[31mred\\xff'
+    """
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @dataclass
 class Swept:
     """What the sweep removed for one UID."""
@@ -63,7 +76,7 @@ class Swept:
     def add_path(self, path: str) -> None:
         self.removed_paths += 1
         if len(self.paths) < REPORT_LIMIT:
-            self.paths.append(path)
+            self.paths.append(shown(path))
 
     def as_dict(self) -> dict[str, Any]:
         return {"uid": self.uid, "paths": list(self.paths), "removed_paths": self.removed_paths,
@@ -424,7 +437,7 @@ def sweep_mqueues(by_uid: dict[int, Swept]) -> None:
                 if owner is not None:
                     try:
                         os.unlink(name, dir_fd=fd)
-                        owner.mqueues.append(name)
+                        owner.mqueues.append(shown(name))
                     except OSError:
                         pass
         finally:

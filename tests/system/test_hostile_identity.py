@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import subprocess
 import threading
@@ -362,3 +363,15 @@ def test_two_stores_on_one_host_never_hand_out_the_same_id(slot_host: SlotHost) 
         ctx.close()
         if made:
             assert slot_host.slotctl("slot", "remove-many", *made).returncode == 0
+
+
+def test_a_tenant_chosen_file_name_cannot_type_into_the_operators_terminal(slot_host: SlotHost) -> None:
+    name, tag = slot_host.name(), secrets.token_hex(3)
+    create(slot_host, name)
+    evil = f"/tmp/.e-{tag}\x1b]0;owned\x07\x1b[2J\x1b[31m"
+    assert as_user(name, f"touch {shlex.quote(evil)}").returncode == 0
+    r = slot_host.slotctl("slot", "remove", name)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert f"/tmp/.e-{tag}\\x1b]0;owned\\x07" in r.stdout
+    assert not Path(evil).exists()

@@ -225,3 +225,14 @@ def test_slots_mount_gets_nosuid_nodev_live_and_in_fstab(tmp_path: Path, monkeyp
     if expected_line is not None:
         assert fstab.read_text().splitlines() == ["/dev/sda1 / ext4 defaults 0 1",
                                                   expected_line.replace("/srv/slots", str(root))]
+
+
+@given(st.text(max_size=60))
+def test_a_swept_name_is_shown_without_control_characters(name: str) -> None:
+    from provisioner.sweep import shown
+
+    out = shown(name)
+    assert out.isprintable() or out == ""
+    assert "\x1b" not in out and "\r" not in out and "\n" not in out
+    if name.isprintable() and all(not 0xD800 <= ord(c) <= 0xDFFF for c in name):
+        assert out == name
