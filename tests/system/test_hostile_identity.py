@@ -375,3 +375,27 @@ def test_a_tenant_chosen_file_name_cannot_type_into_the_operators_terminal(slot_
     assert "\x1b" not in r.stdout and "\x07" not in r.stdout
     assert f"/tmp/.e-{tag}\\x1b]0;owned\\x07" in r.stdout
     assert not Path(evil).exists()
+
+
+def test_remove_many_keep_data_keeps_each_home_with_one_rename(slot_host: SlotHost) -> None:
+    names = [slot_host.name() for _ in range(2)]
+    for n in names:
+        create(slot_host, n)
+        assert as_user(n, "echo mine > $HOME/notes").returncode == 0
+    r = slot_host.slotctl("slot", "remove-many", *names, "--keep-data", "--json")
+    assert r.returncode == 0, r.stderr
+    ctx = slot_host.ctx()
+    try:
+        for row in json.loads(r.stdout)["results"]:
+            kept = Path(row["kept"])
+            assert kept.parent == slot_host.slots_root / ".kept" and kept.name.endswith(f"-{row['uid']}")
+            st = os.lstat(kept)
+            assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700)
+            assert (kept / "notes").read_text() == "mine\n" and os.lstat(kept / "notes").st_uid == row["uid"]
+            assert [k["username"] for k in ctx.store.kept_homes() if k["path"] == str(kept)] == [row["username"]]
+    finally:
+        for k in ctx.store.kept_homes():
+            if k["username"] in names:
+                ctx.quota.remove_home(Path(k["path"]))
+                ctx.store.delete_kept_home(k["path"])
+        ctx.close()
