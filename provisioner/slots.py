@@ -534,6 +534,9 @@ def plan_remove_slot(
         sweep_uid = swept_uid
 
         def sweep_step() -> None:
+            # Again: a supervisor may have restarted an app as the slot between the first kill
+            # and the apps' removal step (it needs no login, so the lock does not stop it).
+            accounts.stop_processes(sweep_uid)
             found = sweep.sweep({sweep_uid: username}, scope)
             results["sweep"] = found[sweep_uid].as_dict()
 
@@ -714,8 +717,9 @@ def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: b
         except SlotError as exc:
             out[i] = exc
             del live[i]
-    swept = sweep.sweep({u: name_of[i] for i in live if (u := uid_of[i]) is not None and u >= live[i].uid_min},
-                        sweep_scope(ctx, 0.0))  # one fresh walk for the whole batch
+    to_sweep = {u: name_of[i] for i in live if (u := uid_of[i]) is not None and u >= live[i].uid_min}
+    accounts.stop_processes_of(set(to_sweep))  # an app a supervisor restarted meanwhile (see remove_slot)
+    swept = sweep.sweep(to_sweep, sweep_scope(ctx, 0.0))  # one fresh walk for the whole batch
     kept: dict[int, str] = {}
     homes = {i: Path(f.record.home) for i, f in live.items() if f.record is not None and f.home_exists}
     if keep_data:
