@@ -613,7 +613,8 @@ def terminate_many(ctx: Context, usernames: list[str], *, keep_data: bool = Fals
                     lockable.add(name)
             for name in sorted(lockable):
                 stack.enter_context(slot_lock(ctx, name))
-            outs = slots.remove_many(ctx, names, keep_data=keep_data, batch_size=max(len(names), 1))
+            outs = slots.remove_many(ctx, names, keep_data=keep_data, batch_size=max(len(names), 1),
+                                     fresh_walk=start == 0)  # one walk of the filesystems per call
             for name, out in zip(names, outs, strict=True):
                 if isinstance(out, slots.Removed):
                     _drop_lock_file(ctx, name)

@@ -644,15 +644,16 @@ class Removed:
 
 
 def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
-                batch_size: int = 200) -> list[Removed | SlotError]:
+                batch_size: int = 200, fresh_walk: bool = True) -> list[Removed | SlotError]:
     """Remove many slots; one result per name, in order. A failing name never stops the rest.
 
     Every slot gets what :func:`remove_slot` does (locked and expired first, every process
     stopped, its removal extensions, the sweep, home and quota, account, store rows, audit),
     but each expensive part once per chunk of BATCH_SIZE: one rewrite of the account files to
     lock them and one to delete them, one /proc scan a round for all their processes, one
-    filesystem walk for the sweep, one btrfs commit for all the homes. The caller holds the
-    slots' locks (:func:`provisioner.lifecycle.terminate_many`).
+    filesystem walk for the sweep (for the first chunk, unless FRESH_WALK is false; later
+    chunks reuse it), one btrfs commit for all the homes. The caller holds the slots' locks
+    (:func:`provisioner.lifecycle.terminate_many`).
     """
     _load_extensions()
     results: list[Removed | SlotError | None] = [None] * len(usernames)
@@ -680,7 +681,8 @@ def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         try:
-            for i, out in _remove_chunk(ctx, chunk, keep_data).items():
+            walk_age = 0.0 if fresh_walk and start == 0 else sweep.PLACES_MAX_AGE
+            for i, out in _remove_chunk(ctx, chunk, keep_data, walk_age).items():
                 results[i] = out
         except SlotError as exc:  # a batch-wide step failed: every row not yet done says why
             for i, _facts in chunk:
@@ -689,7 +691,8 @@ def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
     return [r if r is not None else SlotError("not processed") for r in results]
 
 
-def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: bool) -> dict[int, Removed | SlotError]:
+def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: bool,
+                  walk_age: float) -> dict[int, Removed | SlotError]:
     """Remove the slots of CHUNK (index, facts); see :func:`remove_many`."""
     store, quota, root = ctx.store, ctx.quota, ctx.settings.slots_root
     actor = current_actor()
@@ -719,7 +722,7 @@ def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: b
             del live[i]
     to_sweep = {u: name_of[i] for i in live if (u := uid_of[i]) is not None and u >= live[i].uid_min}
     accounts.stop_processes_of(set(to_sweep))  # an app a supervisor restarted meanwhile (see remove_slot)
-    swept = sweep.sweep(to_sweep, sweep_scope(ctx, 0.0))  # one fresh walk for the whole batch
+    swept = sweep.sweep(to_sweep, sweep_scope(ctx, walk_age))
     kept: dict[int, str] = {}
     homes = {i: Path(f.record.home) for i, f in live.items() if f.record is not None and f.home_exists}
     if keep_data:
