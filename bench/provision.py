@@ -10,7 +10,11 @@ both alike. Then both sets are removed (slotwarden through :func:`remove_slot`, 
     sudo .venv/bin/python bench/provision.py --n 200 --rounds 4 --bulk 1000
 
 ``--bulk M`` then times ``create_many`` (the ``slot create-many`` path: one ``newusers`` run per
-chunk) for M slots, and their removal.
+chunk) for M slots, and their removal with ``remove_many`` (the ``slot remove-many`` path).
+Side by side, ``--one-by-one K`` bulk-creates K more slots and removes them one by one with
+``remove_slot`` (what ``slot remove`` does), the baseline of the batch removal.
+
+    sudo .venv/bin/python bench/provision.py --n 200 --rounds 4 --bulk 1000 --one-by-one 100
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from provisioner.accounts import generate_password
 from provisioner.config import load_config
 from provisioner.context import Context
 from provisioner.host import host_init, parse_host_request
-from provisioner.slots import BatchRow, Created, create_many, create_slot, remove_slot
+from provisioner.slots import BatchRow, Created, Removed, create_many, create_slot, remove_many, remove_slot
 
 
 def sh(*argv: str, stdin: str | None = None) -> None:
@@ -59,6 +63,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4, help="alternations of floor and slotwarden")
     ap.add_argument("--size", default="8G", help="loop image size")
     ap.add_argument("--bulk", type=int, default=0, help="then create this many slots with create_many")
+    ap.add_argument("--one-by-one", type=int, default=0, help="bulk-create this many and remove them one by one")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="slotwarden-bench-", dir="/tmp"))
     base.chmod(0o755)
@@ -88,9 +93,9 @@ def main() -> int:
             t_ours.append(time.perf_counter() - t0)
             ours_names += names
         t0 = time.perf_counter()
-        for n in ours_names:
-            remove_slot(ctx, n)
+        removed = remove_many(ctx, ours_names)
         t_remove = time.perf_counter() - t0
+        assert all(isinstance(o, Removed) for o in removed)
         ours_names = []
         bulk: dict[str, float] = {}
         if args.bulk:
@@ -101,10 +106,22 @@ def main() -> int:
             ours_names = [r.username for r in rows]
             assert all(isinstance(o, Created) for o in out), [o for o in out if not isinstance(o, Created)][:3]
             t0 = time.perf_counter()
+            gone = remove_many(ctx, list(ours_names))
+            bulk["remove_many_s"] = round(time.perf_counter() - t0, 2)
+            assert all(isinstance(o, Removed) for o in gone), [o for o in gone if not isinstance(o, Removed)][:3]
+            ours_names = []
+        if args.one_by_one:
+            rows = [BatchRow(f"bo{tag}{i:05d}", "bench@example.com", "DE", "64M") for i in range(args.one_by_one)]
+            out = create_many(ctx, rows)
+            assert all(isinstance(o, Created) for o in out)
+            ours_names = [r.username for r in rows]
+            t0 = time.perf_counter()
             for n in list(ours_names):
                 remove_slot(ctx, n)
                 ours_names.remove(n)
-            bulk["remove_s"] = round(time.perf_counter() - t0, 2)
+            one = time.perf_counter() - t0
+            bulk["one_by_one"] = {"n": args.one_by_one, "remove_s": round(one, 2),
+                                  "per_slot_ms": round(1000 * one / args.one_by_one, 1)}
     finally:
         for n in ours_names:
             try:
@@ -128,10 +145,16 @@ def main() -> int:
         "ratio_per_round_median": round(statistics.median(ratios), 3),
         "ratio_per_round": [round(x, 3) for x in ratios],
         "slotwarden_create_s": round(ours_s, 2),
-        "slotwarden_remove_slots_per_s": round(n_total / t_remove, 1),
+        "slotwarden_remove_many_slots_per_s": round(n_total / t_remove, 1),
     }
+    if "create_s" in bulk:
+        bulk["slots_per_s"] = round(args.bulk / bulk["create_s"], 1)
+    if "remove_many_s" in bulk and "one_by_one" in bulk:
+        per_many = bulk["remove_many_s"] / args.bulk
+        per_one = bulk["one_by_one"]["remove_s"] / args.one_by_one
+        bulk["remove_many_speedup_per_slot"] = round(per_one / per_many, 1)
     if bulk:
-        result["bulk"] = {"n": args.bulk, **bulk, "slots_per_s": round(args.bulk / bulk["create_s"], 1)}
+        result["bulk"] = {"n": args.bulk, **bulk}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -45,6 +45,13 @@ class SlotsConfig:
     skeleton: Path = Path("/etc/skel")
     shell: str = "/bin/bash"
     password_length: int = 22
+    # Slot UIDs (and their private groups' GIDs, the same number) come from this range and are
+    # never handed out twice. The default lies between nobody (65534) and the subordinate-ID
+    # range shadow-utils hands out (SUB_UID_MIN 100000), outside useradd's UID_MIN..UID_MAX:
+    # nothing else on a Debian host allocates from it. 34,464 slots over the host's lifetime;
+    # a host that will sell more picks a range above SUB_UID_MAX (e.g. 700000000-799999999).
+    uid_min: int = 65536
+    uid_max: int = 99999
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,31 @@ def _plan(name: str, table: object) -> PlanConfig:
 
 _SECTIONS: dict[str, type[Any]] = {"host": HostConfig, "slots": SlotsConfig, "retention": RetentionConfig}
 
+# Ids no slot may ever get: below 1000 is the system's, 65534/65535 are nobody and the 16-bit
+# -1, and from 2^31 on tools that keep ids in a signed int break.
+ID_FLOOR = 1000
+ID_CEILING = (1 << 31) - 1
+_RESERVED_IDS = frozenset({65534, 65535})
+
+
+def check_id_range(slots: SlotsConfig) -> None:
+    """Refuse a slot id range that is empty, reaches system or reserved ids, or is too high.
+
+    >>> check_id_range(SlotsConfig(uid_min=70000, uid_max=60000))
+    Traceback (most recent call last):
+    ...
+    provisioner.errors.ConfigError: slots.uid_max: must be above slots.uid_min (70000)
+    """
+    if slots.uid_min < ID_FLOOR:
+        raise ConfigError(f"slots.uid_min: must be at least {ID_FLOOR} (below are system accounts)")
+    if slots.uid_max <= slots.uid_min:
+        raise ConfigError(f"slots.uid_max: must be above slots.uid_min ({slots.uid_min})")
+    if slots.uid_max > ID_CEILING:
+        raise ConfigError(f"slots.uid_max: must be at most {ID_CEILING}")
+    inside = sorted(i for i in _RESERVED_IDS if slots.uid_min <= i <= slots.uid_max)
+    if inside:
+        raise ConfigError(f"slots.uid_min: the range {slots.uid_min}-{slots.uid_max} holds reserved id {inside[0]}")
+
 
 def load_config_text(text: str, path: Path | None = None) -> Config:
     """Parse and validate a TOML document."""
@@ -210,6 +242,7 @@ def load_config_text(text: str, path: Path | None = None) -> Config:
     host: HostConfig = kwargs.get("host", HostConfig())
     if host.quota_backend not in {"auto", "btrfs", "usrquota", "none"}:
         raise ConfigError("host.quota_backend: expected auto, btrfs, usrquota or none")
+    check_id_range(kwargs.get("slots", SlotsConfig()))
     return Config(extra=extra, **kwargs)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from provisioner import accounts
 from provisioner.context import Context
-from provisioner.errors import SlotError
+from provisioner.errors import ConfigError, SlotError
+from provisioner.store import SlotRecord
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,49 @@ def find_drift(ctx: Context) -> list[Drift]:
         if (pw.pw_gecos == accounts.SLOT_COMMENT and pw.pw_name not in records
                 and Path(pw.pw_dir).parent == root):
             found.append(Drift(pw.pw_name, "Linux slot user with no store row"))
+    found += id_drift(ctx, records)
     if root.is_dir():
         for entry in os.scandir(root):
             if entry.name.startswith("."):
                 continue
             if entry.is_dir(follow_symlinks=False) and entry.name not in records:
                 found.append(Drift(str(root / entry.name), "directory in the slots root with no slot"))
+    return found
+
+
+def id_drift(ctx: Context, records: dict[str, SlotRecord]) -> list[Drift]:
+    """Slot ids that break the never-twice rule or the slot range.
+
+    A slot whose uid the id record does not hold for it, a retired id some account holds, a
+    slot user with subordinate ids, and a configured range that overlaps login.defs' ranges.
+    """
+    found: list[Drift] = []
+    slots_cfg = ctx.config.slots
+    try:
+        accounts.check_slot_range(slots_cfg.uid_min, slots_cfg.uid_max)
+    except ConfigError as exc:
+        found.append(Drift("config", str(exc)))
+    ids = {r["id"]: r for r in ctx.store.slot_ids()}
+    for name in records:
+        acct = accounts.lookup_user(name)
+        if acct is None:
+            continue
+        row = ids.get(acct.uid)
+        if row is None or row["username"] != name or row["retired_at"] is not None:
+            found.append(Drift(name, f"uid {acct.uid} is not recorded as this slot's in the slot id record"))
+        elif not slots_cfg.uid_min <= acct.uid <= slots_cfg.uid_max:
+            found.append(Drift(name, f"uid {acct.uid} is outside slots.uid_min..uid_max"))
+    root = ctx.settings.slots_root
+    for pw in pwd.getpwall():
+        row = ids.get(pw.pw_uid)
+        other_store = pw.pw_gecos == accounts.SLOT_COMMENT and Path(pw.pw_dir).parent != root
+        if row is not None and row["retired_at"] is not None and not other_store:
+            found.append(Drift(pw.pw_name, f"holds uid {pw.pw_uid}, retired from slot {row['username']!r}"))
+    for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+        try:
+            owners = {line.split(":", 1)[0] for line in path.read_text().splitlines() if line}
+        except OSError:
+            continue
+        for name in sorted(owners & set(records)):
+            found.append(Drift(name, f"slot user has subordinate ids in {path}"))
     return found

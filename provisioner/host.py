@@ -68,6 +68,60 @@ def _fstab_set(mountpoint: str, line: str) -> None:
     os.replace(tmp, FSTAB)
 
 
+# A setuid file in a home (a tenant's own, offered to another tenant) never elevates, and no
+# device node made there opens a device.
+SLOTS_MOUNT_OPTIONS = "nosuid,nodev"
+
+
+def _fstab_line(mountpoint: str) -> str | None:
+    try:
+        for line in FSTAB.read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#") and line.split()[1:2] == [mountpoint]:
+                return line
+    except OSError:
+        pass
+    return None
+
+
+def _mount_option_steps(root: Path, persist: bool) -> list[Step]:
+    """Remount the slots root nosuid,nodev when it is a mount point of its own without them.
+
+    With PERSIST, its fstab line (whoever wrote it) gets the two options too. A slots root on a
+    filesystem shared with the system (``/home`` on ``/``) is left as it is: remounting ``/``
+    nosuid would break the system's own setuid programs.
+    """
+    if not root.exists():
+        return []  # mounted by the steps above, with the options
+    steps: list[Step] = []
+    mnt, _fs, opts = mount_of(root)
+    if mnt != str(root):
+        return []
+    if not {"nosuid", "nodev"} <= opts:
+        steps.append(Step("mount-options", f"remount {root} {SLOTS_MOUNT_OPTIONS}",
+                          lambda: run(["mount", "-o", f"remount,{SLOTS_MOUNT_OPTIONS}", str(root)])))
+    line = _fstab_line(str(root))
+    fields = line.split() if line else []
+    if persist and len(fields) >= 4 and not {"nosuid", "nodev"} <= set(fields[3].split(",")):
+        extra = [o for o in SLOTS_MOUNT_OPTIONS.split(",") if o not in fields[3].split(",")]
+        fields[3] = ",".join([o for o in fields[3].split(",") if o not in {"suid", "dev"}] + extra)
+        new_line = " ".join(fields)
+        steps.append(Step("fstab-options", f"add {SLOTS_MOUNT_OPTIONS} to {root}'s line in {FSTAB}",
+                          lambda: _fstab_replace(str(root), new_line)))
+    return steps
+
+
+def _fstab_replace(mountpoint: str, line: str) -> None:
+    """Replace the (first) fstab line for MOUNTPOINT by LINE."""
+    lines = FSTAB.read_text().splitlines()
+    for i, ln in enumerate(lines):
+        if ln.strip() and not ln.lstrip().startswith("#") and ln.split()[1:2] == [mountpoint]:
+            lines[i] = line
+            break
+    tmp = FSTAB.with_suffix(".slotwarden.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, FSTAB)
+
+
 def parse_host_request(
     ctx: Context,
     slots_root: str | None,
@@ -135,13 +189,17 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
         if mnt != str(root):
             def mount() -> None:
                 root.mkdir(parents=True, exist_ok=True)
-                run(["mount", "-o", "loop", str(image), str(root)])
+                run(["mount", "-o", f"loop,{SLOTS_MOUNT_OPTIONS}", str(image), str(root)])
 
-            steps.append(Step("mount", f"mount {image} on {root}", mount,
+            steps.append(Step("mount", f"mount {image} on {root} ({SLOTS_MOUNT_OPTIONS})", mount,
                               lambda: run(["umount", str(root)], check=False)))
-        if req.persist and not _fstab_has(str(root)):
-            line = f"{image} {root} btrfs loop,nofail 0 0 # slotwarden"
+        line = f"{image} {root} btrfs loop,nofail,{SLOTS_MOUNT_OPTIONS} 0 0 # slotwarden"
+        existing = _fstab_line(str(root))
+        if req.persist and existing is None:
             steps.append(Step("fstab", f"add {root} to {FSTAB}", lambda: _fstab_set(str(root), line)))
+        elif req.persist and existing != line and existing is not None and "slotwarden" in existing:
+            steps.append(Step("fstab", f"set {root}'s line in {FSTAB} ({SLOTS_MOUNT_OPTIONS})",
+                              lambda: _fstab_set(str(root), line)))
 
     exists = root.is_dir()
     if not exists or (root.stat().st_mode & 0o777) != 0o711:
@@ -151,6 +209,8 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
 
         steps.append(Step("slots-root", f"{root}: directory, mode 0711 (tenants cannot list it)", make_root))
 
+    # The loopback branch above writes its own fstab line with the options.
+    steps += _mount_option_steps(root, req.persist and req.loopback_image is None)
     will_be_btrfs = req.loopback_image is not None
     backend = req.quota_backend
     if backend == "auto":

@@ -35,7 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -602,6 +602,36 @@ def terminate(ctx: Context, username: str, *, keep_data: bool = False, dry_run: 
         if not dry_run:
             drop_lock_file(ctx, username)
     return plan
+
+
+def terminate_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
+                   batch_size: int = 200) -> list[slots.Removed | SlotError]:
+    """Remove many slots (``slot remove-many``), each under its lock; one result per name.
+
+    The locks of a chunk of BATCH_SIZE are taken in name order (no deadlock with another
+    batch), then :func:`provisioner.slots.remove_many` removes the chunk.
+    """
+    results: list[slots.Removed | SlotError] = []
+    for start in range(0, len(usernames), batch_size):
+        names = usernames[start:start + batch_size]
+        with ExitStack() as stack:
+            lockable = set()
+            for name in names:
+                try:
+                    check_name_shape(name)
+                except SlotError:
+                    continue
+                if ctx.store.get_slot(name) is not None:
+                    lockable.add(name)
+            for name in sorted(lockable):
+                stack.enter_context(slot_lock(ctx, name))
+            outs = slots.remove_many(ctx, names, keep_data=keep_data, batch_size=max(len(names), 1),
+                                     fresh_walk=start == 0)  # one walk of the filesystems per call
+            for name, out in zip(names, outs, strict=True):
+                if isinstance(out, slots.Removed):
+                    _drop_lock_file(ctx, name)
+        results.extend(outs)
+    return results
 
 
 def change_password(ctx: Context, username: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from provisioner.errors import SlotError, StepFailed
 
@@ -39,6 +40,8 @@ class Plan:
 
     title: str
     steps: list[Step]
+    # What the steps found out while applied (e.g. what a removal swept), for the caller's report.
+    results: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def describe(self) -> list[dict[str, str]]:
         return [{"step": s.name, "detail": s.detail} for s in self.steps]

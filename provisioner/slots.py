@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provisioner import accounts
+from provisioner import accountfiles, accounts, sweep
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.names import (
@@ -159,11 +159,13 @@ def plan_create_slot(
     skeleton: Path,
     password: str,
     extensions: list[Step] | None = None,
+    id_range: tuple[int, int] = (65536, 99999),
 ) -> Plan:
     """The steps that turn REQ into a slot, given FACTS. Raises SlotError when it must not run.
 
     A fresh name gets every step; a name whose create was interrupted (store row ``creating``)
-    gets only the steps whose result is missing.
+    gets only the steps whose result is missing. The UID (and the private group's GID, the
+    same number) comes from ID_RANGE through the store, above every id ever handed out.
     """
     name = req.username
     home = slots_root / name
@@ -192,9 +194,22 @@ def plan_create_slot(
         steps.append(Step("reserve", f"record slot {name} as being created", reserve,
                           lambda: store.delete_slot(name)))
     if facts.account is None:
+        lowest, highest = id_range
+        allocated: dict[str, int] = {}
+
+        def allocate() -> None:
+            allocated.update(store.allocate_ids([name], lowest, highest, accounts.id_taken()))
+            store.update_slot(name, uid=allocated[name])
+
+        steps.append(Step("uid", f"allocate {name} a never-used id from {lowest}-{highest}", allocate,
+                          lambda: store.retire_ids([name])))
+        def make_user() -> None:
+            with accounts.host_id_lock():
+                allocated.update(_still_free(store, [name], dict(allocated), id_range))
+                accounts.add_user(name, home, shell, allocated[name])
+
         steps.append(Step("user", f"useradd {name} (private group, shell {shell}, home {home})",
-                          lambda: accounts.add_user(name, home, shell),
-                          lambda: accounts.delete_user(name)))
+                          make_user, lambda: accounts.delete_user(name)))
     if not facts.home_exists:
         steps.append(Step("home", f"create home {home} ({quota.name})",
                           lambda: quota.make_home(home), lambda: quota.remove_home(home)))
@@ -228,6 +243,28 @@ def plan_create_slot(
     return Plan(f"create slot {name}" + (" (resume)" if resume else ""), steps)
 
 
+def _still_free(store: Store, names: list[str], ids: dict[str, int], id_range: tuple[int, int]) -> dict[str, int]:
+    """IDS, with every id that something outside the store took meanwhile replaced by a fresh one.
+
+    Called under :func:`accounts.host_id_lock`, right before the accounts are made. A replaced
+    id is burnt (retired unused); the slot row gets the new one.
+    """
+    out = dict(ids)
+    for name in names:
+        while not accounts.id_free_for(out[name], name):
+            store.burn_id(out[name])
+            out[name] = store.allocate_ids([name], id_range[0], id_range[1], accounts.id_taken())[name]
+            store.update_slot(name, uid=out[name])
+    return out
+
+
+def slot_id_range(ctx: Context) -> tuple[int, int]:
+    """The configured slot id range, checked against the ranges shadow-utils allocates from."""
+    lowest, highest = ctx.config.slots.uid_min, ctx.config.slots.uid_max
+    accounts.check_slot_range(lowest, highest)
+    return lowest, highest
+
+
 def create_slot(
     ctx: Context,
     username: str,
@@ -251,10 +288,11 @@ def create_slot(
     if facts.account is not None and facts.account.uid < facts.uid_min:
         raise BadInput(f"username {req.username!r} is reserved (system account)")
     password = accounts.generate_password(ctx.config.slots.password_length)
+    id_range = slot_id_range(ctx)
     plan = plan_create_slot(
         req, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
         shell=ctx.config.slots.shell, skeleton=ctx.config.slots.skeleton, password=password,
-        extensions=[s for ext in CREATION_EXTENSIONS for s in ext(ctx, req)],
+        extensions=[s for ext in CREATION_EXTENSIONS for s in ext(ctx, req)], id_range=id_range,
     )
     if dry_run:
         return plan
@@ -273,6 +311,7 @@ def plan_create_batch(
     shell: str,
     skeleton: Path,
     passwords: dict[str, str],
+    id_range: tuple[int, int] = (65536, 99999),
 ) -> Plan:
     """The steps that create many fresh slots at once (every name checked fresh by the caller).
 
@@ -306,9 +345,25 @@ def plan_create_batch(
         for n in names:
             quota.remove_home(homes[n])
 
+    allocated: dict[str, int] = {}
+
+    def allocate() -> None:
+        allocated.update(store.allocate_ids(names, id_range[0], id_range[1], accounts.id_taken()))
+        with store.transaction():
+            for n in names:
+                store.update_slot(n, uid=allocated[n])
+
     def users() -> None:
-        lines = "".join(f"{n}:{passwords[n]}:::{accounts.SLOT_COMMENT}:{homes[n]}:{shell}\n" for n in names)
-        run(["newusers"], stdin=lines)
+        # An explicit uid and gid (the same number) per line: newusers creates the private group
+        # with that gid. It also hands each user a subordinate range, which we take back at once.
+        with accounts.host_id_lock():
+            allocated.update(_still_free(store, names, dict(allocated), id_range))
+            lines = "".join(f"{n}:{passwords[n]}:{allocated[n]}:{allocated[n]}:{accounts.SLOT_COMMENT}:"
+                            f"{homes[n]}:{shell}\n" for n in names)
+            try:
+                run(["newusers"], stdin=lines)
+            finally:
+                accountfiles.drop_subordinate_ids(names)
 
     def delete_users() -> None:
         for n in names:
@@ -340,6 +395,8 @@ def plan_create_batch(
     steps = [
         Step("reserve", f"record {len(names)} slots as being created", reserve, unreserve),
         Step("home", f"create {len(names)} homes under {slots_root} ({quota.name})", make_homes, remove_homes),
+        Step("uid", f"allocate {len(names)} never-used ids from {id_range[0]}-{id_range[1]}", allocate,
+             lambda: store.retire_ids(names)),
         Step("user", f"newusers: {len(names)} users with private groups, passwords on stdin", users,
              delete_users),
         Step("skeleton", f"copy {skeleton} into each home, owner the slot, mode 0700", skeletons),
@@ -369,6 +426,7 @@ def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> li
     fails itself. Rows that resume an interrupted create go through :func:`create_slot`.
     """
     _load_extensions()
+    id_range = slot_id_range(ctx)
     results: list[Created | SlotError | None] = [None] * len(rows)
     fresh: list[tuple[int, SlotRequest]] = []
     single: list[int] = []
@@ -396,6 +454,7 @@ def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> li
         plan = plan_create_batch(
             [req for _, req in chunk], slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
             shell=ctx.config.slots.shell, skeleton=ctx.config.slots.skeleton, passwords=passwords,
+            id_range=id_range,
         )
         try:
             apply(plan)
@@ -434,8 +493,13 @@ def plan_remove_slot(
     keep_data: bool,
     extensions: list[Step],
     kept_dir: Path,
+    sweep_scope: sweep.SweepScope | None = None,
 ) -> Plan:
-    """The steps that remove slot USERNAME without trace (the audit entries stay)."""
+    """The steps that remove slot USERNAME without trace (the audit entries stay).
+
+    SWEEP_SCOPE says where the sweep looks (default: everything local but SLOTS_ROOT).
+    """
+    scope = sweep_scope or sweep.SweepScope((slots_root,))
     if not username:
         raise BadInput("username is empty")
     rec = facts.record
@@ -445,6 +509,7 @@ def plan_remove_slot(
     if home.parent != slots_root:
         raise SlotError(f"slot {username!r} has home {home} outside {slots_root}; refusing")
     actor = current_actor()
+    results: dict[str, Any] = {}
     steps: list[Step] = [
         Step("mark", f"mark slot {username} as being removed",
              lambda: store.update_slot(username, state="removing")),
@@ -454,28 +519,41 @@ def plan_remove_slot(
         uid = acct.uid
         if uid < facts.uid_min:
             raise SlotError(f"{username!r} has system uid {uid}; refusing")
+        # Locked first: from here on no login of any kind can start a process that the next
+        # step would have to catch, or that could race the steps after it.
+        steps.append(Step("lock", f"lock and expire the account {username}",
+                          lambda: accounts.lock_and_expire(username)))
 
         def stop() -> None:
             accounts.stop_processes(uid)
 
-        steps.append(Step("processes", f"stop every process of {username} (uid {uid})", stop))
+        steps.append(Step("processes", f"stop every process of {username} (uid {uid}) until none is left", stop))
     steps.extend(extensions)
+    swept_uid = acct.uid if acct is not None else rec.uid
+    if swept_uid is not None and swept_uid >= facts.uid_min:
+        sweep_uid = swept_uid
+
+        def sweep_step() -> None:
+            # Again: a supervisor may have restarted an app as the slot between the first kill
+            # and the apps' removal step (it needs no login, so the lock does not stop it).
+            accounts.stop_processes(sweep_uid)
+            found = sweep.sweep({sweep_uid: username}, scope)
+            results["sweep"] = found[sweep_uid].as_dict()
+
+        steps.append(Step("sweep", f"remove what uid {sweep_uid} owns outside {home}: tmp dirs, spools, "
+                                   "SysV IPC, message queues, systemd user state", sweep_step))
     if facts.home_exists:
         steps.append(Step("quota", f"lift the quota on {home}", lambda: quota.clear_limit(username, home)))
         if keep_data:
-            dest = kept_dir / f"{username}-{time.strftime('%Y%m%dT%H%M%S')}"
+            dest = kept_dir / f"{username}-{time.strftime('%Y%m%dT%H%M%S')}-{swept_uid}"
 
             def keep() -> None:
-                kept_dir.mkdir(mode=0o700, exist_ok=True)
-                os.rename(home, dest)
-                for root, dirs, files in os.walk(dest):
-                    for n in dirs + files:
-                        os.lchown(os.path.join(root, n), 0, 0)
-                os.chown(dest, 0, 0)
-                os.chmod(dest, 0o700)
+                keep_home(home, kept_dir, dest)
                 store.add_kept_home(str(dest), username)
+                results["kept"] = str(dest)
 
-            steps.append(Step("keep-data", f"move {home} to {dest}, owned by root", keep))
+            steps.append(Step("keep-data", f"move {home} to {dest} (one rename into a root-only directory)",
+                              keep))
         else:
             steps.append(Step("home", f"remove home {home} ({quota.name})", lambda: quota.remove_home(home)))
     if acct is not None or facts.group_exists:
@@ -484,10 +562,52 @@ def plan_remove_slot(
     def forget() -> None:
         with store.transaction():
             store.delete_slot(username)
-            store.audit(actor, "slot.remove", username, {"keep_data": keep_data})
+            store.retire_ids([username])
+            if swept_uid is not None:
+                store.retire_id(swept_uid, username)
+            store.audit(actor, "slot.remove", username, {"keep_data": keep_data, **removal_audit(results)})
 
     steps.append(Step("forget", f"delete the store rows of {username} (audit kept)", forget))
-    return Plan(f"remove slot {username}", steps)
+    return Plan(f"remove slot {username}", steps, results)
+
+
+def removal_audit(results: dict[str, Any]) -> dict[str, Any]:
+    """The audit detail of what a removal swept: counts, and the first paths removed."""
+    found = results.get("sweep")
+    if not found:
+        return {}
+    return {"swept": {"paths": found["paths"][:20], "removed_paths": found["removed_paths"],
+                      "ipc": found["ipc"], "mqueues": found["mqueues"], "systemd": found["systemd"]}}
+
+
+def keep_home(home: Path, kept_dir: Path, dest: Path) -> None:
+    """Move HOME to DEST inside KEPT_DIR with one rename; nothing inside it is touched.
+
+    KEPT_DIR is root's, mode 0700, so nobody but root reaches the kept tree; the files keep
+    their owner, the slot's retired UID, which no account ever gets again, so no chown has to
+    walk a tree a tenant shaped (with symlinks swapped in while it runs). Only DEST itself is
+    made root's and 0700, through a descriptor opened without following links.
+    """
+    kept_dir.mkdir(mode=0o700, exist_ok=True)
+    kfd = os.open(kept_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(kfd, 0, 0)
+        os.fchmod(kfd, 0o700)
+        os.rename(home, dest)
+        dfd = os.open(dest.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=kfd)
+        try:
+            os.fchown(dfd, 0, 0)
+            os.fchmod(dfd, 0o700)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(kfd)
+
+
+def sweep_scope(ctx: Context, max_age: float) -> sweep.SweepScope:
+    """Where removals on this host sweep: all but the slots root; places cached in the state dir."""
+    return sweep.SweepScope((ctx.settings.slots_root,), (ctx.config.slots.uid_min, ctx.config.slots.uid_max),
+                            ctx.config.state_dir / "sweep-places.json", max_age)
 
 
 def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:
@@ -503,10 +623,141 @@ def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run
     plan = plan_remove_slot(
         username, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
         keep_data=keep_data, extensions=extensions, kept_dir=ctx.settings.slots_root / ".kept",
+        sweep_scope=sweep_scope(ctx, sweep.PLACES_MAX_AGE),
     )
     if not dry_run:
         apply(plan)
     return plan
+
+
+@dataclass(frozen=True)
+class Removed:
+    """The outcome of one removal in a batch: what was swept, where the home was kept."""
+
+    username: str
+    uid: int | None
+    sweep: dict[str, Any] | None
+    kept: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"username": self.username, "uid": self.uid, "sweep": self.sweep, "kept": self.kept}
+
+
+def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
+                batch_size: int = 200, fresh_walk: bool = True) -> list[Removed | SlotError]:
+    """Remove many slots; one result per name, in order. A failing name never stops the rest.
+
+    Every slot gets what :func:`remove_slot` does (locked and expired first, every process
+    stopped, its removal extensions, the sweep, home and quota, account, store rows, audit),
+    but each expensive part once per chunk of BATCH_SIZE: one rewrite of the account files to
+    lock them and one to delete them, one /proc scan a round for all their processes, one
+    filesystem walk for the sweep (for the first chunk, unless FRESH_WALK is false; later
+    chunks reuse it), one btrfs commit for all the homes. The caller holds the slots' locks
+    (:func:`provisioner.lifecycle.terminate_many`).
+    """
+    _load_extensions()
+    results: list[Removed | SlotError | None] = [None] * len(usernames)
+    seen: set[str] = set()
+    todo: list[tuple[int, SlotFacts]] = []
+    root = ctx.settings.slots_root
+    for i, name in enumerate(usernames):
+        if not isinstance(name, str) or not name or "/" in name or "\x00" in name or name in {".", ".."}:
+            results[i] = BadInput(f"username {name!r} is invalid")
+            continue
+        if name in seen:
+            results[i] = BadInput(f"{name!r} is named twice")
+            continue
+        seen.add(name)
+        facts = SlotFacts.gather(ctx, name)
+        rec = facts.record
+        if rec is None:
+            results[i] = SlotError(f"no slot named {name!r}")
+        elif Path(rec.home).parent != root:
+            results[i] = SlotError(f"slot {name!r} has home {rec.home} outside {root}; refusing")
+        elif facts.account is not None and facts.account.uid < facts.uid_min:
+            results[i] = SlotError(f"{name!r} has system uid {facts.account.uid}; refusing")
+        else:
+            todo.append((i, facts))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        try:
+            walk_age = 0.0 if fresh_walk and start == 0 else sweep.PLACES_MAX_AGE
+            for i, out in _remove_chunk(ctx, chunk, keep_data, walk_age).items():
+                results[i] = out
+        except SlotError as exc:  # a batch-wide step failed: every row not yet done says why
+            for i, _facts in chunk:
+                if results[i] is None:
+                    results[i] = SlotError(f"batch removal failed: {exc}")
+    return [r if r is not None else SlotError("not processed") for r in results]
+
+
+def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: bool,
+                  walk_age: float) -> dict[int, Removed | SlotError]:
+    """Remove the slots of CHUNK (index, facts); see :func:`remove_many`."""
+    store, quota, root = ctx.store, ctx.quota, ctx.settings.slots_root
+    actor = current_actor()
+    out: dict[int, Removed | SlotError] = {}
+    live = dict(chunk)
+    name_of = {i: f.record.username for i, f in chunk if f.record is not None}
+    with store.transaction():
+        for i in live:
+            store.update_slot(name_of[i], state="removing")
+    accountfiles.lock_and_expire([name_of[i] for i, f in live.items() if f.account is not None])
+    uid_of = {i: (f.account.uid if f.account is not None else f.record.uid if f.record else None)
+              for i, f in live.items()}
+    survivors = accounts.stop_processes_of({f.account.uid for f in live.values() if f.account is not None})
+    for i in list(live):
+        if uid_of[i] in survivors:
+            out[i] = SlotError(f"step 'processes' failed: processes of uid {uid_of[i]} survive SIGKILL")
+            del live[i]
+    for i in list(live):
+        rec = live[i].record
+        assert rec is not None
+        ext = [s for e in REMOVAL_EXTENSIONS for s in e(ctx, rec)]
+        try:
+            if ext:
+                apply(Plan(f"remove slot {rec.username}: extensions", ext))
+        except SlotError as exc:
+            out[i] = exc
+            del live[i]
+    to_sweep = {u: name_of[i] for i in live if (u := uid_of[i]) is not None and u >= live[i].uid_min}
+    accounts.stop_processes_of(set(to_sweep))  # an app a supervisor restarted meanwhile (see remove_slot)
+    swept = sweep.sweep(to_sweep, sweep_scope(ctx, walk_age))
+    kept: dict[int, str] = {}
+    homes = {i: Path(f.record.home) for i, f in live.items() if f.record is not None and f.home_exists}
+    if keep_data:
+        for i, home in homes.items():
+            dest = root / ".kept" / f"{name_of[i]}-{time.strftime('%Y%m%dT%H%M%S')}-{uid_of[i]}"
+            try:
+                quota.clear_limit(name_of[i], home)
+                keep_home(home, root / ".kept", dest)
+                store.add_kept_home(str(dest), name_of[i])
+                kept[i] = str(dest)
+            except (SlotError, OSError) as exc:
+                out[i] = SlotError(f"step 'keep-data' failed: {exc}")
+                del live[i]
+    else:
+        many = getattr(quota, "remove_homes", None)
+        if many is not None:  # the backend removes the limit with the home (btrfs: the qgroup)
+            many(list(homes.values()))
+        else:
+            for i, home in homes.items():
+                quota.clear_limit(name_of[i], home)
+                quota.remove_home(home)
+    accountfiles.remove_accounts([name_of[i] for i, f in live.items() if f.account is not None or f.group_exists])
+    with store.transaction():
+        for i in live:
+            name = name_of[i]
+            uid = uid_of[i]
+            found = swept.get(uid) if uid is not None else None
+            result = {"sweep": found.as_dict()} if found else {}
+            store.delete_slot(name)
+            store.retire_ids([name])
+            if uid is not None:
+                store.retire_id(uid, name)
+            store.audit(actor, "slot.remove", name, {"keep_data": keep_data, "batch": True, **removal_audit(result)})
+            out[i] = Removed(name, uid_of[i], result.get("sweep"), kept.get(i))
+    return out
 
 
 def reset_password(ctx: Context, username: str) -> str:

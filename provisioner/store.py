@@ -1,8 +1,9 @@
 """The state store: SQLite in WAL mode under the state dir, root-only.
 
 Tables: ``slots`` (one row per slot, from the operator's data table), ``audit`` (append-only:
-who, what, when, on which slot — never a secret) and ``host_settings`` (what ``host init`` set
-up). Other modules add their own tables with :meth:`Store.ensure_schema`.
+who, what, when, on which slot — never a secret), ``host_settings`` (what ``host init`` set
+up) and ``slot_ids`` (every UID/GID ever handed to a slot, and when it was retired: kept
+forever, so an id never passes to a second tenant). Other modules add their own tables with :meth:`Store.ensure_schema`.
 
 >>> import tempfile, pathlib
 >>> s = Store(pathlib.Path(tempfile.mkdtemp()) / "t.db")
@@ -18,7 +19,7 @@ import os
 import pwd
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ CREATE TABLE IF NOT EXISTS host_settings (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS slot_ids (
+    id          INTEGER PRIMARY KEY,
+    username    TEXT NOT NULL,
+    allocated_at REAL NOT NULL,
+    retired_at  REAL
+);
+CREATE INDEX IF NOT EXISTS slot_ids_username ON slot_ids(username);
 CREATE TABLE IF NOT EXISTS kept_homes (
     path      TEXT PRIMARY KEY,
     username  TEXT NOT NULL,
@@ -187,6 +195,93 @@ class Store:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 list(values.items()),
             )
+
+    # --- slot ids ---------------------------------------------------------------------------
+
+    @property
+    def high_water_path(self) -> Path:
+        """A file beside the database holding the highest id ever handed out.
+
+        Kept outside the database so that restoring an older store cannot bring back ids
+        handed out (and retired) after the backup was taken.
+        """
+        return self.path.with_name(self.path.name + ".ids-high-water")
+
+    def _high_water(self) -> int:
+        try:
+            text = self.high_water_path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        if not text.isdigit():
+            raise SlotError(f"{self.high_water_path} is corrupt ({text[:20]!r}); refusing to hand out ids")
+        return int(text)
+
+    def _set_high_water(self, value: int) -> None:
+        tmp = self.high_water_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, f"{value}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.high_water_path)
+
+    def allocate_ids(self, usernames: list[str], lowest: int, highest: int,
+                     taken: Callable[[int], bool]) -> dict[str, int]:
+        """One id per name from LOWEST..HIGHEST, each above every id ever handed out.
+
+        A name that still holds a live (unretired) id keeps it: that is a re-run of a half-made
+        create. Ids for which TAKEN is true (in passwd, group or a subordinate range) are skipped
+        and burnt. Raises SlotError when the range is used up.
+        """
+        out: dict[str, int] = {}
+        with self.transaction() as db:
+            top = db.execute("SELECT MAX(id) FROM slot_ids").fetchone()[0] or 0
+            nxt = max(lowest, top + 1, self._high_water() + 1)
+            for name in usernames:
+                row = db.execute("SELECT id FROM slot_ids WHERE username = ? AND retired_at IS NULL",
+                                 (name,)).fetchone()
+                if row is not None:
+                    out[name] = int(row["id"])
+                    continue
+                while nxt <= highest and taken(nxt):
+                    nxt += 1
+                if nxt > highest:
+                    raise SlotError(f"the slot id range {lowest}-{highest} is used up "
+                                    "(slots.uid_min/uid_max): ids are never handed out twice")
+                db.execute("INSERT INTO slot_ids (id, username, allocated_at) VALUES (?, ?, ?)",
+                           (nxt, name, time.time()))
+                out[name] = nxt
+                nxt += 1
+            if out:
+                self._set_high_water(max(self._high_water(), *out.values()))
+        return out
+
+    def retire_ids(self, usernames: list[str]) -> None:
+        """Mark the live ids of USERNAMES retired (they are never handed out again)."""
+        now = time.time()
+        self.db.executemany("UPDATE slot_ids SET retired_at = ? WHERE username = ? AND retired_at IS NULL",
+                            [(now, n) for n in usernames])
+
+    def burn_id(self, uid: int) -> None:
+        """Retire UID before use: something outside the store took it meanwhile."""
+        self.db.execute("UPDATE slot_ids SET retired_at = ? WHERE id = ? AND retired_at IS NULL", (time.time(), uid))
+
+    def retire_id(self, uid: int, username: str) -> None:
+        """Record UID as USERNAME's and retired, also when it was never allocated here.
+
+        A slot made before ids came from the range (its uid from useradd) is removed like any
+        other; its uid goes into the record, so the record holds every slot uid ever retired.
+        """
+        now = time.time()
+        self.db.execute("INSERT OR IGNORE INTO slot_ids (id, username, allocated_at, retired_at) VALUES (?, ?, ?, ?)",
+                        (uid, username, now, now))
+        self.db.execute("UPDATE slot_ids SET retired_at = ? WHERE id = ? AND username = ? AND retired_at IS NULL",
+                        (now, uid, username))
+
+    def slot_ids(self) -> list[dict[str, Any]]:
+        """Every id ever handed to a slot: id, username, allocated_at, retired_at (None: live)."""
+        return [dict(r) for r in self.db.execute("SELECT * FROM slot_ids ORDER BY id")]
 
     # --- homes kept with --keep-data -------------------------------------------------------
 

@@ -6,6 +6,6 @@ dev=${SLOT_DEVICE:-/dev/vdb}
 root=${SLOTS_ROOT:-/srv/slots}
 blkid "$dev" >/dev/null 2>&1 || mkfs.ext4 -q -L slots "$dev"
 mkdir -p "$root"
-grep -q "^LABEL=slots " /etc/fstab || echo "LABEL=slots $root ext4 defaults,usrquota 0 2" >> /etc/fstab
+grep -q "^LABEL=slots " /etc/fstab || echo "LABEL=slots $root ext4 defaults,usrquota,nosuid,nodev 0 2" >> /etc/fstab
 mountpoint -q "$root" || mount "$root"
 findmnt -no SOURCE,FSTYPE,OPTIONS "$root"

@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from provisioner import lifecycle
 from provisioner import slots as slot_ops
@@ -137,8 +140,20 @@ def remove(username: str, keep_data: bool, dry_run: bool) -> None:
     if dry_run:
         _plan_out(plan, True)
     else:
-        emit({"removed": username, "keep_data": keep_data, "steps": plan.describe()},
-             lambda c: c.print(f"slot {username} removed"))
+        emit({"removed": username, "keep_data": keep_data, "steps": plan.describe(), **plan.results},
+             lambda c: _removed_out(c, username, plan.results))
+
+
+def _removed_out(c: Console, username: str, results: dict[str, Any]) -> None:
+    c.print(f"slot {escape(username)} removed")
+    if "kept" in results:
+        c.print(f"home kept at {escape(results['kept'])} (root only)")
+    found = results.get("sweep")
+    if found and (found["removed_paths"] or found["ipc"] or found["mqueues"] or found["systemd"]):
+        c.print(f"swept {found['removed_paths']} paths outside the home, {len(found['ipc'])} IPC objects, "
+                f"{len(found['mqueues'])} message queues, systemd: {', '.join(found['systemd']) or 'nothing'}")
+        for p in found["paths"]:
+            c.print(Text(f"  {p}"))
 
 
 @slot.command("passwd")
@@ -150,6 +165,69 @@ def passwd(username: str) -> None:
     password = lifecycle.change_password(ctx, username)  # under the slot's lock, like the API
     emit({"username": username, "password": password},
          lambda c: c.print(f"new password for {username}: {password}\n(shown once, not stored)"))
+
+
+def _emit_batch(summary: dict[str, Any], render: Callable[[Console], None], failed: int, of: str) -> None:
+    """Print a batch's results; exit 1 (one line on stderr) if any row failed."""
+    emit(summary, render)
+    if failed:
+        if not wants_json():
+            click.echo(f"slotctl: error: {failed} of {of} failed", err=True)
+        sys.exit(1)
+
+
+def read_names(text: str) -> list[str]:
+    """The names of a remove-many file: one a line (blank lines and ``#`` comments skipped), or a
+    create-many CSV (its ``username`` column)."""
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    if "," in first and "username" in [f.strip() for f in first.split(",")]:
+        return [r["username"] for r in read_slots_csv(text)]
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+@slot.command("remove-many")
+@click.argument("names", nargs=-1, required=True, metavar="FILE|NAMES...")
+@click.option("--keep-data", is_flag=True, help="Keep each home, moved aside into the root-only .kept directory.")
+@json_option
+def remove_many(names: tuple[str, ...], keep_data: bool) -> None:
+    """Remove many slots: NAMES, or a FILE of names (one a line, or create-many's CSV).
+
+    Every slot gets the whole removal and its own result line; a failing one does not stop
+    the rest. Exit 1 if any failed.
+    """
+    if len(names) == 1 and Path(names[0]).is_file():
+        try:
+            wanted = read_names(Path(names[0]).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"{names[0]}: cannot read: {exc}") from None
+    else:
+        wanted = list(names)
+    if not wanted:
+        raise BadInput("no slot names given")
+    ctx = Context()
+    with err_console.status(f"removing {len(wanted)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
+        outcomes = lifecycle.terminate_many(ctx, wanted, keep_data=keep_data)
+    results: list[dict[str, Any]] = []
+    for name, out in zip(wanted, outcomes, strict=True):
+        if isinstance(out, slot_ops.Removed):
+            results.append({"ok": True, **out.as_dict()})
+        else:
+            results.append({"ok": False, "username": name, "error": str(out)})
+    failed = [r for r in results if not r["ok"]]
+    summary = {"removed": len(results) - len(failed), "failed": len(failed), "results": results}
+
+    def render(c: Console) -> None:
+        for r in results:
+            if r["ok"]:
+                swept = r["sweep"]["removed_paths"] if r["sweep"] else 0
+                c.print(Text(f"{r['username']}: removed (swept {swept} paths outside the home)"
+                             + (f", kept at {r['kept']}" if r["kept"] else "")))
+            else:
+                c.print(Text(f"{r['username']!r}: FAILED: {r['error']}"))
+        c.print(f"{summary['removed']} removed, {summary['failed']} failed")
+
+    _emit_batch(summary, render, len(failed), f"{len(wanted)} slots")
 
 
 CSV_FIELDS = ("username", "email", "country", "quota", "payment_ref")
@@ -207,11 +285,7 @@ def create_many(csv_file: Path) -> None:
                 c.print(f"line {r['line']}: {r['username']!r} FAILED: {r['error']}")
         c.print(f"{summary['created']} created, {summary['failed']} failed")
 
-    emit(summary, render)
-    if failed:
-        if not wants_json():
-            click.echo(f"slotctl: error: {len(failed)} of {len(rows)} rows failed", err=True)
-        sys.exit(1)
+    _emit_batch(summary, render, len(failed), f"{len(rows)} rows")
 
 
 @click.command("doctor")

@@ -51,6 +51,39 @@ class BtrfsQuota:
         run(["btrfs", "subvolume", "delete", "--commit-after", str(home)])
         self._destroy_qgroup(qgroup)
 
+    def remove_homes(self, homes: list[Path]) -> None:
+        """Remove many homes with one transaction commit (``slot remove-many``).
+
+        The subvolumes go in one ``btrfs subvolume delete --commit-after``; then the qgroups of
+        exactly those subvolumes that the kernel has not dropped by itself are destroyed. Any
+        home this cannot handle (not a subvolume of this mount, a delete refused) goes through
+        :meth:`remove_home`, one by one.
+        """
+        mnt = mount_of(self.slots_root)[0]
+        listed: dict[str, int] = {}
+        for line in run(["btrfs", "subvolume", "list", mnt]).stdout.splitlines():
+            m = re.match(r"ID (\d+) gen \d+ top level \d+ path (.+)$", line)
+            if m:
+                listed[m.group(2)] = int(m.group(1))
+        ids: dict[Path, int] = {}
+        for home in homes:
+            rel = str(home.relative_to(mnt)) if home.is_relative_to(mnt) else None
+            if rel is not None and rel in listed and home.is_dir() and not home.is_symlink():
+                ids[home] = listed[rel]
+        if ids:
+            done = run(["btrfs", "subvolume", "delete", "--commit-after", *map(str, ids)], check=False)
+            if done.returncode != 0:
+                ids = {h: i for h, i in ids.items() if not h.exists()}
+        for home in homes:
+            if home not in ids:
+                self.remove_home(home)
+        if not ids:
+            return
+        run(["btrfs", "subvolume", "sync", mnt, *map(str, ids.values())], check=False)
+        left = qgroup_ids(self.slots_root) & {f"0/{i}" for i in ids.values()}
+        for qgroup in sorted(left):
+            self._destroy_qgroup(qgroup)
+
     def _destroy_qgroup(self, qgroup: str) -> None:
         mnt = mount_of(self.slots_root)[0]
         if run(["btrfs", "qgroup", "destroy", qgroup, mnt], check=False).returncode == 0:

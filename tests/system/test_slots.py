@@ -24,7 +24,7 @@ from tests.system.conftest import REPO, SlotHost, as_user
 
 pytestmark = pytest.mark.root
 
-CREATE_STEPS = ["reserve", "user", "home", "skeleton", "quota", "password", "activate"]
+CREATE_STEPS = ["reserve", "uid", "user", "home", "skeleton", "quota", "password", "activate"]
 
 
 def shadow_hash(user: str) -> str:
@@ -250,13 +250,23 @@ def test_keep_data_moves_home_aside_owned_by_root(slot_host: SlotHost) -> None:
     name = slot_host.name()
     assert slot_host.slotctl("slot", "create", name, "--email", "k@example.com", "--country", "DE").returncode == 0
     assert as_user(name, "echo keep > $HOME/notes").returncode == 0
+    uid = pwd.getpwnam(name).pw_uid
     assert slot_host.slotctl("slot", "remove", name, "--keep-data").returncode == 0
     assert not exists_user(name) and not (slot_host.slots_root / name).exists()
     kept = [p for p in (slot_host.slots_root / ".kept").iterdir() if p.name.startswith(name + "-")]
     assert len(kept) == 1
     assert (kept[0] / "notes").read_text() == "keep\n"
-    assert all(os.lstat(p).st_uid == 0 for p in [kept[0], *kept[0].rglob("*")])
-    assert stat.S_IMODE(kept[0].stat().st_mode) == 0o700
+    # One rename, no chown walk: the top is root's and 0700 inside a root-only 0700 directory;
+    # the files keep the retired uid, which no account has or will ever get.
+    st_kept = os.lstat(slot_host.slots_root / ".kept")
+    assert (st_kept.st_uid, stat.S_IMODE(st_kept.st_mode)) == (0, 0o700)
+    assert os.lstat(kept[0]).st_uid == 0 and stat.S_IMODE(kept[0].stat().st_mode) == 0o700
+    assert os.lstat(kept[0] / "notes").st_uid == uid
+    ctx = slot_host.ctx()
+    assert [r["retired_at"] is not None for r in ctx.store.slot_ids() if r["id"] == uid] == [True]
+    ctx.close()
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
     ctx = slot_host.ctx()
     assert [k["username"] for k in ctx.store.kept_homes()].count(name) == 1
     ctx.quota.remove_home(kept[0])

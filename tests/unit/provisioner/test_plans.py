@@ -6,6 +6,7 @@ except in the undo tests where every step is a pure function.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,15 +41,15 @@ def record(state: str) -> SlotRecord:
 
 ACCOUNT = Account("alice", 1001, 1001, str(ROOT / "alice"), "/bin/bash", "slotwarden slot")
 SYSTEM = Account("alice", 5, 5, "/", "/usr/sbin/nologin", "")
-FULL_CREATE = ["reserve", "user", "home", "skeleton", "quota", "password", "activate"]
+FULL_CREATE = ["reserve", "uid", "user", "home", "skeleton", "quota", "password", "activate"]
 
 CREATE_CASES = [
     # id, facts (account, group, record, home), quota, backend, expected steps or exception
     ("fresh", (None, False, None, False), 1 << 30, "btrfs", FULL_CREATE),
     ("fresh-no-quota", (None, False, None, False), None, "none",
-     ["reserve", "user", "home", "skeleton", "password", "activate"]),
+     ["reserve", "uid", "user", "home", "skeleton", "password", "activate"]),
     ("resume-after-reserve", (None, False, record("creating"), False), 1 << 30, "btrfs",
-     ["user", "home", "skeleton", "quota", "password", "activate"]),
+     ["uid", "user", "home", "skeleton", "quota", "password", "activate"]),
     ("resume-after-user", (ACCOUNT, True, record("creating"), False), 1 << 30, "btrfs",
      ["home", "skeleton", "quota", "password", "activate"]),
     ("resume-after-home", (ACCOUNT, True, record("creating"), True), 1 << 30, "btrfs",
@@ -81,12 +82,14 @@ def test_plan_create(tmp_path: Path, case: str, facts: tuple, quota: int | None,
 
 REMOVE_CASES = [
     ("full", (ACCOUNT, True, record("active"), True), False,
-     ["mark", "processes", "quota", "home", "user", "forget"]),
+     ["mark", "lock", "processes", "sweep", "quota", "home", "user", "forget"]),
     ("keep-data", (ACCOUNT, True, record("active"), True), True,
-     ["mark", "processes", "quota", "keep-data", "user", "forget"]),
-    ("half-made-no-user", (None, False, record("creating"), False), False, ["mark", "forget"]),
+     ["mark", "lock", "processes", "sweep", "quota", "keep-data", "user", "forget"]),
+    # The account is gone but the store knows its uid: what that uid left is still swept.
+    ("half-made-no-user", (None, False, record("creating"), False), False, ["mark", "sweep", "forget"]),
+    ("half-made-no-uid", (None, False, replace(record("creating"), uid=None), False), False, ["mark", "forget"]),
     ("half-made-user-only", (ACCOUNT, True, record("creating"), False), False,
-     ["mark", "processes", "user", "forget"]),
+     ["mark", "lock", "processes", "sweep", "user", "forget"]),
     ("unknown", (None, False, None, False), False, SlotError),
     ("non-slot-account", (ACCOUNT, True, None, True), False, SlotError),
     ("system-uid", (SYSTEM, True, record("active"), True), False, SlotError),
