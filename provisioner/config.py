@@ -45,6 +45,8 @@ class SlotsConfig:
     skeleton: Path = Path("/etc/skel")
     shell: str = "/bin/bash"
     password_length: int = 22
+    # usrquota: one inode (file, directory, link) allowed per this many bytes of a slot's quota.
+    bytes_per_inode: int = 16384
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,16 @@ def parse_subvolume_list(text: str) -> dict[str, int]:
     return out
 
 
-def parse_qgroup_show(text: str) -> dict[int, Usage]:
-    """``btrfs qgroup show -re --raw`` output -> {subvolume id: Usage(referenced, max_rfer)}."""
+def parse_qgroup_show(text: str, level: int = 0) -> dict[int, Usage]:
+    """``btrfs qgroup show -re --raw`` output -> {id: Usage(referenced, max_rfer)} of LEVEL's qgroups.
+
+    A slot's cap is on its level-1 group ``1/<home id>`` (see :mod:`provisioner.quota.btrfs`).
+    """
     out = {}
+    prefix = f"{level}/"
     for line in text.splitlines():
         cols = line.split()
-        if len(cols) >= 4 and cols[0].startswith("0/") and cols[0][2:].isdigit() and cols[1].isdigit():
+        if len(cols) >= 4 and cols[0].startswith(prefix) and cols[0][2:].isdigit() and cols[1].isdigit():
             limit = None if cols[3] in ("none", "0") else int(cols[3]) if cols[3].isdigit() else None
             out[int(cols[0][2:])] = Usage(used_bytes=int(cols[1]), limit_bytes=limit)
     return out
@@ -59,12 +63,15 @@ def _btrfs(slots_root: Path, records: list[SlotRecord], fresh: bool) -> dict[str
         # file just written shows up.
         run(["btrfs", "filesystem", "sync", mnt], check=False)
     ids = parse_subvolume_list(run(["btrfs", "subvolume", "list", mnt]).stdout)
-    qgroups = parse_qgroup_show(run(["btrfs", "qgroup", "show", "-re", "--raw", mnt]).stdout)
+    shown = run(["btrfs", "qgroup", "show", "-re", "--raw", mnt]).stdout
+    qgroups, groups = parse_qgroup_show(shown), parse_qgroup_show(shown, level=1)
     out: dict[str, tuple[Usage | None, str]] = {}
     for rec in records:
         rel = str(Path(rec.home).relative_to(mnt)) if Path(rec.home).is_relative_to(mnt) else None
         sid = ids.get(rel) if rel else None
-        if sid is not None and sid in qgroups:
+        if sid is not None and sid in groups:
+            out[rec.username] = (groups[sid], f"btrfs qgroup 1/{sid}")
+        elif sid is not None and sid in qgroups:
             out[rec.username] = (qgroups[sid], f"btrfs qgroup 0/{sid}")
     return out
 

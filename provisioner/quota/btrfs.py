@@ -1,31 +1,68 @@
-"""btrfs backend: each home is a subvolume, capped by a qgroup limit on its referenced bytes.
+"""btrfs backend: each home is a subvolume in a level-1 qgroup of its own, which carries the limit.
 
-Removal deletes the subvolume *and* destroys its qgroup: btrfs keeps a stale qgroup after a
-subvolume is deleted, and a leftover limit must never follow a name or an id.
+A tenant can make subvolumes and snapshots in its home (the kernel allows it to anyone who
+may write the directory), and each gets a level-0 qgroup of its own. So the cap is not on
+the home's ``0/ID`` but on the slot's group ``1/ID`` (ID: the home's subvolume id), which the
+home joins when it is made, before the tenant owns it:
+
+- with **simple quotas** (kernel 6.7+, what ``enable`` turns on where the kernel has them), a
+  subvolume or snapshot made the ordinary way joins the groups of the subvolume it is made in:
+  ``btrfs subvolume create ~/s`` lands in ``1/ID`` and counts against the slot;
+- a tenant can still pass its own (empty) inherit list, and kernels without simple quotas
+  never inherit: :meth:`BtrfsQuota.enforce` finds every subvolume nested in a home that is not
+  in the home's group and puts it there (usage moves with it, so a slot over its cap is
+  stopped), and :meth:`BtrfsQuota.problems` (``doctor``) reports it meanwhile.
+
+Every decision rests on numbers read from the kernel's trees (:mod:`btrfs_tree`), never on
+subvolume paths, which the tenant names. Every command names exactly the qgroups of the slot
+at hand: nothing here runs ``qgroup clear-stale``, which drops *any* qgroup whose subvolume it
+does not see yet — another slot's, created a moment ago (the cause of "unable to limit
+requested quota group: No such file or directory" under concurrent creates and removals).
+
+Removal deletes the nested subvolumes deepest first, by id (no path inside the home is
+walked), then the home, waits for the kernel to drop exactly those, and destroys their
+qgroups and the slot's group: a leftover limit must never follow a name or an id.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
-from provisioner.errors import SlotError
+from provisioner.errors import CommandFailed, SlotError
 from provisioner.quota import Usage, mount_of
+from provisioner.quota.btrfs_tree import (
+    QuotaFacts,
+    enable_quota,
+    qgroup_name,
+    qgroupid,
+    quota_mode,
+    read_facts,
+    simple_quota_supported,
+)
 from provisioner.runner import run
 
 
 class BtrfsQuota:
-    """Subvolume-per-slot homes with qgroup limits."""
+    """Subvolume-per-slot homes, capped by a level-1 qgroup per slot."""
 
     name = "btrfs"
 
-    def __init__(self, slots_root: Path) -> None:
+    def __init__(self, slots_root: Path, **_options: object) -> None:
         self.slots_root = slots_root
 
+    @property
+    def mountpoint(self) -> str:
+        return mount_of(self.slots_root)[0]
+
     def enable(self) -> None:
-        """Turn on quota accounting for the filesystem (idempotent)."""
-        run(["btrfs", "quota", "enable", str(self.slots_root)])
+        """Turn on quota accounting (idempotent): simple quotas where the kernel has them."""
+        mnt = Path(self.mountpoint)
+        if quota_mode(mnt) != "disabled":
+            return
+        enable_quota(mnt, simple=simple_quota_supported())
 
     def is_subvolume(self, home: Path) -> bool:
         return home.is_dir() and run(["btrfs", "subvolume", "show", str(home)], check=False).returncode == 0
@@ -34,12 +71,33 @@ class BtrfsQuota:
         out = run(["btrfs", "inspect-internal", "rootid", str(home)]).stdout
         return int(out.strip())
 
+    def group_of(self, home: Path) -> str:
+        """The slot's level-1 qgroup: ``1/<the home's subvolume id>``."""
+        return f"1/{self.subvolume_id(home)}"
+
+    def _qgroup(self, *args: str, ok: tuple[str, ...] = ()) -> None:
+        """``btrfs qgroup ARGS <mountpoint>``; an error whose text holds one of OK is fine."""
+        try:
+            run(["btrfs", "qgroup", *args, self.mountpoint])
+        except CommandFailed as exc:
+            if not any(s in str(exc) for s in ok):
+                raise
+
+    def _join_group(self, sid: int) -> None:
+        """Make sure the group 1/SID exists and the home's 0/SID is in it."""
+        self._qgroup("create", f"1/{sid}", ok=("File exists",))
+        # --no-rescan: a fresh (or squota) subvolume is accounted at once; a rescan is
+        # filesystem-wide and no operation on one slot may touch the others.
+        self._qgroup("assign", "--no-rescan", f"0/{sid}", f"1/{sid}", ok=("File exists",))
+
     def make_home(self, home: Path) -> None:
         if self.is_subvolume(home):
+            self._join_group(self.subvolume_id(home))
             return
         if home.exists():
             raise SlotError(f"{home} exists and is not a slot subvolume")
         run(["btrfs", "subvolume", "create", str(home)])
+        self._join_group(self.subvolume_id(home))
 
     def remove_home(self, home: Path) -> None:
         if not home.exists():
@@ -47,45 +105,121 @@ class BtrfsQuota:
         if not self.is_subvolume(home):
             shutil.rmtree(home)
             return
-        qgroup = f"0/{self.subvolume_id(home)}"
-        run(["btrfs", "subvolume", "delete", "--commit-after", str(home)])
-        self._destroy_qgroup(qgroup)
+        sid = self.subvolume_id(home)
+        nested = read_facts(Path(self.mountpoint)).descendants(sid)
+        mnt = self.mountpoint
+        for child in nested:  # deepest first: a subvolume holding another cannot be deleted
+            run(["btrfs", "subvolume", "delete", "--subvolid", str(child), mnt])
+        run(["btrfs", "subvolume", "delete", "--commit-after", "--subvolid", str(sid), mnt])
+        # Wait for the kernel to drop exactly these (not the whole filesystem's backlog).
+        run(["btrfs", "subvolume", "sync", mnt, *(str(s) for s in [*nested, sid])], check=False)
+        for s in [*nested, sid]:
+            self._destroy(f"0/{s}")
+        self._destroy(f"1/{sid}")
 
-    def _destroy_qgroup(self, qgroup: str) -> None:
-        mnt = mount_of(self.slots_root)[0]
-        if run(["btrfs", "qgroup", "destroy", qgroup, mnt], check=False).returncode == 0:
-            return
-        # The kernel may still count the deleted subvolume's extents against the qgroup until
-        # the cleaner runs; clear-stale drops every qgroup whose subvolume is gone.
-        run(["btrfs", "subvolume", "sync", mnt], check=False)
-        run(["btrfs", "qgroup", "clear-stale", mnt], check=False)
+    def _destroy(self, qgroup: str, attempts: int = 100) -> None:
+        """Destroy QGROUP (absent is fine), waiting out the kernel's last accounting of it.
+
+        A dropped subvolume's qgroup still holds usage until the transaction that frees its
+        extents commits ("Device or resource busy" meanwhile): commit and try again.
+        """
+        for _ in range(attempts - 1):
+            try:
+                self._qgroup("destroy", qgroup, ok=("No such file", "not exist"))
+                return
+            except CommandFailed as exc:
+                if "busy" not in str(exc):
+                    raise
+            run(["btrfs", "filesystem", "sync", self.mountpoint], check=False)
+            time.sleep(0.05)
+        self._qgroup("destroy", qgroup, ok=("No such file", "not exist"))
 
     def _limit(self, home: Path, limit: str) -> None:
         # The qgroup by id, on the mount point: given the home's path, btrfs starts the change's
         # transaction in the home's own subvolume, which a slot at or over its limit refuses with
         # "Disk quota exceeded" — and then neither a larger plan nor removal could lift it.
-        qgroup = f"0/{self.subvolume_id(home)}"
-        run(["btrfs", "qgroup", "limit", limit, qgroup, mount_of(self.slots_root)[0]])
+        sid = self.subvolume_id(home)
+        try:
+            run(["btrfs", "qgroup", "limit", limit, f"1/{sid}", self.mountpoint])
+        except CommandFailed as exc:
+            if "No such file" not in str(exc):
+                raise
+            self._join_group(sid)  # a home made before slots had groups
+            run(["btrfs", "qgroup", "limit", limit, f"1/{sid}", self.mountpoint])
 
     def set_limit(self, username: str, home: Path, limit_bytes: int) -> None:
         self._limit(home, str(limit_bytes))
+        self.enforce(username, home)
 
     def clear_limit(self, username: str, home: Path) -> None:
         if self.is_subvolume(home):
             self._limit(home, "none")
 
     def usage(self, username: str, home: Path) -> Usage:
-        qgroup = f"0/{self.subvolume_id(home)}"
-        out = run(["btrfs", "qgroup", "show", "-reF", "--raw", str(home)]).stdout
-        for line in out.splitlines():
-            cols = line.split()
-            if cols and cols[0] == qgroup:
-                limit = None if cols[3] == "none" else int(cols[3])
-                return Usage(used_bytes=int(cols[1]), limit_bytes=limit)
-        raise SlotError(f"no qgroup {qgroup} for {home}")
+        sid = self.subvolume_id(home)
+        facts = read_facts(Path(self.mountpoint))
+        group = qgroupid(1, sid)
+        if group in facts.referenced:
+            return Usage(facts.referenced[group], facts.max_referenced.get(group))
+        if qgroupid(0, sid) in facts.referenced:  # a home from before slots had groups
+            leaf = qgroupid(0, sid)
+            return Usage(facts.referenced[leaf], facts.max_referenced.get(leaf))
+        raise SlotError(f"no qgroup 1/{sid} or 0/{sid} for {home}")
+
+    def escaped(self, home: Path, facts: QuotaFacts | None = None) -> list[int]:
+        """Subvolume ids of HOME (itself and nested ones) whose qgroup is not in the slot's group."""
+        sid = self.subvolume_id(home)
+        facts = facts or read_facts(Path(self.mountpoint))
+        group = qgroupid(1, sid)
+        return [s for s in [sid, *facts.descendants(sid)]
+                if group not in facts.memberships.get(qgroupid(0, s), set())]
+
+    def enforce(self, username: str, home: Path) -> list[str]:
+        """Put every subvolume nested in HOME into the slot's group; return what was moved.
+
+        A nested subvolume a tenant put into another group (another slot's, by an explicit
+        inherit) leaves that group first: it must count against its own slot and no other.
+        """
+        sid = self.subvolume_id(home)
+        facts = read_facts(Path(self.mountpoint))
+        moved: list[str] = []
+        for s in self.escaped(home, facts):
+            for other in sorted(facts.memberships.get(qgroupid(0, s), set())):
+                self._qgroup("remove", "--no-rescan", f"0/{s}", qgroup_name(other), ok=("No such file",))
+            if s == sid:
+                self._join_group(sid)
+            else:
+                self._qgroup("assign", "--no-rescan", f"0/{s}", f"1/{sid}", ok=("File exists",))
+            moved.append(f"0/{s}")
+        return moved
+
+    def problems(self, username: str, home: Path, limit_bytes: int | None) -> list[str]:
+        """What lets this slot's usage escape its limit (for ``doctor``), one line each."""
+        sid = self.subvolume_id(home)
+        facts = read_facts(Path(self.mountpoint))
+        group = qgroupid(1, sid)
+        found: list[str] = []
+        if group not in facts.referenced:
+            found.append(f"no group 1/{sid}: the limit covers the home only, not subvolumes in it")
+        else:
+            outside = [f"0/{s}" for s in self.escaped(home, facts)]
+            if outside:
+                found.append(f"subvolumes outside the slot's group 1/{sid}: {', '.join(outside)} "
+                             "('slotctl doctor --enforce' puts them in)")
+            nested = {qgroupid(0, s) for s in [sid, *facts.descendants(sid)]}
+            foreign = sorted(q for q in facts.members(group) if q not in nested)
+            if foreign:
+                found.append(f"group 1/{sid} holds qgroups of other subvolumes: "
+                             f"{', '.join(qgroup_name(q) for q in foreign)}")
+            used, limit = facts.referenced[group], facts.max_referenced.get(group)
+            if limit is not None and used > limit:
+                found.append(f"uses {used} bytes, above its limit of {limit}")
+            if limit_bytes is not None and limit is None:
+                found.append(f"group 1/{sid} has no limit")
+        return found
 
 
 def qgroup_ids(slots_root: Path) -> set[str]:
-    """Every level-0 qgroup of the filesystem (for leak checks)."""
+    """Every qgroup of the filesystem, level 0 and 1 (for leak checks)."""
     out = run(["btrfs", "qgroup", "show", "--raw", str(slots_root)]).stdout
-    return set(re.findall(r"^(0/\d+)\s", out, re.M))
+    return set(re.findall(r"^([01]/\d+)\s", out, re.M))
