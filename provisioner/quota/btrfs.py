@@ -106,15 +106,25 @@ class BtrfsQuota:
             shutil.rmtree(home)
             return
         sid = self.subvolume_id(home)
-        nested = read_facts(Path(self.mountpoint)).descendants(sid)
+        facts = read_facts(Path(self.mountpoint))
+        nested = facts.descendants(sid)
         mnt = self.mountpoint
         for child in nested:  # deepest first: a subvolume holding another cannot be deleted
             run(["btrfs", "subvolume", "delete", "--subvolid", str(child), mnt])
         run(["btrfs", "subvolume", "delete", "--commit-after", "--subvolid", str(sid), mnt])
         # Wait for the kernel to drop exactly these (not the whole filesystem's backlog).
         run(["btrfs", "subvolume", "sync", mnt, *(str(s) for s in [*nested, sid])], check=False)
-        for s in [*nested, sid]:
-            self._destroy(f"0/{s}")
+        ours = {qgroupid(0, s) for s in [*nested, sid]}
+        group = qgroupid(1, sid)
+        for member in sorted(facts.members(group) - ours):
+            if (member & ((1 << 48) - 1)) in facts.parents:
+                # A living subvolume of someone else's, charged to this group by its own inherit
+                # list: it leaves the group; its qgroup is not ours to destroy.
+                self._qgroup("remove", "--no-rescan", qgroup_name(member), f"1/{sid}", ok=("No such file",))
+            else:
+                ours.add(member)  # the qgroup of a subvolume the tenant deleted itself
+        for q in sorted(ours):
+            self._destroy(qgroup_name(q))
         self._destroy(f"1/{sid}")
 
     def _destroy(self, qgroup: str, attempts: int = 100) -> None:
@@ -144,8 +154,16 @@ class BtrfsQuota:
         except CommandFailed as exc:
             if "No such file" not in str(exc):
                 raise
-            self._join_group(sid)  # a home made before slots had groups
+            self._adopt_home(sid)  # a home made before slots had groups
             run(["btrfs", "qgroup", "limit", limit, f"1/{sid}", self.mountpoint])
+
+    def _adopt_home(self, sid: int) -> None:
+        """Give a home made before slots had groups its group, and move its old 0/SID cap there."""
+        old = read_facts(Path(self.mountpoint)).max_referenced.get(qgroupid(0, sid))
+        self._join_group(sid)
+        if old is not None:
+            run(["btrfs", "qgroup", "limit", str(old), f"1/{sid}", self.mountpoint])
+            run(["btrfs", "qgroup", "limit", "none", f"0/{sid}", self.mountpoint])
 
     def set_limit(self, username: str, home: Path, limit_bytes: int) -> None:
         self._limit(home, str(limit_bytes))
@@ -187,7 +205,7 @@ class BtrfsQuota:
             for other in sorted(facts.memberships.get(qgroupid(0, s), set())):
                 self._qgroup("remove", "--no-rescan", f"0/{s}", qgroup_name(other), ok=("No such file",))
             if s == sid:
-                self._join_group(sid)
+                self._adopt_home(sid)
             else:
                 self._qgroup("assign", "--no-rescan", f"0/{s}", f"1/{sid}", ok=("File exists",))
             moved.append(f"0/{s}")

@@ -123,7 +123,8 @@ def test_nested_subvolumes_never_block_removal(slot_host: SlotHost) -> None:
     name = _create(slot_host)
     script = ("set -e; btrfs subvolume create $HOME/a; btrfs subvolume create $HOME/a/b; "
               "mkdir -p $HOME/d/e; btrfs subvolume create $HOME/d/e/c; btrfs subvolume snapshot $HOME/a $HOME/snap; "
-              "echo data > $HOME/a/b/f; "
+              "echo data > $HOME/a/b/f; btrfs subvolume create $HOME/gone; rmdir $HOME/gone; "
+              f"ln -s {slot_host.slots_root / bystander} $HOME/link; "
               # A name that forges a `btrfs subvolume list` line claiming the bystander's home.
               f"btrfs subvolume create \"$HOME/x$(printf '\\nID 5 gen 1 top level 5 path {bystander}')\"; "
               f"python3 -I -c '{SUBVOL_WITH_INHERIT}' $HOME/a/b escape")
@@ -136,3 +137,23 @@ def test_nested_subvolumes_never_block_removal(slot_host: SlotHost) -> None:
     assert as_user(bystander, "touch $HOME/still-here").returncode == 0
     assert slot_host.slotctl("slot", "remove", bystander).returncode == 0
     assert qgroup_ids(slot_host.slots_root) <= before, "every qgroup of both slots is gone"
+
+
+def test_a_home_from_before_groups_is_adopted_with_its_cap(slot_host: SlotHost) -> None:
+    name = _create(slot_host)
+    home = slot_host.slots_root / name
+    sid = facts_home_id(home)
+    mnt = str(slot_host.slots_root)
+    # The state an older slotwarden left: the cap on the home's own 0/N, no group.
+    for argv in (["remove", f"0/{sid}", f"1/{sid}"], ["destroy", f"1/{sid}"], ["limit", "20M", f"0/{sid}"]):
+        subprocess.run(["btrfs", "qgroup", *argv, mnt], check=True, capture_output=True)
+    report = slot_host.slotctl("doctor", "--json")
+    problems = [d["problem"] for d in json.loads(report.stdout)["drift"] if d["subject"] == name]
+    assert any(f"no group 1/{sid}" in p for p in problems), problems
+    assert slot_host.slotctl("doctor", "--enforce").returncode == 0
+    facts = read_facts(slot_host.slots_root)
+    assert facts.max_referenced.get(qgroupid(1, sid)) == 20 * MiB
+    assert qgroupid(0, sid) not in facts.max_referenced, "the old cap moved to the group"
+    assert as_user(name, "btrfs subvolume create $HOME/s").returncode == 0
+    assert "Disk quota exceeded" in _fill(name, "$HOME/s/big", 40).stdout
+    assert slot_host.slotctl("slot", "remove", name).returncode == 0
