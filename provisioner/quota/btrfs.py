@@ -20,8 +20,9 @@ does not see yet — another slot's, created a moment ago (the cause of "unable 
 requested quota group: No such file or directory" under concurrent creates and removals).
 
 Removal deletes the nested subvolumes deepest first, by id (no path inside the home is
-walked), then the home, waits for the kernel to drop exactly those, and destroys their
-qgroups and the slot's group: a leftover limit must never follow a name or an id.
+walked), then the home, and destroys exactly their qgroups and the slot's group (waiting out
+the commit that frees their extents where the kernel still counts them): a leftover limit
+must never follow a name or an id.
 """
 
 from __future__ import annotations
@@ -112,8 +113,6 @@ class BtrfsQuota:
         for child in nested:  # deepest first: a subvolume holding another cannot be deleted
             run(["btrfs", "subvolume", "delete", "--subvolid", str(child), mnt])
         run(["btrfs", "subvolume", "delete", "--commit-after", "--subvolid", str(sid), mnt])
-        # Wait for the kernel to drop exactly these (not the whole filesystem's backlog).
-        run(["btrfs", "subvolume", "sync", mnt, *(str(s) for s in [*nested, sid])], check=False)
         ours = {qgroupid(0, s) for s in [*nested, sid]}
         group = qgroupid(1, sid)
         for member in sorted(facts.members(group) - ours):
