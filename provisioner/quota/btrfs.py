@@ -37,11 +37,13 @@ from provisioner.quota import Usage, mount_of
 from provisioner.quota.btrfs_tree import (
     QuotaFacts,
     enable_quota,
+    is_subvolume_root,
     qgroup_name,
     qgroupid,
     quota_mode,
     read_facts,
     simple_quota_supported,
+    subvolume_id,
 )
 from provisioner.runner import run
 
@@ -66,11 +68,13 @@ class BtrfsQuota:
         enable_quota(mnt, simple=simple_quota_supported())
 
     def is_subvolume(self, home: Path) -> bool:
-        return home.is_dir() and run(["btrfs", "subvolume", "show", str(home)], check=False).returncode == 0
+        return is_subvolume_root(home)
 
     def subvolume_id(self, home: Path) -> int:
-        out = run(["btrfs", "inspect-internal", "rootid", str(home)]).stdout
-        return int(out.strip())
+        """The id of the subvolume HOME is the top of (by ioctl; refuses a plain directory)."""
+        if not is_subvolume_root(home):
+            raise SlotError(f"{home} is not a slot subvolume")
+        return subvolume_id(home)
 
     def group_of(self, home: Path) -> str:
         """The slot's level-1 qgroup: ``1/<the home's subvolume id>``."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ def _ior(nr: int, size: int) -> int:
 
 
 TREE_SEARCH = _iowr(17, _SEARCH_ARGS_SIZE)
+INO_LOOKUP = _iowr(18, 4096)
 QUOTA_CTL = _iowr(40, 16)
 FS_INFO = _ior(31, 1024)
 
@@ -193,6 +195,37 @@ def read_facts(mountpoint: Path) -> QuotaFacts:
     finally:
         os.close(fd)
     return facts_from_items(root_items, quota_items)
+
+
+def subvolume_id(path: Path) -> int:
+    """The id of the subvolume holding PATH (BTRFS_IOC_INO_LOOKUP; PATH itself never followed)."""
+    try:
+        fd = _open_dir(path)
+    except OSError as exc:
+        raise SlotError(f"{path}: {exc.strerror}") from None
+    try:
+        args = bytearray(struct.pack("=2Q", 0, FIRST_FREE_OBJECTID).ljust(4096, b"\0"))
+        fcntl.ioctl(fd, INO_LOOKUP, args)
+    except OSError as exc:
+        raise SlotError(f"{path} is not on btrfs: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return int(struct.unpack_from("=Q", args, 0)[0])
+
+
+def is_subvolume_root(path: Path) -> bool:
+    """Whether PATH (not followed) is the top directory of a btrfs subvolume: inode 256 on btrfs."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_ino != FIRST_FREE_OBJECTID:
+        return False
+    try:
+        subvolume_id(path)
+    except SlotError:
+        return False
+    return True
 
 
 def fsid(mountpoint: Path) -> str:
