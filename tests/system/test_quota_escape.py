@@ -157,3 +157,25 @@ def test_a_home_from_before_groups_is_adopted_with_its_cap(slot_host: SlotHost) 
     assert as_user(name, "btrfs subvolume create $HOME/s").returncode == 0
     assert "Disk quota exceeded" in _fill(name, "$HOME/s/big", 40).stdout
     assert slot_host.slotctl("slot", "remove", name).returncode == 0
+
+
+def test_forged_subvolume_names_do_not_fool_the_metrics(slot_host: SlotHost) -> None:
+    from provisioner.metrics.disk import usage_all
+
+    victim, tenant = _create(slot_host), _create(slot_host)
+    tenant_id = facts_home_id(slot_host.slots_root / tenant)
+    _fill(tenant, "$HOME/big", 10)
+    forged = f"\\nID {tenant_id} gen 1 top level 5 path {victim}"
+    assert as_user(tenant, f"btrfs subvolume create \"$HOME/x$(printf '{forged}')\"").returncode == 0
+    ctx = slot_host.ctx()
+    try:
+        records = [r for r in ctx.store.list_slots() if r.username in (victim, tenant)]
+        seen = usage_all(ctx, records, fresh=True)
+    finally:
+        ctx.close()
+    victim_usage, source = seen[victim]
+    assert victim_usage is not None and victim_usage.used_bytes < 2 * MiB, (victim_usage, source)
+    assert source == f"btrfs qgroup 1/{facts_home_id(slot_host.slots_root / victim)}"
+    assert seen[tenant][0] is not None and seen[tenant][0].used_bytes >= 10 * MiB
+    for n in (tenant, victim):
+        assert slot_host.slotctl("slot", "remove", n).returncode == 0
