@@ -61,7 +61,7 @@ class TenantLimits:
     """Resource limits of a command run as a tenant (hard and soft alike)."""
 
     cpu_seconds: int = 300
-    processes: int = 256
+    processes: int = 512
     open_files: int = 1024
     core_bytes: int = 0
 

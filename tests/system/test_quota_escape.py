@@ -179,3 +179,22 @@ def test_forged_subvolume_names_do_not_fool_the_metrics(slot_host: SlotHost) -> 
     assert seen[tenant][0] is not None and seen[tenant][0].used_bytes >= 10 * MiB
     for n in (tenant, victim):
         assert slot_host.slotctl("slot", "remove", n).returncode == 0
+
+
+def test_kept_data_with_nested_subvolumes_is_removed_later(slot_host: SlotHost) -> None:
+    before = qgroup_ids(slot_host.slots_root)
+    name = _create(slot_host)
+    made = as_user(name, "btrfs subvolume create $HOME/a && btrfs subvolume create $HOME/a/b && "
+                         "echo keep > $HOME/a/b/notes")
+    assert made.returncode == 0, made.stderr
+    assert slot_host.slotctl("slot", "remove", name, "--keep-data").returncode == 0
+    [kept] = [p for p in (slot_host.slots_root / ".kept").iterdir() if p.name.startswith(name + "-")]
+    assert (kept / "a" / "b" / "notes").read_text() == "keep\n"
+    ctx = slot_host.ctx()
+    try:
+        ctx.quota.remove_home(kept)  # what `retention run` does when the kept time is up
+        ctx.store.delete_kept_home(str(kept))
+    finally:
+        ctx.close()
+    assert not kept.exists()
+    assert qgroup_ids(slot_host.slots_root) <= before
