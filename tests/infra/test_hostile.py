@@ -61,7 +61,7 @@ class TestInodeCap:
         slot = slots[0]
         out = as_tenant(host, slot, "mkdir -p $HOME/.swv-files && cd $HOME/.swv-files && "
                                     "i=0; while [ $i -lt 200000 ]; do : > f$i 2>/dev/null || break; i=$((i+1)); done; "
-                                    "echo made=$i; : > one-more 2>&1; cd; rm -rf $HOME/.swv-files")
+                                    "echo made=$i; { : > one-more; } 2>&1; cd; rm -rf $HOME/.swv-files")
         made = int(out.stdout.split("made=")[1].split()[0])
         assert made < 200000, "no inode cap: 200,000 empty files made"
         assert "Disk quota exceeded" in out.stdout, out.stdout
