@@ -41,7 +41,7 @@ from provisioner.quota.btrfs_tree import (
     qgroup_name,
     qgroupid,
     quota_mode,
-    read_facts,
+    read_slot_facts,
     simple_quota_supported,
     subvolume_id,
 )
@@ -111,7 +111,7 @@ class BtrfsQuota:
             shutil.rmtree(home)
             return
         sid = self.subvolume_id(home)
-        facts = read_facts(Path(self.mountpoint))
+        facts = read_slot_facts(Path(self.mountpoint), sid)
         nested = facts.descendants(sid)
         mnt = self.mountpoint
         for child in nested:  # deepest first: a subvolume holding another cannot be deleted
@@ -162,7 +162,7 @@ class BtrfsQuota:
 
     def _adopt_home(self, sid: int) -> None:
         """Give a home made before slots had groups its group, and move its old 0/SID cap there."""
-        old = read_facts(Path(self.mountpoint)).max_referenced.get(qgroupid(0, sid))
+        old = read_slot_facts(Path(self.mountpoint), sid).max_referenced.get(qgroupid(0, sid))
         self._join_group(sid)
         if old is not None:
             run(["btrfs", "qgroup", "limit", str(old), f"1/{sid}", self.mountpoint])
@@ -178,7 +178,7 @@ class BtrfsQuota:
 
     def usage(self, username: str, home: Path) -> Usage:
         sid = self.subvolume_id(home)
-        facts = read_facts(Path(self.mountpoint))
+        facts = read_slot_facts(Path(self.mountpoint), sid)
         group = qgroupid(1, sid)
         if group in facts.referenced:
             return Usage(facts.referenced[group], facts.max_referenced.get(group))
@@ -190,7 +190,7 @@ class BtrfsQuota:
     def escaped(self, home: Path, facts: QuotaFacts | None = None) -> list[int]:
         """Subvolume ids of HOME (itself and nested ones) whose qgroup is not in the slot's group."""
         sid = self.subvolume_id(home)
-        facts = facts or read_facts(Path(self.mountpoint))
+        facts = facts or read_slot_facts(Path(self.mountpoint), sid)
         group = qgroupid(1, sid)
         return [s for s in [sid, *facts.descendants(sid)]
                 if group not in facts.memberships.get(qgroupid(0, s), set())]
@@ -202,7 +202,7 @@ class BtrfsQuota:
         inherit) leaves that group first: it must count against its own slot and no other.
         """
         sid = self.subvolume_id(home)
-        facts = read_facts(Path(self.mountpoint))
+        facts = read_slot_facts(Path(self.mountpoint), sid)
         moved: list[str] = []
         for s in self.escaped(home, facts):
             for other in sorted(facts.memberships.get(qgroupid(0, s), set())):
@@ -217,7 +217,7 @@ class BtrfsQuota:
     def problems(self, username: str, home: Path, limit_bytes: int | None) -> list[str]:
         """What lets this slot's usage escape its limit (for ``doctor``), one line each."""
         sid = self.subvolume_id(home)
-        facts = read_facts(Path(self.mountpoint))
+        facts = read_slot_facts(Path(self.mountpoint), sid)
         group = qgroupid(1, sid)
         found: list[str] = []
         if group not in facts.referenced:

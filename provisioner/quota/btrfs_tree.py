@@ -33,6 +33,7 @@ _SEARCH_HEADER = struct.Struct("=3Q2I")  # transid, objectid, offset, type, len
 ROOT_TREE_OBJECTID = 1
 QUOTA_TREE_OBJECTID = 8
 ROOT_BACKREF_KEY = 144
+ROOT_REF_KEY = 156
 QGROUP_STATUS_KEY = 240
 QGROUP_INFO_KEY = 242
 QGROUP_LIMIT_KEY = 244
@@ -95,11 +96,13 @@ def parse_search_buffer(buf: bytes, nr_items: int) -> list[Item]:
 
 
 def _search(fd: int, tree: int, min_type: int, max_type: int,
-            min_objectid: int = 0, max_objectid: int = _U64_MAX) -> Iterator[Item]:
-    """Every item of TREE with a type in [MIN_TYPE, MAX_TYPE], in key order."""
-    objectid, typ, offset = min_objectid, min_type, 0
+            min_objectid: int = 0, max_objectid: int = _U64_MAX,
+            min_offset: int = 0, max_offset: int = _U64_MAX) -> Iterator[Item]:
+    """Every item of TREE with a type in [MIN_TYPE, MAX_TYPE] between the keys
+    (MIN_OBJECTID, MIN_TYPE, MIN_OFFSET) and (MAX_OBJECTID, MAX_TYPE, MAX_OFFSET), in key order."""
+    objectid, typ, offset = min_objectid, min_type, min_offset
     while True:
-        key = _SEARCH_KEY.pack(tree, objectid, max_objectid, offset, _U64_MAX, 0, _U64_MAX,
+        key = _SEARCH_KEY.pack(tree, objectid, max_objectid, offset, max_offset, 0, _U64_MAX,
                                typ, max_type, 4096, 0, 0, 0, 0, 0)
         args = bytearray(key.ljust(_SEARCH_ARGS_SIZE, b"\0"))
         fcntl.ioctl(fd, TREE_SEARCH, args)
@@ -226,6 +229,56 @@ def is_subvolume_root(path: Path) -> bool:
     except SlotError:
         return False
     return True
+
+
+def read_slot_facts(mountpoint: Path, subvol: int) -> QuotaFacts:
+    """What :func:`read_facts` says about SUBVOL's slot only, read with exact-key searches.
+
+    Costs a few searches per subvolume of this slot, however many slots the filesystem holds
+    (a create or removal must not walk every other slot's trees): the subvolumes nested in
+    SUBVOL (``ROOT_REF`` items of each parent), their qgroups' memberships, the members of the
+    slot's group ``1/SUBVOL`` (and whether their subvolumes still exist), and the group's and
+    the home's usage and limit.
+    """
+    group = qgroupid(1, subvol)
+    fd = _open_dir(mountpoint)
+    root_items: list[Item] = []
+    quota_items: list[Item] = []
+
+    def q(typ: int, objectid: int, offset: int | None = None) -> list[Item]:
+        lo, hi = (0, _U64_MAX) if offset is None else (offset, offset)
+        try:
+            return list(_search(fd, QUOTA_TREE_OBJECTID, typ, typ, objectid, objectid, lo, hi))
+        except OSError:  # ENOENT: quotas are off
+            return []
+
+    try:
+        frontier = [subvol]
+        seen = {subvol}
+        while frontier:
+            parent = frontier.pop()
+            for it in _search(fd, ROOT_TREE_OBJECTID, ROOT_REF_KEY, ROOT_REF_KEY, parent, parent):
+                child = it.offset
+                root_items.append(Item(child, ROOT_BACKREF_KEY, parent, b""))
+                if child not in seen:
+                    seen.add(child)
+                    frontier.append(child)
+        for sid in seen:
+            quota_items += q(QGROUP_RELATION_KEY, qgroupid(0, sid))
+        members = q(QGROUP_RELATION_KEY, group)
+        for it in members:  # (group, RELATION, member): stored the other way round too
+            quota_items.append(Item(it.offset, QGROUP_RELATION_KEY, group, b""))
+            sid = it.offset & ((1 << 48) - 1)
+            if it.offset >> 48 == 0 and sid not in seen:
+                root_items += _search(fd, ROOT_TREE_OBJECTID, ROOT_BACKREF_KEY, ROOT_BACKREF_KEY, sid, sid)
+        for qid in (group, qgroupid(0, subvol)):
+            quota_items += q(QGROUP_INFO_KEY, 0, qid) + q(QGROUP_LIMIT_KEY, 0, qid)
+        quota_items += q(QGROUP_STATUS_KEY, 0, 0)
+    except OSError as exc:
+        raise SlotError(f"cannot read the btrfs trees of {mountpoint}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return facts_from_items(root_items, quota_items)
 
 
 def fsid(mountpoint: Path) -> str:
