@@ -27,17 +27,21 @@ must never follow a name or an id.
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import time
 from pathlib import Path
 
-from provisioner.errors import CommandFailed, SlotError
+from provisioner.errors import SlotError
 from provisioner.quota import Usage, mount_of
 from provisioner.quota.btrfs_tree import (
+    NO_LIMIT,
     QuotaFacts,
+    create_subvolume,
     enable_quota,
     is_subvolume_root,
+    qgroup_change,
     qgroup_name,
     qgroupid,
     quota_mode,
@@ -80,20 +84,21 @@ class BtrfsQuota:
         """The slot's level-1 qgroup: ``1/<the home's subvolume id>``."""
         return f"1/{self.subvolume_id(home)}"
 
-    def _qgroup(self, *args: str, ok: tuple[str, ...] = ()) -> None:
-        """``btrfs qgroup ARGS <mountpoint>``; an error whose text holds one of OK is fine."""
+    def _qgroup(self, op: str, *args: int, ok: tuple[int, ...] = ()) -> None:
+        """One qgroup change (by ioctl, see :func:`qgroup_change`); an errno in OK is fine."""
         try:
-            run(["btrfs", "qgroup", *args, self.mountpoint])
-        except CommandFailed as exc:
-            if not any(s in str(exc) for s in ok):
-                raise
+            qgroup_change(Path(self.mountpoint), op, *args)
+        except OSError as exc:
+            if exc.errno not in ok:
+                names = " ".join(qgroup_name(a) for a in (args if op != "limit" else args[:1]))
+                raise SlotError(f"btrfs qgroup {op} {names}: {exc.strerror}") from None
 
     def _join_group(self, sid: int) -> None:
         """Make sure the group 1/SID exists and the home's 0/SID is in it."""
-        self._qgroup("create", f"1/{sid}", ok=("File exists",))
-        # --no-rescan: a fresh (or squota) subvolume is accounted at once; a rescan is
+        self._qgroup("create", qgroupid(1, sid), ok=(errno.EEXIST,))
+        # No rescan: a fresh (or squota) subvolume is accounted at once; a rescan is
         # filesystem-wide and no operation on one slot may touch the others.
-        self._qgroup("assign", "--no-rescan", f"0/{sid}", f"1/{sid}", ok=("File exists",))
+        self._qgroup("assign", qgroupid(0, sid), qgroupid(1, sid), ok=(errno.EEXIST,))
 
     def make_home(self, home: Path) -> None:
         if self.is_subvolume(home):
@@ -101,7 +106,7 @@ class BtrfsQuota:
             return
         if home.exists():
             raise SlotError(f"{home} exists and is not a slot subvolume")
-        run(["btrfs", "subvolume", "create", str(home)])
+        create_subvolume(home.parent, home.name)
         self._join_group(self.subvolume_id(home))
 
     def remove_home(self, home: Path) -> None:
@@ -123,58 +128,60 @@ class BtrfsQuota:
             if (member & ((1 << 48) - 1)) in facts.parents:
                 # A living subvolume of someone else's, charged to this group by its own inherit
                 # list: it leaves the group; its qgroup is not ours to destroy.
-                self._qgroup("remove", "--no-rescan", qgroup_name(member), f"1/{sid}", ok=("No such file",))
+                self._qgroup("remove", member, group, ok=(errno.ENOENT,))
             else:
                 ours.add(member)  # the qgroup of a subvolume the tenant deleted itself
         for q in sorted(ours):
-            self._destroy(qgroup_name(q))
-        self._destroy(f"1/{sid}")
+            self._destroy(q)
+        self._destroy(group)
 
-    def _destroy(self, qgroup: str, attempts: int = 100) -> None:
+    def _destroy(self, qgroup: int, attempts: int = 100) -> None:
         """Destroy QGROUP (absent is fine), waiting out the kernel's last accounting of it.
 
         A dropped subvolume's qgroup still holds usage until the transaction that frees its
-        extents commits ("Device or resource busy" meanwhile): commit and try again.
+        extents commits (EBUSY meanwhile): commit and try again.
         """
         for _ in range(attempts - 1):
             try:
-                self._qgroup("destroy", qgroup, ok=("No such file", "not exist"))
+                qgroup_change(Path(self.mountpoint), "destroy", qgroup)
                 return
-            except CommandFailed as exc:
-                if "busy" not in str(exc):
-                    raise
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                if exc.errno != errno.EBUSY:
+                    raise SlotError(f"btrfs qgroup destroy {qgroup_name(qgroup)}: {exc.strerror}") from None
             run(["btrfs", "filesystem", "sync", self.mountpoint], check=False)
             time.sleep(0.05)
-        self._qgroup("destroy", qgroup, ok=("No such file", "not exist"))
+        self._qgroup("destroy", qgroup, ok=(errno.ENOENT,))
 
-    def _limit(self, home: Path, limit: str) -> None:
-        # The qgroup by id, on the mount point: given the home's path, btrfs starts the change's
-        # transaction in the home's own subvolume, which a slot at or over its limit refuses with
-        # "Disk quota exceeded" — and then neither a larger plan nor removal could lift it.
+    def _limit(self, home: Path, limit: int) -> None:
+        # The group by id, on the mount point: a change started in the home's own subvolume is
+        # refused with "Disk quota exceeded" when the slot is at or over its limit — and then
+        # neither a larger plan nor removal could lift it.
         sid = self.subvolume_id(home)
         try:
-            run(["btrfs", "qgroup", "limit", limit, f"1/{sid}", self.mountpoint])
-        except CommandFailed as exc:
-            if "No such file" not in str(exc):
-                raise
+            qgroup_change(Path(self.mountpoint), "limit", qgroupid(1, sid), limit)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise SlotError(f"btrfs qgroup limit 1/{sid}: {exc.strerror}") from None
             self._adopt_home(sid)  # a home made before slots had groups
-            run(["btrfs", "qgroup", "limit", limit, f"1/{sid}", self.mountpoint])
+            self._qgroup("limit", qgroupid(1, sid), limit)
 
     def _adopt_home(self, sid: int) -> None:
         """Give a home made before slots had groups its group, and move its old 0/SID cap there."""
         old = read_slot_facts(Path(self.mountpoint), sid).max_referenced.get(qgroupid(0, sid))
         self._join_group(sid)
         if old is not None:
-            run(["btrfs", "qgroup", "limit", str(old), f"1/{sid}", self.mountpoint])
-            run(["btrfs", "qgroup", "limit", "none", f"0/{sid}", self.mountpoint])
+            self._qgroup("limit", qgroupid(1, sid), old)
+            self._qgroup("limit", qgroupid(0, sid), NO_LIMIT)
 
     def set_limit(self, username: str, home: Path, limit_bytes: int) -> None:
-        self._limit(home, str(limit_bytes))
+        self._limit(home, limit_bytes)
         self.enforce(username, home)
 
     def clear_limit(self, username: str, home: Path) -> None:
         if self.is_subvolume(home):
-            self._limit(home, "none")
+            self._limit(home, NO_LIMIT)
 
     def usage(self, username: str, home: Path) -> Usage:
         sid = self.subvolume_id(home)
@@ -206,11 +213,11 @@ class BtrfsQuota:
         moved: list[str] = []
         for s in self.escaped(home, facts):
             for other in sorted(facts.memberships.get(qgroupid(0, s), set())):
-                self._qgroup("remove", "--no-rescan", f"0/{s}", qgroup_name(other), ok=("No such file",))
+                self._qgroup("remove", qgroupid(0, s), other, ok=(errno.ENOENT,))
             if s == sid:
                 self._adopt_home(sid)
             else:
-                self._qgroup("assign", "--no-rescan", f"0/{s}", f"1/{sid}", ok=("File exists",))
+                self._qgroup("assign", qgroupid(0, s), qgroupid(1, sid), ok=(errno.EEXIST,))
             moved.append(f"0/{s}")
         return moved
 

@@ -16,6 +16,7 @@ only. The parsers are pure and take the raw search buffers.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import stat
 import struct
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner.errors import SlotError
+
+log = logging.getLogger("slotwarden.btrfs")
 
 # include/uapi/linux/btrfs.h and btrfs_tree.h
 _MAGIC = 0x94
@@ -53,7 +56,17 @@ def _ior(nr: int, size: int) -> int:
     return (2 << 30) | (size << 16) | (_MAGIC << 8) | nr
 
 
+def _iow(nr: int, size: int) -> int:
+    return (1 << 30) | (size << 16) | (_MAGIC << 8) | nr
+
+
 TREE_SEARCH = _iowr(17, _SEARCH_ARGS_SIZE)
+SUBVOL_CREATE = _iow(14, 4096)
+QGROUP_ASSIGN = _iow(41, 24)
+QGROUP_CREATE = _iow(42, 16)
+QGROUP_LIMIT = _ior(43, 48)
+LIMIT_MAX_RFER = 1
+NO_LIMIT = _U64_MAX
 INO_LOOKUP = _iowr(18, 4096)
 QUOTA_CTL = _iowr(40, 16)
 FS_INFO = _ior(31, 1024)
@@ -229,6 +242,45 @@ def is_subvolume_root(path: Path) -> bool:
     except SlotError:
         return False
     return True
+
+
+def create_subvolume(parent: Path, name: str) -> None:
+    """Make the subvolume PARENT/NAME (BTRFS_IOC_SUBVOL_CREATE; PARENT is root's, not followed)."""
+    raw = name.encode()
+    if not raw or b"/" in raw or b"\0" in raw or name in (".", "..") or len(raw) > 4087:
+        raise SlotError(f"bad subvolume name {name!r}")
+    fd = _open_dir(parent)
+    try:
+        fcntl.ioctl(fd, SUBVOL_CREATE, bytearray(struct.pack("=q", 0) + raw.ljust(4088, b"\0")))
+    except OSError as exc:
+        raise SlotError(f"cannot create subvolume {parent / name}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def qgroup_change(mountpoint: Path, op: str, *args: int) -> None:
+    """One qgroup change by ioctl: ``create Q``, ``destroy Q``, ``assign CHILD PARENT``,
+    ``remove CHILD PARENT`` or ``limit Q BYTES`` (:data:`NO_LIMIT` lifts it).
+
+    Raises OSError with the kernel's errno (EEXIST, ENOENT, EBUSY...). Never a rescan: an
+    assignment the kernel cannot account at once is left for the operator, as no change of one
+    slot may rescan the whole filesystem.
+    """
+    if op in ("create", "destroy"):
+        nr, buf = QGROUP_CREATE, struct.pack("=2Q", 1 if op == "create" else 0, *args)
+    elif op in ("assign", "remove"):
+        nr, buf = QGROUP_ASSIGN, struct.pack("=3Q", 1 if op == "assign" else 0, *args)
+    elif op == "limit":
+        qid, limit = args
+        nr, buf = QGROUP_LIMIT, struct.pack("=6Q", qid, LIMIT_MAX_RFER, limit, 0, 0, 0)
+    else:
+        raise SlotError(f"unknown qgroup change {op!r}")
+    log.debug("btrfs qgroup %s %s on %s", op, args, mountpoint)
+    fd = _open_dir(mountpoint)
+    try:
+        fcntl.ioctl(fd, nr, bytearray(buf))
+    finally:
+        os.close(fd)
 
 
 def read_slot_facts(mountpoint: Path, subvol: int) -> QuotaFacts:
