@@ -52,6 +52,8 @@ class SlotsConfig:
     # a host that will sell more picks a range above SUB_UID_MAX (e.g. 700000000-799999999).
     uid_min: int = 65536
     uid_max: int = 99999
+    # usrquota: one inode (file, directory, link) allowed per this many bytes of a slot's quota.
+    bytes_per_inode: int = 16384
 
 
 @dataclass(frozen=True)

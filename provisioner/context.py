@@ -46,7 +46,8 @@ class Context:
 
     @cached_property
     def quota(self) -> QuotaBackend:
-        return load_backend(self.settings.quota_backend, self.settings.slots_root)
+        return load_backend(self.settings.quota_backend, self.settings.slots_root,
+                            bytes_per_inode=self.config.slots.bytes_per_inode)
 
     def close(self) -> None:
         if "store" in self.__dict__:

@@ -1,8 +1,11 @@
 """``doctor``: compare the store with the system and report every drift.
 
 A drift is anything an operator must look at: a slot whose create or removal was interrupted,
-a slot whose user, home, owner, mode or quota is not what the store says, or an account or
-home that looks like a slot but has no store row.
+a slot whose user, home, owner, mode or quota is not what the store says, a slot whose usage
+escapes its limit (btrfs: a subvolume in the home outside the slot's group, usage above the
+limit; usrquota: no inode limit), or an account or home that looks like a slot but has no
+store row. :func:`enforce_quotas` (``doctor --enforce``) brings escaped usage back under the
+slot's cap first.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ def find_drift(ctx: Context) -> list[Drift]:
             else:
                 if limit != rec.quota_bytes:
                     found.append(Drift(name, f"quota is {limit}, store says {rec.quota_bytes}"))
+            try:
+                escapes = ctx.quota.problems(name, home, rec.quota_bytes)
+            except SlotError as exc:
+                escapes = [f"quota unreadable: {exc}"]
+            found.extend(Drift(name, f"quota escape: {p}") for p in escapes)
     for pw in pwd.getpwall():
         # Only accounts whose home is under this store's slots root are this store's business.
         if (pw.pw_gecos == accounts.SLOT_COMMENT and pw.pw_name not in records
@@ -111,3 +119,17 @@ def id_drift(ctx: Context, records: dict[str, SlotRecord]) -> list[Drift]:
         for name in sorted(owners & set(records)):
             found.append(Drift(name, f"slot user has subordinate ids in {path}"))
     return found
+def enforce_quotas(ctx: Context) -> list[Drift]:
+    """Bring every active slot's usage back under its cap; one entry per thing changed."""
+    changed: list[Drift] = []
+    for rec in ctx.store.list_slots():
+        home = Path(rec.home)
+        if rec.state != "active" or rec.quota_bytes is None or not home.is_dir():
+            continue
+        try:
+            moved = ctx.quota.enforce(rec.username, home)
+        except SlotError as exc:
+            changed.append(Drift(rec.username, f"quota not enforced: {exc}"))
+            continue
+        changed.extend(Drift(rec.username, f"moved {m} into the slot's quota group") for m in moved)
+    return changed

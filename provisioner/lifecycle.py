@@ -629,7 +629,7 @@ def terminate_many(ctx: Context, usernames: list[str], *, keep_data: bool = Fals
                                      fresh_walk=start == 0)  # one walk of the filesystems per call
             for name, out in zip(names, outs, strict=True):
                 if isinstance(out, slots.Removed):
-                    _drop_lock_file(ctx, name)
+                    drop_lock_file(ctx, name)
         results.extend(outs)
     return results
 

@@ -1,7 +1,10 @@
 """The one place the provisioner runs a system command.
 
 Argument lists only (never a shell), secrets only on stdin, the command logged without its
-input, a non-zero exit raised as :class:`CommandFailed`.
+input, a non-zero exit raised as :class:`CommandFailed`. Commands start in ``/``, never in the
+operator's working directory (which may be a tenant's home or ``/tmp``), with a clean
+environment and no descriptor but the three standard ones. What runs as a tenant goes through
+:func:`provisioner.as_tenant.run_as_tenant` instead.
 
 >>> run(["true"]).returncode
 0
@@ -37,6 +40,8 @@ def run(
             capture_output=True,
             text=True,
             env=_ENV,
+            cwd="/",
+            close_fds=True,
             timeout=timeout,
             check=False,
         )

@@ -18,8 +18,16 @@ from provisioner.errors import SlotError
 from provisioner.runner import run
 from provisioner.supervisor import Program
 
-# Hash on the shared install's own Python, the password read from stdin (never argv).
+# Hash on the shared install's own (root-owned) Python, the password read from stdin (never
+# argv). Isolated (-I): neither the working directory nor PYTHON* variables nor a user site
+# reach sys.path, so a planted jupyter_server/ or sitecustomize.py in the operator's cwd (a
+# tenant's home, /tmp) is never imported by this root process; and the runner starts it in /.
 _HASH = "import sys; from jupyter_server.auth import passwd; print(passwd(sys.stdin.read()))"
+
+
+def hash_argv(venv: Path) -> list[str]:
+    """The root command that hashes a password read from stdin (pure; isolated Python)."""
+    return [str(venv / "bin" / "python"), "-I", "-c", _HASH]
 
 
 def server_config(inst: Installation, hashed_password: str) -> dict[str, object]:
@@ -62,7 +70,7 @@ class JupyterLab(App):
             raise SlotError(f"jupyterlab is not installed in {self.venv(settings)} (run 'make apps-shared')")
 
     def _hash(self, inst: Installation, password: str) -> str:
-        out = run([str(self.venv(inst.settings) / "bin" / "python"), "-c", _HASH], stdin=password)
+        out = run(hash_argv(self.venv(inst.settings)), stdin=password)
         return out.stdout.strip()
 
     def configure(self, ctx: Context, inst: Installation, creds: dict[str, str]) -> None:

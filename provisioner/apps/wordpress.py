@@ -7,7 +7,10 @@ the slot user on 127.0.0.1:<port> that serves Debian's ``/usr/share/wordpress`` 
 to that pool. Debian's ``wp-config.php`` picks the site's config by the ``WORDPRESS_CONFIG``
 FastCGI parameter: ``/etc/wordpress/config-sw-<hex of username>.php`` is a root-made link to
 the slot's own file. WordPress's install and password changes run through ``wordpress.php``
-with the php CLI as the slot user, secrets on stdin.
+with the php CLI as the slot user (:func:`~provisioner.as_tenant.run_as_tenant`: its own
+session, no terminal, no inherited descriptor), secrets on stdin, and a minimal bootstrap that
+loads neither the slot's ``wp-config.php`` nor its ``wp-content`` (plugins, themes, mu-plugins,
+drop-ins): the tenant's code never runs in an operator's command.
 
 The database server is the host's MariaDB (``[apps.wordpress] mysql_socket``), administered as
 root over its unix socket (``unix_socket`` authentication: no admin password anywhere).
@@ -20,9 +23,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from provisioner.apps import App, AppSettings, Installation
+from provisioner.as_tenant import TenantAccount, run_as_tenant
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.plan import Step
@@ -127,6 +132,16 @@ http {{
 """
 
 
+def wp_cli_argv(action: str, url: str, content_dir: str) -> list[str]:
+    """The php command (run as the slot user) for ACTION (pure: no secret in it).
+
+    The environment is clean (no ``PHPRC``/``PHP_INI_SCAN_DIR``) and the CLI never reads a
+    php.ini from its working directory: only Debian's root-owned configuration applies.
+    """
+    return [PHP, "-d", "display_errors=stderr", "-d", "auto_prepend_file=", "-d", "auto_append_file=",
+            str(SCRIPT), action, url, content_dir]
+
+
 class WordPress(App):
     name = "wordpress"
     title = "WordPress"
@@ -199,20 +214,28 @@ class WordPress(App):
         db, user = db_name(inst.username), self._db_user(inst.username)
         self._sql(inst.settings, f"DROP DATABASE IF EXISTS `{db}`;\nDROP USER IF EXISTS {user};\n")
 
-    def _wp(self, inst: Installation, action: str, payload: dict[str, str]) -> None:
-        run(["runuser", "-u", inst.username, "--", PHP, "-d", "display_errors=stderr", str(SCRIPT), action,
-             config_name(inst.username), f"http://127.0.0.1:{inst.port}"], stdin=json.dumps(payload))
+    def _wp(self, inst: Installation, action: str, db_password: str, payload: dict[str, str]) -> None:
+        """Run ``wordpress.php ACTION`` as the slot user; the database settings and secrets on stdin."""
+        db = {"name": db_name(inst.username), "user": db_name(inst.username), "password": db_password,
+              "host": f"localhost:{self._socket(inst.settings)}"}
+        account = TenantAccount(inst.username, inst.uid, inst.gid, inst.home)
+        # An empty directory root makes for this run stands in for wp-content: 0700 root, so the
+        # tenant's PHP finds nothing in it and can put nothing there.
+        with tempfile.TemporaryDirectory(prefix="slotwarden-wp-cli-") as content:
+            run_as_tenant(account, wp_cli_argv(action, f"http://127.0.0.1:{inst.port}", content),
+                          stdin=json.dumps({**payload, "db": db}))
 
     def after_start(self, ctx: Context, inst: Installation, creds: dict[str, str]) -> None:
-        self._wp(inst, "install", {"title": f"{inst.username}'s WordPress", "user": inst.username,
-                                   "email": f"{inst.username}@localhost.invalid", "password": creds["password"]})
+        self._wp(inst, "install", creds["db_password"],
+                 {"title": f"{inst.username}'s WordPress", "user": inst.username,
+                  "email": f"{inst.username}@localhost.invalid", "password": creds["password"]})
 
     def rotate(self, ctx: Context, inst: Installation, old: dict[str, str], new: dict[str, str],
                supervisor: SupervisorBackend) -> None:
         # PHP reads wp-config.php per request: the database password changes with no restart.
         self._set_db_password(inst, new["db_password"])
         self.configure(ctx, inst, new)
-        self._wp(inst, "passwd", {"user": inst.username, "password": new["password"]})
+        self._wp(inst, "passwd", new["db_password"], {"user": inst.username, "password": new["password"]})
 
     def uninstall(self, ctx: Context, inst: Installation) -> None:
         (CONFIG_DIR / f"config-{config_name(inst.username)}.php").unlink(missing_ok=True)

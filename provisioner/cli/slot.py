@@ -21,7 +21,7 @@ from provisioner import slots as slot_ops
 from provisioner.cli import fleet
 from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
 from provisioner.context import Context
-from provisioner.doctor import find_drift
+from provisioner.doctor import enforce_quotas, find_drift
 from provisioner.errors import BadInput
 from provisioner.executors import SlotChange
 from provisioner.names import format_size
@@ -289,19 +289,26 @@ def create_many(csv_file: Path) -> None:
 
 
 @click.command("doctor")
+@click.option("--enforce", is_flag=True,
+              help="first bring escaped usage back under each slot's cap (btrfs: nested subvolumes "
+                   "into the slot's quota group), and list what was moved")
 @json_option
-def doctor() -> None:
+def doctor(enforce: bool) -> None:
     """Compare the store with the system; exit 1 if anything drifted."""
     ctx = Context()
+    enforced = enforce_quotas(ctx) if enforce else []
     drift = find_drift(ctx)
 
     def render(c: Console) -> None:
+        for d in enforced:
+            c.print(f"{d.subject}: {d.problem}", markup=False, highlight=False)
         for d in drift:
             c.print(f"{d.subject}: {d.problem}")
         if not drift:
             c.print("no drift")
 
-    emit({"ok": not drift, "drift": [d.as_dict() for d in drift]}, render)
+    emit({"ok": not drift, "drift": [d.as_dict() for d in drift],
+          "enforced": [d.as_dict() for d in enforced]}, render)
     if drift:
         sys.exit(1)
 

@@ -1,44 +1,21 @@
 """Disk used and quota of every slot in one pass per filesystem, as the quota backend accounts it.
 
-A scrape of 500 slots cannot afford two ``btrfs`` commands per slot: for btrfs, one
-``subvolume list`` maps homes to subvolume ids and one ``qgroup show`` gives every qgroup;
-for usrquota, one ``repquota``. Other backends (and any home the batch misses) fall back to
+A scrape of 500 slots cannot afford two ``btrfs`` commands per slot: for btrfs, one read of
+the quota tree gives every qgroup and an ioctl on each home its subvolume id (no command at
+all); for usrquota, one ``repquota``. Other backends (and any home the batch misses) fall back to
 the backend's own ``usage()``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from provisioner.context import Context
 from provisioner.errors import SlotError
 from provisioner.quota import Usage, mount_of
+from provisioner.quota.btrfs_tree import is_subvolume_root, qgroupid, read_facts, subvolume_id
 from provisioner.runner import run
 from provisioner.store import SlotRecord
-
-_SUBVOL = re.compile(r"^ID (\d+) gen \d+ top level \d+ path (.+)$")
-
-
-def parse_subvolume_list(text: str) -> dict[str, int]:
-    """``btrfs subvolume list`` output -> {path relative to the filesystem top: subvolume id}."""
-    out = {}
-    for line in text.splitlines():
-        m = _SUBVOL.match(line.strip())
-        if m:
-            out[m.group(2)] = int(m.group(1))
-    return out
-
-
-def parse_qgroup_show(text: str) -> dict[int, Usage]:
-    """``btrfs qgroup show -re --raw`` output -> {subvolume id: Usage(referenced, max_rfer)}."""
-    out = {}
-    for line in text.splitlines():
-        cols = line.split()
-        if len(cols) >= 4 and cols[0].startswith("0/") and cols[0][2:].isdigit() and cols[1].isdigit():
-            limit = None if cols[3] in ("none", "0") else int(cols[3]) if cols[3].isdigit() else None
-            out[int(cols[0][2:])] = Usage(used_bytes=int(cols[1]), limit_bytes=limit)
-    return out
 
 
 def parse_repquota(text: str) -> dict[str, Usage]:
@@ -58,14 +35,23 @@ def _btrfs(slots_root: Path, records: list[SlotRecord], fresh: bool) -> dict[str
         # qgroup figures move at transaction commit (every 30 s by default): commit now, so a
         # file just written shows up.
         run(["btrfs", "filesystem", "sync", mnt], check=False)
-    ids = parse_subvolume_list(run(["btrfs", "subvolume", "list", mnt]).stdout)
-    qgroups = parse_qgroup_show(run(["btrfs", "qgroup", "show", "-re", "--raw", mnt]).stdout)
+    # Numbers from the kernel's trees, and each home's subvolume id by ioctl on the home
+    # itself: never `subvolume list`, whose paths tenants name (a newline forges a line).
+    facts = read_facts(Path(mnt))
     out: dict[str, tuple[Usage | None, str]] = {}
     for rec in records:
-        rel = str(Path(rec.home).relative_to(mnt)) if Path(rec.home).is_relative_to(mnt) else None
-        sid = ids.get(rel) if rel else None
-        if sid is not None and sid in qgroups:
-            out[rec.username] = (qgroups[sid], f"btrfs qgroup 0/{sid}")
+        try:
+            sid = subvolume_id(Path(rec.home)) if is_subvolume_root(Path(rec.home)) else None
+        except SlotError:
+            sid = None
+        if sid is None:
+            continue
+        for level in (1, 0):  # the slot's group carries the cap; a home from before groups, its own
+            q = qgroupid(level, sid)
+            if q in facts.referenced:
+                out[rec.username] = (Usage(facts.referenced[q], facts.max_referenced.get(q)),
+                                     f"btrfs qgroup {level}/{sid}")
+                break
     return out
 
 

@@ -60,14 +60,25 @@ class QuotaBackend(Protocol):
     def usage(self, username: str, home: Path) -> Usage:
         """Bytes used and the cap as the kernel accounts them."""
 
+    def enforce(self, username: str, home: Path) -> list[str]:
+        """Bring everything the tenant made under its cap again (btrfs: nested subvolumes into
+        the slot's group); return what was changed, one item each."""
 
-def load_backend(name: str, slots_root: Path) -> QuotaBackend:
-    """Instantiate the backend NAME for SLOTS_ROOT."""
+    def problems(self, username: str, home: Path, limit_bytes: int | None) -> list[str]:
+        """Whatever lets the slot's usage escape its limit, one line each (for ``doctor``)."""
+
+
+def load_backend(name: str, slots_root: Path, *, bytes_per_inode: int = 16384) -> QuotaBackend:
+    """Instantiate the backend NAME for SLOTS_ROOT.
+
+    BYTES_PER_INODE (``[slots] bytes_per_inode``): backends that cap files as well as bytes
+    (usrquota) allow one inode per that many bytes of quota.
+    """
     if name not in BACKENDS:
         raise BadInput(f"unknown quota backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}")
     module_name, _, cls_name = BACKENDS[name].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: QuotaBackend = cls(slots_root)
+    backend: QuotaBackend = cls(slots_root, bytes_per_inode=bytes_per_inode)
     return backend
 
 

@@ -1,45 +1,113 @@
-"""btrfs backend: each home is a subvolume, capped by a qgroup limit on its referenced bytes.
+"""btrfs backend: each home is a subvolume in a level-1 qgroup of its own, which carries the limit.
 
-Removal deletes the subvolume *and* destroys its qgroup: btrfs keeps a stale qgroup after a
-subvolume is deleted, and a leftover limit must never follow a name or an id.
+A tenant can make subvolumes and snapshots in its home (the kernel allows it to anyone who
+may write the directory), and each gets a level-0 qgroup of its own. So the cap is not on
+the home's ``0/ID`` but on the slot's group ``1/ID`` (ID: the home's subvolume id), which the
+home joins when it is made, before the tenant owns it:
+
+- with **simple quotas** (kernel 6.7+, what ``enable`` turns on where the kernel has them), a
+  subvolume or snapshot made the ordinary way joins the groups of the subvolume it is made in:
+  ``btrfs subvolume create ~/s`` lands in ``1/ID`` and counts against the slot;
+- a tenant can still pass its own (empty) inherit list, and kernels without simple quotas
+  never inherit: :meth:`BtrfsQuota.enforce` finds every subvolume nested in a home that is not
+  in the home's group and puts it there (usage moves with it, so a slot over its cap is
+  stopped), and :meth:`BtrfsQuota.problems` (``doctor``) reports it meanwhile.
+
+Every decision rests on numbers read from the kernel's trees (:mod:`btrfs_tree`), never on
+subvolume paths, which the tenant names. Every command names exactly the qgroups of the slot
+at hand: nothing here runs ``qgroup clear-stale``, which drops *any* qgroup whose subvolume it
+does not see yet — another slot's, created a moment ago (the cause of "unable to limit
+requested quota group: No such file or directory" under concurrent creates and removals).
+
+Removal deletes the nested subvolumes deepest first, by id (no path inside the home is
+walked), then the home, and destroys exactly their qgroups and the slot's group (waiting out
+the commit that frees their extents where the kernel still counts them): a leftover limit
+must never follow a name or an id.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
+import time
 from pathlib import Path
 
 from provisioner.errors import SlotError
 from provisioner.quota import Usage, mount_of
+from provisioner.quota.btrfs_tree import (
+    NO_LIMIT,
+    QuotaFacts,
+    create_subvolume,
+    enable_quota,
+    is_subvolume_root,
+    qgroup_change,
+    qgroup_name,
+    qgroupid,
+    quota_mode,
+    read_slot_facts,
+    simple_quota_supported,
+    subvolume_id,
+)
 from provisioner.runner import run
 
 
 class BtrfsQuota:
-    """Subvolume-per-slot homes with qgroup limits."""
+    """Subvolume-per-slot homes, capped by a level-1 qgroup per slot."""
 
     name = "btrfs"
 
-    def __init__(self, slots_root: Path) -> None:
+    def __init__(self, slots_root: Path, **_options: object) -> None:
         self.slots_root = slots_root
 
+    @property
+    def mountpoint(self) -> str:
+        return mount_of(self.slots_root)[0]
+
     def enable(self) -> None:
-        """Turn on quota accounting for the filesystem (idempotent)."""
-        run(["btrfs", "quota", "enable", str(self.slots_root)])
+        """Turn on quota accounting (idempotent): simple quotas where the kernel has them."""
+        mnt = Path(self.mountpoint)
+        if quota_mode(mnt) != "disabled":
+            return
+        enable_quota(mnt, simple=simple_quota_supported())
 
     def is_subvolume(self, home: Path) -> bool:
-        return home.is_dir() and run(["btrfs", "subvolume", "show", str(home)], check=False).returncode == 0
+        return is_subvolume_root(home)
 
     def subvolume_id(self, home: Path) -> int:
-        out = run(["btrfs", "inspect-internal", "rootid", str(home)]).stdout
-        return int(out.strip())
+        """The id of the subvolume HOME is the top of (by ioctl; refuses a plain directory)."""
+        if not is_subvolume_root(home):
+            raise SlotError(f"{home} is not a slot subvolume")
+        return subvolume_id(home)
+
+    def group_of(self, home: Path) -> str:
+        """The slot's level-1 qgroup: ``1/<the home's subvolume id>``."""
+        return f"1/{self.subvolume_id(home)}"
+
+    def _qgroup(self, op: str, *args: int, ok: tuple[int, ...] = ()) -> None:
+        """One qgroup change (by ioctl, see :func:`qgroup_change`); an errno in OK is fine."""
+        try:
+            qgroup_change(Path(self.mountpoint), op, *args)
+        except OSError as exc:
+            if exc.errno not in ok:
+                names = " ".join(qgroup_name(a) for a in (args if op != "limit" else args[:1]))
+                raise SlotError(f"btrfs qgroup {op} {names}: {exc.strerror}") from None
+
+    def _join_group(self, sid: int) -> None:
+        """Make sure the group 1/SID exists and the home's 0/SID is in it."""
+        self._qgroup("create", qgroupid(1, sid), ok=(errno.EEXIST,))
+        # No rescan: a fresh (or squota) subvolume is accounted at once; a rescan is
+        # filesystem-wide and no operation on one slot may touch the others.
+        self._qgroup("assign", qgroupid(0, sid), qgroupid(1, sid), ok=(errno.EEXIST,))
 
     def make_home(self, home: Path) -> None:
         if self.is_subvolume(home):
+            self._join_group(self.subvolume_id(home))
             return
         if home.exists():
             raise SlotError(f"{home} exists and is not a slot subvolume")
-        run(["btrfs", "subvolume", "create", str(home)])
+        create_subvolume(home.parent, home.name)
+        self._join_group(self.subvolume_id(home))
 
     def remove_home(self, home: Path) -> None:
         if not home.exists():
@@ -47,78 +115,172 @@ class BtrfsQuota:
         if not self.is_subvolume(home):
             shutil.rmtree(home)
             return
-        qgroup = f"0/{self.subvolume_id(home)}"
-        run(["btrfs", "subvolume", "delete", "--commit-after", str(home)])
-        self._destroy_qgroup(qgroup)
+        sid = self.subvolume_id(home)
+        facts = read_slot_facts(Path(self.mountpoint), sid)
+        nested = facts.descendants(sid)
+        mnt = self.mountpoint
+        for child in nested:  # deepest first: a subvolume holding another cannot be deleted
+            run(["btrfs", "subvolume", "delete", "--subvolid", str(child), mnt])
+        run(["btrfs", "subvolume", "delete", "--commit-after", "--subvolid", str(sid), mnt])
+        self._drop_groups(sid, facts, nested)
 
     def remove_homes(self, homes: list[Path]) -> None:
         """Remove many homes with one transaction commit (``slot remove-many``).
 
-        The subvolumes go in one ``btrfs subvolume delete --commit-after``; then the qgroups of
-        exactly those subvolumes that the kernel has not dropped by itself are destroyed. Any
-        home this cannot handle (not a subvolume of this mount, a delete refused) goes through
-        :meth:`remove_home`, one by one.
+        Each home's nested subvolumes go first (by id, deepest first), then every home in one
+        ``btrfs subvolume delete --commit-after``, then exactly each slot's qgroups, as
+        :meth:`remove_home` does one by one. A home this cannot take in the batch (a plain
+        directory, a delete refused) goes through :meth:`remove_home`.
         """
-        mnt = mount_of(self.slots_root)[0]
-        listed: dict[str, int] = {}
-        for line in run(["btrfs", "subvolume", "list", mnt]).stdout.splitlines():
-            m = re.match(r"ID (\d+) gen \d+ top level \d+ path (.+)$", line)
-            if m:
-                listed[m.group(2)] = int(m.group(1))
-        ids: dict[Path, int] = {}
+        mnt = self.mountpoint
+        batch: dict[Path, tuple[int, QuotaFacts, list[int]]] = {}
         for home in homes:
-            rel = str(home.relative_to(mnt)) if home.is_relative_to(mnt) else None
-            if rel is not None and rel in listed and home.is_dir() and not home.is_symlink():
-                ids[home] = listed[rel]
-        if ids:
-            done = run(["btrfs", "subvolume", "delete", "--commit-after", *map(str, ids)], check=False)
-            if done.returncode != 0:
-                ids = {h: i for h, i in ids.items() if not h.exists()}
-        for home in homes:
-            if home not in ids:
+            if home.exists() and not home.is_symlink() and self.is_subvolume(home):
+                sid = self.subvolume_id(home)
+                facts = read_slot_facts(Path(mnt), sid)
+                batch[home] = (sid, facts, facts.descendants(sid))
+            else:
                 self.remove_home(home)
-        if not ids:
-            return
-        run(["btrfs", "subvolume", "sync", mnt, *map(str, ids.values())], check=False)
-        left = qgroup_ids(self.slots_root) & {f"0/{i}" for i in ids.values()}
-        for qgroup in sorted(left):
-            self._destroy_qgroup(qgroup)
+        for _sid, _facts, nested in batch.values():
+            for child in nested:
+                run(["btrfs", "subvolume", "delete", "--subvolid", str(child), mnt])
+        if batch:
+            done = run(["btrfs", "subvolume", "delete", "--commit-after", *map(str, batch)], check=False)
+            if done.returncode != 0:
+                for home in [h for h in batch if h.exists()]:
+                    del batch[home]
+                    self.remove_home(home)
+        for sid, facts, nested in batch.values():
+            self._drop_groups(sid, facts, nested)
 
-    def _destroy_qgroup(self, qgroup: str) -> None:
-        mnt = mount_of(self.slots_root)[0]
-        if run(["btrfs", "qgroup", "destroy", qgroup, mnt], check=False).returncode == 0:
-            return
-        # The kernel may still count the deleted subvolume's extents against the qgroup until
-        # the cleaner runs; clear-stale drops every qgroup whose subvolume is gone.
-        run(["btrfs", "subvolume", "sync", mnt], check=False)
-        run(["btrfs", "qgroup", "clear-stale", mnt], check=False)
+    def _drop_groups(self, sid: int, facts: QuotaFacts, nested: list[int]) -> None:
+        """Destroy the qgroups of a removed home SID (and its NESTED subvolumes) and its group."""
+        ours = {qgroupid(0, s) for s in [*nested, sid]}
+        group = qgroupid(1, sid)
+        for member in sorted(facts.members(group) - ours):
+            if (member & ((1 << 48) - 1)) in facts.parents:
+                # A living subvolume of someone else's, charged to this group by its own inherit
+                # list: it leaves the group; its qgroup is not ours to destroy.
+                self._qgroup("remove", member, group, ok=(errno.ENOENT,))
+            else:
+                ours.add(member)  # the qgroup of a subvolume the tenant deleted itself
+        for q in sorted(ours):
+            self._destroy(q)
+        self._destroy(group)
 
-    def _limit(self, home: Path, limit: str) -> None:
-        # The qgroup by id, on the mount point: given the home's path, btrfs starts the change's
-        # transaction in the home's own subvolume, which a slot at or over its limit refuses with
-        # "Disk quota exceeded" — and then neither a larger plan nor removal could lift it.
-        qgroup = f"0/{self.subvolume_id(home)}"
-        run(["btrfs", "qgroup", "limit", limit, qgroup, mount_of(self.slots_root)[0]])
+    def _destroy(self, qgroup: int, attempts: int = 100) -> None:
+        """Destroy QGROUP (absent is fine), waiting out the kernel's last accounting of it.
+
+        A dropped subvolume's qgroup still holds usage until the transaction that frees its
+        extents commits (EBUSY meanwhile): commit and try again.
+        """
+        for _ in range(attempts - 1):
+            try:
+                qgroup_change(Path(self.mountpoint), "destroy", qgroup)
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                if exc.errno != errno.EBUSY:
+                    raise SlotError(f"btrfs qgroup destroy {qgroup_name(qgroup)}: {exc.strerror}") from None
+            run(["btrfs", "filesystem", "sync", self.mountpoint], check=False)
+            time.sleep(0.05)
+        self._qgroup("destroy", qgroup, ok=(errno.ENOENT,))
+
+    def _limit(self, home: Path, limit: int) -> None:
+        # The group by id, on the mount point: a change started in the home's own subvolume is
+        # refused with "Disk quota exceeded" when the slot is at or over its limit — and then
+        # neither a larger plan nor removal could lift it.
+        sid = self.subvolume_id(home)
+        try:
+            qgroup_change(Path(self.mountpoint), "limit", qgroupid(1, sid), limit)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise SlotError(f"btrfs qgroup limit 1/{sid}: {exc.strerror}") from None
+            self._adopt_home(sid)  # a home made before slots had groups
+            self._qgroup("limit", qgroupid(1, sid), limit)
+
+    def _adopt_home(self, sid: int) -> None:
+        """Give a home made before slots had groups its group, and move its old 0/SID cap there."""
+        old = read_slot_facts(Path(self.mountpoint), sid).max_referenced.get(qgroupid(0, sid))
+        self._join_group(sid)
+        if old is not None:
+            self._qgroup("limit", qgroupid(1, sid), old)
+            self._qgroup("limit", qgroupid(0, sid), NO_LIMIT)
 
     def set_limit(self, username: str, home: Path, limit_bytes: int) -> None:
-        self._limit(home, str(limit_bytes))
+        self._limit(home, limit_bytes)
+        self.enforce(username, home)
 
     def clear_limit(self, username: str, home: Path) -> None:
         if self.is_subvolume(home):
-            self._limit(home, "none")
+            self._limit(home, NO_LIMIT)
 
     def usage(self, username: str, home: Path) -> Usage:
-        qgroup = f"0/{self.subvolume_id(home)}"
-        out = run(["btrfs", "qgroup", "show", "-reF", "--raw", str(home)]).stdout
-        for line in out.splitlines():
-            cols = line.split()
-            if cols and cols[0] == qgroup:
-                limit = None if cols[3] == "none" else int(cols[3])
-                return Usage(used_bytes=int(cols[1]), limit_bytes=limit)
-        raise SlotError(f"no qgroup {qgroup} for {home}")
+        sid = self.subvolume_id(home)
+        facts = read_slot_facts(Path(self.mountpoint), sid)
+        group = qgroupid(1, sid)
+        if group in facts.referenced:
+            return Usage(facts.referenced[group], facts.max_referenced.get(group))
+        if qgroupid(0, sid) in facts.referenced:  # a home from before slots had groups
+            leaf = qgroupid(0, sid)
+            return Usage(facts.referenced[leaf], facts.max_referenced.get(leaf))
+        raise SlotError(f"no qgroup 1/{sid} or 0/{sid} for {home}")
+
+    def escaped(self, home: Path, facts: QuotaFacts | None = None) -> list[int]:
+        """Subvolume ids of HOME (itself and nested ones) whose qgroup is not in the slot's group."""
+        sid = self.subvolume_id(home)
+        facts = facts or read_slot_facts(Path(self.mountpoint), sid)
+        group = qgroupid(1, sid)
+        return [s for s in [sid, *facts.descendants(sid)]
+                if group not in facts.memberships.get(qgroupid(0, s), set())]
+
+    def enforce(self, username: str, home: Path) -> list[str]:
+        """Put every subvolume nested in HOME into the slot's group; return what was moved.
+
+        A nested subvolume a tenant put into another group (another slot's, by an explicit
+        inherit) leaves that group first: it must count against its own slot and no other.
+        """
+        sid = self.subvolume_id(home)
+        facts = read_slot_facts(Path(self.mountpoint), sid)
+        moved: list[str] = []
+        for s in self.escaped(home, facts):
+            for other in sorted(facts.memberships.get(qgroupid(0, s), set())):
+                self._qgroup("remove", qgroupid(0, s), other, ok=(errno.ENOENT,))
+            if s == sid:
+                self._adopt_home(sid)
+            else:
+                self._qgroup("assign", qgroupid(0, s), qgroupid(1, sid), ok=(errno.EEXIST,))
+            moved.append(f"0/{s}")
+        return moved
+
+    def problems(self, username: str, home: Path, limit_bytes: int | None) -> list[str]:
+        """What lets this slot's usage escape its limit (for ``doctor``), one line each."""
+        sid = self.subvolume_id(home)
+        facts = read_slot_facts(Path(self.mountpoint), sid)
+        group = qgroupid(1, sid)
+        found: list[str] = []
+        if group not in facts.referenced:
+            found.append(f"no group 1/{sid}: the limit covers the home only, not subvolumes in it")
+        else:
+            outside = [f"0/{s}" for s in self.escaped(home, facts)]
+            if outside:
+                found.append(f"subvolumes outside the slot's group 1/{sid}: {', '.join(outside)} "
+                             "('slotctl doctor --enforce' puts them in)")
+            nested = {qgroupid(0, s) for s in [sid, *facts.descendants(sid)]}
+            foreign = sorted(q for q in facts.members(group) if q not in nested)
+            if foreign:
+                found.append(f"group 1/{sid} holds qgroups of other subvolumes: "
+                             f"{', '.join(qgroup_name(q) for q in foreign)}")
+            used, limit = facts.referenced[group], facts.max_referenced.get(group)
+            if limit is not None and used > limit:
+                found.append(f"uses {used} bytes, above its limit of {limit}")
+            if limit_bytes is not None and limit is None:
+                found.append(f"group 1/{sid} has no limit")
+        return found
 
 
 def qgroup_ids(slots_root: Path) -> set[str]:
-    """Every level-0 qgroup of the filesystem (for leak checks)."""
+    """Every qgroup of the filesystem, level 0 and 1 (for leak checks)."""
     out = run(["btrfs", "qgroup", "show", "--raw", str(slots_root)]).stdout
-    return set(re.findall(r"^(0/\d+)\s", out, re.M))
+    return set(re.findall(r"^([01]/\d+)\s", out, re.M))

@@ -15,7 +15,7 @@ class NoQuota:
 
     name = "none"
 
-    def __init__(self, slots_root: Path) -> None:
+    def __init__(self, slots_root: Path, **_options: object) -> None:
         self.slots_root = slots_root
 
     def enable(self) -> None:
@@ -43,3 +43,9 @@ class NoQuota:
                 except OSError:
                     pass
         return Usage(used_bytes=total, limit_bytes=None)
+
+    def enforce(self, username: str, home: Path) -> list[str]:
+        return []
+
+    def problems(self, username: str, home: Path, limit_bytes: int | None) -> list[str]:
+        return []

@@ -1,5 +1,13 @@
 """usrquota backend: homes are directories on ext4/xfs mounted with ``usrquota``; ``setquota``
-caps each slot user's blocks on that filesystem (production hosts whose kernel has quotas)."""
+caps each slot user's blocks *and inodes* on that filesystem (production hosts whose kernel has
+quotas). Without an inode cap a tenant fills the inode table with empty files and every other
+slot on the filesystem gets "No space left on device" with its byte quota untouched: a slot
+may own one inode per ``[slots] bytes_per_inode`` bytes of quota (default 16 KiB, so a 1 GiB
+slot gets 65,536 files), and at least 1,024.
+
+>>> setquota_argv("alice", "/srv", 1 << 30, 16384)
+['setquota', '-u', 'alice', '0', '1048576', '0', '65536', '/srv']
+"""
 
 from __future__ import annotations
 
@@ -10,14 +18,29 @@ from provisioner.errors import SlotError
 from provisioner.quota import Usage, mount_of
 from provisioner.runner import run
 
+MIN_INODES = 1024
+
+
+def inode_limit(limit_bytes: int, bytes_per_inode: int) -> int:
+    """The inode cap that goes with a byte cap of LIMIT_BYTES."""
+    return max(MIN_INODES, limit_bytes // max(1, bytes_per_inode))
+
+
+def setquota_argv(username: str, mountpoint: str, limit_bytes: int, bytes_per_inode: int) -> list[str]:
+    """The ``setquota`` command capping USERNAME at LIMIT_BYTES (hard) and its inodes (pure)."""
+    kib = max(1, limit_bytes // 1024)
+    return ["setquota", "-u", username, "0", str(kib), "0", str(inode_limit(limit_bytes, bytes_per_inode)),
+            mountpoint]
+
 
 class UserQuota:
     """Per-user block limits with the classic quota tools."""
 
     name = "usrquota"
 
-    def __init__(self, slots_root: Path) -> None:
+    def __init__(self, slots_root: Path, *, bytes_per_inode: int = 16384, **_options: object) -> None:
         self.slots_root = slots_root
+        self.bytes_per_inode = bytes_per_inode
 
     @property
     def mountpoint(self) -> str:
@@ -40,8 +63,7 @@ class UserQuota:
             shutil.rmtree(home)
 
     def set_limit(self, username: str, home: Path, limit_bytes: int) -> None:
-        kib = max(1, limit_bytes // 1024)
-        run(["setquota", "-u", username, "0", str(kib), "0", "0", self.mountpoint])
+        run(setquota_argv(username, self.mountpoint, limit_bytes, self.bytes_per_inode))
 
     def clear_limit(self, username: str, home: Path) -> None:
         run(["setquota", "-u", username, "0", "0", "0", "0", self.mountpoint], check=False)
@@ -54,3 +76,31 @@ class UserQuota:
                 used, hard = int(cols[1].rstrip("*")) * 1024, int(cols[3]) * 1024
                 return Usage(used_bytes=used, limit_bytes=hard or None)
         return Usage(used_bytes=0, limit_bytes=None)
+
+    def enforce(self, username: str, home: Path) -> list[str]:
+        return []  # the kernel charges every file to its owner: nothing can escape
+
+    def problems(self, username: str, home: Path, limit_bytes: int | None) -> list[str]:
+        out = run(["quota", "-w", "-p", "-u", username, "-f", self.mountpoint], check=False).stdout
+        return quota_problems(out, self.mountpoint, limit_bytes)
+
+
+def quota_problems(text: str, mountpoint: str, limit_bytes: int | None) -> list[str]:
+    """What ``quota -w -p`` output says lets a slot escape its limit (pure)."""
+    for line in text.splitlines():
+        cols = line.split()
+        if cols and cols[0] == mountpoint and len(cols) >= 8:
+            try:
+                used, hard = int(cols[1].rstrip("*")), int(cols[3])
+                files, ihard = int(cols[5].rstrip("*")), int(cols[7])
+            except ValueError:
+                return [f"unreadable quota report for {mountpoint}"]
+            found = []
+            if hard and used > hard:
+                found.append(f"uses {used} KiB, above its limit of {hard} KiB")
+            if limit_bytes is not None and not ihard:
+                found.append("no inode limit")
+            elif ihard and files > ihard:
+                found.append(f"owns {files} inodes, above its limit of {ihard}")
+            return found
+    return ["no user quota on " + mountpoint] if limit_bytes is not None else []

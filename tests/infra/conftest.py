@@ -51,6 +51,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "guard: needs the slotwarden login guard on the host")
     config.addinivalue_line("markers", "client: needs --client-host (a second machine)")
+    config.addinivalue_line("markers", "usrquota: needs slot homes on a usrquota (ext4/xfs) filesystem")
     config._swv_left_out = []  # type: ignore[attr-defined]
 
 
@@ -81,6 +82,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         stack = "/etc/pam.d/sshd /etc/pam.d/common-auth /etc/pam.d/common-account"
         if _probe_host(config).run(f"grep -qs pam_slotwarden.so {stack}").rc != 0:
             reasons["guard"] = "the login guard is not in this host's sshd PAM stack (--guard=yes requires it)"
+    if any(item.get_closest_marker("usrquota") for item in suite):
+        first = config.getoption("slots").split(",")[0]
+        probe = _probe_host(config)
+        home = probe.run(f"getent passwd {shlex.quote(first)} | cut -d: -f6").stdout.strip()
+        fstype = probe.run(f"stat -f -c %T {shlex.quote(home)}").stdout.strip() if home else ""
+        if fstype not in ("ext2/ext3", "xfs"):
+            reasons["usrquota"] = f"the slots' filesystem is {fstype or 'unknown'}: inode caps are usrquota's"
     if not config.getoption("client_host") or not config.getoption("server_address"):
         reasons.setdefault("client", "no second machine to log in from (--client-host/--server-address)")
     keep, drop = [], []

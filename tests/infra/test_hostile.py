@@ -1,6 +1,8 @@
-"""Hostile tenants, from the tenant's side: what a tenant with a shell tries against the boundary.
+"""The hostile tenant: attacks a tenant with a shell can make, run as that tenant.
 
-Root only sets the scene and clears it; every attempt runs as a slot user.
+Root only sets the scene and clears it; every attempt runs as a slot user. Each class is one
+family of attacks; the root-side halves (root's operations racing the tenant) are in
+``tests/system/test_hostile_*.py``.
 """
 
 from __future__ import annotations
@@ -8,7 +10,11 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+import pytest
+
 from tests.infra.tenants import Slot, as_tenant
+
+MiB = 1 << 20
 
 
 class TestIdentity:
@@ -56,3 +62,55 @@ class TestIdentity:
             assert out.stdout.strip() in {str(b.uid), "CANNOT-RUN"}, f"{b.name} became uid {out.stdout.strip()}"
         finally:
             as_tenant(host, a, f"rm -rf {shlex.quote(pub)}; chmod 700 {shlex.quote(a.home)}")
+
+
+def _filesystem(host: Any, slot: Slot) -> str:
+    return str(as_tenant(host, slot, "stat -f -c %T $HOME").stdout.strip())
+
+
+class TestQuotaEscapeThroughSubvolumes:
+    """Quota (issue 12): subvolumes and snapshots a tenant makes count against its slot."""
+
+    SUB = ".swv-hostile-sub"
+
+    def _write_past(self, host: Any, slot: Slot, quota_mib: int, where: str) -> Any:
+        return as_tenant(host, slot,
+                         f"dd if=/dev/urandom of={where}/fill bs=1M count={quota_mib + 8} conv=fsync 2>&1; "
+                         f"echo rc=$?; stat -c size=%s {where}/fill")
+
+    def _cleanup(self, host: Any, slot: Slot, path: str) -> None:
+        # An empty subvolume is removed by its owner with rmdir (no privilege needed).
+        as_tenant(host, slot, f"rm -rf {path}/* 2>/dev/null; rmdir {path} 2>/dev/null || rm -rf {path}")
+
+    @pytest.mark.parametrize("make", ["btrfs subvolume create {p}", "btrfs subvolume snapshot $HOME {p}"])
+    def test_nested_subvolume_does_not_lift_the_cap(self, host: Any, slots: list[Slot],
+                                                    request: pytest.FixtureRequest, make: str) -> None:
+        quota_mib = request.config.getoption("quota_mib")
+        slot = slots[0]
+        path = f"$HOME/{self.SUB}"
+        made = as_tenant(host, slot, make.format(p=path) + " 2>&1")
+        try:
+            if made.rc != 0:
+                # Not btrfs (usrquota homes): no subvolume at all, and the cap covers every file.
+                assert _filesystem(host, slot) != "btrfs", made.stdout
+                as_tenant(host, slot, f"mkdir -p {path}")
+            out = self._write_past(host, slot, quota_mib, path)
+            assert "Disk quota exceeded" in out.stdout, out.stdout
+            size = int(out.stdout.split("size=")[1].split()[0])
+            assert size <= (quota_mib + 1) * MiB
+        finally:
+            self._cleanup(host, slot, path)
+
+
+@pytest.mark.usrquota
+class TestInodeCap:
+    """Quota (issue 12): on usrquota hosts a tenant cannot fill the inode table with empty files."""
+
+    def test_empty_files_stop_at_the_inode_cap(self, host: Any, slots: list[Slot]) -> None:
+        slot = slots[0]
+        out = as_tenant(host, slot, "mkdir -p $HOME/.swv-files && cd $HOME/.swv-files && "
+                                    "i=0; while [ $i -lt 200000 ]; do : > f$i 2>/dev/null || break; i=$((i+1)); done; "
+                                    "echo made=$i; { : > one-more; } 2>&1; cd; rm -rf $HOME/.swv-files")
+        made = int(out.stdout.split("made=")[1].split()[0])
+        assert made < 200000, "no inode cap: 200,000 empty files made"
+        assert "Disk quota exceeded" in out.stdout, out.stdout

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from provisioner.datareport import shadow_state
 from provisioner.errors import ConfigError
 from provisioner.metrics import MetricsConfig, detect_backend, me_script
-from provisioner.metrics.disk import parse_qgroup_show, parse_repquota, parse_subvolume_list
+from provisioner.metrics.disk import parse_repquota
 from provisioner.metrics.kernel import (
     Proc,
     SlotMetrics,
@@ -47,30 +47,7 @@ def test_flat_keyed_round_trip(d: dict[str, int]) -> None:
 def test_parsers_never_raise(text: str) -> None:
     parse_flat_keyed(text)
     parse_status(text)
-    parse_subvolume_list(text)
-    parse_qgroup_show(text)
     parse_repquota(text)
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("ID 256 gen 9 top level 5 path alice\nID 300 gen 1 top level 5 path .kept/bob-1\n",
-     {"alice": 256, ".kept/bob-1": 300}),
-    ("", {}),
-    ("garbage\n", {}),
-])
-def test_subvolume_list(text: str, expected: dict[str, int]) -> None:
-    assert parse_subvolume_list(text) == expected
-
-
-def test_qgroup_show() -> None:
-    text = ("Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path\n"
-            "--------    ----------    ---------  --------------  -------------   ----\n"
-            "0/5              16384        16384            none           none   <toplevel>\n"
-            "0/256         8404992      8404992       104857600           none   alice\n"
-            "1/100            16384        16384            none           none   <under>\n")
-    q = parse_qgroup_show(text)
-    assert q[256].used_bytes == 8404992 and q[256].limit_bytes == 104857600
-    assert q[5].limit_bytes is None and 100 not in q
 
 
 def test_repquota() -> None:
