@@ -7,6 +7,7 @@ home that looks like a slot but has no store row.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ def find_drift(ctx: Context) -> list[Drift]:
             else:
                 if limit != rec.quota_bytes:
                     found.append(Drift(name, f"quota is {limit}, store says {rec.quota_bytes}"))
+    if importlib.util.find_spec("provisioner.limits") is not None:
+        from provisioner.limits import drift
+
+        found.extend(Drift(name, problem) for name, problem in drift(ctx, list(records.values())))
     for pw in pwd.getpwall():
         # Only accounts whose home is under this store's slots root are this store's business.
         if (pw.pw_gecos == accounts.SLOT_COMMENT and pw.pw_name not in records
