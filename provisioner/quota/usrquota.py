@@ -76,8 +76,9 @@ def parse_quota_output(text: str, mountpoint: str) -> Usage:
     for line in text.splitlines():
         cols = line.split()
         if cols and cols[0] == mountpoint and len(cols) >= 4:
-            if not (cols[1].rstrip("*").isdigit() and cols[3].isdigit()):
+            used_text, hard_text = cols[1].rstrip("*"), cols[3]
+            if not all(t.isascii() and t.isdigit() for t in (used_text, hard_text)):
                 break
-            used, hard = int(cols[1].rstrip("*")) * 1024, int(cols[3]) * 1024
+            used, hard = int(used_text) * 1024, int(hard_text) * 1024
             return Usage(used_bytes=used, limit_bytes=hard or None)
     raise SlotError(f"quota reported no usage for {mountpoint}")
