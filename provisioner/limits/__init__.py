@@ -31,13 +31,15 @@ __all__ = ["BACKENDS", "LimitRecords", "LimitsBackend", "LimitsError", "Placemen
 
 
 def _register() -> None:
-    from provisioner import datareport, slots
-    from provisioner.limits.steps import data_items, slot_fields
+    from provisioner import datareport, host, slots
+    from provisioner.limits.steps import data_items, host_steps, slot_fields
 
     if creation_steps not in slots.CREATION_EXTENSIONS:
         # First: the slot's cgroup and limits exist before any app of it starts.
         slots.CREATION_EXTENSIONS.insert(0, creation_steps)
         slots.REMOVAL_EXTENSIONS.append(removal_steps)
+    if host_steps not in host.HOST_INIT_EXTENSIONS:
+        host.HOST_INIT_EXTENSIONS.insert(0, host_steps)  # before the supervisor starts the apps
     if slot_fields not in slots.DETAIL_SOURCES:
         slots.DETAIL_SOURCES.append(slot_fields)
     if data_items not in datareport.SOURCES:

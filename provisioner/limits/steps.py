@@ -261,6 +261,41 @@ def change_plan_steps(ctx: Context, username: str, new: PlanConfig) -> list[Step
     return [Step("limits", f"apply the limits of plan {new.name} to {username} ({backend.name})", do, undo)]
 
 
+def host_steps(ctx: Context, _req: object) -> list[Step]:
+    """``host init`` (and so every boot): remake the cgroup of each slot whose limits the kernel lost.
+
+    cgroup v1 directories live in memory: after a reboot every slot's cgroup is gone until this
+    runs. It runs before the supervisor step, so apps restarted at boot join their slot's cgroup.
+    """
+    if "slots_root" not in ctx.store.host_settings():
+        return []
+    backend = load_limits_backend(ctx)
+    if backend.name == "none":
+        return []
+    records = LimitRecords(ctx.store)
+    todo: list[tuple[SlotTarget, ResourceLimits]] = []
+    for rec in ctx.store.list_slots():
+        applied = records.get(rec.username)
+        acct = accounts.lookup_user(rec.username)
+        if applied is None or acct is None or rec.state not in ("active", "suspended"):
+            continue
+        target = target_of(ctx, rec.username, Path(rec.home), acct)
+        have = backend.read(target)
+        if have is None or kernel_units_differ(backend.expected(applied.limits, target), have):
+            todo.append((target, applied.limits))
+    if not todo:
+        return []
+
+    def restore() -> None:
+        for target, limits in todo:
+            backend.apply(limits, target)
+            records.put(target.username, limits, backend.name)
+
+    names = ", ".join(t.username for t, _ in todo[:5]) + (" ..." if len(todo) > 5 else "")
+    return [Step("slot-limits", f"restore the cgroup and limits of {len(todo)} slot(s) ({names}; {backend.name})",
+                 restore)]
+
+
 # --- what the others show -------------------------------------------------------------------------
 
 

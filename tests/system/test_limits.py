@@ -23,7 +23,7 @@ from provisioner.limits import LimitRecords, place
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
 from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
-from tests.system.lab import LabHost, LabNet, LabSshd
+from tests.system.lab import LabHost, LabNet, LabSshd, wait_for
 
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
 CGROUP = Path("/sys/fs/cgroup")
@@ -308,3 +308,64 @@ def test_a_vanished_cgroup_is_reported_and_remove_lifts_everything(lab: Lab) -> 
         assert LimitRecords(ctx.store).get(name) is None
     finally:
         ctx.close()
+
+
+def test_after_a_reboot_host_init_restores_cgroups_limits_and_apps(lab: Lab) -> None:
+    """A reboot of a host without systemd loses every cgroup and supervisord; host init (run at
+    boot, see the README) brings back the slot's cgroup with its limits before its app starts."""
+    from provisioner.host import host_init, parse_host_request
+    from provisioner.supervisor.supervisord import Supervisord
+
+    ctx = lab.host.ctx()
+    a = lab.a.record
+    prog = place(ctx, Program(app="tboot", user=a.username, argv=["/bin/sleep", "1000"], cwd=a.home))
+    sup = supervisor_for(ctx)
+    try:
+        sup.ensure_program(prog)
+        sup.wait_running(prog.name)
+        assert isinstance(sup, Supervisord)
+        sup.shutdown()  # "power off": supervisord and its programs are gone ...
+        accounts.stop_processes(a.uid or 0)
+        for ctrl in ("memory", "cpu", "cpuacct", "pids", "blkio"):  # ... and so is every cgroup
+            d = lab.cg(ctrl, a.username)
+            if d.is_dir():
+                d.rmdir()
+        assert any("cgroup is gone" in d.problem for d in find_drift(ctx) if d.subject == a.username)
+        base = lab.host.base
+        req = parse_host_request(ctx, str(base / "slots"), "btrfs", str(base / "slots.img"), "1G", True, False)
+        plan = host_init(ctx, req)
+        names = [s.name for s in plan.steps]
+        assert names.index("slot-limits") < names.index("supervisor"), names
+        assert _read(lab.cg("pids", a.username) / "pids.max") == "24"
+        st = sup.wait_running(prog.name)
+        assert st.pid is not None
+        cg = Path(f"/proc/{st.pid}/cgroup").read_text()
+        assert _cgroup_of(cg, "pids") == f"/{lab.parent}/{a.username}", cg
+        assert not [d for d in find_drift(ctx) if d.subject == a.username]
+    finally:
+        sup.remove_program(prog.name)
+        ctx.close()
+
+
+def test_metrics_read_use_against_limit_from_the_same_cgroup(lab: Lab) -> None:
+    a = lab.a.record.username
+    sleeper = lab.ssh_popen(lab.a, "sleep 30 & sleep 30 & sleep 30")
+    try:
+        assert wait_for(lambda: int(_read(lab.cg("pids", a) / "pids.current")) >= 5, timeout=30)
+        r = lab.host.slotctl("metrics", "show", a, "--format", "json", "--sample", "0")
+        assert r.returncode == 0, r.stderr
+        data = json.loads(r.stdout)
+        m = data[0] if isinstance(data, list) else data
+        assert m["limits"]["max_processes"] == 24 and m["limits"]["memory_max"] == 96 << 20
+        assert m["tasks"] >= 5 and m["sources"]["tasks"].startswith("cgroup-v1")
+        prom = lab.host.slotctl("metrics", "show", a, "--format", "prometheus", "--sample", "0").stdout
+        assert f'slotwarden_limit{{slot="{a}",limit="max_processes"}} 24' in prom
+        assert f'slotwarden_tasks{{slot="{a}"}}' in prom
+        me = lab.host.base / "bin" / "slotwarden-me"
+        r = lab.ssh(lab.a, f"{me} --sample 0")
+        assert r.returncode == 0, r.stderr
+        assert "of 24" in r.stdout and "of 96.0M" in r.stdout, r.stdout
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        accounts.stop_processes(lab.a.record.uid or 0)
