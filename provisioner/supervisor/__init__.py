@@ -69,6 +69,9 @@ class Program:
                 raise BadInput(f"program {what} {value!r} is invalid")
         if not self.argv or not self.argv[0].startswith("/"):
             raise BadInput(f"program {self.name}: argv[0] must be an absolute path")
+        # One line each: supervisord's ini and systemd's unit files would read a newline as a new key.
+        if any(c in a for a in (*self.argv, self.cwd) for c in "\n\r\x00"):
+            raise BadInput(f"program {self.name}: a newline or NUL in its command line or directory")
         for d in self.cgroups:
             if not d.startswith("/sys/fs/cgroup/") or ".." in d.split("/") or any(c in d for c in "\n\x00'\""):
                 raise BadInput(f"program {self.name}: cgroup {d!r} is invalid")

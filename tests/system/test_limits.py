@@ -23,7 +23,7 @@ from provisioner.limits import LimitRecords, place
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
 from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
-from tests.system.lab import LabHost, LabNet, LabSshd, wait_for
+from tests.system.lab import LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
 
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
 CGROUP = Path("/sys/fs/cgroup")
@@ -94,14 +94,6 @@ class Lab:
                                     stderr=subprocess.PIPE, text=True)
         finally:
             os.close(r)
-
-
-class NetOnlyHost(LabHost):
-    """A lab host entered with ``nsenter --net`` only: ``ip netns exec`` also remounts /sys, which
-    hides /sys/fs/cgroup from the sshd (a production sshd sees the host's cgroup tree)."""
-
-    def cmd(self, argv: list[str]) -> list[str]:
-        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
 
 
 @pytest.fixture(scope="module")

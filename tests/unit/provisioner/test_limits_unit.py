@@ -144,3 +144,9 @@ def test_a_program_refuses_a_bad_cgroup(bad: tuple[str, ...]) -> None:
         Program(app="demo", user="alice", argv=["/bin/true"], cwd="/", cgroups=bad)
     with pytest.raises(BadInput):
         Program(app="demo", user="alice", argv=["/bin/true"], cwd="/", slice="x.slice\nUser=root")
+
+
+@pytest.mark.parametrize("argv", [["/bin/sh", "-c", "true\nuser=root"], ["/bin/true\r"], ["/bin/true", "\x00"]])
+def test_a_program_refuses_a_newline_in_its_command(argv: list[str]) -> None:
+    with pytest.raises(BadInput, match="newline or NUL"):
+        Program(app="demo", user="alice", argv=argv, cwd="/")
