@@ -48,6 +48,10 @@ tmp_size = "64M"
 [plans.huge]
 quota = "256M"
 memory_max = "64T"
+[plans.tiny]
+quota = "128M"
+memory_max = "32M"
+max_processes = 8
 """
 
 _SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -361,3 +365,38 @@ def test_metrics_read_use_against_limit_from_the_same_cgroup(lab: Lab) -> None:
         sleeper.kill()
         sleeper.wait()
         accounts.stop_processes(lab.a.record.uid or 0)
+
+
+HOLD = """python3 -c '
+import time
+b = bytearray(100 << 20)
+for i in range(0, len(b), 4096):
+    b[i] = 1
+print("held", flush=True)
+time.sleep(60)
+'"""
+
+
+def test_a_plan_the_slot_already_exceeds_is_refused_and_undone_whole(lab: Lab) -> None:
+    """The quota step of change-plan succeeds, the kernel then refuses the memory limit (the slot
+    holds more than it): the plan's undo puts the quota, the limits and the store back."""
+    b = lab.b.record
+    ctx = lab.host.ctx()
+    holder = lab.ssh_popen(lab.b, HOLD)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before_limits = LimitRecords(ctx.store).get(b.username)
+        before_pids = _read(lab.cg("pids", b.username) / "pids.max")
+        r = lab.host.slotctl("slot", "change-plan", b.username, "tiny")
+        assert r.returncode == 1, r
+        assert "limits" in r.stderr and "uses more" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert ctx.quota.usage(b.username, Path(b.home)).limit_bytes == 256 << 20
+        assert _read(lab.cg("pids", b.username) / "pids.max") == before_pids
+        assert int(_read(lab.cg("memory", b.username) / "memory.limit_in_bytes")) == 160 << 20
+        assert LimitRecords(ctx.store).get(b.username).limits == before_limits.limits  # type: ignore[union-attr]
+        assert lifecycle.get_lifecycle(ctx.store, b.username).plan == "roomy"  # type: ignore[union-attr]
+    finally:
+        holder.kill()
+        holder.wait()
+        accounts.stop_processes(b.uid or 0)
+        ctx.close()
