@@ -75,6 +75,62 @@ def expected_v2(limits: ResourceLimits, device: tuple[int, int] | None) -> dict[
     return out
 
 
+SHOWN = ("CPUQuotaPerSecUSec", "CPUWeight", "MemoryMax", "MemoryHigh", "MemorySwapMax", "TasksMax", "IOWeight",
+         "IOReadBandwidthMax", "IOWriteBandwidthMax")
+_USEC = {"us": 1, "ms": 1000, "s": 1_000_000, "min": 60_000_000}
+
+
+def unit_of(target: SlotTarget) -> str:
+    if target.uid < 1:
+        raise LimitsError(f"slot {target.username} has no uid yet")
+    return slice_name(target.uid)
+
+
+def _usec(text: str) -> int | None:
+    total = 0.0
+    for part in text.split():
+        num = part.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = part[len(num):]
+        if unit not in _USEC:
+            return None
+        try:
+            total += float(num) * _USEC[unit]
+        except ValueError:
+            return None
+    return round(total)
+
+
+def from_show(props: dict[str, str]) -> dict[str, str]:
+    """``systemctl show`` properties of a slice in the cgroup v2 files' terms (pure).
+
+    >>> from_show({"TasksMax": "32", "MemoryMax": "infinity", "CPUQuotaPerSecUSec": "500ms"})["cpu.max"]
+    '50000 100000'
+    """
+    def size(key: str) -> str:
+        value = props.get(key, "infinity")
+        return "max" if value in ("infinity", "") else value
+
+    quota = props.get("CPUQuotaPerSecUSec", "infinity")
+    usec = None if quota in ("infinity", "") else _usec(quota)
+    out = {
+        "cpu.max": "max 100000" if usec is None else f"{usec // 10} 100000",
+        "cpu.weight": props.get("CPUWeight", "") if props.get("CPUWeight", "").isdigit() else "100",
+        "memory.max": size("MemoryMax"),
+        "memory.high": size("MemoryHigh"),
+        "memory.swap.max": size("MemorySwapMax"),
+        "pids.max": size("TasksMax"),
+    }
+    if props.get("IOWeight", "").isdigit():
+        out["io.weight"] = f"default {props['IOWeight']}"
+    r = props.get("IOReadBandwidthMax", "").split()
+    w = props.get("IOWriteBandwidthMax", "").split()
+    if len(r) == 2 or len(w) == 2:
+        dev = (r or w)[0].removeprefix("/dev/block/")
+        out["io.max"] = (f"{dev} rbps={r[1] if len(r) == 2 else 'max'} wbps={w[1] if len(w) == 2 else 'max'} "
+                         "riops=max wiops=max")
+    return out
+
+
 class SystemdSliceLimits:
     """Limits as properties of ``user-UID.slice``."""
 
@@ -106,14 +162,12 @@ class SystemdSliceLimits:
         return out
 
     def apply(self, limits: ResourceLimits, target: SlotTarget) -> None:
-        unit = slice_name(target.uid)
-        run(["systemctl", "set-property", unit, *properties(limits, target.device)])
-        # The slice runs from now on (logins and app units join it), so the kernel holds the limits
-        # before the first login and doctor can read them back.
-        run(["systemctl", "start", unit])
+        # The slice itself starts with the slot's first login or app unit (user-.slice is
+        # StopWhenUnneeded): the properties are stored now and the kernel gets them then.
+        run(["systemctl", "set-property", unit_of(target), *properties(limits, target.device)])
 
     def clear(self, target: SlotTarget) -> None:
-        unit = slice_name(target.uid)
+        unit = unit_of(target)
         run(["systemctl", "revert", unit], check=False)
         run(["systemctl", "stop", unit], check=False)
 
@@ -123,7 +177,11 @@ class SystemdSliceLimits:
     def read(self, target: SlotTarget) -> dict[str, str] | None:
         d = self.path(target.uid)
         if not d.is_dir():
-            return None
+            # Nothing of the slot runs, so the kernel has no cgroup to hold: compare what systemd
+            # will give the slice when it starts.
+            props = run(["systemctl", "show", unit_of(target), *(f"--property={p}" for p in SHOWN)],
+                        check=False).stdout
+            return from_show(dict(ln.split("=", 1) for ln in props.splitlines() if "=" in ln))
         out = {}
         for file in ("cpu.max", "cpu.weight", "memory.max", "memory.high", "memory.swap.max", "pids.max",
                      "io.weight", "io.max"):
@@ -135,6 +193,4 @@ class SystemdSliceLimits:
         return out
 
     def placement(self, target: SlotTarget) -> Placement:
-        if target.uid < 1:
-            raise LimitsError("refusing to place a program in root's slice")
-        return Placement(slice=slice_name(target.uid), uid=target.uid)
+        return Placement(slice=unit_of(target), uid=target.uid)

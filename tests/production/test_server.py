@@ -121,6 +121,16 @@ def app_answers(server: Any, s: Slot) -> tuple[str, str]:
     return out[0], out[1]
 
 
+def test_apps_run_under_systemd_in_the_slot_slice_and_open_with_their_credentials(server: Any,
+                                                                                     slots: list[Slot]) -> None:
+    for s in slots:
+        server.check_output(f"slotctl app install {s.name} transmission")
+        assert server.service(unit(s)).is_running
+        cg = server.check_output(f"systemctl show -p ControlGroup --value {unit(s)}")
+        assert cg.startswith(f"/user.slice/user-{s.uid}.slice/"), cg
+        assert app_answers(server, s) == ("401", "409")  # 409: Transmission's session handshake = logged in
+
+
 def test_slots_get_their_plan_limits_on_their_slice(server: Any, slots: list[Slot]) -> None:
     a, b = slots
     assert cat(server, f"{a.slice}/pids.max") == "32"
@@ -131,16 +141,8 @@ def test_slots_get_their_plan_limits_on_their_slice(server: Any, slots: list[Slo
     shown = json.loads(server.check_output(f"slotctl --json slot show {a.name}"))
     assert shown["limits"]["backend"] == "systemd" and shown["limits"]["max_processes"] == 32
     assert server.file(f"/etc/systemd/system.control/user-{a.uid}.slice.d").is_directory
-
-
-def test_apps_run_under_systemd_in_the_slot_slice_and_open_with_their_credentials(server: Any,
-                                                                                     slots: list[Slot]) -> None:
-    for s in slots:
-        server.check_output(f"slotctl app install {s.name} transmission")
-        assert server.service(unit(s)).is_running
-        cg = server.check_output(f"systemctl show -p ControlGroup --value {unit(s)}")
-        assert cg.startswith(f"/user.slice/user-{s.uid}.slice/"), cg
-        assert app_answers(server, s) == ("401", "409")  # 409: Transmission's session handshake = logged in
+    doctor = server.run("slotctl doctor")
+    assert "limit drift" not in doctor.stdout and "cgroup is gone" not in doctor.stdout, doctor.stdout
 
 
 def test_a_login_lands_in_the_slot_slice(server: Any, slots: list[Slot], request: pytest.FixtureRequest) -> None:
