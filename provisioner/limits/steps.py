@@ -277,12 +277,15 @@ def host_steps(ctx: Context, _req: object) -> list[Step]:
     for rec in ctx.store.list_slots():
         applied = records.get(rec.username)
         acct = accounts.lookup_user(rec.username)
-        if applied is None or acct is None or rec.state not in ("active", "suspended"):
+        if acct is None or rec.state not in ("active", "suspended"):
             continue
+        # A slot made before limits existed gets its cgroup too (unlimited), so logins and
+        # apps always have one to join.
+        limits = applied.limits if applied else ResourceLimits()
         target = target_of(ctx, rec.username, Path(rec.home), acct)
         have = backend.read(target)
-        if have is None or kernel_units_differ(backend.expected(applied.limits, target), have):
-            todo.append((target, applied.limits))
+        if applied is None or have is None or kernel_units_differ(backend.expected(limits, target), have):
+            todo.append((target, limits))
     if not todo:
         return []
 
@@ -355,11 +358,19 @@ def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Any]
 
 def place(ctx: Context, program: Program) -> Program:
     """PROGRAM set to run inside its slot's cgroup (or slice); root's programs stay as they are."""
-    if program.user == "root":
-        return program
+    if program.user == "root" or ctx.store.get_slot(program.user) is None:
+        return program  # only a slot's programs are held to a slot's limits
     acct = accounts.lookup_user(program.user)
     if acct is None:
         return program
     backend = load_limits_backend(ctx)
-    where = backend.placement(target_of(ctx, program.user, acct=acct))
+    target = target_of(ctx, program.user, acct=acct)
+    if backend.name != "none" and backend.read(target) is None:
+        # The slot's cgroup is gone (or predates limits): make it, with the limits on record.
+        records = LimitRecords(ctx.store)
+        applied = records.get(program.user)
+        limits = applied.limits if applied else ResourceLimits()
+        backend.apply(limits, target)
+        records.put(program.user, limits, backend.name)
+    where = backend.placement(target)
     return replace(program, cgroups=where.cgroups, slice=where.slice)
