@@ -97,7 +97,7 @@ def _usec(text: str) -> int | None:
             total += float(num) * _USEC[unit]
         except ValueError:
             return None
-    return round(total)
+    return round(total) if 0 <= total < 1e18 else None
 
 
 def from_show(props: dict[str, str]) -> dict[str, str]:

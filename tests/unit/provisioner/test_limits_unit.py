@@ -150,3 +150,24 @@ def test_a_program_refuses_a_bad_cgroup(bad: tuple[str, ...]) -> None:
 def test_a_program_refuses_a_newline_in_its_command(argv: list[str]) -> None:
     with pytest.raises(BadInput, match="newline or NUL"):
         Program(app="demo", user="alice", argv=argv, cwd="/")
+
+
+def test_systemctl_show_of_an_idle_slice_reads_as_its_cgroup_files() -> None:
+    from provisioner.limits.systemd import expected_v2, from_show
+
+    shown = {"CPUQuotaPerSecUSec": "500ms", "CPUWeight": "[not set]", "MemoryMax": str(64 << 20),
+             "MemoryHigh": "infinity", "MemorySwapMax": "0", "TasksMax": "32", "IOWeight": "[not set]",
+             "IOReadBandwidthMax": "", "IOWriteBandwidthMax": ""}
+    want = expected_v2(ResourceLimits(cpu_cores=0.5, memory_max=64 << 20, swap_max=0, max_processes=32), (254, 16))
+    assert kernel_units_differ(want, from_show(shown)) == []
+    assert from_show({"CPUQuotaPerSecUSec": "1.500000s"})["cpu.max"] == "150000 100000"
+    assert from_show({"IOReadBandwidthMax": "/dev/block/254:16 1048576"})["io.max"] == (
+        "254:16 rbps=1048576 wbps=max riops=max wiops=max")
+
+
+@given(st.dictionaries(st.sampled_from(["CPUQuotaPerSecUSec", "CPUWeight", "MemoryMax", "TasksMax", "IOWeight",
+                                        "IOReadBandwidthMax"]), st.text(max_size=20), max_size=6))
+def test_any_systemctl_show_output_reads_without_error(props: dict[str, str]) -> None:
+    from provisioner.limits.systemd import from_show
+
+    assert set(from_show(props)) >= {"cpu.max", "pids.max", "memory.max"}
