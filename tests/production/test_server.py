@@ -40,7 +40,7 @@ time.sleep(15)
 HOG = "python3 -c 'b = bytearray(); exec(\"while True: b += bytes(4 << 20)\")'"
 # Run as root on the server: log in to the slot's Transmission RPC with the credentials the
 # provisioner generated (read from the owner's copy: never on a command line).
-RPC_LOGIN = """python3 - {home} <<'EOF'
+RPC_LOGIN = """python3 - HOME_DIR <<'EOF'
 import base64, json, sys, urllib.request, urllib.error
 c = json.load(open(sys.argv[1] + "/apps/transmission/credentials.json"))
 def code(auth):
@@ -117,7 +117,7 @@ def unit(s: Slot) -> str:
 
 
 def app_answers(server: Any, s: Slot) -> tuple[str, str]:
-    out = str(server.check_output(RPC_LOGIN.format(home=f"/srv/slots/{s.name}"))).split()
+    out = str(server.check_output(RPC_LOGIN.replace("HOME_DIR", f"/srv/slots/{s.name}"))).split()
     return out[0], out[1]
 
 
@@ -175,9 +175,12 @@ def test_a_memory_hog_is_oom_killed_inside_its_slice_while_b_answers(server: Any
                                                                      request: pytest.FixtureRequest) -> None:
     a, b = slots
     r = ssh(request, a, HOG)
-    assert r.returncode != 0
     events = dict(line.split() for line in cat(server, f"{a.slice}/memory.events").splitlines())
-    assert int(events["oom_kill"]) > 0
+    why = (r.returncode, r.stderr[-300:], events,
+           server.run(f"grep -H . $(find {a.slice} -name memory.events) {a.slice}/memory.peak; "
+                      "dmesg | grep -i -e oom -e 'killed process' | tail -5").stdout)
+    assert r.returncode != 0, why
+    assert int(events["oom_kill"]) > 0, why
     b_events = dict(line.split() for line in cat(server, f"{b.slice}/memory.events").splitlines())
     assert int(b_events["oom_kill"]) == 0
     r = ssh(request, b, "echo alive")
