@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,3 +401,48 @@ def test_a_plan_the_slot_already_exceeds_is_refused_and_undone_whole(lab: Lab) -
         holder.wait()
         accounts.stop_processes(b.uid or 0)
         ctx.close()
+
+
+OPEN_SESSION = """
+import ctypes, sys
+sys.path.insert(0, sys.argv[1])
+from tests.system.pamclient import PamHandle, _libpam
+_libpam.pam_open_session.argtypes = [ctypes.c_void_p, ctypes.c_int]
+with PamHandle(sys.argv[2], bytes.fromhex(sys.argv[3])) as h:
+    rc = _libpam.pam_open_session(h.handle, 0)
+    print(rc, open("/proc/self/cgroup").read().replace("\\n", " "))
+"""
+
+
+def _open_session(service: str, user: bytes) -> tuple[int, str]:
+    """pam_open_session for USER in a fresh process (the module moves its caller), from REPO."""
+    r = subprocess.run([sys.executable, "-c", OPEN_SESSION, str(REPO), service, user.hex()], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rc, _, cgroups = r.stdout.partition(" ")
+    return int(rc), cgroups
+
+
+def test_the_session_module_places_only_real_slots_and_treats_pam_user_as_data(lab: Lab) -> None:
+    service = f"slotwarden-test-sess-{lab.host.prefix}"
+    pam_file = Path("/etc/pam.d") / service
+    pam_file.write_text(f"session required {SESSION_MODULE} parent={lab.parent}\nsession optional pam_permit.so\n")
+    try:
+        a = lab.a.record.username
+        rc, cg = _open_session(service, a.encode())
+        assert rc == 0 and f"pids:/{lab.parent}/{a}" in cg, cg
+        # Names no slot can have: left alone (never a path), whatever bytes they hold.
+        for user in (b"root", f"../{lab.parent}/{a}".encode(), f"{a}\n".encode(), f"{a}/".encode(),
+                     a.upper().encode(), b"a" * 40, b"\x1b[31mred", f"{a}/../{a}".encode()):
+            rc, cg = _open_session(service, user)
+            assert rc == 0 and lab.parent not in cg, (user, cg)
+        # A slot cgroup that is not root's (someone chowned it) is refused, never joined.
+        d = lab.cg("pids", a)
+        os.chown(d, lab.a.record.uid or 0, -1)
+        try:
+            rc, cg = _open_session(service, a.encode())
+            assert rc != 0 and f"pids:/{lab.parent}/{a}" not in cg, cg
+        finally:
+            os.chown(d, 0, -1)
+    finally:
+        pam_file.unlink(missing_ok=True)
