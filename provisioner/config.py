@@ -65,6 +65,46 @@ class RetentionConfig:
 
 
 PLAN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+# The resource limits a plan may carry, each enforced by the kernel (provisioner.limits).
+LIMIT_KEYS = ("cpu_cores", "cpu_weight", "memory_max", "memory_high", "swap_max", "max_processes",
+              "io_weight", "io_read_bps", "io_write_bps", "tmp_size")
+MAX_CPU_CORES = 1024.0
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """What a slot may use, as sold by its plan; None is unlimited.
+
+    ``cpu_cores`` is a quota in cores (0.5 = half of one core's time); ``cpu_weight`` and
+    ``io_weight`` are shares against other slots (1-10000, 100 = the default); sizes and
+    bandwidths are bytes (per second for ``io_*_bps``, on the device holding the slot's home).
+
+    >>> ResourceLimits(memory_max=1 << 30).as_dict()["memory_max"]
+    1073741824
+    """
+
+    cpu_cores: float | None = None
+    cpu_weight: int | None = None
+    memory_max: int | None = None
+    memory_high: int | None = None
+    swap_max: int | None = None
+    max_processes: int | None = None
+    io_weight: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    tmp_size: int | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {k: getattr(self, k) for k in LIMIT_KEYS}
+
+    def set_keys(self) -> list[str]:
+        """The limits that are set (not unlimited), in LIMIT_KEYS order."""
+        return [k for k in LIMIT_KEYS if getattr(self, k) is not None]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResourceLimits:
+        """From :meth:`as_dict` output (the store's copy); unknown keys are ignored."""
+        return cls(**{k: data.get(k) for k in LIMIT_KEYS})
 
 
 @dataclass(frozen=True)
@@ -80,6 +120,20 @@ class PlanConfig:
     max_apps: int | None = None
     max_processes: int | None = None
     description: str = ""
+    cpu_cores: float | None = None
+    cpu_weight: int | None = None
+    memory_max: int | None = None
+    memory_high: int | None = None
+    swap_max: int | None = None
+    io_weight: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    tmp_size: int | None = None
+
+    @property
+    def limits(self) -> ResourceLimits:
+        """The plan's resource limits (``max_processes`` among them)."""
+        return ResourceLimits(**{k: getattr(self, k) for k in LIMIT_KEYS})
 
 
 @dataclass(frozen=True)
@@ -165,7 +219,7 @@ def _plan(name: str, table: object) -> PlanConfig:
         raise ConfigError(f"{key}: a plan name is 1-32 of a-z 0-9 _ -, starting with a letter")
     if not isinstance(table, dict):
         raise ConfigError(f"{key}: expected a table")
-    unknown = sorted(set(table) - {"quota", "apps", "max_apps", "max_processes", "description"})
+    unknown = sorted(set(table) - {"quota", "apps", "max_apps", "description", *LIMIT_KEYS})
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}: unknown key")
     if "quota" not in table:
@@ -180,16 +234,65 @@ def _plan(name: str, table: object) -> PlanConfig:
         if not isinstance(raw, list) or not all(isinstance(a, str) and a for a in raw):
             raise ConfigError(f"{key}.apps: expected a list of app names")
         apps = tuple(dict.fromkeys(raw))
-    limits: dict[str, int | None] = {}
-    for limit in ("max_apps", "max_processes"):
-        value = table.get(limit)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ConfigError(f"{key}.{limit}: expected a non-negative integer")
-        limits[limit] = value
+    max_apps = table.get("max_apps")
+    if max_apps is not None and (isinstance(max_apps, bool) or not isinstance(max_apps, int) or max_apps < 0):
+        raise ConfigError(f"{key}.max_apps: expected a non-negative integer")
     description = table.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{key}.description: expected a string")
-    return PlanConfig(name, quota, apps, limits["max_apps"], limits["max_processes"], description)
+    limits = parse_limits(key, table)
+    return PlanConfig(name, quota, apps, max_apps, limits.max_processes, description,
+                      cpu_cores=limits.cpu_cores, cpu_weight=limits.cpu_weight, memory_max=limits.memory_max,
+                      memory_high=limits.memory_high, swap_max=limits.swap_max, io_weight=limits.io_weight,
+                      io_read_bps=limits.io_read_bps, io_write_bps=limits.io_write_bps, tmp_size=limits.tmp_size)
+
+
+def _share(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10000:
+        raise ConfigError(f"{key}: expected a weight from 1 to 10000 (100 is the default share)")
+    return value
+
+
+def _limit_size(key: str, value: object) -> int:
+    try:
+        return parse_size(value)
+    except Exception as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def parse_limits(where: str, table: dict[str, Any]) -> ResourceLimits:
+    """The limit keys of TABLE (a plan) validated; every error names ``WHERE.KEY``.
+
+    >>> parse_limits("plans.x", {"cpu_cores": 0.5, "memory_max": "512M"}).memory_max
+    536870912
+    """
+    values: dict[str, Any] = {}
+    for name in LIMIT_KEYS:
+        if name not in table:
+            continue
+        value, key = table[name], f"{where}.{name}"
+        if name == "cpu_cores":
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value
+                    or not 0.01 <= value <= MAX_CPU_CORES):
+                raise ConfigError(f"{key}: expected a number of cores from 0.01 to {MAX_CPU_CORES:g} "
+                                  "(0.5 = half a core)")
+            values[name] = float(value)
+        elif name in ("cpu_weight", "io_weight"):
+            values[name] = _share(key, value)
+        elif name == "max_processes":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{key}: expected a non-negative integer")
+            if value > 4194304:
+                raise ConfigError(f"{key}: at most 4194304 (the kernel's pid_max)")
+            values[name] = value
+        elif name == "swap_max" and value in (0, "0"):
+            values[name] = 0  # no swap at all
+        else:
+            values[name] = _limit_size(key, value)
+    limits = ResourceLimits(**values)
+    if limits.memory_high is not None and limits.memory_max is not None and limits.memory_high > limits.memory_max:
+        raise ConfigError(f"{where}.memory_high: larger than memory_max; reclaim must start below the hard limit")
+    return limits
 
 
 _SECTIONS: dict[str, type[Any]] = {"host": HostConfig, "slots": SlotsConfig, "retention": RetentionConfig}

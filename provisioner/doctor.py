@@ -10,6 +10,7 @@ slot's cap first.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ def find_drift(ctx: Context) -> list[Drift]:
             except SlotError as exc:
                 escapes = [f"quota unreadable: {exc}"]
             found.extend(Drift(name, f"quota escape: {p}") for p in escapes)
+    if importlib.util.find_spec("provisioner.limits") is not None:
+        from provisioner.limits import drift
+
+        found.extend(Drift(name, problem) for name, problem in drift(ctx, list(records.values())))
     for pw in pwd.getpwall():
         # Only accounts whose home is under this store's slots root are this store's business.
         if (pw.pw_gecos == accounts.SLOT_COMMENT and pw.pw_name not in records

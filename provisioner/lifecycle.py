@@ -446,12 +446,17 @@ def plan_change_plan(
     *,
     ctx: Context,
     actor: str,
+    limit_steps: list[Step] | None = None,
 ) -> Plan:
-    """The steps that move USERNAME to plan NEW; refuses a quota below the data already stored."""
+    """The steps that move USERNAME to plan NEW; refuses a quota below the data already stored.
+
+    LIMIT_STEPS (from :func:`_limit_steps`) apply the new plan's resource limits after the quota.
+    """
     store = ctx.store
     rec, life = facts.record, facts.lifecycle
     old_plan = life.plan if life else None
-    if old_plan == new.name and rec.quota_bytes == new.quota:
+    limit_steps = limit_steps or []
+    if old_plan == new.name and rec.quota_bytes == new.quota and not limit_steps:
         return Plan(f"change plan of {username} to {new.name}", [])
     if usage is not None and usage.used_bytes > new.quota:
         raise SlotError(
@@ -479,6 +484,7 @@ def plan_change_plan(
 
         steps.append(Step("quota", f"limit {home} to {format_size(new.quota)} ({ctx.quota.name})",
                           lambda: ctx.quota.set_limit(username, home, new.quota), undo_quota))
+    steps.extend(limit_steps)
 
     def record() -> None:
         with store.transaction():
@@ -495,6 +501,15 @@ def plan_change_plan(
 
     steps.append(Step("record", f"record plan {new.name} for {username}", record, unrecord))
     return Plan(f"change plan of {username} from {old_plan or '(none)'} to {new.name}", steps)
+
+
+def _limit_steps(ctx: Context, username: str, new: PlanConfig) -> list[Step]:
+    """The limits package's steps for a change of plan (none where it is absent)."""
+    if importlib.util.find_spec("provisioner.limits") is None:
+        return []
+    from provisioner.limits import change_plan_steps
+
+    return change_plan_steps(ctx, username, new)
 
 
 def check_apps_allowed(plan: PlanConfig, apps: list[str], installed: int = 0) -> None:
@@ -540,7 +555,8 @@ def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = 
         facts = LifecycleFacts.gather(ctx, username)
         home = Path(facts.record.home)
         usage = ctx.quota.usage(username, home) if home.exists() else None
-        plan = plan_change_plan(username, new, facts, usage, ctx=ctx, actor=actor or current_actor())
+        plan = plan_change_plan(username, new, facts, usage, ctx=ctx, actor=actor or current_actor(),
+                                limit_steps=_limit_steps(ctx, username, new))
         if not dry_run:
             apply(plan)
     return plan

@@ -39,13 +39,15 @@ from provisioner.store import SlotRecord, Store, current_actor
 # steps run after the slot's processes are stopped, before the home and the user go.
 CREATION_EXTENSIONS: list[Callable[[Context, SlotRequest], list[Step]]] = []
 REMOVAL_EXTENSIONS: list[Callable[[Context, SlotRecord], list[Step]]] = []
+# Extra fields of `slot show` (the limits package: the limits the slot is held to).
+DETAIL_SOURCES: list[Callable[[Context, SlotRecord], dict[str, Any]]] = []
 # Names other packages reserve (the app catalog): callables returning a set of names.
 RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
 
 
 # Packages that register extensions when imported; a package that is absent is skipped.
-EXTENSION_MODULES: list[str] = ["provisioner.supervisor", "provisioner.apps", "provisioner.metrics",
-                                "provisioner.lifecycle"]
+EXTENSION_MODULES: list[str] = ["provisioner.supervisor", "provisioner.limits", "provisioner.apps",
+                                "provisioner.metrics", "provisioner.lifecycle"]
 
 
 def _load_extensions() -> None:
@@ -789,4 +791,7 @@ def slot_details(ctx: Context, rec: SlotRecord) -> dict[str, Any]:
         usage = None
     out["used_bytes"] = usage.used_bytes if usage else None
     out["enforced_limit_bytes"] = usage.limit_bytes if usage else None
+    _load_extensions()
+    for source in DETAIL_SOURCES:
+        out.update(source(ctx, rec))
     return out

@@ -207,6 +207,15 @@ inner() {
     --slots="$SLOTWARDEN_SLOTS" --quota-mib="$SLOTWARDEN_SLOT_QUOTA_MIB" -ra "$@" || rc=$?
   log "isolation suite: $((SECONDS - t0)) s (rc=$rc)"
 
+  # The production path (systemd, cgroup v2, usrquota): limits, apps under systemd, metrics,
+  # suspend, then a reboot of the server. Last: it reboots the server.
+  t0=$SECONDS
+  log "production-path suite"
+  timeout -k 20 1500 "$top/.venv/bin/python" -m pytest -p no:cacheprovider "$top/tests/production" \
+    --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo --server-address=198.51.100.10 \
+    --run-id="$run_id" -ra "$@" || rc=$?
+  log "production-path suite: $((SECONDS - t0)) s (rc=$rc)"
+
   t0=$SECONDS
   timeout -k 20 300 vagrant destroy -f >&2 || log "vagrant destroy failed; falling back to virsh"
   log "vagrant destroy: $((SECONDS - t0)) s"

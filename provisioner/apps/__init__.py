@@ -39,6 +39,7 @@ from provisioner.apps.registry import AppRegistry, InstallRecord
 from provisioner.apps.vault import KEY_FILE_NAME, Vault, generate_secret
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
+from provisioner.limits import place
 from provisioner.plan import Plan, Step, apply
 from provisioner.store import SlotRecord, current_actor
 from provisioner.supervisor import Program, SupervisorBackend, supervisor_for
@@ -352,7 +353,7 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
 
     def programs() -> None:
         for prog in app.programs(ctx, inst()):
-            sup.ensure_program(prog)
+            sup.ensure_program(place(ctx, prog))
 
     def remove_programs() -> None:
         if "inst" in state:

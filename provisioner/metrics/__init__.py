@@ -352,12 +352,24 @@ def collect(
             m.sources["physical_disk"] = f"statvfs({home})"
         except OSError:
             pass
+        m.limits = _limits_of(ctx, rec.username)
+        if m.limits is not None:
+            m.sources["limits"] = f"store (slot_limits), enforced by {m.limits.get('backend')}"
         if refresh_facts and os.geteuid() == 0 and uid is not None:
             if gids is None:
                 gids = {pw.pw_name: pw.pw_gid for pw in pwd.getpwall()}  # one pass, not one lookup a slot
             _refresh_facts(cfg, backend, rec, m, gids)
         out.append(m)
     return out
+
+
+def _limits_of(ctx: Context, username: str) -> dict[str, Any] | None:
+    """The slot's applied limits (the limits package's record), None without one."""
+    try:
+        from provisioner.limits import limits_of
+    except ModuleNotFoundError:
+        return None
+    return limits_of(ctx, username)
 
 
 def _counters(backend: AccountingBackend, records: list[SlotRecord],
@@ -376,7 +388,7 @@ def _refresh_facts(cfg: MetricsConfig, backend: AccountingBackend, rec: SlotReco
                    gids: dict[str, int]) -> None:
     path = cfg.facts_dir / f"{rec.username}.json"
     facts = {"username": rec.username, "cgroup": backend.spec(rec.username, m.uid or 0),
-             "quota_bytes": m.quota_bytes}
+             "quota_bytes": m.quota_bytes, "limits": m.limits}
     try:
         current = json.loads(path.read_text())
         current.pop("updated_at", None)

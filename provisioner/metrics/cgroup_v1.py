@@ -1,4 +1,4 @@
-"""cgroup v1 accounting: one directory per slot under the cpuacct, memory and blkio hierarchies.
+"""cgroup v1 accounting: one directory per slot under the cpuacct, memory, blkio and pids hierarchies.
 
 Each slot directory is ``root:<slot group>`` mode 0750 (the tenant reads its own counters;
 no other tenant can even list its process ids) under a parent of mode 0711 (slot names are not
@@ -18,7 +18,7 @@ from provisioner.metrics.kernel import CgroupFigures, read_cgroup_v1
 if TYPE_CHECKING:
     from provisioner.metrics import MetricsConfig
 
-CONTROLLERS = ("cpuacct", "memory", "blkio")
+CONTROLLERS = ("cpuacct", "memory", "blkio", "pids")
 
 
 class CgroupV1:

@@ -58,6 +58,8 @@ class CgroupFigures:
     read_bytes: int
     write_bytes: int
     pids: frozenset[int]
+    tasks: int | None = None  # pids.current: processes and threads, counted by the kernel
+    pressure: dict[str, float] | None = None  # PSI avg10 per resource (cgroup v2 only)
 
 
 @dataclass
@@ -81,6 +83,10 @@ class SlotMetrics:
     quota_bytes: int | None = None
     disk_total_bytes: int | None = None
     disk_free_bytes: int | None = None
+    tasks: int | None = None
+    pressure: dict[str, float] | None = None
+    # What the slot may use (its plan's limits as applied), to read the figures against.
+    limits: dict[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -204,7 +210,32 @@ def read_cgroup_v1(paths: dict[str, str]) -> CgroupFigures:
                 elif parts[1] == "Write":
                     wr += int(parts[2])
     pids = frozenset(int(x) for x in (_read(f"{mem}/cgroup.procs") or "").split() if x.isdigit())
-    return CgroupFigures(cpu_ns / 1e9, ram, swap, rd, wr, pids)
+    tasks = _int_file(f"{paths['pids']}/pids.current") if "pids" in paths else None
+    return CgroupFigures(cpu_ns / 1e9, ram, swap, rd, wr, pids, tasks)
+
+
+def _int_file(path: str) -> int | None:
+    text = (_read(path) or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def parse_pressure(resource: str, text: str) -> dict[str, float]:
+    """``{RESOURCE_some_avg10: x, RESOURCE_full_avg10: y}`` from a PSI file (cpu/memory/io.pressure).
+
+    >>> parse_pressure("io", "some avg10=1.50 avg60=0.00 total=9\\nfull avg10=0.25 avg60=0 total=1")
+    {'io_some_avg10': 1.5, 'io_full_avg10': 0.25}
+    """
+    out = {}
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        for item in rest.split():
+            key, _, value = item.partition("=")
+            if key == "avg10" and kind in ("some", "full"):
+                try:
+                    out[f"{resource}_{kind}_avg10"] = float(value)
+                except ValueError:
+                    pass
+    return out
 
 
 def read_cgroup_v2(path: str) -> CgroupFigures:
@@ -222,11 +253,14 @@ def read_cgroup_v2(path: str) -> CgroupFigures:
             elif key == "wbytes" and value.isdigit():
                 wr += int(value)
     pids = frozenset(int(x) for x in (_read(f"{path}/cgroup.procs") or "").split() if x.isdigit())
+    pressure: dict[str, float] = {}
+    for resource in ("cpu", "memory", "io"):
+        pressure.update(parse_pressure(resource, _read(f"{path}/{resource}.pressure") or ""))
     return CgroupFigures(
         cpu.get("usage_usec", 0) / 1e6,
         max(0, current - stat.get("inactive_file", 0)),
         int(swap_text.strip()) if swap_text and swap_text.strip().isdigit() else None,
-        rd, wr, pids,
+        rd, wr, pids, _int_file(f"{path}/pids.current"), pressure or None,
     )
 
 
@@ -246,6 +280,12 @@ def from_cgroup(m: SlotMetrics, fig: CgroupFigures, label: str) -> None:
     if fig.swap_bytes is not None:
         m.swap_bytes = fig.swap_bytes
         m.sources["swap"] = label
+    if fig.tasks is not None:
+        m.tasks = fig.tasks
+        m.sources["tasks"] = f"{label} (pids.current)"
+    if fig.pressure is not None:
+        m.pressure = fig.pressure
+        m.sources["pressure"] = f"{label} (PSI, avg10 %)"
 
 
 # --- disk -------------------------------------------------------------------------------------
@@ -363,6 +403,10 @@ def my_metrics(facts_dir: str = FACTS_DIR, sample: float = 0.5) -> SlotMetrics:
     m.sources["disk_used"] = f"walk of {home} (allocated blocks)"
     quota = facts.get("quota_bytes")
     m.quota_bytes = quota if isinstance(quota, int) else None
+    limits = facts.get("limits")
+    if isinstance(limits, dict):
+        m.limits = limits
+        m.sources["limits"] = "facts recorded by the provisioner (the plan's limits, enforced by the kernel)"
     m.sources["quota"] = "facts recorded by the provisioner" if facts else "unknown (no facts recorded)"
     try:
         m.disk_total_bytes, m.disk_free_bytes = disk_space(home)
@@ -397,11 +441,37 @@ def render_text(m: SlotMetrics) -> str:
         f"[{m.sources.get('io', '-')}]",
         f"  disk used  {human(m.disk_used_bytes)} of quota {quota}   [{m.sources.get('disk_used', '-')}]",
         f"  disk       {human(m.disk_free_bytes)} free of {human(m.disk_total_bytes)}",
-        f"  processes  {len(m.processes)}",
+        f"  processes  {len(m.processes)}" + (f" ({m.tasks} tasks)" if m.tasks is not None else ""),
     ]
+    lines += limit_lines(m)
     for p in m.processes:
         lines.append(f"    {p.pid:>7} {p.state} {human(p.rss_bytes):>7} {p.cpu_seconds:8.2f}s  {p.cmdline or p.name}")
     return "\n".join(lines)
+
+
+def limit_lines(m: SlotMetrics) -> list[str]:
+    """Use against limit: one line per limit the slot is held to (none when it has none)."""
+    lim = {k: v for k, v in (m.limits or {}).items() if v is not None and k != "backend"}
+    if not lim:
+        return []
+    out = [f"  limits     [{(m.limits or {}).get('backend', '-')}]"]
+    if "cpu_cores" in lim:
+        now = f"{m.cpu_percent:.1f}% now of " if m.cpu_percent is not None else ""
+        out.append(f"    cpu      {now}{lim['cpu_cores'] * 100:.0f}% ({lim['cpu_cores']:g} cores)")
+    for key, label, used in (("memory_max", "ram     ", m.ram_bytes), ("memory_high", "ram high", m.ram_bytes),
+                             ("swap_max", "swap    ", m.swap_bytes)):
+        if key in lim:
+            pct = f" ({100 * used / lim[key]:.0f}%)" if used is not None and lim[key] else ""
+            out.append(f"    {label} {human(used)} of {human(lim[key])}{pct}")
+    if "max_processes" in lim:
+        used = m.tasks if m.tasks is not None else len(m.processes)
+        out.append(f"    tasks    {used} of {lim['max_processes']}")
+    for key in ("cpu_weight", "io_weight", "io_read_bps", "io_write_bps"):
+        if key in lim:
+            out.append(f"    {key:<8} {human(lim[key]) + '/s' if key.endswith('bps') else lim[key]}")
+    if m.pressure:
+        out.append("    pressure " + ", ".join(f"{k} {v:.1f}%" for k, v in sorted(m.pressure.items())))
+    return out
 
 
 def me_main(argv: list[str] | None = None) -> None:

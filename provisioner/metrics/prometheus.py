@@ -25,7 +25,11 @@ PER_SLOT: list[tuple[str, str, str, Callable[[SlotMetrics], float | int | None]]
     ("quota_bytes", "gauge", "Disk space allocated to the slot (its quota).", lambda m: m.quota_bytes),
     ("disk_total_bytes", "gauge", "Size of the filesystem holding the slot's home.", lambda m: m.disk_total_bytes),
     ("disk_free_bytes", "gauge", "Free space on the filesystem holding the slot's home.", lambda m: m.disk_free_bytes),
+    ("tasks", "gauge", "Processes and threads the kernel counts in the slot's cgroup (pids.current).",
+     lambda m: m.tasks),
 ]
+LIMITS = ("cpu_cores", "cpu_weight", "memory_max", "memory_high", "swap_max", "max_processes", "io_weight",
+          "io_read_bps", "io_write_bps", "tmp_size")
 
 
 def _label(value: str) -> str:
@@ -46,6 +50,20 @@ def render(metrics: list[SlotMetrics], scrape_seconds: float | None = None) -> s
             v = get(m)
             if v is not None:
                 lines.append(f'slotwarden_{name}{{slot="{_label(m.slot)}"}} {_num(v)}')
+    lines.append("# HELP slotwarden_limit What the slot may use (its plan's limits, enforced by the kernel).")
+    lines.append("# TYPE slotwarden_limit gauge")
+    for m in metrics:
+        for key in LIMITS:
+            v = (m.limits or {}).get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                lines.append(f'slotwarden_limit{{slot="{_label(m.slot)}",limit="{key}"}} {_num(v)}')
+    lines.append("# HELP slotwarden_pressure_avg10 Pressure stall information of the slot's cgroup (%, 10 s).")
+    lines.append("# TYPE slotwarden_pressure_avg10 gauge")
+    for m in metrics:
+        for key, v in sorted((m.pressure or {}).items()):
+            resource, _, kind = key.removesuffix("_avg10").partition("_")
+            lines.append(f'slotwarden_pressure_avg10{{slot="{_label(m.slot)}",resource="{resource}",'
+                         f'kind="{kind}"}} {_num(v)}')
     lines.append("# HELP slotwarden_slot_info Where each slot's CPU, memory and I/O figures come from.")
     lines.append("# TYPE slotwarden_slot_info gauge")
     for m in metrics:

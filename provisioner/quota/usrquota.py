@@ -69,24 +69,19 @@ class UserQuota:
         run(["setquota", "-u", username, "0", "0", "0", "0", self.mountpoint], check=False)
 
     def usage(self, username: str, home: Path) -> Usage:
-        out = run(["quota", "-w", "-p", "-u", username, "-f", self.mountpoint], check=False).stdout
-        for line in out.splitlines():
-            cols = line.split()
-            if cols and cols[0] == self.mountpoint and len(cols) >= 4:
-                used, hard = int(cols[1].rstrip("*")) * 1024, int(cols[3]) * 1024
-                return Usage(used_bytes=used, limit_bytes=hard or None)
-        return Usage(used_bytes=0, limit_bytes=None)
+        out = run(usage_argv(username, self.mountpoint)).stdout
+        return parse_quota_output(out, self.mountpoint)
 
     def enforce(self, username: str, home: Path) -> list[str]:
         return []  # the kernel charges every file to its owner: nothing can escape
 
     def problems(self, username: str, home: Path, limit_bytes: int | None) -> list[str]:
-        out = run(["quota", "-w", "-p", "-u", username, "-f", self.mountpoint], check=False).stdout
+        out = run(usage_argv(username, self.mountpoint), check=False).stdout
         return quota_problems(out, self.mountpoint, limit_bytes)
 
 
 def quota_problems(text: str, mountpoint: str, limit_bytes: int | None) -> list[str]:
-    """What ``quota -w -p`` output says lets a slot escape its limit (pure)."""
+    """What :func:`usage_argv`'s output says lets a slot escape its limit (pure)."""
     for line in text.splitlines():
         cols = line.split()
         if cols and cols[0] == mountpoint and len(cols) >= 8:
@@ -104,3 +99,36 @@ def quota_problems(text: str, mountpoint: str, limit_bytes: int | None) -> list[
                 found.append(f"owns {files} inodes, above its limit of {ihard}")
             return found
     return ["no user quota on " + mountpoint] if limit_bytes is not None else []
+
+
+def usage_argv(username: str, mountpoint: str) -> list[str]:
+    """``quota`` asking for USERNAME's blocks on MOUNTPOINT only, one line per filesystem.
+
+    ``-f`` would make every argument a filesystem (USERNAME included: "Cannot stat() given
+    mountpoint"); ``--filesystem=`` names the one filesystem and leaves USERNAME a user. The
+    first column is the mount point (``--show-mntpoint --hide-device``), ``-v`` prints the row
+    even when the user has neither usage nor limits there.
+
+    >>> usage_argv("alice", "/srv")[-2:]
+    ['--filesystem=/srv', 'alice']
+    """
+    return ["quota", "-v", "-w", "-p", "-u", "--show-mntpoint", "--hide-device", f"--filesystem={mountpoint}",
+            username]
+
+
+def parse_quota_output(text: str, mountpoint: str) -> Usage:
+    """Used and hard-limit bytes from :func:`usage_argv`'s output (1 KiB blocks); SlotError if absent.
+
+    >>> parse_quota_output("Disk quotas for user a (uid 1):\\n  Filesystem blocks quota limit grace\\n"
+    ...                    "  /srv 20* 0 100 0 5 0 0 0\\n", "/srv")
+    Usage(used_bytes=20480, limit_bytes=102400)
+    """
+    for line in text.splitlines():
+        cols = line.split()
+        if cols and cols[0] == mountpoint and len(cols) >= 4:
+            used_text, hard_text = cols[1].rstrip("*"), cols[3]
+            if not all(t.isascii() and t.isdigit() for t in (used_text, hard_text)):
+                break
+            used, hard = int(used_text) * 1024, int(hard_text) * 1024
+            return Usage(used_bytes=used, limit_bytes=hard or None)
+    raise SlotError(f"quota reported no usage for {mountpoint}")

@@ -58,6 +58,10 @@ class Program:
     # Seconds the program must stay up to count as started; a crash sooner is a failed start.
     startsecs: int = 1
     stopsignal: str = "TERM"
+    # Where the program runs (set by provisioner.limits): cgroup directories it joins before it
+    # drops to USER (supervisord), or the systemd slice of its unit.
+    cgroups: tuple[str, ...] = ()
+    slice: str | None = None
 
     def __post_init__(self) -> None:
         for what, value in (("app", self.app), ("user", self.user)):
@@ -65,6 +69,14 @@ class Program:
                 raise BadInput(f"program {what} {value!r} is invalid")
         if not self.argv or not self.argv[0].startswith("/"):
             raise BadInput(f"program {self.name}: argv[0] must be an absolute path")
+        # One line each: supervisord's ini and systemd's unit files would read a newline as a new key.
+        if any(c in a for a in (*self.argv, self.cwd) for c in "\n\r\x00"):
+            raise BadInput(f"program {self.name}: a newline or NUL in its command line or directory")
+        for d in self.cgroups:
+            if not d.startswith("/sys/fs/cgroup/") or ".." in d.split("/") or any(c in d for c in "\n\x00'\""):
+                raise BadInput(f"program {self.name}: cgroup {d!r} is invalid")
+        if self.slice is not None and not re.fullmatch(r"[A-Za-z0-9_-]+\.slice", self.slice):
+            raise BadInput(f"program {self.name}: slice {self.slice!r} is invalid")
         for key, value in self.environment.items():
             if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key) or "\n" in value or "\x00" in value:
                 raise BadInput(f"program {self.name}: environment {key!r} is invalid")

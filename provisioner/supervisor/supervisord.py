@@ -39,6 +39,12 @@ from provisioner.runner import run
 from provisioner.supervisor import Program, ProgramStatus, SupervisorError
 
 SUPERVISORD = "/usr/bin/supervisord"
+SETPRIV = "/usr/bin/setpriv"
+# Run by supervisord as root: join each cgroup given ($1 = how many), then become the slot user.
+# Everything in it is root's (sh, setpriv, the cgroup files); the program itself runs only after
+# setpriv, as the user, so a tenant's file is never executed by root.
+JOIN_CGROUPS = ('n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 97; '
+                'shift; n=$((n-1)); done; exec "$@"')
 # supervisord fault codes (supervisor.xmlrpc.Faults) we treat as "already so".
 BAD_NAME, NOT_RUNNING, ALREADY_STARTED, ALREADY_ADDED, STILL_RUNNING = 10, 70, 60, 90, 91
 _SUN_PATH_MAX = 100
@@ -81,10 +87,21 @@ def render_program(program: Program, log_dir: Path) -> str:
         command = shlex.join(["/bin/sh", "-c", 'set -a; . "$0"; set +a; exec "$@"',
                               program.env_file, *program.argv])
     log = log_dir / f"{program.name}.log"
+    user_line = [f"user={program.user}"]
+    if program.cgroups:
+        # supervisord cannot place a child in a cgroup: the child does it as root, then drops to
+        # the user with setpriv (what supervisord's user= does: uid, gid, supplementary groups).
+        env = {**env, "USER": program.user, "LOGNAME": program.user}
+        env_line = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(env.items()) if '"' not in v)
+        drop = [SETPRIV, f"--reuid={program.user}", f"--regid={program.user}", "--init-groups", "--"]
+        command = shlex.join(["/bin/sh", "-c", JOIN_CGROUPS, "slotwarden-join", str(len(program.cgroups)),
+                              *program.cgroups, *drop]) + " " + (
+            command if program.env_file is not None else shlex.join(program.argv))
+        user_line = []
     lines = [
         f"[program:{program.name}]",
         f"command={_escape(command)}",
-        f"user={program.user}",
+        *user_line,
         f"directory={_escape(program.cwd)}",
         f"environment={env_line}",
         "autostart=true",

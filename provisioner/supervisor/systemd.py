@@ -62,6 +62,9 @@ def render_dropin(program: Program) -> str:
     lines += [f"Environment={_quote(f'{k}={v}')}" for k, v in sorted(env.items())]
     if program.env_file is not None:
         lines.append(f"EnvironmentFile={program.env_file}")
+    if program.slice is not None:
+        # The slot's slice holds its logins too: one set of limits and one account for all of it.
+        lines.append(f"Slice={program.slice}")
     return "\n".join([*lines, ""])
 
 

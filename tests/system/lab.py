@@ -305,3 +305,12 @@ def wait_for(pred: Any, timeout: float = 10.0, step: float = 0.05) -> bool:
         if time.monotonic() > end:
             return bool(pred())
         time.sleep(step)
+
+
+class NetOnlyHost(LabHost):
+    """A lab host entered with ``nsenter --net`` only. ``ip netns exec`` also remounts /sys, which
+    hides /sys/fs/cgroup: an sshd whose PAM session places logins in cgroups (as a production
+    sshd in the host's mount namespace does) must run this way."""
+
+    def cmd(self, argv: list[str]) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]

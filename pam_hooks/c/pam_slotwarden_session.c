@@ -1,0 +1,177 @@
+/*
+ * pam_slotwarden_session.so - place each login of a slot in the slot's cgroup at session open.
+ *
+ * On hosts without systemd (cgroup v1, or a v2 tree systemd does not own) nothing else puts a
+ * login into the cgroup that carries its slot's limits: sshd, su and cron start the session as
+ * root and everything the tenant runs inherits the cgroup of that process. This module moves the
+ * process opening the session into the slot's cgroup in every hierarchy, so the shell and all
+ * its children are held to the slot's memory, CPU, process and I/O limits from the first fork.
+ *
+ *   session required pam_slotwarden_session.so [cgroup_root=/sys/fs/cgroup] [parent=slotwarden]
+ *
+ * The slot's cgroup is <root>/<controller>/<parent>/<user> (v1: memory, cpu, cpuacct, pids,
+ * blkio) or <root>/<parent>/<user> (v2). It is made by the provisioner, root-owned: a tenant
+ * cannot create one, and a user without one (root, staff) is left alone (PAM_IGNORE). A slot
+ * whose cgroup exists but cannot be joined is refused (PAM_SESSION_ERR): a login that escapes
+ * its limits must not open. A hierarchy where the slot has no directory (a slot made before the
+ * limits existed) is logged and skipped; `slotctl doctor` reports it.
+ *
+ * PAM_USER is data: it must have a slot name's shape ([a-z][a-z0-9_-]{0,31}) before it becomes
+ * part of a path, and it is never logged as given.
+ */
+#define PAM_SM_SESSION
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <security/pam_ext.h>
+#include <security/pam_modules.h>
+
+#define NAME_MAX_LEN 32
+
+static const char *const CONTROLLERS[] = {"memory", "cpu", "cpuacct", "pids", "blkio", NULL};
+
+struct options {
+    const char *root;
+    const char *parent;
+};
+
+static int slot_name_ok(const char *s) {
+    size_t n = 0;
+    if (s == NULL || !(s[0] >= 'a' && s[0] <= 'z'))
+        return 0;
+    for (; s[n] != '\0'; n++) {
+        char c = s[n];
+        if (n >= NAME_MAX_LEN)
+            return 0;
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int path_arg_ok(const char *s, int absolute) {
+    if (s == NULL || s[0] == '\0' || strlen(s) > 200)
+        return 0;
+    if (absolute != (s[0] == '/'))
+        return 0;
+    if (strstr(s, "..") != NULL)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (*p < 0x21 || *p > 0x7e)
+            return 0;
+    return 1;
+}
+
+static int parse_options(pam_handle_t *pamh, int argc, const char **argv, struct options *o) {
+    o->root = "/sys/fs/cgroup";
+    o->parent = "slotwarden";
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "cgroup_root=", 12) == 0)
+            o->root = argv[i] + 12;
+        else if (strncmp(argv[i], "parent=", 7) == 0)
+            o->parent = argv[i] + 7;
+        else {
+            pam_syslog(pamh, LOG_ERR, "unknown option (ignored)");
+        }
+    }
+    if (!path_arg_ok(o->root, 1) || !path_arg_ok(o->parent, 0)) {
+        pam_syslog(pamh, LOG_ERR, "cgroup_root must be absolute and parent relative, without '..'");
+        return -1;
+    }
+    return 0;
+}
+
+/* 1: DIR is a root-owned directory; 0: absent; -1: present but not what the provisioner makes. */
+static int slot_dir(const char *dir) {
+    struct stat st;
+    if (lstat(dir, &st) != 0)
+        return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(st.st_mode) || st.st_uid != 0)
+        return -1;
+    return 1;
+}
+
+static int join(const char *dir) {
+    char path[PATH_MAX], pid[32];
+    int n = snprintf(path, sizeof path, "%s/cgroup.procs", dir);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return -1;
+    int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    n = snprintf(pid, sizeof pid, "%ld", (long)getpid());
+    ssize_t w = write(fd, pid, (size_t)n);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return w == n ? 0 : -1;
+}
+
+/* Join DIR if it exists; counts found/failed. */
+static void try_join(pam_handle_t *pamh, const char *dir, int *found, int *failed) {
+    int s = slot_dir(dir);
+    if (s == 0)
+        return;
+    (*found)++;
+    if (s < 0 || join(dir) != 0) {
+        (*failed)++;
+        pam_syslog(pamh, LOG_ERR, "cannot join the slot cgroup %s: %s", dir, s < 0 ? "not a root-owned directory"
+                                                                           : strerror(errno));
+    }
+}
+
+PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv) {
+    (void)flags;
+    struct options o;
+    const char *user = NULL;
+    char dir[PATH_MAX], probe[PATH_MAX];
+    int found = 0, failed = 0, unjoined = 0;
+
+    if (parse_options(pamh, argc, argv, &o) != 0)
+        return PAM_SESSION_ERR;
+    if (pam_get_item(pamh, PAM_USER, (const void **)&user) != PAM_SUCCESS || user == NULL)
+        return PAM_IGNORE;
+    if (!slot_name_ok(user))
+        return PAM_IGNORE; /* no slot can have this name */
+
+    snprintf(probe, sizeof probe, "%s/cgroup.controllers", o.root);
+    if (access(probe, F_OK) == 0) { /* cgroup v2: one tree */
+        snprintf(dir, sizeof dir, "%s/%s/%s", o.root, o.parent, user);
+        try_join(pamh, dir, &found, &failed);
+    } else {
+        for (int i = 0; CONTROLLERS[i] != NULL; i++) {
+            snprintf(probe, sizeof probe, "%s/%s/cgroup.procs", o.root, CONTROLLERS[i]);
+            if (access(probe, F_OK) != 0)
+                continue; /* this hierarchy is not mounted here */
+            snprintf(dir, sizeof dir, "%s/%s/%s/%s", o.root, CONTROLLERS[i], o.parent, user);
+            int before = found;
+            try_join(pamh, dir, &found, &failed);
+            if (found == before)
+                unjoined++;
+        }
+    }
+    if (found == 0)
+        return PAM_IGNORE; /* not a slot (root, staff): nothing to hold it to */
+    if (failed > 0) {
+        pam_syslog(pamh, LOG_ERR, "slot %s: %d cgroup(s) could not be joined; session refused", user, failed);
+        return PAM_SESSION_ERR;
+    }
+    if (unjoined > 0)
+        pam_syslog(pamh, LOG_WARNING, "slot %s has no cgroup in %d hierarchies (run slotctl doctor)", user,
+                   unjoined);
+    return PAM_SUCCESS;
+}
+
+PAM_EXTERN int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv) {
+    (void)pamh;
+    (void)flags;
+    (void)argc;
+    (void)argv;
+    return PAM_SUCCESS;
+}

@@ -1,0 +1,376 @@
+"""Per-slot limits as plan steps: applied at create and change-plan, lifted at remove.
+
+The limits a slot is sold come from its plan (``[plans.NAME]``); what was applied is kept in
+the store (``slot_limits``: the limits and the backend, never a secret) so ``doctor`` can
+compare it with what the kernel enforces, and ``slot show``, the data report and the metrics
+can show it. A limit this host cannot enforce refuses the whole change before anything is done,
+in one line naming the controller that is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provisioner import accounts
+from provisioner.config import PlanConfig, ResourceLimits
+from provisioner.context import Context
+from provisioner.errors import ConfigError
+from provisioner.limits.enforcement import (
+    LimitsBackend,
+    LimitsError,
+    Placement,
+    SlotTarget,
+    beyond_host,
+    block_device,
+    host_capacity,
+    kernel_units_differ,
+)
+from provisioner.plan import Step
+from provisioner.store import SlotRecord, Store
+
+if TYPE_CHECKING:
+    from provisioner.supervisor import Program
+
+BACKENDS: dict[str, str] = {
+    "cgroup-v1": "provisioner.limits.cgroup_v1:CgroupV1Limits",
+    "systemd": "provisioner.limits.systemd:SystemdSliceLimits",
+    "none": "provisioner.limits.steps:NoLimits",
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS slot_limits (
+    username    TEXT PRIMARY KEY,
+    limits      TEXT NOT NULL,
+    backend     TEXT NOT NULL,
+    applied_at  REAL NOT NULL
+);
+"""
+
+
+# --- the store's copy ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppliedLimits:
+    """What was applied to one slot, and by which backend."""
+
+    username: str
+    limits: ResourceLimits
+    backend: str
+    applied_at: float
+
+
+class LimitRecords:
+    """The only code that writes ``slot_limits``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        store.ensure_schema(SCHEMA)
+
+    def get(self, username: str) -> AppliedLimits | None:
+        row = self.store.db.execute("SELECT * FROM slot_limits WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            return None
+        try:
+            limits = ResourceLimits.from_dict(json.loads(row["limits"]))
+        except (ValueError, TypeError):
+            limits = ResourceLimits()
+        return AppliedLimits(row["username"], limits, row["backend"], row["applied_at"])
+
+    def put(self, username: str, limits: ResourceLimits, backend: str) -> None:
+        self.store.db.execute("INSERT OR REPLACE INTO slot_limits VALUES (?, ?, ?, ?)",
+                              (username, json.dumps(limits.as_dict(), sort_keys=True), backend, time.time()))
+        self.store.db.commit()
+
+    def delete(self, username: str) -> None:
+        self.store.db.execute("DELETE FROM slot_limits WHERE username = ?", (username,))
+        self.store.db.commit()
+
+    def restore(self, username: str, previous: AppliedLimits | None) -> None:
+        if previous is None:
+            self.delete(username)
+        else:
+            self.put(username, previous.limits, previous.backend)
+
+
+# --- the backend of this host ----------------------------------------------------------------------
+
+
+class NoLimits:
+    """A host without cgroup controllers: nothing can be enforced, every set limit is refused."""
+
+    name = "none"
+
+    def __init__(self, *_args: object) -> None:
+        pass
+
+    def missing(self, limits: ResourceLimits, target: SlotTarget) -> list[str]:
+        return [f"{k}: this host has no cgroup controllers (limits backend none)" for k in limits.set_keys()]
+
+    def apply(self, limits: ResourceLimits, target: SlotTarget) -> None:
+        """Nothing to apply."""
+
+    def clear(self, target: SlotTarget) -> None:
+        """Nothing to lift."""
+
+    def expected(self, limits: ResourceLimits, target: SlotTarget) -> dict[str, str]:
+        return {}
+
+    def read(self, target: SlotTarget) -> dict[str, str] | None:
+        return {}
+
+    def placement(self, target: SlotTarget) -> Placement:
+        return Placement()
+
+
+def backend_name(ctx: Context) -> str:
+    """``[limits] backend`` (auto: systemd slices, cgroup v1 controllers, or none)."""
+    table = ctx.config.section("limits")
+    unknown = sorted(set(table) - {"backend"})
+    if unknown:
+        raise ConfigError(f"limits.{unknown[0]}: unknown key")
+    name = table.get("backend", "auto")
+    if name != "auto" and name not in BACKENDS:
+        raise ConfigError(f"limits.backend: expected auto or one of {', '.join(sorted(BACKENDS))}")
+    if name != "auto":
+        return str(name)
+    from provisioner.metrics import metrics_config
+
+    root = metrics_config(ctx).cgroup_root
+    if (root / "cgroup.controllers").exists() and Path("/run/systemd/system").is_dir():
+        return "systemd"
+    if (root / "memory" / "cgroup.procs").exists():
+        return "cgroup-v1"
+    return "none"
+
+
+def load_limits_backend(ctx: Context) -> LimitsBackend:
+    """The backend enforcing limits on this host (cgroup root and parent from ``[metrics]``)."""
+    from provisioner.metrics import metrics_config
+
+    name = backend_name(ctx)
+    module, _, cls_name = BACKENDS[name].partition(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    cfg = metrics_config(ctx)
+    backend: LimitsBackend
+    if name == "cgroup-v1":
+        backend = cls(cfg.cgroup_root, cfg.cgroup_parent)
+    elif name == "systemd":
+        backend = cls(cfg.cgroup_root)
+    else:
+        backend = cls()
+    return backend
+
+
+def target_of(ctx: Context, username: str, home: Path | None = None,
+              acct: accounts.Account | None = None) -> SlotTarget:
+    """The slot as a backend sees it (ids 0 while the user does not exist yet)."""
+    home = home or ctx.settings.slots_root / username
+    acct = acct or accounts.lookup_user(username)
+    where = home if home.exists() else ctx.settings.slots_root
+    return SlotTarget(username, acct.uid if acct else 0, acct.gid if acct else 0, home, block_device(where))
+
+
+def check_enforceable(backend: LimitsBackend, limits: ResourceLimits, target: SlotTarget, plan: str) -> None:
+    """Refuse (one line) limits this host cannot enforce or that exceed the host itself."""
+    problems = backend.missing(limits, target)
+    if not problems:
+        problems = beyond_host(limits, *host_capacity())
+    if problems:
+        raise LimitsError(f"plan {plan} cannot be enforced on this host: {'; '.join(problems)}")
+
+
+# --- steps -------------------------------------------------------------------------------------------
+
+
+def _pending_plan(ctx: Context) -> PlanConfig | None:
+    from provisioner import lifecycle
+
+    name = lifecycle._PENDING_PLAN.get()
+    return ctx.config.plans.get(name) if name else None
+
+
+def creation_steps(ctx: Context, req: Any) -> list[Step]:
+    """Make the slot's cgroup (or slice) with its plan's limits, before its apps start."""
+    backend = load_limits_backend(ctx)
+    plan = _pending_plan(ctx)
+    limits = plan.limits if plan else ResourceLimits()
+    name = req.username
+    check_enforceable(backend, limits, target_of(ctx, name), plan.name if plan else "(none)")
+    if backend.name == "none":
+        return []
+    records = LimitRecords(ctx.store)
+
+    def do() -> None:
+        target = target_of(ctx, name)
+        if target.uid == 0:
+            raise LimitsError(f"user {name} vanished during create")
+        backend.apply(limits, target)
+        records.put(name, limits, backend.name)
+
+    def undo() -> None:
+        backend.clear(target_of(ctx, name))
+        records.delete(name)
+
+    what = ", ".join(f"{k}={v}" for k, v in limits.as_dict().items() if v is not None) or "no limits"
+    return [Step("limits", f"make the cgroup of {name} ({backend.name}): {what}", do, undo)]
+
+
+def removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
+    """Lift the slot's limits and remove its cgroup (its processes are already stopped)."""
+    backend = load_limits_backend(ctx)
+    records = LimitRecords(ctx.store)
+    name = rec.username
+    acct = accounts.lookup_user(name)
+    if acct is None and records.get(name) is None:
+        return []
+
+    def do() -> None:
+        if acct is not None:
+            backend.clear(target_of(ctx, name, Path(rec.home), acct))
+        records.delete(name)
+
+    return [Step("limits", f"lift the limits of {name} and remove its cgroup ({backend.name})", do)]
+
+
+def change_plan_steps(ctx: Context, username: str, new: PlanConfig) -> list[Step]:
+    """Apply NEW's limits to USERNAME (undo: the limits applied before)."""
+    backend = load_limits_backend(ctx)
+    records = LimitRecords(ctx.store)
+    previous = records.get(username)
+    target = target_of(ctx, username)
+    check_enforceable(backend, new.limits, target, new.name)
+    if backend.name == "none" or (previous is not None and previous.limits == new.limits
+                                  and backend.read(target) is not None):
+        return []
+    old = previous.limits if previous else ResourceLimits()
+
+    def do() -> None:
+        backend.apply(new.limits, target)
+        records.put(username, new.limits, backend.name)
+
+    def undo() -> None:
+        backend.apply(old, target)
+        records.restore(username, previous)
+
+    return [Step("limits", f"apply the limits of plan {new.name} to {username} ({backend.name})", do, undo)]
+
+
+def host_steps(ctx: Context, _req: object) -> list[Step]:
+    """``host init`` (and so every boot): remake the cgroup of each slot whose limits the kernel lost.
+
+    cgroup v1 directories live in memory: after a reboot every slot's cgroup is gone until this
+    runs. It runs before the supervisor step, so apps restarted at boot join their slot's cgroup.
+    """
+    if "slots_root" not in ctx.store.host_settings():
+        return []
+    backend = load_limits_backend(ctx)
+    if backend.name == "none":
+        return []
+    records = LimitRecords(ctx.store)
+    todo: list[tuple[SlotTarget, ResourceLimits]] = []
+    for rec in ctx.store.list_slots():
+        applied = records.get(rec.username)
+        acct = accounts.lookup_user(rec.username)
+        if acct is None or rec.state not in ("active", "suspended"):
+            continue
+        # A slot made before limits existed gets its cgroup too (unlimited), so logins and
+        # apps always have one to join.
+        limits = applied.limits if applied else ResourceLimits()
+        target = target_of(ctx, rec.username, Path(rec.home), acct)
+        have = backend.read(target)
+        if applied is None or have is None or kernel_units_differ(backend.expected(limits, target), have):
+            todo.append((target, limits))
+    if not todo:
+        return []
+
+    def restore() -> None:
+        for target, limits in todo:
+            backend.apply(limits, target)
+            records.put(target.username, limits, backend.name)
+
+    names = ", ".join(t.username for t, _ in todo[:5]) + (" ..." if len(todo) > 5 else "")
+    return [Step("slot-limits", f"restore the cgroup and limits of {len(todo)} slot(s) ({names}; {backend.name})",
+                 restore)]
+
+
+# --- what the others show -------------------------------------------------------------------------
+
+
+def limits_of(ctx: Context, username: str) -> dict[str, Any] | None:
+    """The applied limits of USERNAME for ``slot show``, metrics and the data report."""
+    applied = LimitRecords(ctx.store).get(username)
+    if applied is None:
+        return None
+    return {**applied.limits.as_dict(), "backend": applied.backend}
+
+
+def slot_fields(ctx: Context, rec: SlotRecord) -> dict[str, Any]:
+    """``slot show``: the limits the slot is held to (None: no limits recorded)."""
+    return {"limits": limits_of(ctx, rec.username)}
+
+
+def drift(ctx: Context, records: list[SlotRecord]) -> list[tuple[str, str]]:
+    """(slot, problem) for each slot whose kernel limits differ from the store's, or whose cgroup is gone."""
+    backend = load_limits_backend(ctx)
+    store = LimitRecords(ctx.store)
+    out = []
+    for rec in records:
+        if rec.state not in ("active", "suspended"):
+            continue
+        applied = store.get(rec.username)
+        if applied is None:
+            continue
+        acct = accounts.lookup_user(rec.username)
+        if acct is None:
+            continue
+        if applied.backend != backend.name:
+            out.append((rec.username, f"limits were applied by {applied.backend}, this host enforces with "
+                                      f"{backend.name}; run 'slotctl slot change-plan' again"))
+            continue
+        target = target_of(ctx, rec.username, Path(rec.home), acct)
+        have = backend.read(target)
+        if have is None:
+            out.append((rec.username, f"its cgroup is gone ({backend.name}): limits are not enforced"))
+            continue
+        for problem in kernel_units_differ(backend.expected(applied.limits, target), have):
+            out.append((rec.username, f"limit drift: {problem}"))
+    return out
+
+
+def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Any]:
+    """The data report row: the limits the slot is held to (not personal data, but about it)."""
+    from provisioner.datareport import Item
+
+    applied = LimitRecords(ctx.store).get(username) if rec is not None else None
+    if applied is None:
+        return []
+    return [Item("resource limits", {k: v for k, v in applied.limits.as_dict().items() if v is not None},
+                 "what the plan sold (CPU, memory, swap, processes, I/O), enforced by the kernel",
+                 f"store {ctx.config.db_path} (slot_limits), clear; the kernel ({applied.backend})",
+                 "while the slot exists")]
+
+
+def place(ctx: Context, program: Program) -> Program:
+    """PROGRAM set to run inside its slot's cgroup (or slice); root's programs stay as they are."""
+    if program.user == "root" or ctx.store.get_slot(program.user) is None:
+        return program  # only a slot's programs are held to a slot's limits
+    acct = accounts.lookup_user(program.user)
+    if acct is None:
+        return program
+    backend = load_limits_backend(ctx)
+    target = target_of(ctx, program.user, acct=acct)
+    if backend.name != "none" and backend.read(target) is None:
+        # The slot's cgroup is gone (or predates limits): make it, with the limits on record.
+        records = LimitRecords(ctx.store)
+        applied = records.get(program.user)
+        limits = applied.limits if applied else ResourceLimits()
+        backend.apply(limits, target)
+        records.put(program.user, limits, backend.name)
+    where = backend.placement(target)
+    return replace(program, cgroups=where.cgroups, slice=where.slice)
