@@ -33,7 +33,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -94,6 +94,9 @@ class AppControl(Protocol):
 # The apps package appends its control when imported (provisioner.slots.EXTENSION_MODULES
 # imports it); tests append a control of their own.
 APP_CONTROLS: list[AppControl] = []
+# Steps other packages add to a suspension (support: revoke every grant), run after the logins are
+# refused, before the apps stop; each gets the context and the username.
+SUSPEND_EXTENSIONS: list[Callable[[Context, str], list[Step]]] = []
 
 
 # --- store -------------------------------------------------------------------------------------
@@ -324,6 +327,9 @@ def plan_suspend(
     if not login.locked:
         steps.append(Step("lock", f"usermod --lock {username} (password checks fail)",
                           lambda: lock_password(username), lambda: unlock_password(username)))
+    slots._load_extensions()  # the packages that add suspension steps register when imported
+    for extension in SUSPEND_EXTENSIONS:
+        steps.extend(extension(ctx, username))
     controls = _controls()
     for control_name, apps in facts.running_apps.items():
         control = controls[control_name]
