@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provisioner.config import absolute_path, refuse_unknown_keys
 from provisioner.context import Context
-from provisioner.errors import BadInput, ConfigError
+from provisioner.errors import BadInput
 from provisioner.plan import Step
 
 MAX_ANSWER = 4096
@@ -50,17 +51,9 @@ class InboxConfig:
 
     @classmethod
     def from_section(cls, table: dict[str, Any]) -> InboxConfig:
-        unknown = sorted(set(table) - {"dir", "login_script"})
-        if unknown:
-            raise ConfigError(f"inbox.{unknown[0]}: unknown key")
-        values: dict[str, Any] = {}
-        for key in ("dir", "login_script"):
-            if key in table:
-                v = table[key]
-                if not isinstance(v, str) or not v.startswith("/") or "\x00" in v:
-                    raise ConfigError(f"inbox.{key}: expected an absolute path")
-                values[key] = Path(v)
-        return cls(**values)
+        refuse_unknown_keys(table, "inbox", {"dir", "login_script"})
+        return cls(**{key: absolute_path(table[key], f"inbox.{key}") for key in ("dir", "login_script")
+                      if key in table})
 
 
 def inbox_config(ctx: Context) -> InboxConfig:

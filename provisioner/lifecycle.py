@@ -94,8 +94,8 @@ class AppControl(Protocol):
 # The apps package appends its control when imported (provisioner.slots.EXTENSION_MODULES
 # imports it); tests append a control of their own.
 APP_CONTROLS: list[AppControl] = []
-# Steps other packages add to a suspension (support: revoke every grant), run after the logins are
-# refused, before the apps stop; each gets the context and the username.
+# Steps other packages add to a suspension (support: revoke every grant), run after the plan's
+# own steps; each gets the context and the username.
 SUSPEND_EXTENSIONS: list[Callable[[Context, str], list[Step]]] = []
 
 
@@ -327,9 +327,6 @@ def plan_suspend(
     if not login.locked:
         steps.append(Step("lock", f"usermod --lock {username} (password checks fail)",
                           lambda: lock_password(username), lambda: unlock_password(username)))
-    slots._load_extensions()  # the packages that add suspension steps register when imported
-    for extension in SUSPEND_EXTENSIONS:
-        steps.extend(extension(ctx, username))
     controls = _controls()
     for control_name, apps in facts.running_apps.items():
         control = controls[control_name]
@@ -413,6 +410,10 @@ def suspend(ctx: Context, username: str, reason: str, *, dry_run: bool = False, 
     with slot_lock(ctx, username):
         facts = LifecycleFacts.gather(ctx, username)
         plan = plan_suspend(username, reason, facts, ctx=ctx, actor=actor or current_actor(), now=time.time())
+        slots._load_extensions()  # the packages that add suspension steps register when imported
+        extra = [step for extension in SUSPEND_EXTENSIONS for step in extension(ctx, username)]
+        if extra:
+            plan = Plan(plan.title, [*plan.steps, *extra])
         if not dry_run:
             apply(plan)
     return plan

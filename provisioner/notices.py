@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import inbox
-from provisioner.config import parse_duration
+from provisioner.config import parse_duration, refuse_unknown_keys
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.names import validate_username
@@ -73,9 +73,7 @@ class NoticesConfig:
 
     @classmethod
     def from_section(cls, table: dict[str, Any]) -> NoticesConfig:
-        unknown = sorted(set(table) - {"takedown_after", "hook"})
-        if unknown:
-            raise ConfigError(f"notices.{unknown[0]}: unknown key")
+        refuse_unknown_keys(table, "notices", {"takedown_after", "hook"})
         values: dict[str, Any] = {}
         if "takedown_after" in table:
             values["takedown_after"] = parse_duration(table["takedown_after"], "notices.takedown_after")

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import idmapped, inbox
-from provisioner.config import parse_duration
+from provisioner.config import absolute_path, parse_duration, refuse_unknown_keys
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.names import validate_username
@@ -73,19 +73,14 @@ class SupportConfig:
 
     @classmethod
     def from_section(cls, table: dict[str, Any]) -> SupportConfig:
-        unknown = sorted(set(table) - {"max_duration", "grants_dir"})
-        if unknown:
-            raise ConfigError(f"support.{unknown[0]}: unknown key")
+        refuse_unknown_keys(table, "support", {"max_duration", "grants_dir"})
         values: dict[str, Any] = {}
         if "max_duration" in table:
             values["max_duration"] = parse_duration(table["max_duration"], "support.max_duration")
             if values["max_duration"] <= 0:
                 raise ConfigError("support.max_duration: must be more than zero")
         if "grants_dir" in table:
-            v = table["grants_dir"]
-            if not isinstance(v, str) or not v.startswith("/") or "\x00" in v:
-                raise ConfigError("support.grants_dir: expected an absolute path")
-            values["grants_dir"] = Path(v)
+            values["grants_dir"] = absolute_path(table["grants_dir"], "support.grants_dir")
         return cls(**values)
 
 

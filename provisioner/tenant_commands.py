@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import pwd
-import secrets
 import sys
 from typing import Any
 
@@ -53,7 +52,7 @@ def answer_line(verb: str, grant: int, read_only: bool = False) -> str:
 def send_answer(verb: str, grant: int, read_only: bool = False) -> None:
     """Drop an answer file in the inbox's answers directory (created O_EXCL, 0600)."""
     d = os.path.join(INBOX_DIR, _me(), "answers")
-    name = os.path.join(d, f"{verb}-{grant}-{secrets.token_hex(6)}")
+    name = os.path.join(d, f"{verb}-{grant}-{os.urandom(6).hex()}")
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from provisioner import support
-from tests.system.conftest import SlotHost, as_user, make_slot_host, teardown_slot_host, world_traversable_tmpdir
+from tests.system.conftest import SlotHost, as_user
 from tests.system.lab import remove_user, wait_for
+from tests.system.policy_lab import make_slot, me, policy_host
 
 pytestmark = pytest.mark.root
 ADMIN_GROUP = "slotwarden-admin"  # the host default; host init makes it (hidepid's exempt group)
@@ -30,18 +31,8 @@ ADMIN_GROUP = "slotwarden-admin"  # the host default; host init makes it (hidepi
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[SlotHost]:
-    base = world_traversable_tmpdir("support")
-    extra = (f'[support]\nmax_duration = "1d"\ngrants_dir = "{base}/grants"\n'
-             f'[inbox]\ndir = "{base}/inbox"\nlogin_script = "{base}/profile.d/slotwarden-inbox.sh"\n')
-    h = make_slot_host(base, f"sp{secrets.token_hex(2)}", extra_config=extra)
-    try:
+    with policy_host("support", lambda base: f'[support]\nmax_duration = "1d"\ngrants_dir = "{base}/grants"\n') as h:
         yield h
-    finally:
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            mnt = line.split()[4]
-            if mnt.startswith(f"{base}/grants/"):
-                subprocess.run(["umount", "-l", mnt], check=False)
-        teardown_slot_host(h)
 
 
 @contextlib.contextmanager
@@ -53,19 +44,8 @@ def account(name: str, admin: bool) -> Iterator[pwd.struct_passwd]:
         remove_user(name)
 
 
-def make_slot(host: SlotHost) -> str:
-    name = host.name()
-    out = host.slotctl("slot", "create", name, "--email", f"{name}@example.com", "--country", "DE")
-    assert out.returncode == 0, out.stderr
-    return name
-
-
 def home(host: SlotHost, name: str) -> Path:
     return host.slots_root / name
-
-
-def me(host: SlotHost, user: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return as_user(user, " ".join([str(host.base / "bin" / "slotwarden-me"), *args]))
 
 
 def staff_run(staff: str, script: str) -> subprocess.CompletedProcess[str]:
