@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from provisioner.config import Config
 from provisioner.context import Context
 from provisioner.errors import BadInput
+from provisioner.metrics.health import ResponseCounter
 
 log = logging.getLogger("slotwarden.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -35,23 +36,26 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def scrape(config: Config) -> bytes:
-    """Collect every slot and render the exposition."""
+def scrape(config: Config, responses: ResponseCounter | None = None) -> bytes:
+    """Collect every slot and render the exposition (with RESPONSES: the host's health too)."""
     from provisioner.metrics import collect
+    from provisioner.metrics.health import health, render_health
     from provisioner.metrics.prometheus import render
 
     t0 = time.perf_counter()
     ctx = Context(config)
     try:
         metrics = collect(ctx)
+        extra = render_health(health(ctx, responses)) if responses is not None else ""
     finally:
         ctx.close()
-    return render(metrics, time.perf_counter() - t0).encode()
+    return (render(metrics, time.perf_counter() - t0) + extra).encode()
 
 
 def make_server(config: Config, host: str, port: int) -> ThreadingHTTPServer:
     """A server bound to HOST:PORT (not yet serving)."""
     lock = threading.Lock()
+    responses = ResponseCounter()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "slotwarden-metrics"
@@ -66,7 +70,7 @@ def make_server(config: Config, host: str, port: int) -> ThreadingHTTPServer:
             else:
                 try:
                     with lock:
-                        body = scrape(config)
+                        body = scrape(config, responses)
                 except Exception as exc:  # a scrape must answer, not kill the server
                     log.error("scrape failed: %s", exc)
                     self.send_error(500, "scrape failed")
