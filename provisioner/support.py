@@ -213,7 +213,9 @@ def _require_slot(ctx: Context, username: str) -> SlotRecord:
 
 
 def _staff_dir(cfg: SupportConfig, staff: pwd.struct_passwd) -> int:
-    """A descriptor of ``<grants_dir>/<staff>``: root:<staff's group> 0750 (the staff cannot rename in it)."""
+    """A descriptor of ``<grants_dir>/<staff>``: the staff's own, 0500 — nobody else traverses it,
+    whatever group the staff is in (the view's root shows the home's mode with the staff as owner
+    and group). Root only works in it by descriptor and never follows a link there."""
     cfg.grants_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
     os.chmod(cfg.grants_dir, 0o711)  # noqa: S103 - traverse only
     base = os.open(cfg.grants_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -223,8 +225,8 @@ def _staff_dir(cfg: SupportConfig, staff: pwd.struct_passwd) -> int:
         fd = os.open(staff.pw_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
     finally:
         os.close(base)
-    os.fchown(fd, 0, staff.pw_gid)
-    os.fchmod(fd, 0o750)
+    os.fchown(fd, staff.pw_uid, staff.pw_gid)
+    os.fchmod(fd, 0o500)
     return fd
 
 

@@ -94,6 +94,10 @@ def _notice_lines(rows: list[dict[str, Any]]) -> list[str]:
 def tenant_main(argv: list[str] | None = None) -> None:
     """``slotwarden-me``: your metrics, and ``support`` / ``notices`` / ``login-message``."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print("slotwarden-me support list|approve ID [--read-only]|refuse ID|revoke ID: support access requests\n"
+              "slotwarden-me notices: takedown notices about your files\n"
+              "slotwarden-me [--json] [--sample S]: your slot's metrics, as below\n")
     if not argv or argv[0] not in ("support", "notices", "login-message"):
         me_main(argv)
         return

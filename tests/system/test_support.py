@@ -131,8 +131,11 @@ def test_staff_reads_only_inside_the_window_and_links_never_widen_it(host: SlotH
         assert staff_run(staff.pw_name, f"cat {mnt}/shadow").returncode != 0
         shown = staff_run(staff.pw_name, f"cat {mnt}/other")
         assert shown.returncode != 0 and "other-data" not in shown.stdout
-        # Nobody else gets in through the grant's path.
+        # Nobody else gets in through the grant's path: not another tenant, not another staff member.
         assert as_user(other, f"ls {mnt}").returncode != 0
+        assert mnt.parent.stat().st_uid == staff.pw_uid and mnt.parent.stat().st_mode & 0o777 == 0o500
+        with account(f"{host.prefix}s2{secrets.token_hex(2)}", admin=True) as colleague:
+            assert staff_run(colleague.pw_name, f"cat {mnt}/notes.txt").returncode != 0
 
         # A shell sitting inside when the window closes is stopped; the view is gone.
         sitter = subprocess.Popen(["runuser", "-u", staff.pw_name, "--", "/bin/sh", "-c", "exec sleep 600"],
