@@ -1,18 +1,23 @@
 """The tenant's inbox: what root tells a slot (support requests, notices) and the answers it gives.
 
 ``slotwarden-me`` runs as the tenant, so it cannot touch the store. Root publishes, the tenant
-answers, and the kernel says who answered. Per slot, under ``[inbox] dir``
+answers, and the kernel says who answered. Root publishes under ``[inbox] dir``
 (default ``/var/spool/slotwarden``, 0711 root)::
 
-    <user>/             0750 root:<slot group>  the tenant enters and reads, cannot rename or delete
-    <user>/inbox.json   0640 root:<slot group>  open support requests, grants and notices (root rewrites it)
-    <user>/answers/     0730 root:<slot group>  the tenant drops one file per answer; cannot list
+    <user>/             0750 root:<slot group>  the tenant enters and reads, cannot write
+    <user>/inbox.json   0640 root:<slot group>  open support requests, grants and notices
 
-Root trusts nothing the tenant wrote about who it is: an answer counts only if the file is a
-regular file whose owner (set by the kernel at creation; nobody but root can give a file away)
-is the slot's UID; it is opened ``O_NOFOLLOW | O_NONBLOCK`` relative to the directory's
-descriptor, read up to 4 KiB and removed, whatever it held. Another tenant cannot enter the
-directory; a link or FIFO planted there is removed unread.
+and the tenant answers in its own home, under its own quota (a spool outside the home would
+let a tenant fill a filesystem nobody's quota covers)::
+
+    ~/.slotwarden/answers/   one small file per answer: ``approve 3``, ``refuse 3``, ``revoke 3``
+
+Root trusts nothing the tenant wrote about who it is: only the slot's UID (and root) can create
+a file in that home, and an answer counts only if it is a regular file owned by the slot's UID
+(nobody but root can give a file away). Root walks there by descriptor — the home, then each
+directory ``O_NOFOLLOW``, each owned by the slot — opens each answer ``O_NOFOLLOW |
+O_NONBLOCK``, reads at most 4 KiB and removes it, whatever it held. A link, FIFO or directory
+planted there is removed or skipped, never followed.
 
 >>> parse_answer("approve 12 read-only")
 Answer(verb='approve', grant=12, read_only=True)
@@ -37,6 +42,7 @@ from provisioner.plan import Step
 
 MAX_ANSWER = 4096
 MAX_ANSWERS = 100  # answers read per slot and sync; the rest are removed unread
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 VERBS = ("approve", "refuse", "revoke")
 
 
@@ -119,7 +125,6 @@ def publish(ctx: Context, username: str) -> None:
     body = {"support": support.inbox_rows(ctx, username), "notices": notices.inbox_rows(ctx, username)}
     cfg = inbox_config(ctx)
     with _slot_dir(cfg, username) as fd:
-        os.close(_ensure_dir(fd, "answers", 0o730, _slot_gid(username)))
         tmp = f".inbox.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=fd)
@@ -133,33 +138,39 @@ def publish(ctx: Context, username: str) -> None:
         os.rename(tmp, "inbox.json", src_dir_fd=fd, dst_dir_fd=fd)
 
 
-def take_answers(ctx: Context, username: str, uid: int) -> list[Answer]:
-    """Read and remove the answers USERNAME (UID) left; files of any other owner or kind are dropped."""
-    cfg = inbox_config(ctx)
+ANSWERS = (".slotwarden", "answers")  # below the home
+
+
+def take_answers(username: str, uid: int, home: Path) -> list[Answer]:
+    """Read and remove the answers USERNAME (UID) left in HOME; anything else there is dropped unread."""
     try:
-        base = os.open(cfg.dir / username / "answers", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
+        fd = os.open(home, _DIR)
+    except OSError:
         return []
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the directory itself is a link (never made by us)
-            return []
-        raise
-    answers: list[Answer] = []
     try:
-        st = os.fstat(base)
-        if st.st_uid != 0:
+        if os.fstat(fd).st_uid != uid:
             return []
-        for n, name in enumerate(sorted(os.listdir(base))):
-            text = _read_answer(base, name, uid) if n < MAX_ANSWERS else None
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                os.unlink(name, dir_fd=base)
+        for part in ANSWERS:
+            try:
+                nfd = os.open(part, _DIR, dir_fd=fd)
+            except OSError:  # absent, a link (ELOOP), not a directory: no answers
+                return []
+            os.close(fd)
+            fd = nfd
+            if os.fstat(fd).st_uid != uid:
+                return []
+        answers: list[Answer] = []
+        for n, name in enumerate(sorted(os.listdir(fd))):
+            text = _read_answer(fd, name, uid) if n < MAX_ANSWERS else None
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=fd)
             if text is None:
                 continue
             with contextlib.suppress(BadInput):
                 answers.append(parse_answer(text))
+        return answers
     finally:
-        os.close(base)
-    return answers
+        os.close(fd)
 
 
 def _read_answer(dir_fd: int, name: str, uid: int) -> str | None:

@@ -26,6 +26,7 @@ import logging
 import os
 import stat
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS notices (
 );
 CREATE INDEX IF NOT EXISTS notices_username ON notices(username);
 """
+_READY: weakref.WeakSet[Store] = weakref.WeakSet()
 MAX_REF = 100
 MAX_PATH = 4096
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -121,7 +123,9 @@ class Notices:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.ensure_schema(SCHEMA)
+        if store not in _READY:  # executescript commits an open transaction: once per connection
+            store.ensure_schema(SCHEMA)
+            _READY.add(store)
 
     def add(self, username: str, path: str, ref: str, now: float, deadline: float) -> int:
         cur = self.store.db.execute(

@@ -13,9 +13,11 @@ idmapped mount (:mod:`provisioner.idmapped`) in which the tenant's files are STA
 unless write was asked for and approved, below a directory only STAFF (and root) can enter.
 Nothing in the tenant's tree is changed, so there is nothing to undo in it and no path walk
 over a tree the tenant controls: a symlink the tenant plants is followed by STAFF's own
-credentials, outside the mapping.
+credentials, outside the mapping. (A write grant lets STAFF write what the tenant could —
+``~/.bashrc`` included — so it is as strong as the tenant's own account: the tenant is told so.)
 
-The tenant's answers arrive through its inbox (:mod:`provisioner.inbox`); :func:`sync` takes
+The tenant's answers arrive through its inbox (:mod:`provisioner.inbox`: files it creates in
+``~/.slotwarden/answers/``, trusted by their kernel-set owner); :func:`sync` takes
 them, applies them, ends what has expired and republishes the inboxes. Every support command and
 ``slotctl retention run`` (on the timer) call it first.
 
@@ -30,6 +32,7 @@ import grp
 import os
 import pwd
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,7 @@ CREATE TABLE IF NOT EXISTS support_grants (
 CREATE INDEX IF NOT EXISTS support_grants_username ON support_grants(username);
 """
 OPEN_STATES = ("requested", "active")
+_READY: weakref.WeakSet[Store] = weakref.WeakSet()
 MAX_REASON = 300
 
 
@@ -115,7 +119,9 @@ class SupportGrants:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.ensure_schema(SCHEMA)
+        if store not in _READY:  # executescript commits an open transaction: once per connection
+            store.ensure_schema(SCHEMA)
+            _READY.add(store)
 
     def add(self, username: str, staff: str, reason: str, write: bool, duration: int, now: float) -> int:
         cur = self.store.db.execute(
@@ -326,11 +332,15 @@ def end_grant(ctx: Context, grant: Grant, state: str, by: str, now: float) -> No
 
 
 def _apply_answers(ctx: Context, username: str, now: float) -> None:
-    acct = pwd.getpwnam(username) if ctx.store.get_slot(username) else None
-    if acct is None:
+    rec = ctx.store.get_slot(username)
+    try:
+        acct = pwd.getpwnam(username) if rec else None
+    except KeyError:
+        acct = None
+    if rec is None or acct is None or Path(rec.home).parent != ctx.settings.slots_root:
         return
     grants = SupportGrants(ctx.store)
-    for answer in inbox.take_answers(ctx, username, acct.pw_uid):
+    for answer in inbox.take_answers(username, acct.pw_uid, Path(rec.home)):
         grant = grants.get(answer.grant)
         if grant is None or grant.username != username:
             continue  # a tenant answers only its own requests
@@ -451,7 +461,9 @@ def _revoke_steps(ctx: Context, username: str, why: str) -> list[Step]:
 def removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
     """Slot removal: revoke every grant, drop the inbox."""
     steps = _revoke_steps(ctx, rec.username, "slot removed")
-    steps.append(Step("inbox", f"remove the inbox of {rec.username}", lambda: inbox.remove_inbox(ctx, rec.username)))
+    if (inbox.inbox_config(ctx).dir / rec.username).exists():
+        steps.append(Step("inbox", f"remove the inbox of {rec.username}",
+                          lambda: inbox.remove_inbox(ctx, rec.username)))
     return steps
 
 

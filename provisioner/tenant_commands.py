@@ -4,7 +4,8 @@ Standard library only: ``host init`` appends this file to kernel.py's text to ma
 ``slotwarden-me`` (the lines between the two ``installed copy`` markers are dropped there), and
 replaces INBOX_DIR with the configured ``[inbox] dir``. It runs as the tenant: it reads the
 inbox root published (``<dir>/<me>/inbox.json``) and answers by creating a file in
-``<dir>/<me>/answers/``, which root trusts only because the kernel made the tenant its owner.
+``~/.slotwarden/answers/``, which root trusts only because the kernel made the tenant its owner
+in a home only the tenant can write.
 
 >>> answer_line("approve", 3, True)
 'approve 3 read-only\\n'
@@ -50,10 +51,11 @@ def answer_line(verb: str, grant: int, read_only: bool = False) -> str:
 
 
 def send_answer(verb: str, grant: int, read_only: bool = False) -> None:
-    """Drop an answer file in the inbox's answers directory (created O_EXCL, 0600)."""
-    d = os.path.join(INBOX_DIR, _me(), "answers")
+    """Drop an answer file in ``~/.slotwarden/answers/`` (created O_EXCL, 0600)."""
+    d = os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".slotwarden", "answers")
     name = os.path.join(d, f"{verb}-{grant}-{os.urandom(6).hex()}")
     try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise SystemExit(f"slotwarden-me: cannot answer: {exc.strerror}") from None
@@ -72,7 +74,10 @@ def _support_lines(rows: list[dict[str, Any]]) -> list[str]:
         access = "read-write" if r.get("write") else "read-only"
         if r.get("state") == "requested":
             lines.append(f"  request {r.get('id')}: {_show(r.get('staff'))} asks {access} access to your home for "
-                         f"{r.get('for_seconds')}s: {_show(r.get('reason'))}")
+                         f"{_show(r.get('for_seconds'))}s: {_show(r.get('reason'))}")
+            if r.get("write"):
+                lines.append("    (write access lets them change any file of yours, ~/.bashrc included; "
+                             f"'slotwarden-me support approve {r.get('id')} --read-only' gives read access only)")
         else:
             lines.append(f"  grant {r.get('id')}: {_show(r.get('staff'))} has {access} access until "
                          f"{_show(r.get('expires'))}: {_show(r.get('reason'))}")

@@ -105,14 +105,19 @@ def test_staff_reads_only_inside_the_window_and_links_never_widen_it(host: SlotH
         assert staff_run(staff.pw_name, f"cat {home(host, slot)}/notes.txt").returncode != 0
         assert grant_of(host, gid)["mountpoint"] is None
 
-        # Another tenant cannot answer for it: its inbox is closed to them, and a file planted
-        # there (root makes it, owned by the other tenant) is dropped unread.
-        box = host.base / "inbox" / slot / "answers"
-        assert as_user(other, f"echo 'approve {gid}' > {box}/forged").returncode != 0
-        forged = box / "forged"
+        # Another tenant cannot answer for it: the answers live in the tenant's home, and a file
+        # there owned by anyone else (root makes it, owned by the other tenant) is dropped unread;
+        # so is a link planted in place of an answer, and the inbox root publishes is read-only.
+        assert as_user(other, f"echo 'approve {gid}' > {home(host, slot)}/.slotwarden/answers/x").returncode != 0
+        assert as_user(slot, f"echo 'approve {gid}' > {host.base}/inbox/{slot}/inbox.json").returncode != 0
+        assert as_user(slot, "mkdir -p ~/.slotwarden/answers && ln -s /etc/shadow ~/.slotwarden/answers/link"
+                       ).returncode == 0
+        forged = home(host, slot) / ".slotwarden" / "answers" / "forged"
         forged.write_text(f"approve {gid}\n")
         os.chown(forged, pwd.getpwnam(other).pw_uid, -1)
         assert grant_of(host, gid)["state"] == "requested" and not forged.exists()
+        assert not (home(host, slot) / ".slotwarden" / "answers" / "link").is_symlink()
+        assert Path("/etc/shadow").stat().st_size > 0
 
         assert me(host, slot, "support", "approve", str(gid)).returncode == 0
         g = grant_of(host, gid)
