@@ -352,7 +352,10 @@ def list_notices(ctx: Context, username: str | None = None) -> list[Notice]:
     """Every notice (of USERNAME): what the CLI lists and the Hub shows."""
     if username is not None:
         validate_username(username)
-    return Notices(ctx.store).list(username)
+    found = Notices(ctx.store).list(username)
+    if username is not None and not found and ctx.store.get_slot(username) is None:
+        raise BadInput(f"no slot named {username!r}")
+    return found
 
 
 def get_notice(ctx: Context, notice_id: int) -> Notice:

@@ -382,7 +382,11 @@ def list_grants(ctx: Context, username: str | None = None, *, open_only: bool = 
     if username is not None:
         validate_username(username)
     sync(ctx)
-    return SupportGrants(ctx.store).list(username, open_only)
+    grants = SupportGrants(ctx.store).list(username, open_only)
+    if username is not None and not grants and ctx.store.get_slot(username) is None \
+            and not SupportGrants(ctx.store).list(username):
+        raise BadInput(f"no slot named {username!r}")
+    return grants
 
 
 def get_grant(ctx: Context, grant_id: int) -> Grant:

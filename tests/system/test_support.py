@@ -88,6 +88,11 @@ def test_bad_requests_are_one_line_errors_and_change_nothing(host: SlotHost) -> 
             assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         listed = host.slotctl("--json", "support", "list", slot)
         assert json.loads(listed.stdout) == []
+        for args in (["support", "list", f"{host.prefix}nosuch"], ["support", "show", "999999"],
+                     ["support", "revoke", "999999"], ["support", "list", "Bad/Name"],
+                     ["notice", "list", f"{host.prefix}nosuch"], ["notice", "close", "999999"]):
+            r = host.slotctl(*args)
+            assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
 
 
 def test_staff_reads_only_inside_the_window_and_links_never_widen_it(host: SlotHost) -> None:
