@@ -339,17 +339,29 @@ def _apply_answers(ctx: Context, username: str, now: float) -> None:
         acct = None
     if rec is None or acct is None or Path(rec.home).parent != ctx.settings.slots_root:
         return
-    grants = SupportGrants(ctx.store)
     for answer in inbox.take_answers(username, acct.pw_uid, Path(rec.home)):
-        grant = grants.get(answer.grant)
-        if grant is None or grant.username != username:
-            continue  # a tenant answers only its own requests
-        if answer.verb == "approve" and grant.state == "requested":
-            _approve(ctx, grant, answer.read_only, now)
-        elif answer.verb == "refuse" and grant.state == "requested":
-            end_grant(ctx, grant, "refused", username, now)
-        elif answer.verb == "revoke" and grant.state in OPEN_STATES:
-            end_grant(ctx, grant, "revoked", username, now)
+        apply_answer(ctx, username, answer, now)
+
+
+def apply_answer(ctx: Context, username: str, answer: inbox.Answer, now: float) -> bool:
+    """Apply ANSWER of tenant USERNAME (already authenticated as that tenant); False if it applies to nothing.
+
+    For the shell's answers (:func:`sync`) and the Hub's privileged bridge, which authenticates the
+    tenant itself: a tenant answers only its own requests.
+    """
+    grant = SupportGrants(ctx.store).get(answer.grant)
+    if grant is None or grant.username != username:
+        return False
+    if answer.verb == "approve" and grant.state == "requested":
+        _approve(ctx, grant, answer.read_only, now)
+    elif answer.verb == "refuse" and grant.state == "requested":
+        end_grant(ctx, grant, "refused", username, now)
+    elif answer.verb == "revoke" and grant.state in OPEN_STATES:
+        end_grant(ctx, grant, "revoked", username, now)
+    else:
+        return False
+    inbox.publish(ctx, username)
+    return True
 
 
 def sync(ctx: Context, *, now: float | None = None, dry_run: bool = False) -> list[str]:

@@ -15,6 +15,7 @@ import os
 import pwd
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,3 +244,21 @@ def test_host_init_installs_the_login_script(host: SlotHost) -> None:
     text = script.read_text()
     assert "login-message" in text and str(host.base / "bin" / "slotwarden-me") in text
     assert script.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_tenant_answers_only_its_own_requests(host: SlotHost) -> None:
+    """The Hub's bridge path (apply_answer, the tenant already authenticated): B cannot approve A's request."""
+    from provisioner.inbox import Answer
+
+    slot, other = make_slot(host), make_slot(host)
+    with account(f"{host.prefix}st{secrets.token_hex(2)}", admin=True) as staff:
+        gid = request(host, slot, staff.pw_name)
+        ctx = host.ctx()
+        try:
+            assert support.apply_answer(ctx, other, Answer("approve", gid), time.time()) is False
+            assert grant_of(host, gid)["state"] == "requested"
+            assert support.apply_answer(ctx, slot, Answer("refuse", gid), time.time()) is True
+            assert support.apply_answer(ctx, slot, Answer("approve", gid), time.time()) is False
+        finally:
+            ctx.close()
+        assert grant_of(host, gid)["state"] == "refused"
