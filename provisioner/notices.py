@@ -282,7 +282,10 @@ def _quarantine(ctx: Context, notice: Notice, rec: SlotRecord, now: float) -> di
                 return {"state": "gone", "note": f"replaced: {exc}; nothing followed"}
             if st is None:
                 return {"state": "gone", "note": "removed by the tenant"}
-            src = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                src = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError as exc:  # swapped for a link (ELOOP) or removed since the lstat
+                return {"state": "gone", "note": f"replaced or removed while quarantining ({exc.strerror})"}
             try:
                 sst = os.fstat(src)
                 if not stat.S_ISREG(sst.st_mode):
