@@ -161,6 +161,20 @@ class Config:
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def refuse_unknown_keys(table: dict[str, Any], section: str, known: set[str]) -> None:
+    """ConfigError naming the first key of TABLE that section SECTION does not know."""
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key")
+
+
+def absolute_path(value: object, key: str) -> Path:
+    """VALUE as an absolute path (ConfigError naming KEY otherwise)."""
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+        raise ConfigError(f"{key}: expected an absolute path")
+    return Path(value)
+
+
 def parse_duration(value: object, key: str) -> int:
     """Seconds from an int or a string like ``15m``, ``24h``, ``30d``."""
     if isinstance(value, bool):

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from provisioner import accounts, slots
+from provisioner import accounts, hostlogs, slots
 from provisioner.context import Context
-from provisioner.errors import BadInput
+from provisioner.errors import BadInput, SlotError
 from provisioner.metrics.kernel import human, tree_usage
 from provisioner.retention import AttemptRecords, credential_apps, installed_apps
 from provisioner.store import SlotRecord
@@ -131,7 +131,54 @@ def _tail_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Ite
     return items
 
 
-SOURCES: list[Source] = [_slot_items, _attempt_items, _tail_items]
+def _log_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Item]:
+    """The client-area password, sshd and system logs, app logs and files: counted, never copied."""
+    if rec is None:
+        return []
+    cfg = hostlogs.ReportConfig.from_section(ctx.config.section("report"))
+    files = hostlogs.auth_log_counts(cfg, username)
+    items = [
+        Item("client-area password", "not held here (the billing system's)", "log in to the client area",
+             "not held here", "—"),
+        Item("sshd logs", {"auth log lines (sshd) naming the user": sum(files.values()),
+                           "per file": files or "no auth log file on this host",
+                           "journal lines (sshd) naming the user": hostlogs.journal_count(cfg, username)},
+             "intrusion checks, troubleshooting",
+             "the host's logs (auth.log, the journal): counted here, never copied", "the host's log rotation"),
+        Item("system logs", "none per user: the host's system logs (kernel, daemons) are not kept per user; "
+                            "the lines about this user's logins are counted under sshd logs",
+             "troubleshooting", "the host's logs", "the host's log rotation"),
+    ]
+    apps = installed_apps(ctx, username) or {}
+    log_dir = _supervisor_log_dir(ctx)
+    home = Path(rec.home)
+    rows = []
+    for app in sorted(apps):
+        app_dir = home / "apps" / app
+        rows.append({"app": app, "files": str(app_dir),
+                     "size": human(tree_usage(str(app_dir))) if app_dir.is_dir() else "absent",
+                     "log files in the app's directory": hostlogs.app_log_files(app_dir),
+                     "supervisor logs": hostlogs.supervisor_logs(log_dir, app, username)
+                     if log_dir is not None else "in the journal of the app's units (the host's rotation)"})
+    items.append(Item("app logs, installed app files", rows or "not held (no app installed)",
+                      "app support, with the tenant's permission",
+                      "the slot's app directory (~/apps/APP) and the supervisor's log directory",
+                      "until the app is uninstalled"))
+    return items
+
+
+def _supervisor_log_dir(ctx: Context) -> Path | None:
+    """Where the host's app supervisor keeps the apps' output (None: the journal, or no supervisor)."""
+    try:
+        from provisioner.supervisor import supervisor_for
+
+        log_dir = getattr(supervisor_for(ctx), "log_dir", None)
+    except (ImportError, SlotError):
+        return None
+    return log_dir if isinstance(log_dir, Path) else None
+
+
+SOURCES: list[Source] = [_slot_items, _attempt_items, _log_items, _tail_items]
 
 
 def data_report(ctx: Context, username: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -95,6 +95,9 @@ class AppControl(Protocol):
 # The apps package appends its control when imported (provisioner.slots.EXTENSION_MODULES
 # imports it); tests append a control of their own.
 APP_CONTROLS: list[AppControl] = []
+# Steps other packages add to a suspension (support: revoke every grant), run after the plan's
+# own steps; each gets the context and the username.
+SUSPEND_EXTENSIONS: list[Callable[[Context, str], list[Step]]] = []
 
 
 # --- store -------------------------------------------------------------------------------------
@@ -419,6 +422,10 @@ def suspend(ctx: Context, username: str, reason: str, *, dry_run: bool = False, 
     with slot_lock(ctx, username):
         facts = LifecycleFacts.gather(ctx, username)
         plan = plan_suspend(username, reason, facts, ctx=ctx, actor=actor or current_actor(), now=time.time())
+        slots._load_extensions()  # the packages that add suspension steps register when imported
+        extra = [step for extension in SUSPEND_EXTENSIONS for step in extension(ctx, username)]
+        if extra:
+            plan = Plan(plan.title, [*plan.steps, *extra])
         if not dry_run:
             apply(plan)
     return plan

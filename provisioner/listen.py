@@ -28,7 +28,7 @@ from provisioner.names import shown
 def parse_listen(listen: str) -> tuple[str, int]:
     """HOST:PORT (an IPv6 host in brackets, or ``localhost``) -> (host, port); raises BadInput."""
     host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise BadInput(f"--listen {shown(listen)} is invalid: use HOST:PORT, e.g. 127.0.0.1:8780")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

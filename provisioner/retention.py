@@ -7,9 +7,11 @@ to :data:`RULES`.
 
 Built-in rules: failed-attempt records older than ``retention.attempts`` [24 h] (the guard's
 attempt store), credentials of apps no longer installed (the apps store), homes kept with
-``--keep-data`` past ``retention.keep_data_for`` [30 days].
+``--keep-data`` past ``retention.keep_data_for`` [30 days], app logs of apps no longer
+installed. :mod:`provisioner.support` adds support grants past their expiry,
+:mod:`provisioner.notices` the quarantine of files named by takedown notices past their deadline.
 
->>> [r.__name__ for r in RULES]
+>>> [r.__name__ for r in RULES][:3]
 ['expire_attempts', 'drop_orphaned_credentials', 'remove_kept_homes']
 """
 
@@ -219,12 +221,45 @@ def remove_kept_homes(ctx: Context, now: float, dry_run: bool) -> RuleResult:
     return RuleResult("kept-homes", desc, removed)
 
 
-RULES: list[Rule] = [expire_attempts, drop_orphaned_credentials, remove_kept_homes]
+def drop_orphaned_app_logs(ctx: Context, now: float, dry_run: bool) -> RuleResult:
+    """The supervisor's logs of apps no longer installed (uninstall removes them; this catches the rest).
+
+    A log ``slotwarden-PROG@USER.log*`` belongs to the install (USER, APP) when PROG is APP or
+    starts with ``APP-`` (an app's second program, e.g. ``wordpress-fpm``).
+    """
+    desc = "app logs of apps no longer installed (the supervisor's log directory)"
+    try:
+        from provisioner.supervisor import supervisor_for
+
+        log_dir = getattr(supervisor_for(ctx), "log_dir", None)
+    except (ImportError, SlotError):
+        log_dir = None
+    if not isinstance(log_dir, Path):
+        return RuleResult("app-logs", desc, note="apps log to the journal here: the host's rotation keeps them")
+    db = ctx.store.db
+    installs = {(r["username"], r["app"]) for r in db.execute(f"SELECT username, app FROM {APPS_TABLE}")} \
+        if table_exists(db, APPS_TABLE) else set()  # noqa: S608 - a module constant
+    removed = []
+    for path in sorted(log_dir.glob("slotwarden-*@*.log*")):
+        prog, _, rest = path.name.removeprefix("slotwarden-").partition("@")
+        user = rest.partition(".log")[0]
+        if any(u == user and (prog == a or prog.startswith(f"{a}-")) for u, a in installs):
+            continue
+        removed.append(str(path))
+        if not dry_run:
+            path.unlink(missing_ok=True)
+    return RuleResult("app-logs", desc, removed)
+
+
+RULES: list[Rule] = [expire_attempts, drop_orphaned_credentials, remove_kept_homes, drop_orphaned_app_logs]
 
 
 def run_retention(ctx: Context, *, dry_run: bool = False, now: float | None = None) -> list[RuleResult]:
     """Apply every rule (or say what each would remove); audits what was removed."""
     now = time.time() if now is None else now
+    from provisioner import slots
+
+    slots._load_extensions()  # support and notices add their rules when imported
     results = [rule(ctx, now, dry_run) for rule in RULES]
     if not dry_run and any(r.removed for r in results):
         ctx.store.audit(current_actor(), "retention.run", None,

@@ -31,6 +31,8 @@ GROUPS: dict[str, str] = {
     "plan": "provisioner.cli.plan:plan",
     "api": "provisioner.cli.api:api",
     "guard": "provisioner.cli.guard:guard",
+    "support": "provisioner.cli.support:support",
+    "notice": "provisioner.cli.notice:notice",
 }
 
 

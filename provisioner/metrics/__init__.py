@@ -404,25 +404,34 @@ def _refresh_facts(cfg: MetricsConfig, backend: AccountingBackend, rec: SlotReco
 # --- host init: the tenant's command ----------------------------------------------------------
 
 
-def me_script(cfg: MetricsConfig) -> str:
-    """The self-contained ``slotwarden-me`` (kernel.py with this host's facts directory)."""
+def me_script(cfg: MetricsConfig, inbox_dir: Path = Path("/var/spool/slotwarden")) -> str:
+    """The self-contained ``slotwarden-me``: kernel.py with this host's facts directory, then
+    the tenant's support and notices commands (:mod:`provisioner.tenant_commands`) with its inbox."""
+    from provisioner import tenant_commands
     from provisioner.metrics import kernel
 
     text = Path(kernel.__file__).read_text(encoding="utf-8")
     old = 'FACTS_DIR = "/run/slotwarden/slots"'
-    if old not in text:
-        raise SlotError("kernel.py lost its FACTS_DIR line; cannot build slotwarden-me")
-    return text.replace(old, f"FACTS_DIR = {str(cfg.facts_dir)!r}", 1)
+    main = 'if __name__ == "__main__":\n    me_main()\n'
+    if old not in text or not text.endswith(main):
+        raise SlotError("kernel.py lost its FACTS_DIR line or main block; cannot build slotwarden-me")
+    text = text.replace(old, f"FACTS_DIR = {str(cfg.facts_dir)!r}", 1)[: -len(main)]
+    tail = Path(tenant_commands.__file__).read_text(encoding="utf-8")
+    head, _, rest = tail.partition("# --- not in the installed copy: there kernel.py's text comes first ---\n")
+    _, _, rest = rest.partition("# --- end of what the installed copy drops ---\n")
+    head = head.replace("from __future__ import annotations\n", "", 1)
+    tail = (head + rest).replace('INBOX_DIR = "/var/spool/slotwarden"', f"INBOX_DIR = {str(inbox_dir)!r}", 1)
+    return text + tail
 
 
-def install_me(cfg: MetricsConfig) -> None:
+def install_me(cfg: MetricsConfig, inbox_dir: Path = Path("/var/spool/slotwarden")) -> None:
     """Install slotwarden-me (0755 root, readable by all) and the facts directory (0711)."""
     cfg.facts_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.facts_dir, 0o711)  # noqa: S103 - traverse only
     target = cfg.me_path
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(me_script(cfg), encoding="utf-8")
+    tmp.write_text(me_script(cfg, inbox_dir), encoding="utf-8")
     os.chown(tmp, 0, 0)
     os.chmod(tmp, 0o755)  # noqa: S103 - every tenant runs it
     os.replace(tmp, target)
@@ -430,15 +439,18 @@ def install_me(cfg: MetricsConfig) -> None:
 
 def host_steps(ctx: Context, _req: object) -> list[Step]:
     """``host init``: install or update slotwarden-me when it differs from this version."""
+    from provisioner.inbox import inbox_config
+
     cfg = metrics_config(ctx)
+    inbox_dir = inbox_config(ctx).dir
     try:
         current = cfg.me_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         current = None
-    if current == me_script(cfg) and cfg.facts_dir.is_dir():
+    if current == me_script(cfg, inbox_dir) and cfg.facts_dir.is_dir():
         return []
-    return [Step("slotwarden-me", f"install {cfg.me_path} (the tenant's own metrics, stdlib only)",
-                 lambda: install_me(cfg))]
+    return [Step("slotwarden-me", f"install {cfg.me_path} (the tenant's own metrics, support and notices; stdlib only)",
+                 lambda: install_me(cfg, inbox_dir))]
 
 
 def _register_host_step() -> None:

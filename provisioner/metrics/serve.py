@@ -30,6 +30,7 @@ from provisioner.config import Config
 from provisioner.context import Context
 from provisioner.errors import SlotError
 from provisioner.listen import check_listener, check_tls_files
+from provisioner.metrics.health import ResponseCounter
 
 log = logging.getLogger("slotwarden.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -85,18 +86,20 @@ def authorized(expected_hash: str | None, header: str | None) -> bool:
     return hmac.compare_digest(got, expected_hash)
 
 
-def scrape(config: Config) -> bytes:
-    """Collect every slot and render the exposition."""
+def scrape(config: Config, responses: ResponseCounter | None = None) -> bytes:
+    """Collect every slot and render the exposition (with RESPONSES: the host's health too)."""
     from provisioner.metrics import collect
+    from provisioner.metrics.health import health, render_health
     from provisioner.metrics.prometheus import render
 
     t0 = time.perf_counter()
     ctx = Context(config)
     try:
         metrics = collect(ctx)
+        extra = render_health(health(ctx, responses)) if responses is not None else ""
     finally:
         ctx.close()
-    return render(metrics, time.perf_counter() - t0).encode()
+    return (render(metrics, time.perf_counter() - t0) + extra).encode()
 
 
 def make_server(config: Config, host: str, port: int, cert: Path | None = None,
@@ -107,6 +110,7 @@ def make_server(config: Config, host: str, port: int, cert: Path | None = None,
     check_listener("metrics serve", host, tls=cert is not None, authenticated=expected is not None,
                    names_customers=True)
     lock = threading.Lock()
+    responses = ResponseCounter()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "slotwarden-metrics"
@@ -127,7 +131,7 @@ def make_server(config: Config, host: str, port: int, cert: Path | None = None,
             else:
                 try:
                     with lock:
-                        body = scrape(config)
+                        body = scrape(config, responses)
                 except Exception as exc:  # a scrape must answer, not kill the server
                     log.error("scrape failed: %s", exc)
                     self.send_error(500, "scrape failed")

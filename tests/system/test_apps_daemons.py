@@ -191,12 +191,16 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     # Uninstall: no process, no file, no port, no credential row.
     prog_conf = lab.root / "state" / "supervisor" / "programs" / f"slotwarden-{app}@{owner}.conf"
     assert prog_conf.exists()
+    app_logs = f"slotwarden-{app}*@{owner}.log*"
+    assert list((lab.root / "state" / "supervisor").rglob(app_logs))
     pid = _pid(lab, owner, app)
     uninstall_app(lab.context(), owner, app)
     assert not Path(f"/proc/{pid}").exists()
     assert pids_of(owner_uid) == []  # no worker, kernel or orphan of the app either
     assert not app_dir.exists() and not (app_dir.parent).exists()
     assert not prog_conf.exists()
+    # The app's logs go too, wherever it wrote them: its directory (above) and the supervisor's.
+    assert not list((lab.root / "state" / "supervisor").rglob(app_logs))
     assert _rows(lab, owner) == {"app_installs": 0, "app_ports": 0, "app_credentials": 0}
     assert port not in listening_ports()
     assert app_status(lab.context(), owner) == []

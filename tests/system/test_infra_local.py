@@ -24,7 +24,9 @@ QUOTA_MIB = 16
 @pytest.fixture
 def infra_host(_proc_options: None) -> Iterator[SlotHost]:
     base = world_traversable_tmpdir("infra")
-    host = make_slot_host(base, f"tv{secrets.token_hex(2)}", size="1G")
+    # Support grants and inboxes under BASE too, never this machine's /srv and /var/spool.
+    host = make_slot_host(base, f"tv{secrets.token_hex(2)}", size="1G",
+                          extra_config=f'[support]\ngrants_dir = "{base}/grants"\n[inbox]\ndir = "{base}/inbox"\n')
     try:
         yield host
     finally:
