@@ -39,12 +39,16 @@ def guard_program(config_file: Path) -> Program:
 
 def supervise_guard(config_file: Path, dry_run: bool = False) -> dict[str, Any]:
     """Put the guard service under the host's supervisor and wait until it runs."""
+    return supervise_program(guard_program(config_file), dry_run)
+
+
+def supervise_program(program: Program, dry_run: bool = False) -> dict[str, Any]:
+    """Put a root service (the guard, the Hub) under the host's supervisor and wait until it runs."""
     from provisioner.context import Context
 
     ctx = Context()
     try:
         backend = supervisor_for(ctx)
-        program = guard_program(config_file)
         out: dict[str, Any] = {"supervisor": backend.name, "program": program.name, "changed": False}
         before = backend.status(program.name) if backend.is_running() else None
         out["before"] = before.as_dict() if before else None

@@ -45,7 +45,7 @@ RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
 
 # Packages that register extensions when imported; a package that is absent is skipped.
 EXTENSION_MODULES: list[str] = ["provisioner.supervisor", "provisioner.apps", "provisioner.metrics",
-                                "provisioner.lifecycle"]
+                                "provisioner.lifecycle", "provisioner.hub.hostinit"]
 
 
 def _load_extensions() -> None:

@@ -31,6 +31,7 @@ GROUPS: dict[str, str] = {
     "plan": "provisioner.cli.plan:plan",
     "api": "provisioner.cli.api:api",
     "guard": "provisioner.cli.guard:guard",
+    "hub": "provisioner.cli.hub:hub",
 }
 
 

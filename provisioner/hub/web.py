@@ -1,0 +1,241 @@
+"""The Hub's web application (Starlette on uvicorn): server-rendered pages, no JavaScript.
+
+It runs as the Hub's own system user and holds nothing but what the bridge hands it: every
+page asks the bridge (:mod:`provisioner.hub.bridge`) with the session token from the cookie.
+
+- Cookies: ``__Host-sw_session`` (Secure, HttpOnly, SameSite=Strict, Path=/), and before login
+  ``__Host-sw_pre``, the login form's double-submit CSRF token.
+- Every POST carries a ``csrf`` field: the session's token (or the pre-login one); a POST
+  without it, or with another, is refused with 403 and does nothing.
+- Jinja2 autoescaping renders every string (typed usernames, app names, command lines) as data;
+  a Content-Security-Policy without any script source backs that up.
+
+>>> from pathlib import Path
+>>> app = create_app(BridgeClient(Path("/nonexistent")))
+>>> sorted(r.path for r in app.routes)[:3]
+['/', '/activity', '/data-report.json']
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from provisioner.hub.client import BridgeClient, BridgeUnavailable
+
+SESSION_COOKIE = "__Host-sw_session"
+PRE_COOKIE = "__Host-sw_pre"
+MAX_FORM = 16 * 1024
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Strict-Transport-Security": "max-age=31536000",
+}
+
+
+def _when(ts: object) -> str:
+    if not isinstance(ts, int | float):
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _size(n: object) -> str:
+    if not isinstance(n, int | float):
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def templates() -> Environment:
+    """The Jinja2 environment: autoescaped, undefined names are errors."""
+    from jinja2 import StrictUndefined
+
+    env = Environment(loader=PackageLoader("provisioner.hub", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      undefined=StrictUndefined)
+    env.filters["when"] = _when
+    env.filters["size"] = _size
+    return env
+
+
+class FormError(Exception):
+    """A POST body the Hub does not accept."""
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An urlencoded form body (at most 16 KiB, 20 fields, one value each)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        raise FormError("expected a form")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise FormError("form too large")
+    try:
+        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        raise FormError("malformed form") from None
+    return {k: v[0] for k, v in parsed.items()}
+
+
+def _same(a: object, b: object) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and len(a) >= 20 and hmac.compare_digest(a, b)
+
+
+def create_app(client: BridgeClient) -> Starlette:
+    """The Hub's routes over CLIENT (the bridge)."""
+    env = templates()
+
+    def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
+        values.setdefault("me", None)
+        values.setdefault("csrf", "")
+        return HTMLResponse(env.get_template(name).render(**values), status_code=status, headers=SECURITY_HEADERS)
+
+    async def bridge(op: str, **args: Any) -> dict[str, Any]:
+        return await run_in_threadpool(client.call, op, **args)
+
+    def to_login() -> Response:
+        r = RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
+        r.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        return r
+
+    Handler = Callable[[Request, dict[str, Any], str], Awaitable[Response]]
+
+    def session_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """Resolve the cookie's session through the bridge; POSTs must carry its CSRF token."""
+
+        async def endpoint(request: Request) -> Response:
+            token = request.cookies.get(SESSION_COOKIE, "")
+            who = await bridge("whoami", token=token) if token else {"ok": False}
+            if not who.get("ok"):
+                return to_login()
+            if request.method == "POST":
+                try:
+                    form = await read_form(request)
+                except FormError:
+                    form = {}  # no form, no token: refused like a wrong token
+                if not _same(form.get("csrf"), who["csrf"]):
+                    return page("error.html", 403, me=who, message="This form has expired; reload the page.")
+                request.state.form = form
+            return await handler(request, who, token)
+
+        return endpoint
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/overview" if request.cookies.get(SESSION_COOKIE) else "/login", status_code=303)
+
+    async def login_form(request: Request, error: str | None = None, status: int = 200,
+                         typed: str = "") -> Response:
+        pre = secrets.token_urlsafe(32)
+        r = page("login.html", status, csrf=pre, error=error, typed=typed)
+        r.set_cookie(PRE_COOKIE, pre, path="/", secure=True, httponly=True, samesite="strict")
+        return r
+
+    async def login_get(request: Request) -> Response:
+        return await login_form(request)
+
+    async def login_post(request: Request) -> Response:
+        try:
+            form = await read_form(request)
+        except FormError as exc:
+            return page("error.html", 400, message=str(exc))
+        if not _same(form.get("csrf"), request.cookies.get(PRE_COOKIE)):
+            return page("error.html", 403, message="This form has expired; reload the page.")
+        username, password = form.get("username", ""), form.get("password", "")
+        client_ip = request.client.host if request.client else "0.0.0.0"  # noqa: S104 - a value, not a bind
+        reply = await bridge("login", username=username, password=password, address=client_ip,
+                             agent=request.headers.get("user-agent", ""))
+        outcome = reply.get("login") if reply.get("ok") else "refused"
+        if outcome == "ok":
+            # A fresh token made by the bridge: whatever session cookie came in is never kept.
+            r = RedirectResponse("/overview", status_code=303, headers=SECURITY_HEADERS)
+            r.set_cookie(SESSION_COOKIE, reply["token"], path="/", secure=True, httponly=True, samesite="strict")
+            r.delete_cookie(PRE_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+            return r
+        if outcome == "locked":
+            return page("locked.html", 429, until=str(reply.get("until", "later")))
+        if outcome == "suspended":
+            return await login_form(request, "This slot is suspended; contact support.", 403)
+        return await login_form(request, "Wrong username or password.", 401, typed=username)
+
+    async def logout(request: Request, who: dict[str, Any], token: str) -> Response:
+        await bridge("logout", token=token)
+        return to_login()
+
+    async def logout_all(request: Request, who: dict[str, Any], token: str) -> Response:
+        await bridge("logout_all", token=token)
+        return to_login()
+
+    async def overview(request: Request, who: dict[str, Any], token: str) -> Response:
+        reply = await bridge("overview", token=token)
+        if not reply.get("ok"):
+            return page("error.html", 503, me=who, csrf=who["csrf"], message=reply.get("error", "unavailable"))
+        return page("overview.html", me=who, csrf=who["csrf"], m=reply["metrics"])
+
+    async def processes(request: Request, who: dict[str, Any], token: str) -> Response:
+        reply = await bridge("overview", token=token)
+        if not reply.get("ok"):
+            return page("error.html", 503, me=who, csrf=who["csrf"], message=reply.get("error", "unavailable"))
+        return page("processes.html", me=who, csrf=who["csrf"], processes=reply["processes"])
+
+    async def sessions(request: Request, who: dict[str, Any], token: str) -> Response:
+        reply = await bridge("sessions", token=token)
+        return page("sessions.html", me=who, csrf=who["csrf"], sessions=reply.get("sessions", []))
+
+    async def activity(request: Request, who: dict[str, Any], token: str) -> Response:
+        reply = await bridge("activity", token=token)
+        return page("activity.html", me=who, csrf=who["csrf"], logins=reply.get("logins", []))
+
+    async def data_report(request: Request, who: dict[str, Any], token: str) -> Response:
+        reply = await bridge("data_report", token=token)
+        if not reply.get("ok"):
+            return page("error.html", 503, me=who, csrf=who["csrf"], message=reply.get("error", "unavailable"))
+        return Response(json.dumps(reply["report"], indent=2, sort_keys=True), media_type="application/json",
+                        headers={**SECURITY_HEADERS,
+                                 "Content-Disposition": 'attachment; filename="slotwarden-data-report.json"'})
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        return page("error.html", 503, message="The Hub's back end is not answering; try again shortly.")
+
+    routes = [
+        Route("/", home),
+        Route("/login", login_get, methods=["GET"]),
+        Route("/login", login_post, methods=["POST"]),
+        Route("/logout", session_page(logout), methods=["POST"]),
+        Route("/overview", session_page(overview)),
+        Route("/processes", session_page(processes)),
+        Route("/sessions", session_page(sessions)),
+        Route("/sessions/logout-all", session_page(logout_all), methods=["POST"]),
+        Route("/activity", session_page(activity)),
+        Route("/data-report.json", session_page(data_report)),
+    ]
+    return Starlette(routes=routes, exception_handlers={BridgeUnavailable: unavailable})
+
+
+def app_from_environment() -> Starlette:  # pragma: no cover - uvicorn --factory entry for manual runs
+    """``uvicorn --factory provisioner.hub.web:app_from_environment`` (bridge socket from the config)."""
+    from provisioner.config import load_config
+    from provisioner.hub.config import hub_config
+
+    return create_app(BridgeClient(Path(hub_config(load_config()).bridge_socket)))

@@ -1,0 +1,240 @@
+"""The Hub for real: `slotctl hub serve` over TLS, PAM with the guard, the bridge, attacks from outside.
+
+One lab for the module (a btrfs slot host, its guard service, a PAM service
+``slotwarden-hub-test-<rand>``, the Hub on a free loopback port); each test makes its own slots.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.system.conftest import as_user
+from tests.system.hub_lab import CSRF, PAIR_DENY, HubLab, close_hub_lab, make_hub_lab
+from tests.system.lab import wait_for
+
+pytestmark = [pytest.mark.root]
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[HubLab]:
+    lab = make_hub_lab()
+    try:
+        yield lab
+    finally:
+        close_hub_lab(lab)
+
+
+def status_uids(pid: int) -> list[int]:
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("Uid:"))
+    return [int(x) for x in line.split()[1:]]
+
+
+def test_host_init_made_the_hub_user_and_a_self_signed_certificate(hub: HubLab) -> None:
+    out = subprocess.run(["id", "-u", hub.hub_user], capture_output=True, text=True)
+    assert out.returncode == 0
+    key = hub.cert.with_name("hub.key")
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and key.stat().st_uid == 0
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(hub.cert)], capture_output=True,
+                          text=True, check=True).stdout
+    assert "IP Address:127.0.0.1" in text
+
+
+def test_the_web_process_is_not_root_and_the_bridge_socket_is_private(hub: HubLab) -> None:
+    uid = int(subprocess.run(["id", "-u", hub.hub_user], capture_output=True, text=True).stdout)
+    assert status_uids(hub.web_pid()) == [uid] * 4
+    groups = next(ln for ln in Path(f"/proc/{hub.web_pid()}/status").read_text().splitlines()
+                  if ln.startswith("Groups:"))
+    assert groups.split()[1:] == []
+    st = hub.bridge_socket.stat()
+    assert st.st_uid == uid and oct(st.st_mode & 0o777) == "0o600"
+
+
+def test_login_then_overview_then_logout(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.logged_in(name) as c:
+        cookie = c.cookies.get("__Host-sw_session")
+        assert cookie
+        r = c.get("/overview")
+        assert r.status_code == 200 and f'id="slot-name">{name}<' in r.text
+        assert 'id="m-quota" data-bytes="67108864"' in r.text
+        raw = r.headers.get_list("set-cookie")
+        assert raw == []
+        token = CSRF.search(r.text).group(1)
+        r = c.post("/logout", data={"csrf": token})
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+        # the stolen cookie is worthless once its owner logged out
+    with hub.client() as thief:
+        thief.cookies.set("__Host-sw_session", cookie, domain="127.0.0.1")
+        r = thief.get("/overview")
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+
+
+def test_session_cookie_flags(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.client() as c:
+        r = hub.login(c, name)
+        header = next(h for h in r.headers.get_list("set-cookie") if h.startswith("__Host-sw_session="))
+        flags = {f.strip().lower() for f in header.split(";")[1:]}
+        assert {"secure", "httponly", "samesite=strict", "path=/"} <= flags
+        assert not any(f.startswith("domain") for f in flags)
+
+
+def test_wrong_passwords_lock_with_the_same_page_for_an_unknown_name(hub: HubLab) -> None:
+    name = hub.create_slot()
+    unknown = hub.host.name()  # never created
+    pages = {}
+    for who in (name, unknown):
+        with hub.client() as c:
+            for _ in range(PAIR_DENY - 1):
+                r = hub.login(c, who, "wrong-password")
+                assert r.status_code == 401 and "Wrong username or password." in r.text
+            assert hub.login(c, who, "wrong-password").status_code == 429  # the failure that locks
+            r = hub.login(c, who, hub.passwords.get(who, "whatever"))  # even the right password now
+            assert r.status_code == 429 and 'id="locked-until"' in r.text
+            until = re.search(r'id="locked-until">([^<]+)<', r.text).group(1)
+            assert re.match(r"\d{4}-\d\d-\d\dT", until), until
+            pages[who] = r.text.replace(until, "UNTIL")
+    assert pages[name] == pages[unknown]
+    # the guard recorded the Hub's failures like any other PAM service's
+    rows = hub.slotctl_json("guard", "list", "--user", name)
+    assert rows and rows[0]["ip"] == "127.0.0.1"
+
+
+def test_login_without_the_form_token_is_refused(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.client() as c:
+        r = c.post("/login", data={"username": name, "password": hub.passwords[name]})
+        assert r.status_code == 403 and "__Host-sw_session" not in r.headers.get("set-cookie", "")
+
+
+def test_csrf_without_token_changes_nothing(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.logged_in(name) as c:
+        for data in ({}, {"csrf": "x" * 43}):
+            r = c.post("/sessions/logout-all", data=data)
+            assert r.status_code == 403
+        assert c.get("/overview").status_code == 200  # still logged in
+
+
+def test_session_fixation_is_not_possible(hub: HubLab) -> None:
+    name = hub.create_slot()
+    planted = "A" * 43
+    with hub.client() as c:
+        c.cookies.set("__Host-sw_session", planted, domain="127.0.0.1")
+        assert c.get("/overview").status_code == 303  # an unknown token is no session
+        r = hub.login(c, name)
+        assert r.status_code == 303
+        issued = r.cookies.get("__Host-sw_session")
+        assert issued and issued != planted
+    with hub.client() as attacker:
+        attacker.cookies.set("__Host-sw_session", planted, domain="127.0.0.1")
+        assert attacker.get("/overview").status_code == 303
+
+
+def test_log_out_everywhere_ends_the_other_sessions(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.logged_in(name) as a, hub.logged_in(name) as b:
+        page = a.get("/sessions")
+        assert page.text.count("<tr><td>") == 2
+        r = a.post("/sessions/logout-all", data={"csrf": CSRF.search(page.text).group(1)})
+        assert r.status_code == 303
+        assert b.get("/overview").status_code == 303
+        assert a.get("/overview").status_code == 303
+
+
+def test_hostile_typed_username_is_escaped(hub: HubLab) -> None:
+    evil = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+    with hub.client() as c:
+        r = hub.login(c, evil, "x")
+        assert r.status_code == 401
+        assert "<script>alert(1)" not in r.text and "<img src=x" not in r.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
+        assert "script-src" not in r.headers["content-security-policy"]  # no script source at all
+
+
+def test_processes_are_only_my_own_and_command_lines_are_escaped(hub: HubLab) -> None:
+    mine, other = hub.create_slot(), hub.create_slot()
+    marker = "<b>x</b><script>alert(3)</script>"
+    procs = [subprocess.Popen(["runuser", "-u", who, "--", "/bin/bash", "-c", f'exec -a "{marker}{who}" sleep 300'])
+             for who in (mine, other)]
+    try:
+        for who in (mine, other):
+            assert wait_for(lambda w=who: subprocess.run(["pgrep", "-u", w, "sleep"],
+                                                         capture_output=True).returncode == 0)
+        with hub.logged_in(mine) as c:
+            r = c.get("/processes")
+            assert r.status_code == 200
+            assert f"&lt;b&gt;x&lt;/b&gt;&lt;script&gt;alert(3)&lt;/script&gt;{mine}" in r.text
+            assert other not in r.text and "<script>alert(3)" not in r.text
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_overview_agrees_with_slotwarden_me(hub: HubLab) -> None:
+    name = hub.create_slot()
+    as_user(name, "head -c 3000000 /dev/urandom > ~/blob && sync")
+    me = json.loads(as_user(name, f"{hub.host.base}/bin/slotwarden-me --json --sample 0").stdout)
+    with hub.logged_in(name) as c:
+        text = c.get("/overview").text
+    figures = {k: int(v) for k, v in re.findall(r'id="m-(\w+)" data-bytes="(\d+)"', text)}
+    assert figures["quota"] == me["quota_bytes"]
+    assert abs(figures["disk"] - me["disk_used_bytes"]) <= 256 * 1024
+
+
+def test_data_report_downloads_as_json(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.logged_in(name) as c:
+        r = c.get("/data-report.json")
+        assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+        report = r.json()
+        assert report["username"] == name and report["is_slot"] is True
+        assert hub.passwords[name] not in r.text
+
+
+def test_login_activity_lists_my_failures_and_successes(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.client() as c:
+        assert hub.login(c, name, "nope").status_code == 401
+    with hub.logged_in(name) as c:
+        text = c.get("/activity").text
+    assert "failed (password)" in text and "success" in text and "127.0.0.1" in text
+
+
+def test_suspended_slot_cannot_log_in(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.logged_in(name) as c:
+        hub.slotctl_json("slot", "suspend", name, "--reason", "test")
+        assert c.get("/overview").status_code == 303  # the open session ends with the suspension
+    with hub.client() as c:
+        r = hub.login(c, name)  # the right password: refused (suspend also locks the hash)
+        assert r.status_code in (401, 403) and "__Host-sw_session" not in r.headers.get("set-cookie", "")
+
+
+def test_a_tenant_cannot_talk_to_the_bridge(hub: HubLab) -> None:
+    name = hub.create_slot()
+    script = hub.host.base / "bridge-probe.py"
+    script.write_text("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n"
+                      "except OSError as e:\n    print('refused', e.errno)\nelse:\n"
+                      "    s.sendall(b'{\"op\": \"whoami\"}\\n')\n    print(s.recv(200))\n")
+    script.chmod(0o644)
+    out = as_user(name, f"/usr/bin/python3 {script} {hub.bridge_socket}")
+    assert out.stdout.startswith("refused"), out
+    # and the credentials check stands even for a process that can open the socket (root here)
+    from provisioner.hub.client import BridgeClient
+
+    reply = BridgeClient(hub.bridge_socket).call("whoami", token="x")
+    assert reply == {"ok": False, "error": "not the hub"}
+
+
+def test_plain_http_gets_no_page(hub: HubLab) -> None:
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{hub.port}/login", timeout=5).raise_for_status()

@@ -1,0 +1,93 @@
+"""The Hub's pure parts: its config section, session store timeouts, the bridge's validators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from provisioner.errors import ConfigError
+from provisioner.hub.bridge import Bridge, BridgeRefused, parse_address
+from provisioner.hub.config import HubConfig
+from provisioner.hub.sessions import SessionStore
+from provisioner.store import Store
+
+STATE = Path("/var/lib/sw")
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"nope": 1}, "hub.nope"),
+    ({"cert": "relative.pem"}, "hub.cert"),
+    ({"user": "Root!"}, "hub.user"),
+    ({"pam_service": "../sshd"}, "hub.pam_service"),
+    ({"idle_timeout": "soon"}, "hub.idle_timeout"),
+    ({"idle_timeout": 0}, "hub.idle_timeout"),
+    ({"fail_floor_ms": True}, "hub.fail_floor_ms"),
+    ({"fail_floor_ms": 10**9}, "hub.fail_floor_ms"),
+    ({"listen": "0.0.0.0:1\n"}, "hub.listen"),
+    ({"public_url": "https://x/<script>"}, "hub.public_url"),
+])
+def test_bad_hub_values_name_their_key(table: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        HubConfig.from_section(table, STATE)
+
+
+def test_hub_defaults_follow_the_state_dir() -> None:
+    cfg = HubConfig.from_section({}, STATE)
+    assert cfg.cert == STATE / "hub" / "hub.crt" and cfg.user == "slotwarden-hub"
+    assert cfg.pam_service == "slotwarden-hub" and cfg.idle_timeout < cfg.absolute_timeout
+
+
+@settings(deadline=None)  # a loaded CI machine: no per-example timing
+@given(st.dictionaries(st.sampled_from(["listen", "cert", "user", "pam_service", "idle_timeout", "fail_floor_ms",
+                                        "x"]), st.one_of(st.text(max_size=30), st.integers(), st.booleans())))
+def test_hub_section_either_loads_or_names_a_key(table: dict[str, object]) -> None:
+    try:
+        HubConfig.from_section(table, STATE)
+    except ConfigError as exc:
+        assert str(exc).startswith("hub.")
+
+
+@settings(deadline=None)
+@given(st.one_of(st.text(max_size=80), st.integers(), st.none()))
+def test_parse_address_accepts_only_ip_addresses(value: object) -> None:
+    try:
+        out = parse_address(value)
+    except BridgeRefused:
+        return
+    assert isinstance(value, str) and ("." in out or ":" in out) and "\n" not in out
+
+
+def test_sessions_expire_idle_and_absolute(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    s = SessionStore(store, idle=60, absolute=300)
+    token, first = s.create("alice", "198.51.100.1", "agent\x1b[31m", now=1000)
+    assert first.agent == "agent[31m"  # control characters never reach a page
+    assert s.resolve(token, now=1059) is not None
+    assert s.resolve(token, now=1200) is None  # idle for more than 60 s (last seen 1059)
+    token, _ = s.create("alice", "198.51.100.1", "", now=2000)
+    for t in range(2050, 2300, 50):
+        assert s.resolve(token, now=t) is not None
+    assert s.resolve(token, now=2301) is None  # absolute timeout, however busy
+    assert s.resolve("A" * 43, now=2301) is None and s.resolve(None) is None
+
+
+def test_log_out_everywhere_ends_only_that_users_sessions(tmp_path: Path) -> None:
+    s = SessionStore(Store(tmp_path / "db"), idle=60, absolute=300)
+    a1, _ = s.create("alice", "198.51.100.1", "", now=10)
+    a2, _ = s.create("alice", "198.51.100.2", "", now=10)
+    b, _ = s.create("bob", "198.51.100.3", "", now=10)
+    assert a1 != a2 and s.end_all("alice") == 2
+    assert s.resolve(a1, now=11) is None and s.resolve(a2, now=11) is None
+    assert s.resolve(b, now=11) is not None
+    assert "token" not in str(s.of_user("bob", now=11)[0].public())
+
+
+def test_bridge_refuses_malformed_requests() -> None:
+    from provisioner.config import Config
+
+    b = Bridge(Config(state_dir=Path("/nonexistent-state")), HubConfig())
+    assert b.handle("x") == {"ok": False, "error": 'expected {"op": ...}'}
+    assert b.handle({"op": "rm -rf"}) == {"ok": False, "error": "unknown operation"}
