@@ -68,3 +68,34 @@ def pam_service_cmd(pam_dir: Path) -> None:
     res = install_guard(guard_config(), hub_cfg.pam_service, pam_dir)
     out = {"service": hub_cfg.pam_service, "path": str(path), "created": created, "changed": created or res.changed}
     emit(out, lambda c: c.print(f"{path}: {'changed' if out['changed'] else 'unchanged'}"))
+
+
+@hub.command("totp-enrol")
+@click.argument("username")
+@json_option
+def totp_enrol_cmd(username: str) -> None:
+    """Enrol a second factor for USERNAME (staff need one to log in): shows the key once, asks a code.
+
+    The code is read from stdin (never an argument); the recovery codes are printed once.
+    """
+    from provisioner import accounts
+    from provisioner.apps.vault import KEY_FILE_NAME, Vault
+    from provisioner.context import Context
+    from provisioner.errors import BadInput
+    from provisioner.hub.totp import TotpStore
+
+    if accounts.lookup_user(username) is None:
+        raise BadInput(f"username: no account {username!r}")
+    ctx = Context()
+    totp = TotpStore(ctx.store, Vault(ctx.config.state_dir / KEY_FILE_NAME))
+    e = totp.begin(username)
+    click.echo(f"key for {username}: {e.secret}\n{e.uri}", err=True)
+    click.echo("code from the authenticator app: ", err=True, nl=False)
+    code = sys.stdin.readline().strip()
+    codes = totp.confirm(username, code)
+    if codes is None:
+        totp.disable(username)
+        raise SlotError("that code does not match; nothing enrolled")
+    ctx.store.audit("slotctl", "hub.totp-enabled", None, {"account": username})
+    emit({"username": username, "recovery_codes": codes},
+         lambda c: c.print("recovery codes (shown once):\n" + "\n".join(codes), markup=False, highlight=False))

@@ -14,7 +14,7 @@ Like Cockpit's split between cockpit-ws (unprivileged HTTP) and its session help
 thing crossing the boundary is a small, closed set of operations (:data:`OPERATIONS`).
 
 >>> sorted(OPERATIONS)[:4]
-['activity', 'data_report', 'login', 'logout']
+['activity', 'admin_lock', 'admin_overview', 'data_report']
 """
 
 from __future__ import annotations
@@ -32,15 +32,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from provisioner.apps.vault import KEY_FILE_NAME, Vault
 from provisioner.config import Config
 from provisioner.context import Context
 from provisioner.errors import SlotError
 from provisioner.hub.auth import MAX_PASSWORD, MAX_TYPED_NAME, check_password
 from provisioner.hub.config import HubConfig
 from provisioner.hub.sessions import Session, SessionStore
+from provisioner.hub.totp import TotpStore
 
 log = logging.getLogger("slotwarden.hub.bridge")
 MAX_REQUEST = 64 * 1024
+PENDING_FOR = 300  # seconds to enter the second factor after the password
+MAX_FACTOR_FAILURES = 5  # wrong codes before the pending session ends
 
 
 class BridgeRefused(SlotError):
@@ -71,20 +75,34 @@ class Bridge:
         self.config = config
         self.hub = hub
         self.clock = clock
+        self._lock = threading.Lock()
+        self._factor_failures: dict[str, int] = {}
 
     def _sessions(self, ctx: Context) -> SessionStore:
         return SessionStore(ctx.store, self.hub.idle_timeout, self.hub.absolute_timeout)
 
-    def _session(self, ctx: Context, req: dict[str, Any]) -> Session:
+    def _session(self, ctx: Context, req: dict[str, Any], role: str = "tenant") -> Session:
+        """The live session of the request's token, if it has ROLE (tenant, staff or pending:*)."""
         sessions = self._sessions(ctx)
         s = sessions.resolve(req.get("token"))
-        if s is None:
+        if s is None or (s.role.startswith("pending:") if role == "any" else s.role != role):
             raise BridgeRefused("no session")
-        rec = ctx.store.get_slot(s.username)
-        if rec is None or rec.state != "active" or _suspended(ctx, s.username):
+        if s.role.startswith("pending:") and self.clock() - s.created > PENDING_FOR:
+            sessions.end(req["token"])
+            raise BridgeRefused("no session")
+        if s.role in ("tenant", "pending:tenant") and not _active_slot(ctx, s.username):
             sessions.end_all(s.username)  # removed or suspended since login: no session survives
             raise BridgeRefused("no session")
+        if s.role in ("staff", "pending:staff") and not _is_staff(ctx, s.username):
+            sessions.end_all(s.username)  # left the admin group since login
+            raise BridgeRefused("no session")
         return s
+
+    def _totp(self, ctx: Context) -> TotpStore:
+        return TotpStore(ctx.store, Vault(ctx.config.state_dir / KEY_FILE_NAME))
+
+    def _floor(self, started: float) -> None:
+        time.sleep(max(0.0, self.hub.fail_floor_ms / 1000 - (time.monotonic() - started)))
 
     def handle(self, req: object) -> dict[str, Any]:
         """One request -> one reply (``ok`` false with ``error`` for a refusal)."""
@@ -116,11 +134,21 @@ class Bridge:
         answer = check_password(self.hub.pam_service, username, password, address)
         rec = ctx.store.get_slot(username)
         sessions = self._sessions(ctx)
-        if answer.ok and rec is not None and rec.state == "active" and not _suspended(ctx, username):
-            token, s = sessions.create(username, address, str(agent))
-            sessions.record_login(username, address, True, "password")
-            ctx.store.audit(f"hub:{username}", "hub.login", username, {"address": address})
-            return {"login": "ok", "token": token, "username": username, "csrf": s.csrf}
+        role = None
+        if answer.ok and _active_slot(ctx, username):
+            role = "tenant"
+        elif answer.ok and rec is None and _is_staff(ctx, username):
+            role = "staff"
+        if role is not None:
+            totp = self._totp(ctx)
+            if role == "staff" and not totp.enabled(username):
+                log.warning("staff %s refused: no second factor enrolled (slotctl hub totp-enrol)", username)
+                self._floor(started)
+                return {"login": "refused"}
+            if role == "staff" or totp.enabled(username):
+                token, s = sessions.create(username, address, str(agent), role=f"pending:{role}")
+                return {"login": "second-factor", "token": token, "csrf": s.csrf}
+            return self._open(ctx, username, role, address, str(agent), "password")
         if rec is not None:
             sessions.record_login(username, address, False, "suspended" if answer.expired else "password")
         result: dict[str, Any] = {"login": "refused"}
@@ -130,9 +158,130 @@ class Bridge:
             until = self._locked_until(username, address)
             if until is not None:
                 result = {"login": "locked", "until": until}
-        floor = self.hub.fail_floor_ms / 1000
-        time.sleep(max(0.0, floor - (time.monotonic() - started)))
+        self._floor(started)
         return result
+
+    def _open(self, ctx: Context, username: str, role: str, address: str, agent: str, how: str) -> dict[str, Any]:
+        token, s = self._sessions(ctx).create(username, address, agent, role=role)
+        if role == "tenant":
+            self._sessions(ctx).record_login(username, address, True, how)
+        ctx.store.audit(f"hub:{username}", "hub.login", username if role == "tenant" else None,
+                        {"address": address, "role": role, "factor": how})
+        return {"login": "ok", "token": token, "username": username, "role": role, "csrf": s.csrf}
+
+    def pending(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """The CSRF token of a session waiting for its second factor."""
+        for role in ("pending:tenant", "pending:staff"):
+            try:
+                s = self._session(ctx, req, role)
+            except BridgeRefused:
+                continue
+            return {"csrf": s.csrf, "role": role}
+        raise BridgeRefused("no session")
+
+    def second_factor(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """Trade a pending session and a TOTP or recovery code for a fresh full session."""
+        started = time.monotonic()
+        self.pending(ctx, req)
+        token = req["token"]
+        s = self._sessions(ctx).resolve(token, touch=False)
+        assert s is not None
+        code = _text(req, "code", 64)
+        if self._totp(ctx).verify(s.username, code):
+            self._sessions(ctx).end(token)  # a new token for the full session
+            return self._open(ctx, s.username, s.role.split(":", 1)[1], s.address, s.agent, "password+totp")
+        with self._lock:
+            self._factor_failures[s.id] = n = self._factor_failures.get(s.id, 0) + 1
+        if n >= MAX_FACTOR_FAILURES:
+            self._sessions(ctx).end(token)
+        if s.role == "pending:tenant":
+            self._sessions(ctx).record_login(s.username, s.address, False, "second factor")
+        self._floor(started)
+        return {"login": "refused" if n >= MAX_FACTOR_FAILURES else "second-factor"}
+
+    # --- second factor enrolment (tenants) -----------------------------------------------------
+
+    def totp_status(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(ctx, req, "any")
+        totp = self._totp(ctx)
+        return {"enabled": totp.enabled(s.username), "recovery_left": totp.recovery_left(s.username)}
+
+    def totp_begin(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(ctx, req)
+        e = self._totp(ctx).begin(s.username)
+        return {"secret": e.secret, "uri": e.uri}
+
+    def totp_confirm(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(ctx, req)
+        codes = self._totp(ctx).confirm(s.username, _text(req, "code", 64))
+        if codes is None:
+            raise BridgeRefused("that code does not match; enter the current one from your app")
+        ctx.store.audit(f"hub:{s.username}", "hub.totp-enabled", s.username, {})
+        return {"recovery_codes": codes}
+
+    def totp_disable(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(ctx, req)
+        totp = self._totp(ctx)
+        if not totp.verify(s.username, _text(req, "code", 64)):
+            raise BridgeRefused("that code does not match")
+        totp.disable(s.username)
+        ctx.store.audit(f"hub:{s.username}", "hub.totp-disabled", s.username, {})
+        return {}
+
+    # --- staff ---------------------------------------------------------------------------------
+
+    def admin_overview(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """Every slot with its state and usage, the guard's locks, the audit's tail."""
+        s = self._session(ctx, req, "staff")
+        from provisioner.guard import guard_config, guard_request
+        from provisioner.lifecycle import get_lifecycle
+        from provisioner.metrics import collect
+
+        usage = {m.slot: m for m in collect(ctx, None, sample=0.0, refresh_facts=False)}
+        slots = []
+        for rec in ctx.store.list_slots():
+            life = get_lifecycle(ctx.store, rec.username)
+            m = usage.get(rec.username)
+            slots.append({"username": rec.username, "state": "suspended" if life and life.suspended_at else rec.state,
+                          "plan": life.plan if life else None, "ram_bytes": m.ram_bytes if m else None,
+                          "disk_used_bytes": m.disk_used_bytes if m else None,
+                          "quota_bytes": m.quota_bytes if m else None,
+                          "processes": len(m.processes) if m else None})
+        try:
+            locks = guard_request(guard_config(self.config.path), "list", locked=True)
+        except SlotError as exc:
+            locks = []
+            log.warning("guard not reachable for the staff page: %s", exc)
+        audit = ctx.store.db.execute("SELECT at, actor, action, username, detail FROM audit ORDER BY id DESC "
+                                     "LIMIT 100").fetchall()
+        ctx.store.audit(f"hub:{s.username}", "hub.staff-view", None, {})
+        return {"slots": slots, "locks": locks, "audit": [dict(r) for r in audit]}
+
+    def admin_lock(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """Lift or forget the guard's records of a user and/or an address."""
+        s = self._session(ctx, req, "staff")
+        from provisioner.guard import guard_config, guard_request
+
+        action = req.get("action")
+        if action not in ("lift", "forget"):
+            raise BridgeRefused("action: expected lift or forget")
+        user = req.get("user") or None
+        ip = req.get("ip") or None
+        if user is not None and (not isinstance(user, str) or len(user) > 3 * MAX_TYPED_NAME + 3):
+            raise BridgeRefused("user: too long")
+        if ip is not None:
+            try:
+                ip = str(ipaddress.ip_network(str(ip), strict=False).network_address) if "/" in str(ip) \
+                    else parse_address(ip)
+            except ValueError:
+                raise BridgeRefused("ip: expected an IP address") from None
+        if user is None and ip is None:
+            raise BridgeRefused("name a user, an address, or both")
+        if action == "forget" and user is not None and ip is not None:
+            raise BridgeRefused("forget takes a user or an address")
+        result = guard_request(guard_config(self.config.path), action, user=user, ip=ip)
+        ctx.store.audit(f"hub:{s.username}", f"hub.guard-{action}", None, {"user": user, "ip": ip})
+        return {"result": result}
 
     def _locked_until(self, username: str, address: str) -> str | None:
         """When the guard lets USERNAME try again from ADDRESS, if it is locked now."""
@@ -151,7 +300,11 @@ class Bridge:
     # --- the session's own slot --------------------------------------------------------------
 
     def whoami(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-        s = self._session(ctx, req)
+        try:
+            s = self._session(ctx, req, "any")
+        except BridgeRefused:
+            self.pending(ctx, req)  # refused again, unless the password was right and a code is due
+            raise BridgeRefused("second factor needed") from None
         return {"username": s.username, "role": s.role, "csrf": s.csrf, "session": s.public(True)}
 
     def logout(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
@@ -161,13 +314,13 @@ class Bridge:
         return {}
 
     def logout_all(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-        s = self._session(ctx, req)
+        s = self._session(ctx, req, "any")
         n = self._sessions(ctx).end_all(s.username)
         ctx.store.audit(f"hub:{s.username}", "hub.logout-everywhere", s.username, {"sessions": n})
         return {"ended": n}
 
     def sessions(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-        s = self._session(ctx, req)
+        s = self._session(ctx, req, "any")
         return {"sessions": [x.public(x.id == s.id) for x in self._sessions(ctx).of_user(s.username)]}
 
     def activity(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
@@ -190,15 +343,40 @@ class Bridge:
         return {"report": data_report(ctx, s.username)}
 
 
-def _suspended(ctx: Context, username: str) -> bool:
+def _active_slot(ctx: Context, username: str) -> bool:
+    """USERNAME is a slot that may log in now (exists, active, not suspended)."""
     from provisioner.lifecycle import get_lifecycle
 
-    rec = get_lifecycle(ctx.store, username)
-    return rec is not None and rec.suspended_at is not None
+    rec = ctx.store.get_slot(username)
+    if rec is None or rec.state != "active":
+        return False
+    life = get_lifecycle(ctx.store, username)
+    return life is None or life.suspended_at is None
+
+
+def _is_staff(ctx: Context, username: str) -> bool:
+    """USERNAME is a member of the host's admin group (primary or supplementary), never root."""
+    import grp
+    import pwd
+
+    try:
+        group = grp.getgrnam(ctx.settings.admin_group)
+        pw = pwd.getpwnam(username)
+    except KeyError:
+        return False
+    return pw.pw_uid != 0 and (pw.pw_gid == group.gr_gid or username in group.gr_mem)
 
 
 OPERATIONS: dict[str, Callable[[Bridge, Context, dict[str, Any]], dict[str, Any]]] = {
     "login": Bridge.login,
+    "pending": Bridge.pending,
+    "second_factor": Bridge.second_factor,
+    "totp_status": Bridge.totp_status,
+    "totp_begin": Bridge.totp_begin,
+    "totp_confirm": Bridge.totp_confirm,
+    "totp_disable": Bridge.totp_disable,
+    "admin_overview": Bridge.admin_overview,
+    "admin_lock": Bridge.admin_lock,
     "whoami": Bridge.whoami,
     "logout": Bridge.logout,
     "logout_all": Bridge.logout_all,

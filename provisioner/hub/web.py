@@ -13,7 +13,7 @@ page asks the bridge (:mod:`provisioner.hub.bridge`) with the session token from
 >>> from pathlib import Path
 >>> app = create_app(BridgeClient(Path("/nonexistent")))
 >>> sorted(r.path for r in app.routes)[:3]
-['/', '/activity', '/data-report.json']
+['/', '/activity', '/admin']
 """
 
 from __future__ import annotations
@@ -122,14 +122,18 @@ def create_app(client: BridgeClient) -> Starlette:
 
     Handler = Callable[[Request, dict[str, Any], str], Awaitable[Response]]
 
-    def session_page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        """Resolve the cookie's session through the bridge; POSTs must carry its CSRF token."""
+    def session_page(handler: Handler, role: str = "tenant") -> Callable[[Request], Awaitable[Response]]:
+        """Resolve the cookie's session (of ROLE, or "any") through the bridge; POSTs must carry its CSRF token."""
 
         async def endpoint(request: Request) -> Response:
             token = request.cookies.get(SESSION_COOKIE, "")
             who = await bridge("whoami", token=token) if token else {"ok": False}
+            if who.get("error") == "second factor needed":
+                return RedirectResponse("/login/second-factor", status_code=303, headers=SECURITY_HEADERS)
             if not who.get("ok"):
                 return to_login()
+            if role != "any" and who["role"] != role:
+                return RedirectResponse("/admin" if who["role"] == "staff" else "/overview", status_code=303)
             if request.method == "POST":
                 try:
                     form = await read_form(request)
@@ -167,17 +171,91 @@ def create_app(client: BridgeClient) -> Starlette:
         reply = await bridge("login", username=username, password=password, address=client_ip,
                              agent=request.headers.get("user-agent", ""))
         outcome = reply.get("login") if reply.get("ok") else "refused"
-        if outcome == "ok":
+        if outcome in ("ok", "second-factor"):
             # A fresh token made by the bridge: whatever session cookie came in is never kept.
-            r = RedirectResponse("/overview", status_code=303, headers=SECURITY_HEADERS)
-            r.set_cookie(SESSION_COOKIE, reply["token"], path="/", secure=True, httponly=True, samesite="strict")
-            r.delete_cookie(PRE_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
-            return r
+            return with_session(reply)
         if outcome == "locked":
             return page("locked.html", 429, until=str(reply.get("until", "later")))
         if outcome == "suspended":
             return await login_form(request, "This slot is suspended; contact support.", 403)
         return await login_form(request, "Wrong username or password.", 401, typed=username)
+
+    def with_session(reply: dict[str, Any]) -> Response:
+        target = {"second-factor": "/login/second-factor"}.get(reply["login"]) or (
+            "/admin" if reply.get("role") == "staff" else "/overview")
+        r = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+        r.set_cookie(SESSION_COOKIE, reply["token"], path="/", secure=True, httponly=True, samesite="strict")
+        r.delete_cookie(PRE_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        return r
+
+    async def factor_get(request: Request, error: str | None = None, status: int = 200) -> Response:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        pending = await bridge("pending", token=token) if token else {"ok": False}
+        if not pending.get("ok"):
+            return to_login()
+        return page("second_factor.html", status, csrf=pending["csrf"], error=error)
+
+    async def factor_post(request: Request) -> Response:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        pending = await bridge("pending", token=token) if token else {"ok": False}
+        if not pending.get("ok"):
+            return to_login()
+        try:
+            form = await read_form(request)
+        except FormError:
+            form = {}
+        if not _same(form.get("csrf"), pending["csrf"]):
+            return page("error.html", 403, message="This form has expired; reload the page.")
+        reply = await bridge("second_factor", token=token, code=form.get("code", ""))
+        outcome = reply.get("login") if reply.get("ok") else "refused"
+        if outcome == "ok":
+            return with_session(reply)
+        if outcome == "second-factor":
+            return await factor_get(request, "That code is not valid.", 401)
+        return to_login()
+
+    async def security(request: Request, who: dict[str, Any], token: str) -> Response:
+        status = await bridge("totp_status", token=token)
+        return page("security.html", me=who, csrf=who["csrf"], totp=status, enrol=None, codes=None, error=None)
+
+    async def totp_begin(request: Request, who: dict[str, Any], token: str) -> Response:
+        from provisioner.hub.totp import qr_svg_data_uri
+
+        reply = await bridge("totp_begin", token=token)
+        if not reply.get("ok"):
+            return page("error.html", 409, me=who, csrf=who["csrf"], message=reply.get("error", "refused"))
+        enrol = {"secret": reply["secret"], "qr": qr_svg_data_uri(reply["uri"])}
+        return page("security.html", me=who, csrf=who["csrf"], totp={"enabled": False}, enrol=enrol, codes=None,
+                    error=None)
+
+    async def totp_confirm(request: Request, who: dict[str, Any], token: str) -> Response:
+        reply = await bridge("totp_confirm", token=token, code=request.state.form.get("code", ""))
+        status = await bridge("totp_status", token=token)
+        if not reply.get("ok"):
+            return page("security.html", 400, me=who, csrf=who["csrf"], totp=status, enrol=None, codes=None,
+                        error=reply.get("error"))
+        return page("security.html", me=who, csrf=who["csrf"], totp=status, enrol=None,
+                    codes=reply["recovery_codes"], error=None)
+
+    async def totp_disable(request: Request, who: dict[str, Any], token: str) -> Response:
+        reply = await bridge("totp_disable", token=token, code=request.state.form.get("code", ""))
+        status = await bridge("totp_status", token=token)
+        return page("security.html", 200 if reply.get("ok") else 400, me=who, csrf=who["csrf"], totp=status,
+                    enrol=None, codes=None, error=None if reply.get("ok") else reply.get("error"))
+
+    async def admin(request: Request, who: dict[str, Any], token: str, notice: str | None = None) -> Response:
+        reply = await bridge("admin_overview", token=token)
+        if not reply.get("ok"):
+            return page("error.html", 503, me=who, csrf=who["csrf"], message=reply.get("error", "unavailable"))
+        return page("admin.html", me=who, csrf=who["csrf"], slots=reply["slots"], locks=reply["locks"],
+                    audit=reply["audit"], notice=notice)
+
+    async def admin_lock(request: Request, who: dict[str, Any], token: str) -> Response:
+        form = request.state.form
+        reply = await bridge("admin_lock", token=token, action=form.get("action"), user=form.get("user") or None,
+                             ip=form.get("ip") or None)
+        notice = f"{form.get('action')}: done" if reply.get("ok") else f"refused: {reply.get('error')}"
+        return await admin(request, who, token, notice)
 
     async def logout(request: Request, who: dict[str, Any], token: str) -> Response:
         await bridge("logout", token=token)
@@ -222,11 +300,19 @@ def create_app(client: BridgeClient) -> Starlette:
         Route("/", home),
         Route("/login", login_get, methods=["GET"]),
         Route("/login", login_post, methods=["POST"]),
-        Route("/logout", session_page(logout), methods=["POST"]),
+        Route("/login/second-factor", factor_get, methods=["GET"]),
+        Route("/login/second-factor", factor_post, methods=["POST"]),
+        Route("/logout", session_page(logout, "any"), methods=["POST"]),
         Route("/overview", session_page(overview)),
         Route("/processes", session_page(processes)),
-        Route("/sessions", session_page(sessions)),
-        Route("/sessions/logout-all", session_page(logout_all), methods=["POST"]),
+        Route("/sessions", session_page(sessions, "any")),
+        Route("/sessions/logout-all", session_page(logout_all, "any"), methods=["POST"]),
+        Route("/security", session_page(security)),
+        Route("/security/totp/begin", session_page(totp_begin), methods=["POST"]),
+        Route("/security/totp/confirm", session_page(totp_confirm), methods=["POST"]),
+        Route("/security/totp/disable", session_page(totp_disable), methods=["POST"]),
+        Route("/admin", session_page(admin, "staff")),
+        Route("/admin/lock", session_page(admin_lock, "staff"), methods=["POST"]),
         Route("/activity", session_page(activity)),
         Route("/data-report.json", session_page(data_report)),
     ]

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.system.conftest import as_user
+from tests.system.conftest import SLOTCTL, as_user
 from tests.system.hub_lab import CSRF, PAIR_DENY, HubLab, close_hub_lab, make_hub_lab
 from tests.system.lab import wait_for
 
@@ -238,3 +240,106 @@ def test_a_tenant_cannot_talk_to_the_bridge(hub: HubLab) -> None:
 def test_plain_http_gets_no_page(hub: HubLab) -> None:
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{hub.port}/login", timeout=5).raise_for_status()
+
+
+def _form_token(text: str) -> str:
+    return CSRF.search(text).group(1)
+
+
+def test_totp_enrolment_then_login_needs_the_code(hub: HubLab) -> None:
+    import pyotp
+
+    name = hub.create_slot()
+    with hub.logged_in(name) as c:
+        page = c.get("/security")
+        assert page.status_code == 200, page.text
+        r = c.post("/security/totp/begin", data={"csrf": _form_token(page.text)})
+        assert r.status_code == 200 and 'id="totp-qr" src="data:image/svg+xml;base64,' in r.text
+        secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', r.text).group(1)
+        bad = c.post("/security/totp/confirm", data={"csrf": _form_token(r.text), "code": "000000"})
+        assert bad.status_code == 400
+        r = c.post("/security/totp/confirm", data={"csrf": _form_token(r.text), "code": pyotp.TOTP(secret).now()})
+        assert r.status_code == 200
+        codes = re.findall(r'class="recovery-code">([a-z0-9-]+)<', r.text)
+        assert len(codes) == 10
+    # at rest: neither the secret nor a recovery code in clear
+    db = (hub.host.base / "state" / "slotwarden.db").read_bytes()
+    assert secret.encode() not in db and codes[0].encode() not in db
+    with hub.client() as c:
+        r = hub.login(c, name)
+        assert r.status_code == 303 and r.headers["location"] == "/login/second-factor"
+        assert c.get("/overview").status_code == 303  # the password alone opens nothing
+        form = c.get("/login/second-factor")
+        r = c.post("/login/second-factor", data={"csrf": _form_token(form.text), "code": "123456"})
+        assert r.status_code == 401
+        pending = c.cookies.get("__Host-sw_session")
+        code = pyotp.TOTP(secret).at(time.time() + 30)  # the next step: the current one was spent on enrolment
+        r = c.post("/login/second-factor", data={"csrf": _form_token(form.text), "code": code})
+        assert r.status_code == 303 and r.headers["location"] == "/overview"
+        assert r.cookies.get("__Host-sw_session") != pending
+        assert c.get("/overview").status_code == 200
+        # the same code again (replay) is refused
+        c2 = hub.client()
+        with c2:
+            hub.login(c2, name)
+            form = c2.get("/login/second-factor")
+            r = c2.post("/login/second-factor", data={"csrf": _form_token(form.text), "code": code})
+            assert r.status_code == 401
+            r = c2.post("/login/second-factor", data={"csrf": _form_token(form.text), "code": codes[0]})
+            assert r.status_code == 303  # a recovery code works once
+    with hub.client() as c3:
+        hub.login(c3, name)
+        form = c3.get("/login/second-factor")
+        r = c3.post("/login/second-factor", data={"csrf": _form_token(form.text), "code": codes[0]})
+        assert r.status_code == 401
+
+
+@pytest.fixture
+def staff(hub: HubLab) -> Iterator[tuple[str, str]]:
+    name, password = f"{hub.host.prefix}st{secrets.token_hex(2)}", f"St-{secrets.token_hex(10)}"
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", "-G", "slotwarden-admin", name], check=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
+        yield name, password
+    finally:
+        subprocess.run(["userdel", name], check=False)
+
+
+def test_staff_need_a_second_factor_then_see_every_slot(hub: HubLab, staff: tuple[str, str]) -> None:
+    import pyotp
+
+    name, password = staff
+    slot = hub.create_slot()
+    hub.passwords[name] = password
+    with hub.client() as c:
+        r = hub.login(c, name)  # right password, no second factor enrolled: refused like a wrong one
+        assert r.status_code == 401 and "Wrong username or password." in r.text
+    enrol = subprocess.Popen([SLOTCTL, "hub", "totp-enrol", name, "--json"], env=hub.host.env(), text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = enrol.stderr.readline()
+    secret = re.search(r"key for \S+: ([A-Z2-7]+)", line).group(1)
+    out, _ = enrol.communicate(pyotp.TOTP(secret).now() + "\n", timeout=60)
+    assert enrol.returncode == 0 and len(json.loads(out)["recovery_codes"]) == 10
+    with hub.client() as c:
+        r = hub.login(c, name)
+        assert r.headers["location"] == "/login/second-factor"
+        assert c.get("/admin").status_code == 303
+        form = c.get("/login/second-factor")
+        r = c.post("/login/second-factor", data={"csrf": _form_token(form.text),
+                                                 "code": pyotp.TOTP(secret).at(time.time() + 30)})
+        assert r.headers["location"] == "/admin"
+        page = c.get("/admin")
+        assert page.status_code == 200 and f"<td>{slot}</td>" in page.text and "hub.login" in page.text
+        assert c.get("/overview").status_code == 303  # staff are no tenant
+        # lock an address, then lift it from the staff page
+        with hub.client() as t:
+            for _ in range(PAIR_DENY):
+                hub.login(t, slot, "wrong")
+        assert hub.slotctl_json("guard", "list", "--user", slot, "--locked")
+        r = c.post("/admin/lock", data={"csrf": _form_token(page.text), "action": "lift", "user": slot,
+                                        "ip": "127.0.0.1"})
+        assert r.status_code == 200 and "lift: done" in r.text
+        assert not hub.slotctl_json("guard", "list", "--user", slot, "--locked")
+    # a tenant's session never reaches the staff page
+    with hub.logged_in(slot) as t:
+        assert t.get("/admin").status_code == 303
