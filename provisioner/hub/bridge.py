@@ -14,7 +14,7 @@ Like Cockpit's split between cockpit-ws (unprivileged HTTP) and its session help
 thing crossing the boundary is a small, closed set of operations (:data:`OPERATIONS`).
 
 >>> sorted(OPERATIONS)[:4]
-['activity', 'admin_lock', 'admin_overview', 'data_report']
+['activity', 'admin_lock', 'admin_overview', 'app_creds']
 """
 
 from __future__ import annotations
@@ -335,6 +335,92 @@ class Bridge:
         procs = m.pop("processes")
         return {"metrics": m, "processes": procs}
 
+    # --- apps of the session's slot --------------------------------------------------------------
+
+    def _app_name(self, req: dict[str, Any]) -> str:
+        from provisioner.apps import catalog
+
+        name = req.get("app")
+        if not isinstance(name, str) or name not in catalog():
+            raise BridgeRefused("app: not in the catalog")
+        return name
+
+    def apps(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """The slot's apps (state, running, URL) and the catalog's apps its plan allows."""
+        s = self._session(ctx, req)
+        from provisioner import apps as apps_
+        from provisioner.lifecycle import check_app_install
+
+        rows = apps_.app_status(ctx, s.username)
+        installed = {r["app"] for r in rows}
+        allowed = []
+        for name in sorted(apps_.catalog()):
+            if name in installed:
+                continue
+            try:
+                check_app_install(ctx, s.username, name)
+            except SlotError:
+                continue
+            allowed.append(name)
+        for r in rows:
+            r.pop("programs", None)
+        return {"apps": rows, "installable": allowed}
+
+    def _app_change(self, ctx: Context, req: dict[str, Any], action: str) -> dict[str, Any]:
+        """install / uninstall / creds / rotate one app of the session's slot (audited as the tenant)."""
+        s = self._session(ctx, req)
+        from provisioner import apps as apps_
+
+        name = self._app_name(req)
+        actions: dict[str, Callable[[Context, str, str], Any]] = {
+            "install": apps_.install_app, "uninstall": apps_.uninstall_app,
+            "creds-reveal": apps_.app_credentials, "rotate": apps_.rotate_app}
+        fn = actions[action]
+        result = fn(ctx, s.username, name)
+        ctx.store.audit(f"hub:{s.username}", f"hub.app-{action}", s.username, {"app": name})
+        if isinstance(result, apps_.AppCredentials):
+            return {"credentials": result.as_dict()}
+        return {}
+
+    def app_install(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        return self._app_change(ctx, req, "install")
+
+    def app_uninstall(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        return self._app_change(ctx, req, "uninstall")
+
+    def app_creds(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """Reveal the slot's own credentials of one app to its owner (audited)."""
+        return self._app_change(ctx, req, "creds-reveal")
+
+    def app_rotate(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        return self._app_change(ctx, req, "rotate")
+
+    # --- the slot password -------------------------------------------------------------------------
+
+    def change_password(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """The current password checked through PAM (the guard counts it), the new one by the rule."""
+        started = time.monotonic()
+        s = self._session(ctx, req)
+        from provisioner import accounts
+        from provisioner.hub.passwords import password_problem
+        from provisioner.lifecycle import slot_lock
+
+        current = _text(req, "current", MAX_PASSWORD)
+        new = _text(req, "new", MAX_PASSWORD)
+        address = parse_address(req.get("address"))
+        problem = password_problem(new, s.username)
+        if problem is not None:
+            raise BridgeRefused(f"new password refused: {problem}")
+        if not check_password(self.hub.pam_service, s.username, current, address).ok:
+            self._sessions(ctx).record_login(s.username, address, False, "password change")
+            self._floor(started)
+            raise BridgeRefused("the current password is wrong")
+        with slot_lock(ctx, s.username):
+            accounts.set_password(s.username, new)
+        ended = self._sessions(ctx).end_others(s.username, req["token"])
+        ctx.store.audit(f"hub:{s.username}", "hub.password-change", s.username, {"other_sessions_ended": ended})
+        return {"other_sessions_ended": ended}
+
     def data_report(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx, req)
         from provisioner.datareport import data_report
@@ -384,6 +470,12 @@ OPERATIONS: dict[str, Callable[[Bridge, Context, dict[str, Any]], dict[str, Any]
     "activity": Bridge.activity,
     "overview": Bridge.overview,
     "data_report": Bridge.data_report,
+    "apps": Bridge.apps,
+    "app_install": Bridge.app_install,
+    "app_uninstall": Bridge.app_uninstall,
+    "app_creds": Bridge.app_creds,
+    "app_rotate": Bridge.app_rotate,
+    "change_password": Bridge.change_password,
 }
 
 

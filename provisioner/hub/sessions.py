@@ -135,6 +135,12 @@ class SessionStore:
         with self.store.transaction() as db:
             return db.execute("DELETE FROM hub_sessions WHERE username = ?", (username,)).rowcount
 
+    def end_others(self, username: str, keep_token: str) -> int:
+        """Log USERNAME out everywhere but the session of KEEP_TOKEN (after a password change)."""
+        with self.store.transaction() as db:
+            return db.execute("DELETE FROM hub_sessions WHERE username = ? AND token_hash != ?",
+                              (username, token_hash(keep_token))).rowcount
+
     def expire(self, now: float | None = None) -> int:
         """Delete every session past its idle or absolute timeout."""
         now = time.time() if now is None else now

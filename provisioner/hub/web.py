@@ -257,6 +257,39 @@ def create_app(client: BridgeClient) -> Starlette:
         notice = f"{form.get('action')}: done" if reply.get("ok") else f"refused: {reply.get('error')}"
         return await admin(request, who, token, notice)
 
+    async def apps_page(request: Request, who: dict[str, Any], token: str, creds: dict[str, Any] | None = None,
+                        notice: str | None = None, status: int = 200) -> Response:
+        reply = await bridge("apps", token=token)
+        if not reply.get("ok"):
+            return page("error.html", 503, me=who, csrf=who["csrf"], message=reply.get("error", "unavailable"))
+        return page("apps.html", status, me=who, csrf=who["csrf"], apps=reply["apps"],
+                    installable=reply["installable"], creds=creds, notice=notice)
+
+    def app_action(op: str, done: str) -> Handler:
+        async def handler(request: Request, who: dict[str, Any], token: str) -> Response:
+            name = request.path_params.get("app") or request.state.form.get("app", "")
+            reply = await bridge(op, token=token, app=name)
+            if not reply.get("ok"):
+                return await apps_page(request, who, token, notice=f"refused: {reply.get('error')}", status=409)
+            return await apps_page(request, who, token, creds=reply.get("credentials"), notice=f"{name}: {done}")
+
+        return handler
+
+    async def password_get(request: Request, who: dict[str, Any], token: str) -> Response:
+        return page("password.html", me=who, csrf=who["csrf"], error=None, done=False)
+
+    async def password_post(request: Request, who: dict[str, Any], token: str) -> Response:
+        form = request.state.form
+        if form.get("new", "") != form.get("repeat", ""):
+            return page("password.html", 400, me=who, csrf=who["csrf"], error="The two new passwords differ.",
+                        done=False)
+        client_ip = request.client.host if request.client else "0.0.0.0"  # noqa: S104 - a value, not a bind
+        reply = await bridge("change_password", token=token, current=form.get("current", ""),
+                             new=form.get("new", ""), address=client_ip)
+        if not reply.get("ok"):
+            return page("password.html", 400, me=who, csrf=who["csrf"], error=reply.get("error"), done=False)
+        return page("password.html", me=who, csrf=who["csrf"], error=None, done=True)
+
     async def logout(request: Request, who: dict[str, Any], token: str) -> Response:
         await bridge("logout", token=token)
         return to_login()
@@ -307,6 +340,13 @@ def create_app(client: BridgeClient) -> Starlette:
         Route("/processes", session_page(processes)),
         Route("/sessions", session_page(sessions, "any")),
         Route("/sessions/logout-all", session_page(logout_all, "any"), methods=["POST"]),
+        Route("/apps", session_page(apps_page)),
+        Route("/apps/install", session_page(app_action("app_install", "installed")), methods=["POST"]),
+        Route("/apps/{app}/creds", session_page(app_action("app_creds", "credentials")), methods=["POST"]),
+        Route("/apps/{app}/rotate", session_page(app_action("app_rotate", "new credentials")), methods=["POST"]),
+        Route("/apps/{app}/uninstall", session_page(app_action("app_uninstall", "uninstalled")), methods=["POST"]),
+        Route("/password", session_page(password_get), methods=["GET"]),
+        Route("/password", session_page(password_post), methods=["POST"]),
         Route("/security", session_page(security)),
         Route("/security/totp/begin", session_page(totp_begin), methods=["POST"]),
         Route("/security/totp/confirm", session_page(totp_confirm), methods=["POST"]),

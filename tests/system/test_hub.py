@@ -343,3 +343,53 @@ def test_staff_need_a_second_factor_then_see_every_slot(hub: HubLab, staff: tupl
     # a tenant's session never reaches the staff page
     with hub.logged_in(slot) as t:
         assert t.get("/admin").status_code == 303
+
+
+def test_change_password_then_pam_logins_use_the_new_one(hub: HubLab) -> None:
+    import pam
+
+    name = hub.create_slot()
+    old = hub.passwords[name]
+    with hub.logged_in(name) as c, hub.logged_in(name) as other:
+        form = c.get("/password")
+        token = _form_token(form.text)
+        weak = c.post("/password", data={"csrf": token, "current": old, "new": "short", "repeat": "short"})
+        assert weak.status_code == 400 and "shorter than 12" in weak.text
+        new = f"New-{secrets.token_hex(6)}-pw"
+        wrong = c.post("/password", data={"csrf": token, "current": "not-it", "new": new, "repeat": new})
+        assert wrong.status_code == 400 and "current password is wrong" in wrong.text
+        r = c.post("/password", data={"csrf": token, "current": old, "new": new, "repeat": new})
+        assert r.status_code == 200 and 'id="password-done"' in r.text
+        assert c.get("/overview").status_code == 200  # this session stays
+        assert other.get("/overview").status_code == 303  # the others end
+    assert pam.authenticate(name, new, service="sshd", resetcreds=False)  # Debian's sshd stack, pam_unix
+    hub.passwords[name] = new
+    with hub.logged_in(name):
+        pass
+    with hub.client() as c:
+        assert hub.login(c, name, old).status_code == 401
+    entries = hub.slotctl_json("slot", "show", name)
+    assert entries["username"] == name
+
+
+def test_apps_install_reveal_rotate_uninstall(hub: HubLab) -> None:
+    name = hub.create_slot()
+    with hub.logged_in(name) as c:
+        page = c.get("/apps")
+        assert page.status_code == 200 and '<option value="transmission">' in page.text
+        r = c.post("/apps/install", data={"csrf": _form_token(page.text), "app": "transmission"})
+        assert r.status_code == 200, r.text
+        first = re.search(r'id="creds-password">([^<]+)<', r.text).group(1)
+        assert re.search(r'<td class="app-name">transmission</td><td>installed</td><td>yes</td>', r.text)
+        r = c.post("/apps/transmission/creds", data={"csrf": _form_token(r.text)})
+        assert re.search(r'id="creds-password">([^<]+)<', r.text).group(1) == first
+        r = c.post("/apps/transmission/rotate", data={"csrf": _form_token(r.text)})
+        second = re.search(r'id="creds-password">([^<]+)<', r.text).group(1)
+        assert second != first
+        bogus = c.post("/apps/..%2F..%2Fetc/creds", data={"csrf": _form_token(r.text)})
+        assert bogus.status_code in (404, 409)
+        r = c.post("/apps/transmission/uninstall", data={"csrf": _form_token(r.text)})
+        assert r.status_code == 200 and "No app installed." in r.text
+    actions = [e["action"] for e in hub.host.ctx().store.audit_entries(name)]
+    assert "hub.app-creds-reveal" in actions and "hub.app-rotate" in actions
+    assert first not in json.dumps(hub.host.ctx().store.audit_entries(name))

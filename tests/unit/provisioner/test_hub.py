@@ -91,3 +91,26 @@ def test_bridge_refuses_malformed_requests() -> None:
     b = Bridge(Config(state_dir=Path("/nonexistent-state")), HubConfig())
     assert b.handle("x") == {"ok": False, "error": 'expected {"op": ...}'}
     assert b.handle({"op": "rm -rf"}) == {"ok": False, "error": "unknown operation"}
+
+
+@pytest.mark.parametrize(("password", "problem"), [
+    ("Short-1", "shorter than 12"),
+    ("aaaaaaaaaaaaaaaaaaaaaaaa", "repeats too few"),
+    ("alllowercaseletters", "use three of"),
+    ("Has-alice-In-It-1", "contains the username"),
+    ("Tab\tInside-12345", "control characters"),
+    ("x" * 300, "longer than 256"),
+])
+def test_password_rule_table(password: str, problem: str) -> None:
+    from provisioner.hub.passwords import password_problem
+
+    assert problem in (password_problem(password, "alice") or "")
+
+
+@settings(deadline=None)
+@given(st.text(max_size=40), st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True))
+def test_password_rule_never_passes_the_username_or_short_ones(password: str, username: str) -> None:
+    from provisioner.hub.passwords import password_problem
+
+    if password_problem(password, username) is None:
+        assert len(password) >= 12 and username not in password.lower() and password.isprintable()
