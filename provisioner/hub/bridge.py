@@ -329,11 +329,28 @@ class Bridge:
 
     def overview(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx, req)
+        from provisioner.hub.history import MetricsHistory
         from provisioner.metrics import collect
 
         m = collect(ctx, [s.username], sample=0.25)[0].as_dict()
         procs = m.pop("processes")
-        return {"metrics": m, "processes": procs}
+        h = MetricsHistory(ctx.store)
+        now = self.clock()
+        return {"metrics": m, "processes": procs,
+                "history": {tier: h.series(s.username, tier, now) for tier in ("24h", "30d")}}
+
+    def sample(self) -> int:
+        """One history sample of every slot (the server's timer calls this); returns how many."""
+        from provisioner.hub.history import sample_all
+        from provisioner.metrics import collect
+
+        ctx = Context(self.config)
+        try:
+            metrics = collect(ctx, None, sample=0.0, refresh_facts=False)
+            sample_all(ctx.store, metrics, self.clock())
+            return len(metrics)
+        finally:
+            ctx.close()
 
     # --- apps of the session's slot --------------------------------------------------------------
 

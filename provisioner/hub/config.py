@@ -18,7 +18,7 @@ from provisioner.errors import ConfigError
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 KEYS = frozenset({"listen", "cert", "key", "user", "bridge_socket", "pam_service", "idle_timeout",
-                  "absolute_timeout", "fail_floor_ms", "public_url"})
+                  "absolute_timeout", "fail_floor_ms", "public_url", "history_every"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class HubConfig:
     # unknown name, locked, suspended all look alike from outside.
     fail_floor_ms: int = 1500
     public_url: str = ""
+    # How often the bridge samples every slot into the charts' history.
+    history_every: int = 300
 
     @classmethod
     def from_section(cls, table: dict[str, Any], state_dir: Path) -> HubConfig:
@@ -52,7 +54,7 @@ class HubConfig:
                 if not isinstance(v, str) or not pattern.fullmatch(v):
                     raise ConfigError(f"hub.{key}: invalid name")
                 values[key] = v
-        for key in ("idle_timeout", "absolute_timeout"):
+        for key in ("idle_timeout", "absolute_timeout", "history_every"):
             if key in table:
                 values[key] = parse_duration(table[key], f"hub.{key}")
                 if values[key] <= 0:

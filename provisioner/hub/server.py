@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from provisioner.api.server import parse_listen
 from provisioner.config import Config
@@ -96,6 +97,22 @@ def check_ready(config: Config, hub: HubConfig) -> int:
     return uid
 
 
+def _start_sampler(bridge: Any, every: int) -> None:
+    """Sample every slot into the history now and every EVERY seconds (a failure is logged, not fatal)."""
+    import threading
+    import time
+
+    def loop() -> None:
+        while True:
+            try:
+                bridge.sample()
+            except Exception as exc:  # the Hub keeps serving without its charts
+                log.warning("history sample failed: %s", exc)
+            time.sleep(every)
+
+    threading.Thread(target=loop, name="hub-history", daemon=True).start()
+
+
 def serve(config: Config) -> None:
     """Run the Hub until SIGTERM: bridge here, HTTPS in an unprivileged child."""
     if os.geteuid() != 0:
@@ -126,6 +143,7 @@ def serve(config: Config) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     bridge_server.serve_in_thread()
+    _start_sampler(bridge_server.bridge, hub.history_every)
     try:
         _, status = os.waitpid(pid, 0)
         raise SystemExit(1 if status else 0)

@@ -302,7 +302,12 @@ def create_app(client: BridgeClient) -> Starlette:
         reply = await bridge("overview", token=token)
         if not reply.get("ok"):
             return page("error.html", 503, me=who, csrf=who["csrf"], message=reply.get("error", "unavailable"))
-        return page("overview.html", me=who, csrf=who["csrf"], m=reply["metrics"])
+        from provisioner.hub.history import charts
+
+        tier = request.query_params.get("range", "24h")
+        tier = tier if tier in ("24h", "30d") else "24h"
+        return page("overview.html", me=who, csrf=who["csrf"], m=reply["metrics"], range=tier,
+                    charts=charts(reply["history"][tier]))
 
     async def processes(request: Request, who: dict[str, Any], token: str) -> Response:
         reply = await bridge("overview", token=token)

@@ -149,7 +149,7 @@ def make_hub_lab(tag: str = "hub") -> HubLab:
     port = free_port()
     service = f"slotwarden-hub-test-{secrets.token_hex(4)}"
     hub = (f'[hub]\nuser = "{prefix}hub"\nlisten = "127.0.0.1:{port}"\nbridge_socket = "{base}/hub-bridge.sock"\n'
-           f'pam_service = "{service}"\nfail_floor_ms = 300\n'
+           f'pam_service = "{service}"\nfail_floor_ms = 300\nhistory_every = "3s"\n'
            f'[guard]\npair_deny = {PAIR_DENY}\nip_deny = 1000\nuser_deny = 1000\nsocket = "{base}/guard.sock"\n')
     host = make_slot_host(base, prefix, size="1G", extra_config=hub)
     lab = HubLab(host, port, service)

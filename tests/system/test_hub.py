@@ -393,3 +393,27 @@ def test_apps_install_reveal_rotate_uninstall(hub: HubLab) -> None:
     actions = [e["action"] for e in hub.host.ctx().store.audit_entries(name)]
     assert "hub.app-creds-reveal" in actions and "hub.app-rotate" in actions
     assert first not in json.dumps(hub.host.ctx().store.audit_entries(name))
+
+
+def test_overview_charts_fill_from_the_history_and_removal_forgets_the_slot(hub: HubLab) -> None:
+    name = hub.create_slot()
+    holder = subprocess.Popen(["runuser", "-u", name, "--", "/bin/sleep", "300"])
+    try:
+        with hub.logged_in(name) as c:
+            def ram_points() -> int:
+                found = re.search(r'data-points="(\d+)">\s*<strong>RAM</strong>', c.get("/overview").text)
+                return int(found.group(1)) if found else 0
+
+            assert wait_for(lambda: ram_points() >= 1, timeout=60)
+            text = c.get("/overview?range=30d").text
+            assert "last 30 days" in text and "<polyline" in text
+            report = c.get("/data-report.json").json()
+            items = {i["item"]: i for i in report["items"]}
+            assert items["metrics history"]["value"]["rows"] >= 2 and items["hub sessions"]["value"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert hub.host.slotctl("slot", "remove", name).returncode == 0
+    db = hub.host.ctx().store.db
+    for table in ("hub_sessions", "hub_logins", "hub_history", "hub_totp"):
+        assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE username = ?", (name,)).fetchone()[0] == 0

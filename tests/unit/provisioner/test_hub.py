@@ -114,3 +114,23 @@ def test_password_rule_never_passes_the_username_or_short_ones(password: str, us
 
     if password_problem(password, username) is None:
         assert len(password) >= 12 and username not in password.lower() and password.isprintable()
+
+
+def test_history_is_bounded_and_downsampled(tmp_path: Path) -> None:
+    from provisioner.hub.history import MetricsHistory, charts
+
+    h = MetricsHistory(Store(tmp_path / "db"))
+    t0 = 1_700_000_000 - 1_700_000_000 % 7200
+    for i in range(40 * 24 * 3):  # 40 days, a sample every 20 minutes
+        h.record("alice", t0 + i * 1200, {"ram_bytes": 100 + (i % 6) * 10, "cpu_seconds": i * 60.0,
+                                          "processes": 3, "disk_used_bytes": i, "io_read_bytes": None})
+    assert h.rows_of("alice") == 72 + 360 <= 288 + 360  # every 4th 5-min bucket, every 2-h one
+    now = t0 + (40 * 24 * 3 - 1) * 1200  # the last sample
+    day, month = h.series("alice", "24h", now), h.series("alice", "30d", now)
+    assert len(day) == 72 and len(month) == 360  # one sample per 5-min bucket: 72 a day
+    assert all(p["ram_bytes"] == 125 for p in month)  # the mean of 100..150 in each 2-hour bucket
+    cpu = next(c for c in charts(month) if c["title"] == "CPU")
+    assert cpu["n"] == 359 and abs(cpu["max"] - 5.0) < 1e-6  # 60 CPU-s per 1200 s = 5 %
+    assert next(c for c in charts(month) if c["title"] == "I/O read")["n"] == 0
+    h.forget("alice")
+    assert h.rows_of("alice") == 0
