@@ -77,6 +77,7 @@ class Bridge:
         self.clock = clock
         self._lock = threading.Lock()
         self._factor_failures: dict[str, int] = {}
+        self._last_cpu: dict[str, tuple[float, float]] = {}
 
     def _sessions(self, ctx: Context) -> SessionStore:
         return SessionStore(ctx.store, self.hub.idle_timeout, self.hub.absolute_timeout)
@@ -332,12 +333,27 @@ class Bridge:
         from provisioner.hub.history import MetricsHistory
         from provisioner.metrics import collect
 
-        m = collect(ctx, [s.username], sample=0.25)[0].as_dict()
+        m = collect(ctx, [s.username], sample=0.0)[0].as_dict()
         procs = m.pop("processes")
         h = MetricsHistory(ctx.store)
         now = self.clock()
-        return {"metrics": m, "processes": procs,
-                "history": {tier: h.series(s.username, tier, now) for tier in ("24h", "30d")}}
+        history = {tier: h.series(s.username, tier, now) for tier in ("24h", "30d")}
+        m["cpu_percent"] = self._cpu_since(s.username, m.get("cpu_seconds"), m["at"])
+        return {"metrics": m, "processes": procs, "history": history}
+
+    def _cpu_since(self, username: str, cpu_seconds: object, at: float) -> float | None:
+        """CPU % since this slot's previous reading (the sampler's or a page's, within 15 min).
+
+        A page view never sleeps to measure; the first view after a restart shows no figure.
+        """
+        if not isinstance(cpu_seconds, int | float):
+            return None
+        with self._lock:
+            last = self._last_cpu.get(username)
+            self._last_cpu[username] = (at, float(cpu_seconds))
+        if last is None or not 0 < at - last[0] <= 900 or cpu_seconds < last[1]:
+            return None
+        return (cpu_seconds - last[1]) / (at - last[0]) * 100
 
     def sample(self) -> int:
         """One history sample of every slot (the server's timer calls this); returns how many."""
@@ -348,6 +364,8 @@ class Bridge:
         try:
             metrics = collect(ctx, None, sample=0.0, refresh_facts=False)
             sample_all(ctx.store, metrics, self.clock())
+            for m in metrics:
+                self._cpu_since(m.slot, m.cpu_seconds, m.at)
             return len(metrics)
         finally:
             ctx.close()
@@ -411,6 +429,28 @@ class Bridge:
 
     def app_rotate(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         return self._app_change(ctx, req, "rotate")
+
+    def frontdoor(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """Admit ``/apps/SLOT/APP/`` for a session of SLOT whose app's port the slot's UID holds."""
+        s = self._session(ctx, req)
+        import pwd
+
+        from provisioner.apps import registry_of
+        from provisioner.apps.listeners import ListenerRefused, check_owner
+
+        slot, name = req.get("slot"), self._app_name(req)
+        if slot != s.username:
+            raise BridgeRefused("not your slot")
+        port = registry_of(ctx).ports(s.username, name).get("http")
+        if port is None:
+            raise BridgeRefused("app not installed")
+        try:
+            check_owner(port, pwd.getpwnam(s.username).pw_uid)
+        except ListenerRefused as exc:
+            log.warning("front door refused %s/%s: %s", s.username, name, exc)
+            ctx.store.audit("hub", "hub.frontdoor-refused", s.username, {"app": name, "reason": str(exc)})
+            raise BridgeRefused("the app's port is not held by the slot") from None
+        return {"upstream": f"127.0.0.1:{port}"}
 
     # --- the slot password -------------------------------------------------------------------------
 
@@ -493,6 +533,7 @@ OPERATIONS: dict[str, Callable[[Bridge, Context, dict[str, Any]], dict[str, Any]
     "app_creds": Bridge.app_creds,
     "app_rotate": Bridge.app_rotate,
     "change_password": Bridge.change_password,
+    "frontdoor": Bridge.frontdoor,
 }
 
 

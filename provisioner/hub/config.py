@@ -18,7 +18,7 @@ from provisioner.errors import ConfigError
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 KEYS = frozenset({"listen", "cert", "key", "user", "bridge_socket", "pam_service", "idle_timeout",
-                  "absolute_timeout", "fail_floor_ms", "public_url", "history_every"})
+                  "absolute_timeout", "fail_floor_ms", "public_url", "history_every", "web_socket"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class HubConfig:
     key: Path = Path("/var/lib/slotwarden/hub/hub.key")
     user: str = "slotwarden-hub"
     bridge_socket: Path = Path("/run/slotwarden/hub-bridge.sock")
+    # The web process listens here; only nginx's workers (the Hub's user) can connect.
+    web_socket: Path = Path("/run/slotwarden/hub-web/hub.sock")
     pam_service: str = "slotwarden-hub"
     idle_timeout: int = 30 * 60
     absolute_timeout: int = 12 * 3600
@@ -47,7 +49,7 @@ class HubConfig:
         if unknown:
             raise ConfigError(f"hub.{unknown[0]}: unknown key")
         values: dict[str, Any] = {"cert": state_dir / "hub" / "hub.crt", "key": state_dir / "hub" / "hub.key"}
-        values.update(absolute_paths("hub", table, ("cert", "key", "bridge_socket")))
+        values.update(absolute_paths("hub", table, ("cert", "key", "bridge_socket", "web_socket")))
         for key, pattern in (("user", _NAME), ("pam_service", _SERVICE)):
             if key in table:
                 v = table[key]

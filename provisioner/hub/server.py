@@ -1,10 +1,11 @@
-"""``slotctl hub serve``: the privileged bridge in this (root) process, HTTP in a child that is not root.
+"""``slotctl hub serve``: the privileged bridge in this (root) process, HTTP in children that are not root.
 
-Order matters: as root, bind the bridge socket (0600, owned by the Hub's user) and the HTTPS
-port, and load the TLS key; then fork. The child drops to the Hub's system user (no
-supplementary groups, no way back to root) and serves HTTP with the already-bound socket; the
-parent only runs the bridge. If either side dies the other is stopped, and the supervisor
-restarts the pair.
+As root: bind the bridge socket (0600, owned by the Hub's user), then fork the web process,
+which drops to the Hub's system user (no supplementary groups, no way back to root) before it
+opens its Unix socket, then start nginx — the front door (:mod:`provisioner.hub.frontdoor`):
+its master binds ``[hub] listen`` and reads the TLS key, its workers run as the Hub's user.
+This process then only runs the bridge and the history sampler. If a child dies the others
+are stopped, and the supervisor restarts the whole.
 
 >>> parse_listen("0.0.0.0:8443")
 ('0.0.0.0', 8443)
@@ -13,11 +14,12 @@ restarts the pair.
 from __future__ import annotations
 
 import ctypes
+import grp
 import logging
 import os
 import pwd
 import signal
-import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,35 +51,24 @@ def drop_privileges(user: str) -> None:
     raise SlotError("could not drop root")  # pragma: no cover
 
 
-def _bind(listen: str) -> socket.socket:
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise SlotError(f"hub.listen {listen}: {exc.strerror}") from None
-    sock.listen(512)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _web_child(hub: HubConfig, sock: socket.socket) -> None:
-    """In the child: TLS loaded as root, then drop privileges, then serve HTTP until told to stop."""
+def _web_child(hub: HubConfig) -> None:
+    """In the child: drop privileges, then serve HTTP on the web socket (nginx's only upstream)."""
     import uvicorn
 
     from provisioner.hub.client import BridgeClient
     from provisioner.hub.web import create_app
 
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    config = uvicorn.Config(create_app(BridgeClient(hub.bridge_socket)), ssl_certfile=str(hub.cert),
-                            ssl_keyfile=str(hub.key), log_level="warning", access_log=False,
-                            proxy_headers=False, server_header=False, date_header=True)
-    config.load()  # reads the key while still root
     drop_privileges(hub.user)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        hub.web_socket.unlink()
+    except FileNotFoundError:
+        pass
+    os.umask(0o077)
+    config = uvicorn.Config(create_app(BridgeClient(hub.bridge_socket), behind_front_door=True),
+                            uds=str(hub.web_socket), log_level="warning", access_log=False, proxy_headers=False,
+                            server_header=False, date_header=True)
+    uvicorn.Server(config).run()
 
 
 def check_ready(config: Config, hub: HubConfig) -> int:
@@ -113,6 +104,19 @@ def _start_sampler(bridge: Any, every: int) -> None:
     threading.Thread(target=loop, name="hub-history", daemon=True).start()
 
 
+def start_front_door(config: Config, hub: HubConfig, user: str, group: str) -> subprocess.Popen[bytes]:
+    """nginx in the foreground with the front door's own configuration (see :mod:`frontdoor`)."""
+    from provisioner.hub.frontdoor import write_conf
+
+    run_dir = config.state_dir / "hub"
+    conf = write_conf(hub, run_dir, user, group)
+    check = subprocess.run(["nginx", "-t", "-q", "-c", str(conf), "-g", "daemon off;"], capture_output=True,
+                           text=True)
+    if check.returncode != 0:
+        raise SlotError(f"nginx refused the front door's configuration: {check.stderr.strip()[-300:]}")
+    return subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"], stdin=subprocess.DEVNULL)
+
+
 def serve(config: Config) -> None:
     """Run the Hub until SIGTERM: bridge here, HTTPS in an unprivileged child."""
     if os.geteuid() != 0:
@@ -121,7 +125,11 @@ def serve(config: Config) -> None:
 
     hub = hub_config(config)
     uid = check_ready(config, hub)
-    sock = _bind(hub.listen)
+    pw = pwd.getpwuid(uid)
+    web_dir = hub.web_socket.parent
+    web_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(web_dir, uid, pw.pw_gid)
+    os.chmod(web_dir, 0o700)
     bridge_server = BridgeServer(hub.bridge_socket, Bridge(config, hub), uid)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -130,12 +138,12 @@ def serve(config: Config) -> None:
         code = 0
         try:
             bridge_server.socket.close()
-            _web_child(hub, sock)
+            _web_child(hub)
         except BaseException as exc:  # a child never returns into the parent's code
             print(f"slotwarden-hub: web process: {exc}", file=sys.stderr)
             code = 1
         os._exit(code)
-    sock.close()
+    nginx = start_front_door(config, hub, pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name)
 
     def stop(_sig: int, _frame: object) -> None:
         raise SystemExit(0)
@@ -145,14 +153,22 @@ def serve(config: Config) -> None:
     bridge_server.serve_in_thread()
     _start_sampler(bridge_server.bridge, hub.history_every)
     try:
-        _, status = os.waitpid(pid, 0)
-        raise SystemExit(1 if status else 0)
+        while True:  # either child ending ends the Hub (the supervisor restarts the pair)
+            ended, status = os.waitpid(-1, 0)
+            if ended in (pid, nginx.pid):
+                log.error("%s exited (%d)", "web process" if ended == pid else "nginx", status)
+                raise SystemExit(1)
     finally:
-        try:
-            os.kill(pid, signal.SIGTERM)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        for child in (pid, nginx.pid):
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for child in (pid, nginx.pid):
+            try:
+                os.waitpid(child, 0)
+            except ChildProcessError:
+                pass
         bridge_server.shutdown()
         bridge_server.server_close()
         try:

@@ -13,7 +13,7 @@ page asks the bridge (:mod:`provisioner.hub.bridge`) with the session token from
 >>> from pathlib import Path
 >>> app = create_app(BridgeClient(Path("/nonexistent")))
 >>> sorted(r.path for r in app.routes)[:3]
-['/', '/activity', '/admin']
+['/', '/_frontdoor/auth', '/activity']
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from provisioner.hub.client import BridgeClient, BridgeUnavailable
@@ -103,9 +103,18 @@ def _same(a: object, b: object) -> bool:
     return isinstance(a, str) and isinstance(b, str) and len(a) >= 20 and hmac.compare_digest(a, b)
 
 
-def create_app(client: BridgeClient) -> Starlette:
-    """The Hub's routes over CLIENT (the bridge)."""
+def create_app(client: BridgeClient, behind_front_door: bool = False) -> Starlette:
+    """The Hub's routes over CLIENT (the bridge).
+
+    BEHIND_FRONT_DOOR: the only peer is nginx (a Unix socket only it can open), so the client's
+    address is its ``X-Real-IP`` header; otherwise the TCP peer's.
+    """
     env = templates()
+
+    def client_ip(request: Request) -> str:
+        if behind_front_door:
+            return request.headers.get("x-real-ip", "")
+        return request.client.host if request.client else ""
 
     def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
         values.setdefault("me", None)
@@ -146,6 +155,10 @@ def create_app(client: BridgeClient) -> Starlette:
 
         return endpoint
 
+    async def robots(request: Request) -> Response:
+        """A constant page (keeps crawlers off; the benchmark's static baseline on the same stack)."""
+        return PlainTextResponse("User-agent: *\nDisallow: /\n", headers=SECURITY_HEADERS)
+
     async def home(request: Request) -> Response:
         return RedirectResponse("/overview" if request.cookies.get(SESSION_COOKIE) else "/login", status_code=303)
 
@@ -167,8 +180,7 @@ def create_app(client: BridgeClient) -> Starlette:
         if not _same(form.get("csrf"), request.cookies.get(PRE_COOKIE)):
             return page("error.html", 403, message="This form has expired; reload the page.")
         username, password = form.get("username", ""), form.get("password", "")
-        client_ip = request.client.host if request.client else "0.0.0.0"  # noqa: S104 - a value, not a bind
-        reply = await bridge("login", username=username, password=password, address=client_ip,
+        reply = await bridge("login", username=username, password=password, address=client_ip(request),
                              agent=request.headers.get("user-agent", ""))
         outcome = reply.get("login") if reply.get("ok") else "refused"
         if outcome in ("ok", "second-factor"):
@@ -283,9 +295,8 @@ def create_app(client: BridgeClient) -> Starlette:
         if form.get("new", "") != form.get("repeat", ""):
             return page("password.html", 400, me=who, csrf=who["csrf"], error="The two new passwords differ.",
                         done=False)
-        client_ip = request.client.host if request.client else "0.0.0.0"  # noqa: S104 - a value, not a bind
         reply = await bridge("change_password", token=token, current=form.get("current", ""),
-                             new=form.get("new", ""), address=client_ip)
+                             new=form.get("new", ""), address=client_ip(request))
         if not reply.get("ok"):
             return page("password.html", 400, me=who, csrf=who["csrf"], error=reply.get("error"), done=False)
         return page("password.html", me=who, csrf=who["csrf"], error=None, done=True)
@@ -331,11 +342,28 @@ def create_app(client: BridgeClient) -> Starlette:
                         headers={**SECURITY_HEADERS,
                                  "Content-Disposition": 'attachment; filename="slotwarden-data-report.json"'})
 
+    async def frontdoor_auth(request: Request) -> Response:
+        """nginx's auth_request for /apps/<slot>/<app>/: 200 with the upstream, 401 no session, 403 refused."""
+        from provisioner.hub.frontdoor import parse_app_path
+
+        target = parse_app_path(request.headers.get("x-original-uri", ""))
+        token = request.cookies.get(SESSION_COOKIE, "")
+        if target is None:
+            return Response(status_code=403)
+        if not token:
+            return Response(status_code=401)
+        reply = await bridge("frontdoor", token=token, slot=target[0], app=target[1])
+        if reply.get("ok"):
+            return Response(status_code=200, headers={"X-Slotwarden-Upstream": reply["upstream"]})
+        return Response(status_code=401 if reply.get("error") == "no session" else 403)
+
     async def unavailable(request: Request, exc: Exception) -> Response:
         return page("error.html", 503, message="The Hub's back end is not answering; try again shortly.")
 
     routes = [
         Route("/", home),
+        Route("/robots.txt", robots, methods=["GET"]),
+        Route("/_frontdoor/auth", frontdoor_auth, methods=["GET"]),
         Route("/login", login_get, methods=["GET"]),
         Route("/login", login_post, methods=["POST"]),
         Route("/login/second-factor", factor_get, methods=["GET"]),

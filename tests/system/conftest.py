@@ -102,7 +102,9 @@ def teardown_slot_host(host: SlotHost) -> None:
 
     hub_user = hub_config(ctx.config).user
     ctx.close()
-    if accounts.lookup_user(hub_user) and hub_user.startswith(host.prefix):
+    hub_acct = accounts.lookup_user(hub_user)
+    if hub_acct and hub_user.startswith(host.prefix):
+        accounts.stop_processes(hub_acct.uid)  # a Hub web process or nginx worker still exiting
         subprocess.run(["userdel", hub_user], check=False, capture_output=True)
     for line in Path("/etc/passwd").read_text().splitlines():
         name = line.split(":", 1)[0]

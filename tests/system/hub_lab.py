@@ -129,11 +129,18 @@ class HubLab:
                 time.sleep(0.05)
         raise RuntimeError("guard did not start:\n" + (self.host.base / "guard.log").read_text())
 
-    def web_pid(self) -> int:
-        """The Hub's web process: the child of ``hub serve``."""
+    def children(self) -> dict[str, int]:
+        """The children of ``hub serve``: the web process and nginx's master, by name."""
         out = subprocess.run(["pgrep", "-P", str(self.procs[-1].pid)], capture_output=True, text=True).stdout.split()
-        assert len(out) == 1, out
-        return int(out[0])
+        kids = {}
+        for pid in out:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            kids["nginx" if cmd.endswith("nginx") or cmd.startswith("nginx") else "web"] = int(pid)
+        return kids
+
+    def web_pid(self) -> int:
+        """The Hub's web process (the child of ``hub serve`` that is not nginx)."""
+        return self.children()["web"]
 
     def close(self) -> None:
         for p in reversed(self.procs):
@@ -143,15 +150,16 @@ class HubLab:
         Path("/etc/pam.d", self.pam_service).unlink(missing_ok=True)
 
 
-def make_hub_lab(tag: str = "hub") -> HubLab:
+def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G") -> HubLab:
     prefix = f"th{secrets.token_hex(2)}"
     base = world_traversable_tmpdir(tag)
     port = free_port()
     service = f"slotwarden-hub-test-{secrets.token_hex(4)}"
     hub = (f'[hub]\nuser = "{prefix}hub"\nlisten = "127.0.0.1:{port}"\nbridge_socket = "{base}/hub-bridge.sock"\n'
-           f'pam_service = "{service}"\nfail_floor_ms = 300\nhistory_every = "3s"\n'
+           f'pam_service = "{service}"\nfail_floor_ms = 300\nhistory_every = "{history_every}"\n'
+           f'web_socket = "{base}/hub-web/hub.sock"\n'
            f'[guard]\npair_deny = {PAIR_DENY}\nip_deny = 1000\nuser_deny = 1000\nsocket = "{base}/guard.sock"\n')
-    host = make_slot_host(base, prefix, size="1G", extra_config=hub)
+    host = make_slot_host(base, prefix, size=size, extra_config=hub)
     lab = HubLab(host, port, service)
     try:
         lab.start()

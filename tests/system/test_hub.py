@@ -7,8 +7,10 @@ One lab for the module (a btrfs slot host, its guard service, a PAM service
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -164,8 +166,8 @@ def test_hostile_typed_username_is_escaped(hub: HubLab) -> None:
 def test_processes_are_only_my_own_and_command_lines_are_escaped(hub: HubLab) -> None:
     mine, other = hub.create_slot(), hub.create_slot()
     marker = "<b>x</b><script>alert(3)</script>"
-    procs = [subprocess.Popen(["runuser", "-u", who, "--", "/bin/bash", "-c", f'exec -a "{marker}{who}" sleep 300'])
-             for who in (mine, other)]
+    procs = [subprocess.Popen(["runuser", "-u", who, "--", "/bin/bash", "-c", f'exec -a "{marker}{who}" sleep 300'],
+                              start_new_session=True) for who in (mine, other)]
     try:
         for who in (mine, other):
             assert wait_for(lambda w=who: subprocess.run(["pgrep", "-u", w, "sleep"],
@@ -177,7 +179,7 @@ def test_processes_are_only_my_own_and_command_lines_are_escaped(hub: HubLab) ->
             assert other not in r.text and "<script>alert(3)" not in r.text
     finally:
         for p in procs:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait()
 
 
@@ -387,7 +389,7 @@ def test_apps_install_reveal_rotate_uninstall(hub: HubLab) -> None:
         second = re.search(r'id="creds-password">([^<]+)<', r.text).group(1)
         assert second != first
         bogus = c.post("/apps/..%2F..%2Fetc/creds", data={"csrf": _form_token(r.text)})
-        assert bogus.status_code in (404, 409)
+        assert bogus.status_code in (400, 404, 409)  # nginx (400) or the bridge (409) refuses it
         r = c.post("/apps/transmission/uninstall", data={"csrf": _form_token(r.text)})
         assert r.status_code == 200 and "No app installed." in r.text
     actions = [e["action"] for e in hub.host.ctx().store.audit_entries(name)]
@@ -397,7 +399,7 @@ def test_apps_install_reveal_rotate_uninstall(hub: HubLab) -> None:
 
 def test_overview_charts_fill_from_the_history_and_removal_forgets_the_slot(hub: HubLab) -> None:
     name = hub.create_slot()
-    holder = subprocess.Popen(["runuser", "-u", name, "--", "/bin/sleep", "300"])
+    holder = subprocess.Popen(["runuser", "-u", name, "--", "/bin/sleep", "300"], start_new_session=True)
     try:
         with hub.logged_in(name) as c:
             def ram_points() -> int:
@@ -411,7 +413,7 @@ def test_overview_charts_fill_from_the_history_and_removal_forgets_the_slot(hub:
             items = {i["item"]: i for i in report["items"]}
             assert items["metrics history"]["value"]["rows"] >= 2 and items["hub sessions"]["value"]
     finally:
-        holder.kill()
+        os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
     assert hub.host.slotctl("slot", "remove", name).returncode == 0
     db = hub.host.ctx().store.db

@@ -134,3 +134,46 @@ def test_history_is_bounded_and_downsampled(tmp_path: Path) -> None:
     assert next(c for c in charts(month) if c["title"] == "I/O read")["n"] == 0
     h.forget("alice")
     assert h.rows_of("alice") == 0
+
+
+TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def _row(addr: str, port: int, uid: int, st: str = "0A", inode: int = 7) -> str:
+    return f"   0: {addr}:{port:04X} 00000000:0000 {st} 00000000:00000000 00:00000000 00000000 {uid:5d} 0 {inode} 1\n"
+
+
+def test_listener_owner_check_refuses_strangers_and_silence(tmp_path: Path) -> None:
+    from provisioner.apps.listeners import ListenerRefused, check_owner
+
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "tcp").write_text(TCP_HEADER + _row("0100007F", 40001, 1001)
+                                          + _row("00000000", 40002, 1002) + _row("0100007F", 40003, 1001, st="01"))
+    (tmp_path / "net" / "tcp6").write_text(TCP_HEADER + _row("00000000000000000000000000000000", 40001, 1666))
+    with pytest.raises(ListenerRefused, match="uid 1666"):
+        check_owner(40001, 1001, tmp_path)  # a second, dual-stack listener of a stranger on the same port
+    check_owner(40002, 1002, tmp_path)
+    with pytest.raises(ListenerRefused, match="squatted"):
+        check_owner(40002, 1001, tmp_path)
+    with pytest.raises(ListenerRefused, match="nothing listens"):
+        check_owner(40003, 1001, tmp_path)  # an established connection is no listener
+
+
+@settings(deadline=None)
+@given(st.text(max_size=300))
+def test_socket_table_parser_never_raises(text: str) -> None:
+    from provisioner.apps.listeners import parse_socket_table
+
+    rows = parse_socket_table(TCP_HEADER + text)  # malformed lines are skipped, never an exception
+    assert all(isinstance(r.uid, int) and isinstance(r.address, str) for r in rows)
+
+
+@settings(deadline=None)
+@given(st.text(max_size=80))
+def test_front_door_paths_name_a_slot_and_an_app_or_nothing(uri: str) -> None:
+    from provisioner.hub.frontdoor import parse_app_path
+
+    got = parse_app_path(uri)
+    if got is not None:
+        assert uri.startswith("/apps/") and all(c.isascii() and (c.isalnum() or c in "_-") for c in got[0] + got[1])
+        assert got[0][0].isalpha() and len(got[0]) <= 31
