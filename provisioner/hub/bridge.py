@@ -328,6 +328,22 @@ class Bridge:
         s = self._session(ctx, req)
         return {"logins": self._sessions(ctx).logins(s.username)}
 
+    def not_me(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """"This wasn't me": the event goes to the audit for staff, every other session of the slot ends."""
+        s = self._session(ctx, req)
+        event_id = req.get("event")
+        if isinstance(event_id, bool) or not isinstance(event_id, int):
+            raise BridgeRefused("event: expected a login event id")
+        sessions = self._sessions(ctx)
+        event = sessions.login_event(s.username, event_id)
+        if event is None:
+            raise BridgeRefused("event: no such login of this slot")
+        ended = sessions.end_others(s.username, req["token"])
+        ctx.store.audit(f"hub:{s.username}", "hub.not-me", s.username,
+                        {"event": event, "other_sessions_ended": ended})
+        log.warning("slot %s reports a login it did not make: %s", s.username, event)
+        return {"other_sessions_ended": ended}
+
     def overview(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx, req)
         from provisioner.hub.history import MetricsHistory
@@ -534,6 +550,7 @@ OPERATIONS: dict[str, Callable[[Bridge, Context, dict[str, Any]], dict[str, Any]
     "app_rotate": Bridge.app_rotate,
     "change_password": Bridge.change_password,
     "frontdoor": Bridge.frontdoor,
+    "not_me": Bridge.not_me,
 }
 
 

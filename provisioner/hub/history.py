@@ -141,10 +141,13 @@ def charts(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def chart_svg(points: list[tuple[float, float]], width: int = 520, height: int = 110) -> dict[str, Any]:
     """A polyline for (time, value) POINTS scaled into WIDTH x HEIGHT (rendered by the template)."""
     if not points:
-        return {"polyline": "", "max": 0.0, "width": width, "height": height, "n": 0}
+        return {"polyline": "", "dots": [], "max": 0.0, "width": width, "height": height, "n": 0}
     t0, t1 = points[0][0], points[-1][0]
-    top = max(v for _, v in points) or 1.0
+    highest = max(v for _, v in points)
+    top = highest or 1.0
     span = (t1 - t0) or 1.0
-    coords = " ".join(f"{(t - t0) / span * (width - 2) + 1:.1f},{height - 1 - v / top * (height - 2):.1f}"
-                      for t, v in points)
-    return {"polyline": coords, "max": top, "width": width, "height": height, "n": len(points)}
+    xy = [((t - t0) / span * (width - 8) + 4, height - 4 - v / top * (height - 8)) for t, v in points]
+    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    # Few samples (a fresh slot, a restarted host): each is also a dot, so one sample shows.
+    dots = [{"x": round(x, 1), "y": round(y, 1)} for x, y in xy] if len(xy) <= 48 else []
+    return {"polyline": coords, "dots": dots, "max": highest, "width": width, "height": height, "n": len(points)}

@@ -159,9 +159,14 @@ class SessionStore:
 
     def logins(self, username: str, limit: int = 100) -> list[dict[str, Any]]:
         """USERNAME's recent Hub logins, newest first."""
-        rows = self.store.db.execute("SELECT at, address, ok, detail FROM hub_logins WHERE username = ? "
+        rows = self.store.db.execute("SELECT id, at, address, ok, detail FROM hub_logins WHERE username = ? "
                                      "ORDER BY at DESC LIMIT ?", (username, limit)).fetchall()
-        return [{"at": r["at"], "address": r["address"], "ok": bool(r["ok"]), "detail": r["detail"]} for r in rows]
+        return [{"id": r["id"], "at": r["at"], "address": r["address"], "ok": bool(r["ok"]), "detail": r["detail"]}
+                for r in rows]
+
+    def login_event(self, username: str, event_id: int) -> dict[str, Any] | None:
+        """One of USERNAME's login events (None for another user's or an unknown id)."""
+        return next((e for e in self.logins(username, 1000) if e["id"] == event_id), None)
 
     def forget_user(self, username: str) -> None:
         """Slot removal: no session or login event of USERNAME stays."""

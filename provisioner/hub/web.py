@@ -332,7 +332,16 @@ def create_app(client: BridgeClient, behind_front_door: bool = False) -> Starlet
 
     async def activity(request: Request, who: dict[str, Any], token: str) -> Response:
         reply = await bridge("activity", token=token)
-        return page("activity.html", me=who, csrf=who["csrf"], logins=reply.get("logins", []))
+        return page("activity.html", me=who, csrf=who["csrf"], logins=reply.get("logins", []), notice=None)
+
+    async def not_me(request: Request, who: dict[str, Any], token: str) -> Response:
+        raw = request.state.form.get("event", "")
+        reply = await bridge("not_me", token=token, event=int(raw) if raw.isdigit() and len(raw) < 12 else -1)
+        logins = (await bridge("activity", token=token)).get("logins", [])
+        notice = ("Reported to the staff; your other sessions were logged out. Change your password now."
+                  if reply.get("ok") else f"refused: {reply.get('error')}")
+        return page("activity.html", 200 if reply.get("ok") else 400, me=who, csrf=who["csrf"], logins=logins,
+                    notice=notice)
 
     async def data_report(request: Request, who: dict[str, Any], token: str) -> Response:
         reply = await bridge("data_report", token=token)
@@ -387,6 +396,7 @@ def create_app(client: BridgeClient, behind_front_door: bool = False) -> Starlet
         Route("/admin", session_page(admin, "staff")),
         Route("/admin/lock", session_page(admin_lock, "staff"), methods=["POST"]),
         Route("/activity", session_page(activity)),
+        Route("/activity/not-me", session_page(not_me), methods=["POST"]),
         Route("/data-report.json", session_page(data_report)),
     ]
     return Starlette(routes=routes, exception_handlers={BridgeUnavailable: unavailable})

@@ -333,10 +333,15 @@ def test_staff_need_a_second_factor_then_see_every_slot(hub: HubLab, staff: tupl
         page = c.get("/admin")
         assert page.status_code == 200 and f"<td>{slot}</td>" in page.text and "hub.login" in page.text
         assert c.get("/overview").status_code == 303  # staff are no tenant
-        # lock an address, then lift it from the staff page
+        # lock an address, then lift it from the staff page; a hostile typed name stays text there
+        evil = '<script>alert("staff")</script><img src=x onerror=alert(1)>'
         with hub.client() as t:
             for _ in range(PAIR_DENY):
                 hub.login(t, slot, "wrong")
+                hub.login(t, evil, "wrong")
+        staff_page = c.get("/admin").text
+        assert "<script>alert(" not in staff_page and "<img src=x" not in staff_page
+        assert "&lt;script&gt;alert(" in staff_page
         assert hub.slotctl_json("guard", "list", "--user", slot, "--locked")
         r = c.post("/admin/lock", data={"csrf": _form_token(page.text), "action": "lift", "user": slot,
                                         "ip": "127.0.0.1"})
@@ -419,3 +424,19 @@ def test_overview_charts_fill_from_the_history_and_removal_forgets_the_slot(hub:
     db = hub.host.ctx().store.db
     for table in ("hub_sessions", "hub_logins", "hub_history", "hub_totp"):
         assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE username = ?", (name,)).fetchone()[0] == 0
+
+
+def test_this_wasnt_me_reports_the_login_and_ends_the_other_sessions(hub: HubLab) -> None:
+    name, other_slot = hub.create_slot(), hub.create_slot()
+    with hub.logged_in(name) as intruder, hub.logged_in(name) as owner, hub.logged_in(other_slot) as stranger:
+        page = owner.get("/activity")
+        event = int(re.findall(r'name="event" value="(\d+)"', page.text)[-1])
+        # another slot cannot report (or learn about) my login events
+        theirs = stranger.get("/activity")
+        r = stranger.post("/activity/not-me", data={"csrf": _form_token(theirs.text), "event": str(event)})
+        assert r.status_code == 400
+        r = owner.post("/activity/not-me", data={"csrf": _form_token(page.text), "event": str(event)})
+        assert r.status_code == 200 and "Reported to the staff" in r.text
+        assert intruder.get("/overview").status_code == 303 and owner.get("/overview").status_code == 200
+    audit = [e for e in hub.host.ctx().store.audit_entries(name) if e["action"] == "hub.not-me"]
+    assert audit and audit[0]["detail"]["event"]["address"] == "127.0.0.1"

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 
 from tests.system.conftest import SLOTCTL, as_user
 from tests.system.hub_lab import PAIR_DENY, HubLab, close_hub_lab, make_hub_lab
+from tests.system.lab import wait_for
 
 pytestmark = [pytest.mark.root]
 
@@ -86,8 +88,21 @@ def test_login_overview_processes_and_logout_everywhere(hub: HubLab, page: Any, 
     me = json.loads(as_user(name, f"{hub.host.base}/bin/slotwarden-me --json --sample 0").stdout)
     assert int(page.get_attribute("#m-quota", "data-bytes")) == me["quota_bytes"]
     assert abs(int(page.get_attribute("#m-disk", "data-bytes")) - me["disk_used_bytes"]) <= 256 * 1024
-    shot(page, "overview")
-    page.click("text=Processes")
+    holder = subprocess.Popen(["runuser", "-u", name, "--", "/usr/bin/python3", "-c",
+                               "import time; b = bytearray(30 << 20); time.sleep(300)"], start_new_session=True)
+    try:
+        def points() -> int:
+            page.goto(f"{hub.url}/overview")
+            return int(page.get_attribute(".chart:has(strong:text-is('RAM'))", "data-points"))
+
+        assert wait_for(lambda: points() >= 1, timeout=60)  # the bridge's sampler fills the history
+        assert page.locator(".chart circle").count() >= 3  # RAM, processes, disk at least
+        shot(page, "overview")
+        page.click("text=Processes")
+        assert page.locator("#processes td:text-is('python3')").count() == 1
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
     assert page.url.endswith("/processes")
     shot(page, "processes")
     cookies = {c["name"]: c for c in page.context.cookies()}
