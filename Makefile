@@ -70,6 +70,7 @@ bench: venv
 	$(PY) bench/metrics.py
 	$(PY) bench/api.py
 	$(PY) bench/fleet.py
+	$(PY) bench/hub.py
 
 # The VM lab (Vagrant + libvirt, software-emulated QEMU) and the Debian 12 box it boots, built
 # offline from Debian's archive. See "Testing in VMs" in the README.

@@ -114,7 +114,11 @@ def start_front_door(config: Config, hub: HubConfig, user: str, group: str) -> s
                            text=True)
     if check.returncode != 0:
         raise SlotError(f"nginx refused the front door's configuration: {check.stderr.strip()[-300:]}")
-    return subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"], stdin=subprocess.DEVNULL)
+    def die_with_the_hub() -> None:  # a killed `hub serve` must not leave nginx holding the port
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"], stdin=subprocess.DEVNULL,
+                            preexec_fn=die_with_the_hub)  # before the bridge threads start
 
 
 def serve(config: Config) -> None:

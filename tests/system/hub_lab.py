@@ -99,20 +99,26 @@ class HubLab:
         self._start_guard()
         out = self.slotctl_json("hub", "pam-service")
         assert out["service"] == self.pam_service
-        log = open(self.host.base / "hub.log", "ab")
-        self.procs.append(subprocess.Popen([SLOTCTL, "hub", "serve"], env=self.host.env(), stdout=log, stderr=log,
-                                           cwd="/"))
+        self.start_hub()
+
+    def wait_answering(self, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
         end = time.monotonic() + 60
         while time.monotonic() < end:
-            if self.procs[-1].poll() is not None:
-                raise RuntimeError("hub serve exited:\n" + (self.host.base / "hub.log").read_text())
+            if proc is not None and proc.poll() is not None:
+                break
             try:
                 with self.client() as c:
                     if c.get("/login").status_code == 200:
                         return
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError("hub did not answer:\n" + (self.host.base / "hub.log").read_text())
+        raise RuntimeError(f"{what} did not answer:\n" + (self.host.base / "hub.log").read_text())
+
+    def start_hub(self) -> None:
+        log = open(self.host.base / "hub.log", "ab")
+        self.procs.append(subprocess.Popen([SLOTCTL, "hub", "serve"], env=self.host.env(), stdout=log, stderr=log,
+                                           cwd="/"))
+        self.wait_answering("hub serve", self.procs[-1])
 
     def _start_guard(self) -> None:
         from pam_hooks.client import GuardUnavailable, request

@@ -440,3 +440,27 @@ def test_this_wasnt_me_reports_the_login_and_ends_the_other_sessions(hub: HubLab
         assert intruder.get("/overview").status_code == 303 and owner.get("/overview").status_code == 200
     audit = [e for e in hub.host.ctx().store.audit_entries(name) if e["action"] == "hub.not-me"]
     assert audit and audit[0]["detail"]["event"]["address"] == "127.0.0.1"
+
+
+def test_hub_supervise_keeps_it_running(hub: HubLab) -> None:
+    """Last in this module: the lab's own `hub serve` makes way for the supervised one, then returns."""
+    from provisioner.supervisor import supervisor_for
+    from tests.system.lab import stop_process
+
+    stop_process(hub.procs.pop())  # the lab's hub serve (started last)
+    ctx = hub.host.ctx()
+    sup = supervisor_for(ctx)
+    try:
+        out = hub.slotctl_json("hub", "supervise")
+        assert out["program"] == "slotwarden-hub@root" and out["changed"] is True
+        hub.wait_answering("supervised hub")
+        first = sup.status(out["program"]).pid
+        os.kill(first, signal.SIGKILL)  # a crash: the supervisor starts it again
+        assert wait_for(lambda: (sup.status(out["program"]).pid or first) != first, timeout=60)
+        hub.wait_answering("restarted hub")
+        again = hub.slotctl_json("hub", "supervise")
+        assert again["changed"] is False
+    finally:
+        sup.stop("slotwarden-hub@root")
+        sup.remove_program("slotwarden-hub@root")
+        hub.start_hub()
