@@ -6,7 +6,7 @@ SLOTCTL := $(VENV)/bin/slotctl
 # Debian packages the project uses at run time and in its tests.
 APT_PACKAGES := btrfs-progs openssh-server openssh-client libpam0g-dev gcc make supervisor quota \
 	python3 python3-venv python3-dev sshpass iproute2 procps psmisc acl sudo util-linux \
-	transmission-daemon wordpress php-fpm php-mysql php-cli nginx-light mariadb-server mariadb-client systemd \
+	transmission-daemon wordpress php-fpm php-mysql php-cli nginx-light mariadb-server mariadb-client systemd nftables \
 	chromium
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -y -qq
 DEMO_IMAGE ?= /var/lib/slotwarden/slots.img

@@ -78,6 +78,7 @@ class Bridge:
         self._lock = threading.Lock()
         self._factor_failures: dict[str, int] = {}
         self._last_cpu: dict[str, tuple[float, float]] = {}
+        self._fence_script = ""
 
     def _sessions(self, ctx: Context) -> SessionStore:
         return SessionStore(ctx.store, self.hub.idle_timeout, self.hub.absolute_timeout)
@@ -370,6 +371,21 @@ class Bridge:
         if last is None or not 0 < at - last[0] <= 900 or cpu_seconds < last[1]:
             return None
         return (cpu_seconds - last[1]) / (at - last[0]) * 100
+
+    def fence(self, hub_uid: int) -> bool:
+        """Rebuild the app fence from the registry when it changed; True if it was (re)loaded."""
+        from provisioner.hub.appfence import apply_fence, fence_script, registered_ports
+
+        ctx = Context(self.config)
+        try:
+            script = fence_script(self.hub.fence_table, registered_ports(ctx), hub_uid)
+        finally:
+            ctx.close()
+        if script == self._fence_script:
+            return False
+        apply_fence(self.hub.fence_table, script)
+        self._fence_script = script
+        return True
 
     def sample(self) -> int:
         """One history sample of every slot (the server's timer calls this); returns how many."""

@@ -18,7 +18,7 @@ from provisioner.errors import ConfigError
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 KEYS = frozenset({"listen", "cert", "key", "user", "bridge_socket", "pam_service", "idle_timeout",
-                  "absolute_timeout", "fail_floor_ms", "public_url", "history_every", "web_socket"})
+                  "absolute_timeout", "fail_floor_ms", "public_url", "history_every", "web_socket", "fence_table"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class HubConfig:
     public_url: str = ""
     # How often the bridge samples every slot into the charts' history.
     history_every: int = 300
+    # The nftables table (family inet) that fences app ports to their slots (appfence).
+    fence_table: str = "slotwarden_apps"
 
     @classmethod
     def from_section(cls, table: dict[str, Any], state_dir: Path) -> HubConfig:
@@ -50,7 +52,7 @@ class HubConfig:
             raise ConfigError(f"hub.{unknown[0]}: unknown key")
         values: dict[str, Any] = {"cert": state_dir / "hub" / "hub.crt", "key": state_dir / "hub" / "hub.key"}
         values.update(absolute_paths("hub", table, ("cert", "key", "bridge_socket", "web_socket")))
-        for key, pattern in (("user", _NAME), ("pam_service", _SERVICE)):
+        for key, pattern in (("user", _NAME), ("pam_service", _SERVICE), ("fence_table", _NAME)):
             if key in table:
                 v = table[key]
                 if not isinstance(v, str) or not pattern.fullmatch(v):

@@ -21,8 +21,8 @@ import pwd
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from provisioner.api.server import parse_listen
 from provisioner.config import Config
@@ -88,20 +88,23 @@ def check_ready(config: Config, hub: HubConfig) -> int:
     return uid
 
 
-def _start_sampler(bridge: Any, every: int) -> None:
-    """Sample every slot into the history now and every EVERY seconds (a failure is logged, not fatal)."""
+FENCE_EVERY = 3  # seconds between app fence checks (a reload only when the registry changed)
+
+
+def _every(name: str, seconds: float, job: Callable[[], object]) -> None:
+    """Run JOB now and every SECONDS in a daemon thread; a failure is logged, the Hub keeps serving."""
     import threading
     import time
 
     def loop() -> None:
         while True:
             try:
-                bridge.sample()
-            except Exception as exc:  # the Hub keeps serving without its charts
-                log.warning("history sample failed: %s", exc)
-            time.sleep(every)
+                job()
+            except Exception as exc:
+                log.warning("%s failed: %s", name, exc)
+            time.sleep(seconds)
 
-    threading.Thread(target=loop, name="hub-history", daemon=True).start()
+    threading.Thread(target=loop, name=f"hub-{name}", daemon=True).start()
 
 
 def start_front_door(config: Config, hub: HubConfig, user: str, group: str) -> subprocess.Popen[bytes]:
@@ -155,7 +158,8 @@ def serve(config: Config) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     bridge_server.serve_in_thread()
-    _start_sampler(bridge_server.bridge, hub.history_every)
+    _every("app fence", FENCE_EVERY, lambda: bridge_server.bridge.fence(uid))
+    _every("history sample", hub.history_every, bridge_server.bridge.sample)
     try:
         while True:  # either child ending ends the Hub (the supervisor restarts the pair)
             ended, status = os.waitpid(-1, 0)

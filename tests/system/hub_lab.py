@@ -154,6 +154,8 @@ class HubLab:
         subprocess.run([SLOTCTL, "guard", "uninstall", "--service", self.pam_service], env=self.host.env(),
                        capture_output=True, check=False)
         Path("/etc/pam.d", self.pam_service).unlink(missing_ok=True)
+        subprocess.run(["nft", "delete", "table", "inet", f"sw_apps_{self.host.prefix}"], capture_output=True,
+                       check=False)
 
 
 def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G") -> HubLab:
@@ -163,7 +165,7 @@ def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G") 
     service = f"slotwarden-hub-test-{secrets.token_hex(4)}"
     hub = (f'[hub]\nuser = "{prefix}hub"\nlisten = "127.0.0.1:{port}"\nbridge_socket = "{base}/hub-bridge.sock"\n'
            f'pam_service = "{service}"\nfail_floor_ms = 300\nhistory_every = "{history_every}"\n'
-           f'web_socket = "{base}/hub-web/hub.sock"\n'
+           f'web_socket = "{base}/hub-web/hub.sock"\nfence_table = "sw_apps_{prefix}"\n'
            f'[guard]\npair_deny = {PAIR_DENY}\nip_deny = 1000\nuser_deny = 1000\nsocket = "{base}/guard.sock"\n')
     host = make_slot_host(base, prefix, size=size, extra_config=hub)
     lab = HubLab(host, port, service)

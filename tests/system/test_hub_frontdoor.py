@@ -7,12 +7,10 @@ and the Hub's cookie never reaching an app.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,4 +158,21 @@ def test_the_front_door_runs_nginx_workers_as_the_hub_user(hub: HubLab) -> None:
         f"Uid:\t{uid}\t{uid}" in Path(f"/proc/{w}/status").read_text() for w in workers)
     web_sock = hub.host.base / "hub-web" / "hub.sock"
     assert oct(web_sock.parent.stat().st_mode & 0o777) == "0o700" and web_sock.parent.stat().st_uid == uid
-    _ = (json, time, as_user)
+
+
+def test_another_tenant_cannot_connect_to_my_apps_port(hub: HubLab, owner: tuple[str, int]) -> None:
+    name, port = owner
+    stranger = hub.create_slot()
+    probe = ("import socket, sys\ntry:\n    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)"
+             ".close()\nexcept OSError as e:\n    print('refused', e.errno)\nelse:\n    print('connected')\n")
+    script = hub.host.base / "probe.py"
+    script.write_text(probe)
+    script.chmod(0o644)
+
+    def attempt(user: str) -> str:
+        return as_user(user, f"/usr/bin/python3 {script} {port}").stdout.strip()
+
+    assert wait_for(lambda: attempt(stranger).startswith("refused"), timeout=30), attempt(stranger)  # the fence
+    assert attempt(name) == "connected"  # the slot itself still reaches its app
+    with hub.logged_in(name) as c:  # and so does the front door (the Hub's user)
+        assert c.get(f"/apps/{name}/transmission/").status_code == 401

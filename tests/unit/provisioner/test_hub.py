@@ -177,3 +177,14 @@ def test_front_door_paths_name_a_slot_and_an_app_or_nothing(uri: str) -> None:
     if got is not None:
         assert uri.startswith("/apps/") and all(c.isascii() and (c.isalnum() or c in "_-") for c in got[0] + got[1])
         assert got[0][0].isalpha() and len(got[0]) <= 31
+
+
+def test_fence_script_lists_each_port_with_its_slot_and_resets_the_rest() -> None:
+    from provisioner.hub.appfence import fence_script
+
+    script = fence_script("t", {(40002, 1002), (40001, 1001), (40003, 1001)}, hub_uid=998)
+    assert "elements = { 40001, 40002, 40003 }" in script
+    assert "elements = { 40001 . 1001, 40002 . 1002, 40003 . 1001 }" in script
+    assert "meta skuid { 0, 998 } accept" in script and script.index("accept") < script.index("reject")
+    assert script.startswith("table inet t {}\ndelete table inet t\n")  # one transaction replaces the table
+    assert "elements" not in fence_script("t", set(), 998)  # nft refuses an empty element list
