@@ -393,6 +393,8 @@ def test_apps_install_reveal_rotate_uninstall(hub: HubLab) -> None:
         r = c.post("/apps/transmission/rotate", data={"csrf": _form_token(r.text)})
         second = re.search(r'id="creds-password">([^<]+)<', r.text).group(1)
         assert second != first
+        evil = c.post("/apps/install", data={"csrf": _form_token(r.text), "app": "<script>alert(1)</script>"})
+        assert evil.status_code == 409 and "<script>alert(1)" not in evil.text
         bogus = c.post("/apps/..%2F..%2Fetc/creds", data={"csrf": _form_token(r.text)})
         assert bogus.status_code in (400, 404, 409)  # nginx (400) or the bridge (409) refuses it
         r = c.post("/apps/transmission/uninstall", data={"csrf": _form_token(r.text)})

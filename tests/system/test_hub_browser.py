@@ -183,6 +183,24 @@ def test_apps_reveal_rotate_and_password_change(hub: HubLab, page: Any) -> None:
     page.click(".app-creds[data-app=transmission]")
     assert page.text_content("#creds-password") == first
     shot(page, "apps")
+    # the app through the front door asks for its own login (transmission's basic auth) ...
+    from playwright.sync_api import Error as PlaywrightError
+
+    with pytest.raises(PlaywrightError, match="AUTH_CREDENTIALS"):
+        page.goto(f"{hub.url}/apps/{name}/transmission/transmission/web/")
+    # ... and opens with the credentials the Hub revealed, in a browser that has the Hub session
+    user = page.context.browser.new_context(ignore_https_errors=True, http_credentials={
+        "username": name, "password": first})
+    try:
+        user.add_cookies(page.context.cookies())
+        app_page = user.new_page()
+        resp = app_page.goto(f"{hub.url}/apps/{name}/transmission/transmission/web/")
+        assert resp.status == 200 and "Transmission" in app_page.title()
+        shot(app_page, "app-through-front-door")
+    finally:
+        user.close()
+    page.goto(f"{hub.url}/apps")
+    page.click(".app-creds[data-app=transmission]")
     page.click(".app-rotate[data-app=transmission]")
     assert page.text_content("#creds-password") != first
     page.click(".app-uninstall[data-app=transmission]")
