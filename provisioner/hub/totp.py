@@ -35,9 +35,15 @@ CREATE TABLE IF NOT EXISTS hub_totp (
     enabled INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     last_step INTEGER NOT NULL DEFAULT 0,
-    recovery TEXT NOT NULL DEFAULT '[]'
+    recovery TEXT NOT NULL DEFAULT '[]',
+    failures INTEGER NOT NULL DEFAULT 0,
+    failed_at REAL NOT NULL DEFAULT 0
 );
 """
+# Wrong codes for one account (across sessions: each needs the password anyway) before its
+# second factor refuses every code for FAILURE_WINDOW seconds: 10 guesses per 15 minutes.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 15 * 60
 PURPOSE = "hub-totp"
 ISSUER = "slotwarden Hub"
 _READY: weakref.WeakSet[Store] = weakref.WeakSet()
@@ -132,20 +138,35 @@ class TotpStore:
         return codes
 
     def verify(self, username: str, code: str, now: float | None = None) -> bool:
-        """A login's second factor: a fresh TOTP code, or an unused recovery code (then spent)."""
+        """A login's second factor: a fresh TOTP code, or an unused recovery code (then spent).
+
+        After MAX_FAILURES wrong codes within FAILURE_WINDOW every code is refused until the
+        window has passed since the last failure, so the 10^6 codes cannot be walked through.
+        """
+        now = time.time() if now is None else now
         row = self._row(username)
         if row is None or not row["enabled"]:
             return False
-        if self._check(username, code, row, time.time() if now is None else now):
+        recent = row["failures"] if now - row["failed_at"] < FAILURE_WINDOW else 0
+        if recent >= MAX_FAILURES:
+            return False
+        if self._check(username, code, row, now):
+            self._set_failures(username, 0, 0.0)
             return True
         hashes: list[str] = json.loads(row["recovery"])
         h = _code_hash(code) if isinstance(code, str) and len(code) < 64 else ""
         if h in hashes:
             hashes.remove(h)
             with self.store.transaction() as db:
-                db.execute("UPDATE hub_totp SET recovery = ? WHERE username = ?", (json.dumps(hashes), username))
+                db.execute("UPDATE hub_totp SET recovery = ?, failures = 0 WHERE username = ?",
+                           (json.dumps(hashes), username))
             return True
+        self._set_failures(username, recent + 1, now)
         return False
+
+    def _set_failures(self, username: str, n: int, at: float) -> None:
+        with self.store.transaction() as db:
+            db.execute("UPDATE hub_totp SET failures = ?, failed_at = ? WHERE username = ?", (n, at, username))
 
     def recovery_left(self, username: str) -> int:
         row = self._row(username)

@@ -188,3 +188,26 @@ def test_fence_script_lists_each_port_with_its_slot_and_resets_the_rest() -> Non
     assert "meta skuid { 0, 998 } accept" in script and script.index("accept") < script.index("reject")
     assert script.startswith("table inet t {}\ndelete table inet t\n")  # one transaction replaces the table
     assert "elements" not in fence_script("t", set(), 998)  # nft refuses an empty element list
+
+
+def test_totp_codes_are_single_use_and_guessing_is_capped(tmp_path: Path) -> None:
+    import pyotp
+
+    from provisioner.apps.vault import Vault
+    from provisioner.hub.totp import FAILURE_WINDOW, MAX_FAILURES, TotpStore
+
+    t = TotpStore(Store(tmp_path / "db"), Vault(tmp_path / "key"))
+    e = t.begin("alice")
+    now = 1_800_000_000.0
+    codes = t.confirm("alice", pyotp.TOTP(e.secret).at(now), now=now)
+    assert codes is not None and len(set(codes)) == 10
+    assert not t.verify("alice", pyotp.TOTP(e.secret).at(now), now=now + 1)  # replay of the same step
+    nxt = pyotp.TOTP(e.secret).at(now + 30)
+    for _ in range(MAX_FAILURES):
+        assert not t.verify("alice", "000000" if nxt != "000000" else "111111", now=now + 31)
+    assert not t.verify("alice", nxt, now=now + 32)  # capped: even the right code waits
+    assert not t.verify("alice", codes[0], now=now + 33)
+    later = now + 32 + FAILURE_WINDOW
+    assert t.verify("alice", pyotp.TOTP(e.secret).at(later), now=later)
+    assert t.verify("alice", codes[0], now=later + 1) and not t.verify("alice", codes[0], now=later + 2)
+    assert t.recovery_left("alice") == 9
