@@ -6,8 +6,8 @@ SLOTCTL := $(VENV)/bin/slotctl
 # Debian packages the project uses at run time and in its tests.
 APT_PACKAGES := btrfs-progs openssh-server openssh-client libpam0g-dev gcc make supervisor quota \
 	python3 python3-venv python3-dev sshpass iproute2 procps psmisc acl sudo util-linux \
-	transmission-daemon wordpress php-fpm php-mysql php-cli nginx-light mariadb-server mariadb-client systemd \
-	cron at prometheus
+	transmission-daemon wordpress php-fpm php-mysql php-cli nginx-light mariadb-server mariadb-client systemd nftables \
+	chromium cron at prometheus
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -y -qq
 DEMO_IMAGE ?= /var/lib/slotwarden/slots.img
 DEMO_SIZE ?= 4G
@@ -70,6 +70,7 @@ bench: venv
 	$(PY) bench/metrics.py
 	$(PY) bench/api.py
 	$(PY) bench/fleet.py
+	$(PY) bench/hub.py
 
 # The VM lab (Vagrant + libvirt, software-emulated QEMU) and the Debian 12 box it boots, built
 # offline from Debian's archive. See "Testing in VMs" in the README.

@@ -186,6 +186,18 @@ def parse_duration(value: object, key: str) -> int:
     raise ConfigError(f"{key}: expected a duration like 15m, 24h or 30d, got {str(value)[:40]!r}")
 
 
+def absolute_paths(section: str, table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Path]:
+    """The KEYS of a raw section TABLE that are present, each an absolute path (errors name the key)."""
+    out: dict[str, Path] = {}
+    for key in keys:
+        if key in table:
+            v = table[key]
+            if not isinstance(v, str) or not v.startswith("/"):
+                raise ConfigError(f"{section}.{key}: expected an absolute path")
+            out[key] = Path(v)
+    return out
+
+
 def _convert(key: str, current: object, value: object) -> object:
     """Coerce VALUE to the type of the default CURRENT, naming KEY on error."""
     if isinstance(current, bool):

@@ -43,15 +43,30 @@ def guard_program(config_file: Path) -> Program:
 
 
 def supervise_guard(config_file: Path, dry_run: bool = False) -> dict[str, Any]:
-    """Put the guard service under the host's supervisor and wait until it runs."""
+    """Put the guard service under the host's supervisor and wait until it runs.
+
+    Under systemd: the socket unit before ssh.service and the socket-activated service
+    (:func:`supervise_guard_systemd`); elsewhere the supervisord program of :func:`guard_program`.
+    """
+    from provisioner.context import Context
+
+    ctx = Context()
+    try:
+        systemd = supervisor_for(ctx).name == "systemd"
+    finally:
+        ctx.close()
+    if systemd:
+        return supervise_guard_systemd(guard_config(config_file), config_file, dry_run=dry_run)
+    return supervise_program(guard_program(config_file), dry_run)
+
+
+def supervise_program(program: Program, dry_run: bool = False) -> dict[str, Any]:
+    """Put a root service (the guard, the Hub) under the host's supervisor and wait until it runs."""
     from provisioner.context import Context
 
     ctx = Context()
     try:
         backend = supervisor_for(ctx)
-        if backend.name == "systemd":
-            return supervise_guard_systemd(guard_config(config_file), config_file, dry_run=dry_run)
-        program = guard_program(config_file)
         out: dict[str, Any] = {"supervisor": backend.name, "program": program.name, "changed": False}
         before = backend.status(program.name) if backend.is_running() else None
         out["before"] = before.as_dict() if before else None

@@ -48,7 +48,7 @@ RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
 # Packages that register extensions when imported; a package that is absent is skipped.
 EXTENSION_MODULES: list[str] = ["provisioner.supervisor", "provisioner.limits", "provisioner.apps",
                                 "provisioner.metrics", "provisioner.lifecycle", "provisioner.support",
-                                "provisioner.notices"]
+                                "provisioner.notices", "provisioner.hub.hostinit"]
 
 
 def _load_extensions() -> None:

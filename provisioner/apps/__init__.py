@@ -57,6 +57,7 @@ class AppSettings:
     shared_dir: Path = Path("/opt/slotwarden/apps")
     ready_timeout: int = 120
     per_app: dict[str, dict[str, Any]] = field(default_factory=dict)
+    frontdoor_base: str = ""  # https://HOST[:PORT] of the Hub's front door ([hub] listen / public_url)
 
     @property
     def port_range(self) -> range:
@@ -203,7 +204,11 @@ def get_app(name: str) -> App:
 
 
 def settings_of(ctx: Context) -> AppSettings:
-    return AppSettings.from_config(ctx.config.section("apps"))
+    from dataclasses import replace
+
+    from provisioner.hub.frontdoor import public_base
+
+    return replace(AppSettings.from_config(ctx.config.section("apps")), frontdoor_base=public_base(ctx.config))
 
 
 def registry_of(ctx: Context) -> AppRegistry:
@@ -221,9 +226,12 @@ class AppCredentials:
     url: str
     secrets: dict[str, str] = field(repr=False)
 
+    frontdoor_url: str = ""  # https://HOST/apps/<slot>/<app>/ when the Hub's front door serves it
+
     def as_dict(self) -> dict[str, Any]:
         return {"slot": self.slot, "app": self.app, "username": self.username, "password": self.password,
-                "url": self.url, **{k: v for k, v in self.secrets.items() if k != "password"}}
+                "url": self.url, "frontdoor_url": self.frontdoor_url,
+                **{k: v for k, v in self.secrets.items() if k != "password"}}
 
 
 def _slot_for_apps(ctx: Context, username: str, *, creating: bool = False) -> SlotRecord:
@@ -244,7 +252,13 @@ def _installation(ctx: Context, rec: SlotRecord, app: App, ports: dict[str, int]
 
 def _credentials(app: App, inst: Installation, secrets_: dict[str, str]) -> AppCredentials:
     return AppCredentials(inst.username, app.name, app.login_name(inst), secrets_["password"], app.url(inst),
-                          secrets_)
+                          secrets_, frontdoor_url(inst))
+
+
+def frontdoor_url(inst: Installation) -> str:
+    """The app's address through the Hub's front door."""
+    base = inst.settings.frontdoor_base
+    return f"{base}/apps/{inst.username}/{inst.app}/" if base else ""
 
 
 def _write_owner_copy(app: App, inst: Installation, secrets_: dict[str, str]) -> None:
@@ -252,17 +266,25 @@ def _write_owner_copy(app: App, inst: Installation, secrets_: dict[str, str]) ->
     inst.write(CREDENTIALS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
 
 
-def wait_listening(port: int, timeout: float) -> None:
-    """Wait until something accepts TCP connections on 127.0.0.1:PORT."""
+def wait_listening(port: int, timeout: float, uid: int) -> None:
+    """Wait until the slot's own process (UID) listens on 127.0.0.1:PORT; a stranger's listener fails.
+
+    Whoever answers is not enough: while the app was down another user may have bound the port.
+    """
+    from provisioner.apps.listeners import ListenerRefused, check_owner, listener_owners
+
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SlotError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s") from None
-            time.sleep(0.2)
+        if listener_owners(port):
+            check_owner(port, uid)  # raises ListenerRefused for a squatter, at once
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise ListenerRefused(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
+        time.sleep(0.2)
 
 
 def stop_leftovers(inst: Installation) -> int:
@@ -363,7 +385,7 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
             wait_closed(list(inst().ports.values()))
 
     def ready() -> None:
-        wait_listening(inst().port, settings.ready_timeout)
+        wait_listening(inst().port, settings.ready_timeout, inst().uid)
         app.after_start(ctx, inst(), state["secrets"])
 
     def activate() -> None:
@@ -529,7 +551,7 @@ def _rotate(ctx: Context, username: str, app_name: str) -> AppCredentials:
 
     def apply_new() -> None:
         app.rotate(ctx, inst, old, new, sup)
-        wait_listening(inst.port, settings.ready_timeout)
+        wait_listening(inst.port, settings.ready_timeout, inst.uid)
 
     def restore_old() -> None:
         app.rotate(ctx, inst, new, old, sup)
@@ -564,7 +586,7 @@ def app_status(ctx: Context, username: str) -> list[dict[str, Any]]:
             progs = [sup.status(p.name) for p in app.programs(ctx, inst)]
             row.update(running=bool(progs) and all(p.running for p in progs),
                        pid=progs[0].pid if progs else None, since=progs[0].since if progs else None,
-                       url=app.url(inst), programs=[p.as_dict() for p in progs])
+                       url=app.url(inst), frontdoor_url=frontdoor_url(inst), programs=[p.as_dict() for p in progs])
         out.append(row)
     return out
 

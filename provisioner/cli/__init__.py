@@ -33,6 +33,7 @@ GROUPS: dict[str, str] = {
     "guard": "provisioner.cli.guard:guard",
     "support": "provisioner.cli.support:support",
     "notice": "provisioner.cli.notice:notice",
+    "hub": "provisioner.cli.hub:hub",
 }
 
 

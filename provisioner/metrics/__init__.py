@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from provisioner import accounts, slots
+from provisioner.config import absolute_paths
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.metrics.kernel import CgroupFigures, Proc, SlotMetrics, disk_space, from_cgroup, loadavg
@@ -91,12 +92,7 @@ class MetricsConfig:
         if backend != "auto" and backend not in BACKENDS:
             raise ConfigError(f"metrics.backend: expected auto or one of {', '.join(sorted(BACKENDS))}")
         values["backend"] = backend
-        for key in ("cgroup_root", "facts_dir", "me_path"):
-            if key in table:
-                v = table[key]
-                if not isinstance(v, str) or not v.startswith("/"):
-                    raise ConfigError(f"metrics.{key}: expected an absolute path")
-                values[key] = Path(v)
+        values.update(absolute_paths("metrics", table, ("cgroup_root", "facts_dir", "me_path")))
         if "cgroup_parent" in table:
             v = table["cgroup_parent"]
             if not isinstance(v, str) or not v or v.startswith("/") or ".." in v.split("/"):

@@ -30,6 +30,18 @@ def _must_be_root() -> None:
         pytest.fail("system tests need root (they create real users, mounts and PAM stacks)", pytrace=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_hub_user() -> Iterator[None]:
+    """Labs that run host init without a [hub] section make the default Hub user: remove it after."""
+    from provisioner.hub import HubConfig
+
+    name = HubConfig().user
+    existed = subprocess.run(["id", "-u", name], capture_output=True).returncode == 0
+    yield
+    if not existed:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
 @dataclass
 class SlotHost:
     """A prepared slot host: its own config, state dir and btrfs slots root."""
@@ -59,11 +71,13 @@ def make_slot_host(base: Path, prefix: str, size: str = "1G", extra_config: str 
     cfg = base / "slotwarden.toml"
     # Everything host-wide goes under BASE: cgroups of our own parent, facts, slotwarden-me,
     # and a guard socket nobody else serves.
+    # host init makes the Hub's system user: a per-run name, removed at teardown.
+    hub = "" if "[hub]" in extra_config else f'[hub]\nuser = "{prefix}hub"\n'
     cfg.write_text(
-        f'state_dir = "{base / "state"}"\n{extra_config}\n'
+        f'state_dir = "{base / "state"}"\n{extra_config}\n{hub}'
         f'[metrics]\ncgroup_parent = "slotwarden-{prefix}"\nfacts_dir = "{base / "facts"}"\n'
         f'me_path = "{base / "bin" / "slotwarden-me"}"\n'
-        f'[guard]\nsocket = "{base / "guard.sock"}"\n'
+        + ("" if "[guard]" in extra_config else f'[guard]\nsocket = "{base / "guard.sock"}"\n')
     )
     ctx = Context(load_config(cfg))
     req = parse_host_request(ctx, str(base / "slots"), "btrfs", str(base / "slots.img"), size, True, False)
@@ -84,7 +98,14 @@ def teardown_slot_host(host: SlotHost) -> None:
             remove_slot(ctx, rec.username)
         except Exception as exc:  # keep tearing down; report at the end
             errors.append(f"{rec.username}: {exc}")
+    from provisioner.hub import hub_config
+
+    hub_user = hub_config(ctx.config).user
     ctx.close()
+    hub_acct = accounts.lookup_user(hub_user)
+    if hub_acct and hub_user.startswith(host.prefix):
+        accounts.stop_processes(hub_acct.uid)  # a Hub web process or nginx worker still exiting
+        subprocess.run(["userdel", hub_user], check=False, capture_output=True)
     for line in Path("/etc/passwd").read_text().splitlines():
         name = line.split(":", 1)[0]
         if name.startswith(host.prefix):
