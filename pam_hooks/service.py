@@ -64,6 +64,28 @@ class _Conn:
         self.outbuf = b""
 
 
+def inherited_listener() -> socket.socket | None:
+    """The listening socket systemd passed as fd 3 (sd_listen_fds protocol), or None.
+
+    Only when LISTEN_PID names this process; the variables are removed so no child inherits them.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        count = 0
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    if count < 1:
+        return None
+    sock = socket.socket(fileno=3)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise RuntimeError("the socket passed by systemd is not a Unix stream socket")
+    return sock
+
+
 class GuardService:
     """Owns the socket, the store connection and the policy; ``run()`` blocks."""
 
@@ -79,6 +101,7 @@ class GuardService:
         self.policy = LockoutPolicy(cfg, self.conn, blocker, clock)
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
+        self.inherited = False  # systemd owns the socket file then: never unlink it
         self.running = False
         self.started = clock()
         self.handled = 0
@@ -86,7 +109,18 @@ class GuardService:
     # -- socket --------------------------------------------------------------
 
     def bind(self) -> None:
-        """Create the root-only socket; refuse if another guard already answers on it."""
+        """Create the root-only socket; refuse if another guard already answers on it.
+
+        Started by ``slotwarden-guard.socket`` (systemd's LISTEN_FDS), it takes that socket
+        instead: it exists before sshd and survives a restart of the service.
+        """
+        inherited = inherited_listener()
+        if inherited is not None:
+            inherited.setblocking(False)
+            self.sel.register(inherited, selectors.EVENT_READ, None)
+            self.listener = inherited
+            self.inherited = True
+            return
         path = self.cfg.socket
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         if path.exists():
@@ -279,6 +313,7 @@ class GuardService:
             key.fileobj.close()  # type: ignore[union-attr]
         self.sel.close()
         if self.listener is not None:
-            Path(self.cfg.socket).unlink(missing_ok=True)
+            if not self.inherited:
+                Path(self.cfg.socket).unlink(missing_ok=True)
             self.listener = None
         self.conn.close()
