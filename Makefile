@@ -54,7 +54,8 @@ demo: venv
 pam: deps
 	$(MAKE) -C pam_hooks/c
 
-test: venv apps-shared pam
+# deb: tests/system/test_deb_package.py installs, reinstalls and purges it in a Debian 12 chroot.
+test: venv apps-shared pam deb
 	$(VENV)/bin/pytest -q tests/unit tests/system
 
 test-unit: venv
@@ -109,9 +110,10 @@ deb: deb-deps
 deb-lint: deb
 	lintian --fail-on error,warning --info $(DEB_FILE)
 
-# Install, reinstall (the upgrade path), purge in a throw-away Debian 12 chroot; diff before/after.
-deb-test: deb
-	tests/deb/chroot-test.sh $(DEB_FILE)
+# Install, reinstall (the upgrade path), purge in a throw-away Debian 12 chroot; diff before/after
+# (also part of `make test`).
+deb-test: venv deb
+	$(VENV)/bin/pytest -q tests/system/test_deb_package.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ out=${1:?usage: footprint.sh FILE}
   echo "## groups"; getent group | cut -d: -f1,3,4 | sort
   echo "## named slotwarden"
   find / -xdev \( -path /proc -o -path /sys -o -path /dev \) -prune -o -iname '*slotwarden*' -print \
-    | grep -v -x -e /etc/ssh/sshd_config.d/50-slotwarden.conf | sort
+    | { grep -v -x -e /etc/ssh/sshd_config.d/50-slotwarden.conf || true; } | sort
   echo "## /run/slotwarden /var/lib/slotwarden /etc/slotwarden /var/cache/slotwarden /usr/lib/slotwarden"
   ls -d /run/slotwarden /var/lib/slotwarden /etc/slotwarden /var/cache/slotwarden /usr/lib/slotwarden 2>/dev/null || true
 } > "$out"
