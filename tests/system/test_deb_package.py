@@ -111,7 +111,7 @@ def test_install_reinstall_purge_leaves_the_tree_as_it_was(tree: Path) -> None:
     # the conffile is the defaults; tmpfiles, man pages, completion
     assert "/etc/slotwarden/slotwarden.toml" in inside(tree, "dpkg-query", "-W", "-f=${Conffiles}",
                                                        "slotwarden").stdout
-    assert "d /run/slotwarden 0700 root root" in (tree / "usr/lib/tmpfiles.d/slotwarden.conf").read_text()
+    assert "d /run/slotwarden 0755 root root" in (tree / "usr/lib/tmpfiles.d/slotwarden.conf").read_text()
     man = {p.name for p in (tree / "usr/share/man/man8").glob("slotctl*.8.gz")}
     assert {"slotctl.8.gz", "slotctl-slot.8.gz", "slotctl-guard.8.gz", "slotctl-retention.8.gz"} <= man
     words = inside(tree, "slotctl", env={"_SLOTCTL_COMPLETE": "bash_complete", "COMP_WORDS": "slotctl gu",

@@ -42,6 +42,13 @@ def test_guard_socket_is_the_configured_one_and_comes_before_sshd() -> None:
     assert sock["Socket"]["ListenStream"] == str(GuardConfig().socket)
     assert sock["Socket"]["SocketMode"] == "0600"
     assert "ssh.service" in sock["Unit"]["Before"].split()
+    # tenants traverse /run/slotwarden to their metrics facts (metrics.facts_dir lives below it)
+    assert int(sock["Socket"]["DirectoryMode"], 8) & 0o001
+    from provisioner.metrics import MetricsConfig
+
+    assert MetricsConfig().facts_dir.parent == GuardConfig().socket.parent
+    tmpfiles = (DEBIAN / "slotwarden.tmpfiles").read_text()
+    assert "d /run/slotwarden 0755 root root -" in tmpfiles
     service = _unit("slotwarden-guard.service")
     assert "slotwarden-guard.socket" in service["Unit"]["Requires"]
     assert service["Service"]["ExecStart"] == "/usr/sbin/slotctl guard serve"
