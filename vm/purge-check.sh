@@ -12,14 +12,18 @@ IFS=, read -r -a names <<< "$slots"
 for s in "${names[@]}"; do
   [[ -n $s ]] && on_vm "sudo slotctl --json slot remove $(printf %q "$s") >/dev/null"
 done
-on_vm "sudo dpkg -L slotwarden" > "$logs/package-files.txt"
+# Nothing on stdin (vagrant ssh -c does not promise to pass it): the footprint script travels
+# in the command line, base64-encoded.
+footprint=$(base64 -w0 "$here/footprint.sh")
+on_vm "sudo dpkg -L slotwarden | sudo tee /var/tmp/package-files.txt >/dev/null"
 on_vm "sudo DEBIAN_FRONTEND=noninteractive apt-get purge -y -q slotwarden" > "$logs/purge.txt" 2>&1
-on_vm "sudo bash -s /var/tmp/footprint-after.txt" < "$here/footprint.sh"
+on_vm "echo $footprint | base64 -d > /var/tmp/footprint.sh; sudo bash /var/tmp/footprint.sh /var/tmp/footprint-after.txt"
 on_vm "sudo cat /var/tmp/footprint-before.txt" > "$logs/footprint-before.txt"
 on_vm "sudo cat /var/tmp/footprint-after.txt" > "$logs/footprint-after.txt"
+on_vm "cat /var/tmp/package-files.txt" > "$logs/package-files.txt"
 # Every file the package had is gone (its directories may be shared, e.g. /lib/systemd/system).
-on_vm "for f in \$(cat); do [ -d \"\$f\" ] || [ ! -e \"\$f\" ] || echo \"left: \$f\"; done" \
-  < "$logs/package-files.txt" > "$logs/package-files-left.txt"
+on_vm 'while read -r f; do [ -d "$f" ] || [ ! -e "$f" ] || echo "left: $f"; done < /var/tmp/package-files.txt' \
+  > "$logs/package-files-left.txt"
 rc=0
 if ! diff -u "$logs/footprint-before.txt" "$logs/footprint-after.txt" > "$logs/footprint.diff"; then
   echo "purge check: the host differs from before site.yml:" >&2; cat "$logs/footprint.diff" >&2; rc=1
