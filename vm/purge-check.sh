@@ -6,7 +6,7 @@
 set -euo pipefail
 vm=${1:?} slots=${2:-} logs=${3:?}
 here=$(cd "$(dirname "$0")" && pwd)
-on_vm() { timeout -k 10 300 vagrant ssh "$vm" -c "$1" -- -o LogLevel=ERROR; }
+on_vm() { timeout -k 10 300 vagrant ssh "$vm" --no-tty -c "$1" -- -o LogLevel=ERROR; }
 
 IFS=, read -r -a names <<< "$slots"
 for s in "${names[@]}"; do
@@ -22,8 +22,8 @@ on_vm "sudo cat /var/tmp/footprint-before.txt" > "$logs/footprint-before.txt"
 on_vm "sudo cat /var/tmp/footprint-after.txt" > "$logs/footprint-after.txt"
 on_vm "cat /var/tmp/package-files.txt" > "$logs/package-files.txt"
 # Every file the package had is gone (its directories may be shared, e.g. /lib/systemd/system).
-on_vm 'while read -r f; do [ -d "$f" ] || [ ! -e "$f" ] || echo "left: $f"; done < /var/tmp/package-files.txt' \
-  > "$logs/package-files-left.txt"
+on_vm "sudo sh -c 'while read -r f; do [ -d \"\$f\" ] || [ ! -e \"\$f\" ] || echo \"left: \$f\"; done' \
+  < /var/tmp/package-files.txt" > "$logs/package-files-left.txt"
 rc=0
 if ! diff -u "$logs/footprint-before.txt" "$logs/footprint-after.txt" > "$logs/footprint.diff"; then
   echo "purge check: the host differs from before site.yml:" >&2; cat "$logs/footprint.diff" >&2; rc=1
