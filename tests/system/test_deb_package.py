@@ -1,11 +1,12 @@
-"""The .deb, piuparts-style: install, reinstall (the upgrade path), purge in a throw-away Debian 12.
+"""The .deb, piuparts-style: install, reinstall, upgrade, purge in a throw-away Debian 12.
 
 A minbase bookworm tree from ``mmdebstrap`` with what the package depends on, entered with
-``chroot`` in namespaces of its own (mount, PID with its own /proc, network: none). The package built by
-``make deb`` (``build/deb/``; ``make test`` builds it first) is installed with dpkg, checked
-(``slotctl --version``, the guard in common-auth/common-account, the units enabled or not,
-man pages, completion), installed again over itself, then purged; every file of the tree is
-compared before and after. Nothing here touches this machine's own packages or PAM stack.
+``chroot`` in namespaces of its own (mount, PID with its own /proc, network: none).
+The package built by ``make deb`` (``build/deb/``; ``make test`` builds it first) is installed
+with dpkg, checked (``slotctl --version``, the guard in common-auth/common-account, the units
+enabled or not, man pages, completion), installed again over itself, upgraded to a repacked
+higher version, then purged; every file of the tree is compared before and after. Nothing
+here touches this machine's own packages or PAM stack.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ NOISE = ("var/log/", "var/cache/debconf/", "var/lib/dpkg/", "var/cache/ldconfig/
 
 
 def the_package() -> Path:
+    """build/deb's package, or the one $SLOTWARDEN_DEB names."""
+    if os.environ.get("SLOTWARDEN_DEB"):
+        return Path(os.environ["SLOTWARDEN_DEB"])
     debs = sorted((REPO / "build" / "deb").glob("slotwarden_*.deb"))
     if len(debs) != 1:
         pytest.fail(f"expected one package in build/deb (run 'make deb'), found {debs}")
@@ -63,6 +67,23 @@ def inside(os_dir: Path, *argv: str, check: bool = True, env: dict[str, str] | N
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} exited {proc.returncode}: {proc.stdout}{proc.stderr}")
     return proc
+
+
+def repack_newer(deb: Path, into: Path) -> Path:
+    """The same package with a higher version, to exercise the upgrade path of the scripts."""
+    work = Path(tempfile.mkdtemp(prefix="swdeb-repack-", dir="/var/tmp"))
+    try:
+        subprocess.run(["dpkg-deb", "-R", str(deb), str(work / "pkg")], check=True, capture_output=True)
+        control = work / "pkg" / "DEBIAN" / "control"
+        lines = control.read_text().splitlines()
+        lines = [ln + "+upgrade1" if ln.startswith("Version: ") else ln for ln in lines]
+        control.write_text("\n".join(lines) + "\n")
+        out = into / deb.name.replace(".deb", "+upgrade1.deb")
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(work / "pkg"), str(out)],
+                       check=True, capture_output=True)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def footprint(os_dir: Path) -> dict[str, str]:
@@ -131,11 +152,17 @@ def test_install_reinstall_purge_leaves_the_tree_as_it_was(tree: Path) -> None:
     inside(tree, "dpkg", "-i", f"/tmp/{deb.name}")
     assert (tree / "etc/pam.d/common-auth").read_text() == stack
 
-    # An operator's edit of the conffile survives a reinstall.
+    # An upgrade to a newer version (the same files repacked as VERSION+upgrade1): the old prerm
+    # and postrm run with "upgrade", the new postinst with the old version; an operator's edit of
+    # the conffile survives, the PAM stack is as it was.
     conf = tree / "etc/slotwarden/slotwarden.toml"
     conf.write_text(conf.read_text() + "\n# edited by the operator\n")
-    inside(tree, "dpkg", "--force-confold", "-i", f"/tmp/{deb.name}")
+    newer = repack_newer(deb, tree / "tmp")
+    inside(tree, "dpkg", "--force-confold", "-i", f"/tmp/{newer.name}")
+    assert inside(tree, "dpkg-query", "-W", "-f=${Version}", "slotwarden").stdout.endswith("+upgrade1")
     assert conf.read_text().endswith("# edited by the operator\n")
+    assert (tree / "etc/pam.d/common-auth").read_text() == stack
+    newer.unlink()
 
     # As if the guard had run: state it made goes with the purge.
     (tree / "var/lib/slotwarden").mkdir(exist_ok=True)
