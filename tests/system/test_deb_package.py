@@ -174,3 +174,11 @@ def test_install_reinstall_purge_leaves_the_tree_as_it_was(tree: Path) -> None:
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
     assert (added, removed, changed) == ([], [], []), {"added": added, "removed": removed, "changed": changed}
+
+
+def test_lintian_clean() -> None:
+    """No error or warning; the tags left are explained in debian/slotwarden.lintian-overrides."""
+    proc = subprocess.run(["lintian", "--fail-on", "error,warning", "--info", str(the_package())],
+                          capture_output=True, text=True, timeout=600)
+    tags = [ln for ln in proc.stdout.splitlines() if ln[:2] in ("E:", "W:", "I:")]
+    assert proc.returncode == 0 and not tags, proc.stdout + proc.stderr
