@@ -16,7 +16,7 @@ DEMO_SLOT ?= demo
 # The apps' shared read-only installs (JupyterLab from PyPI), one venv per app.
 APPS_SHARED ?= /opt/slotwarden/apps
 
-.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean pam vm-deps vm-box vm-test
+.PHONY: deps venv apps-shared demo test test-unit test-system lint bench clean pam vm-deps vm-box vm-test deb deb-deps deb-lint deb-test
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -55,7 +55,8 @@ demo: venv
 pam: deps
 	$(MAKE) -C pam_hooks/c
 
-test: venv apps-shared pam
+# deb: tests/system/test_deb_package.py installs, reinstalls and purges it in a Debian 12 chroot.
+test: venv apps-shared pam deb
 	$(VENV)/bin/pytest -q tests/unit tests/system
 
 test-unit: venv
@@ -85,6 +86,36 @@ vm-box: vm-deps
 
 vm-test: venv vm-deps
 	vm/lab.sh test
+
+# The .deb (debian/, see "Production install (.deb)" in the README): built from a copy of this
+# checkout's files (tracked and untracked, .gitignore respected) so dpkg-buildpackage's output
+# lands in build/deb/ and never beside the checkout.
+DEB_APT_PACKAGES := debhelper dh-virtualenv dpkg-dev fakeroot lintian libpam0g-dev gcc make python3-venv \
+	python3-click python3-rich python3-psutil python3-pyroute2 python3-cryptography mmdebstrap
+DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
+DEB_FILE = build/deb/slotwarden_$(DEB_VERSION)_$(shell dpkg --print-architecture).deb
+
+deb-deps:
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(DEB_APT_PACKAGES)"
+
+deb: deb-deps
+	@test "$(DEB_VERSION)" = "$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)" || \
+	  { echo "debian/changelog ($(DEB_VERSION)) and pyproject.toml disagree on the version" >&2; exit 2; }
+	rm -rf build/deb && mkdir -p build/deb/src
+	git ls-files -z -co --exclude-standard | xargs -0 cp --parents -t build/deb/src
+	cd build/deb/src && dpkg-buildpackage -b -us -uc --no-sign -rfakeroot >../build.log 2>&1 || \
+	  { tail -40 ../build.log; exit 1; }
+	rm -rf build/deb/src
+	@echo "built $(DEB_FILE)"
+
+# lintian: clean but for the tags debian/slotwarden.lintian-overrides explains.
+deb-lint: deb
+	lintian --fail-on error,warning --info $(DEB_FILE)
+
+# Install, reinstall (the upgrade path), purge in a throw-away Debian 12 chroot; diff before/after
+# (also part of `make test`).
+deb-test: venv deb
+	$(VENV)/bin/pytest -q tests/system/test_deb_package.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -42,7 +42,8 @@ def lab_inventory(root: Path) -> Path:
         "slotwarden_loopback_size": "2G", "slotwarden_loopback_root": root / "slots",
         "slotwarden_persist": "false", "slotwarden_link_slotctl": "false",
         "slotwarden_sshd_dropin": root / "sshd/50-slotwarden.conf", "slotwarden_sshd_reload": "false",
-        "slotwarden_wheelhouse": root / "wheelhouse",
+        # a venv under root/opt: a package would install host-wide
+        "slotwarden_install": "wheelhouse", "slotwarden_wheelhouse": root / "wheelhouse",
         # this machine's own PAM stack and guard are not the bench's to change
         "slotwarden_guard": "false",
     }

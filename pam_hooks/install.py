@@ -288,8 +288,11 @@ def uninstall(cfg: GuardConfig, service: str, pam_dir: Path = Path("/etc/pam.d")
 PROFILES = ("slotwarden", "slotwarden-authsucc")
 
 
-def pam_auth_update_profiles(cfg: GuardConfig) -> dict[str, str]:
+def pam_auth_update_profiles(cfg: GuardConfig, enabled_by_default: bool = False) -> dict[str, str]:
     """The two profiles for /usr/share/pam-configs (enable both with pam-auth-update).
+
+    ``enabled_by_default`` writes ``Default: yes`` (the .deb's profiles: its postinst's
+    ``pam-auth-update --package`` enables them unless the operator turned them off before).
 
     ``slotwarden`` puts the preauth line first in common-auth's primary block
     (priority above pam_unix's 256, so pam_unix takes the password it obtained
@@ -300,10 +303,11 @@ def pam_auth_update_profiles(cfg: GuardConfig) -> dict[str, str]:
     args = module_args(cfg)
     tolerant = tolerates_missing_module(cfg)
     pre, acc = control("requisite", tolerant), control("required", tolerant)
+    default = "yes" if enabled_by_default else "no"
     return {
         "slotwarden": (
             "Name: slotwarden login guard (record failed logins, refuse locked users and addresses)\n"
-            "Default: no\nPriority: 1024\n"
+            f"Default: {default}\nPriority: 1024\n"
             "Auth-Type: Primary\n"
             f"Auth:\n\t{pre}\t{MODULE} {args}\n"
             f"Auth-Initial:\n\t{pre}\t{MODULE} {args}\n"
@@ -312,7 +316,7 @@ def pam_auth_update_profiles(cfg: GuardConfig) -> dict[str, str]:
         ),
         "slotwarden-authsucc": (
             "Name: slotwarden login guard, success hook (enable together with 'slotwarden')\n"
-            "Default: no\nPriority: 1024\n"
+            f"Default: {default}\nPriority: 1024\n"
             "Auth-Type: Additional\n"
             f"Auth:\n\toptional\t{MODULE} authsucc {args}\n"
         ),
@@ -320,10 +324,10 @@ def pam_auth_update_profiles(cfg: GuardConfig) -> dict[str, str]:
 
 
 def write_pam_auth_update_profiles(cfg: GuardConfig, directory: Path = Path("/usr/share/pam-configs"),
-                                   dry_run: bool = False) -> list[str]:
+                                   dry_run: bool = False, enabled_by_default: bool = False) -> list[str]:
     """Write both profiles (0644); returns their paths. Enabling them is pam-auth-update's job."""
     paths = []
-    for name, text in pam_auth_update_profiles(cfg).items():
+    for name, text in pam_auth_update_profiles(cfg, enabled_by_default).items():
         path = directory / name
         paths.append(str(path))
         if not dry_run:

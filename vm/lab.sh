@@ -6,7 +6,7 @@
 #
 # Layout of one run:
 #   root namespace:  a prohibit route for 198.51.100.0/24 (so nothing here can route lab
-#                    addresses out through the machine's gateway), the box and wheelhouse builds
+#                    addresses out through the machine's gateway), the box and package builds
 #   netns swv-lab-*: virtlogd + libvirtd (started here, stopped by PID), the libvirt networks,
 #                    dnsmasq, QEMU, vagrant and pytest. libvirt's `default` network never starts.
 # Every step that can hang runs under `timeout -k`. Needs root.
@@ -73,16 +73,15 @@ outer() {
   ip netns add "$ns"
   ip -n "$ns" link set lo up
 
-  # site.yml builds and copies a wheelhouse from this checkout; inside the namespace there is no
-  # index to fetch dependencies (or the build backend) from, so they are fetched here first.
-  log "building the wheelhouse from $top"
-  local py=$top/.venv/bin/python
-  [[ -x $py ]] || die "no $py: run 'make venv' first"
-  SOURCE_DATE_EPOCH=315532800 timeout -k 20 600 "$py" -m pip wheel --quiet --disable-pip-version-check \
-    -w "$work/wheelhouse" "$top" setuptools >&2 || die "wheelhouse build failed"
+  # site.yml installs the package built from this checkout (make deb); inside the namespace
+  # there is no index to fetch the bundled web stack (or the build backend) from.
+  log "building the package from $top (make deb)"
+  timeout -k 20 900 make -C "$top" --no-print-directory deb >&2 || die "make deb failed"
+  local deb
+  deb=$(ls "$top"/build/deb/slotwarden_*.deb) || die "make deb left no package"
 
   SLOTWARDEN_LAB_NS=$ns SLOTWARDEN_LAB_WORK=$work SLOTWARDEN_LAB_RUN=$run_id \
-  SLOTWARDEN_LAB_BOX=$box SLOTWARDEN_WHEELHOUSE=$work/wheelhouse \
+  SLOTWARDEN_LAB_BOX=$box SLOTWARDEN_DEB=$deb \
     ip netns exec "$ns" "$here/lab.sh" inner "$@"
 }
 
@@ -105,8 +104,8 @@ inner() {
   export SLOTWARDEN_VM_DRIVER=qemu SLOTWARDEN_VM_POOL=swv-pool SLOTWARDEN_VM_PREFIX=swv-$run_id-
   export SLOTWARDEN_VM_LOGDIR=$work/logs SLOTWARDEN_VM_INSERT_KEY=0
   export SLOTWARDEN_SLOTS=tv${run_id}a,tv${run_id}b SLOTWARDEN_SLOT_QUOTA_MIB=16
-  # Vagrant's ansible provisioner runs ansible-playbook from the project's venv; pip (the
-  # wheelhouse step of site.yml) uses only the wheelhouse built above.
+  # Vagrant's ansible provisioner runs ansible-playbook from the project's venv; site.yml
+  # copies the package built above (nothing is fetched from an index in here).
   # Pipelining: one SSH exec per module instead of put + chmod + exec (Python in an emulated
   # guest is the slow part, and every saved round trip counts).
   export PATH=$top/.venv/bin:$PATH PIP_NO_INDEX=1 ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_PIPELINING=True
@@ -215,6 +214,12 @@ inner() {
     --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo --server-address=198.51.100.10 \
     --run-id="$run_id" -ra "$@" || rc=$?
   log "production-path suite: $((SECONDS - t0)) s (rc=$rc)"
+
+  # apt purge leaves the host as it was before site.yml (vm/purge-check.sh).
+  t0=$SECONDS
+  log "purge check"
+  timeout -k 20 600 "$here/purge-check.sh" server "$SLOTWARDEN_SLOTS" "$work/logs" >&2 || { [[ $rc != 0 ]] || rc=1; }
+  log "purge check: $((SECONDS - t0)) s (rc=$rc)"
 
   t0=$SECONDS
   timeout -k 20 300 vagrant destroy -f >&2 || log "vagrant destroy failed; falling back to virsh"

@@ -51,6 +51,14 @@ class LazyGroup(click.Group):
         cmd: click.Command = getattr(importlib.import_module(module), attr)
         return cmd
 
+    def invoke(self, ctx: click.Context) -> object:
+        # Inside the root context, so a --json anywhere on the line still shapes the error.
+        try:
+            return super().invoke(ctx)
+        except SlotError as exc:
+            _fail(str(exc), exc.exit_code)
+            raise AssertionError("unreachable") from None
+
     def resolve_command(self, ctx: click.Context,
                         args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         name, cmd, rest = super().resolve_command(ctx, args)
@@ -59,6 +67,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slotwarden", prog_name="slotctl", message="%(prog)s %(version)s")
 @json_option
 @inventory_option
 @click.option("-v", "--verbose", is_flag=True, help="Log every system command (never secrets) on stderr.")
@@ -83,22 +92,23 @@ def _fail(message: str, code: int) -> None:
 
 
 def main() -> None:
-    """Console-script entry point with the exit-code contract."""
+    """Console-script entry point: click's own (so shell completion works) with the exit-code contract.
+
+    ``_SLOTCTL_COMPLETE=bash_source slotctl`` prints the bash completion script (``zsh_source``:
+    zsh's); usage errors exit 2, a refusal 1, an interrupt 130.
+    """
     try:
-        with cli.make_context("slotctl", sys.argv[1:]) as ctx:
-            try:
-                cli.invoke(ctx)
-            except SlotError as exc:
-                _fail(str(exc), exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = cli.main(args=sys.argv[1:], prog_name="slotctl", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError | click.BadParameter) else exc.exit_code)
-    except click.Abort:
+    except click.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            sys.exit(130)
         click.echo("slotctl: aborted", err=True)
         sys.exit(1)
-    except SlotError as exc:
+    except SlotError as exc:  # raised while parsing, before the root group's invoke
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -63,6 +63,9 @@ class LabHost:
             "slotwarden_link_slotctl": "false",
             "slotwarden_sshd_dropin": str(r / "sshd_config.d" / "50-slotwarden.conf"),
             "slotwarden_sshd_reload": "false",
+            # A venv in the temp dir: the .deb installs host-wide (make deb-test and the VM lab
+            # prove that path).
+            "slotwarden_install": "wheelhouse",
             "slotwarden_wheelhouse": str(self.wheelhouse),
             # The guard's profiles go to a temp dir; enabling them (pam-auth-update edits
             # /etc/pam.d/common-*) and starting the service are host-wide: not on a shared machine.

@@ -1,0 +1,69 @@
+"""slotctl's entry point: click's own main (completion, --version) with the 0/1/2 exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+SLOTCTL = str(Path(sys.executable).parent / "slotctl")
+
+
+def slotctl(*args: str, env: dict[str, str] | None = None, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": "/usr/bin:/bin", "SLOTWARDEN_CONFIG": str((tmp or Path("/nonexistent")) / "slotwarden.toml")}
+    return subprocess.run([SLOTCTL, *args], capture_output=True, text=True, env={**base, **(env or {})}, timeout=60)
+
+
+def test_version() -> None:
+    proc = slotctl("--version")
+    assert (proc.returncode, proc.stdout) == (0, f"slotctl {version('slotwarden')}\n")
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["--bogus"], 2),               # usage error
+    (["slot", "show"], 2),          # missing argument
+    (["no-such-group"], 2),
+    (["--help"], 0),
+    (["guard", "--help"], 0),
+])
+def test_usage_exit_codes(argv: list[str], code: int) -> None:
+    assert slotctl(*argv).returncode == code
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_bad_input_is_one_json_error_with_json_anywhere(where: str, tmp_path: Path) -> None:
+    (tmp_path / "slotwarden.toml").write_text(f'state_dir = "{tmp_path}/state"\n')
+    argv = ["--json", "plan", "show", "nope"] if where == "before" else ["plan", "show", "nope", "--json"]
+    proc = slotctl(*argv, tmp=tmp_path)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout) == {"ok": False, "error": "plan 'nope' is not configured "
+                                                              "(plans: none are configured)"}
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("slotctl: error: ")
+    assert not (tmp_path / "state").exists()  # nothing changed
+
+
+def test_corrupt_config_is_exit_2_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "slotwarden.toml").write_text("state_dir = [\n")
+    proc = slotctl("plan", "list", tmp=tmp_path)
+    assert proc.returncode == 2 and str(tmp_path / "slotwarden.toml") in proc.stderr
+
+
+@pytest.mark.parametrize("shell,marker", [("bash_source", "_slotctl_completion"), ("zsh_source", "#compdef slotctl")])
+def test_completion_scripts(shell: str, marker: str) -> None:
+    proc = slotctl(env={"_SLOTCTL_COMPLETE": shell})
+    assert proc.returncode == 0 and marker in proc.stdout
+
+
+@pytest.mark.parametrize("words,cword,expected", [
+    ("slotctl gu", "1", {"guard"}),
+    ("slotctl guard l", "2", {"lift", "list"}),
+    ("slotctl slot cr", "2", {"create", "create-many"}),
+])
+def test_bash_completion_answers(words: str, cword: str, expected: set[str]) -> None:
+    proc = slotctl(env={"_SLOTCTL_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": cword})
+    assert proc.returncode == 0
+    assert {line.split(",", 1)[1] for line in proc.stdout.split()} == expected
