@@ -32,7 +32,9 @@
  * capped to 256 raw bytes ("%.." marks a cut), so a hostile PAM_USER can
  * neither break the line protocol nor make the request big.
  * If the service is unreachable: fail_mode=open -> PAM_IGNORE, closed ->
- * refuse; both are logged to syslog (authpriv).
+ * refuse; both are logged to syslog (authpriv). A connection the service
+ * dropped before the request arrived (it sheds idle connections when out of
+ * descriptors) is retried once.
  */
 #define _GNU_SOURCE
 #include <errno.h>
