@@ -50,6 +50,7 @@ _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 IDLE_SECONDS = 65.0
 PAUSE_SECONDS = 0.05
 ACCEPTS_PER_ROUND = 256
+EVICT_GRACE = 0.05
 
 log = logging.getLogger("slotwarden.guard")
 
@@ -261,10 +262,15 @@ class GuardService:
     def _evict_idle(self) -> bool:
         """Close the longest-idle connection with nothing sent and nothing to answer; False if there is none.
 
+        Connections younger than ``EVICT_GRACE`` are kept.
+
         A connection whose request has arrived but is not read yet is not idle
         (peeked without reading): closing it would lose a decision.
         """
-        for c in sorted((c for c in self.conns if not c.busy), key=lambda c: c.last):
+        # Oldest first, and not in its first moments: a PAM client between its connect() and its
+        # send() is rarely the one dropped (and if it is, the module sends its request again).
+        for c in sorted((c for c in self.conns if not c.busy and self.now - c.last >= EVICT_GRACE),
+                        key=lambda c: c.last):
             try:
                 pending = c.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):

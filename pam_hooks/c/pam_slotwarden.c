@@ -32,7 +32,9 @@
  * capped to 256 raw bytes ("%.." marks a cut), so a hostile PAM_USER can
  * neither break the line protocol nor make the request big.
  * If the service is unreachable: fail_mode=open -> PAM_IGNORE, closed ->
- * refuse; both are logged to syslog (authpriv).
+ * refuse; both are logged to syslog (authpriv). A connection the service
+ * dropped before the request arrived (it sheds idle connections when out of
+ * descriptors) is retried once.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -147,9 +149,10 @@ static long elapsed_ms(const struct timespec *t0)
     return (t1.tv_sec - t0->tv_sec) * 1000L + (t1.tv_nsec - t0->tv_nsec) / 1000000L;
 }
 
-/* One request line, one reply line (none when reply is NULL: fire and forget).
- * Returns 0 on success, -1 if unreachable. */
-static int ask(const struct opts *o, const char *req, char *reply, size_t replysz)
+/* One try of ask(): 0 answered, -1 unreachable or timed out, -2 the service
+ * closed the connection before it had the request (it drops idle connections
+ * when out of descriptors): that request was never seen, so it may be sent again. */
+static int ask_once(const struct opts *o, const char *req, char *reply, size_t replysz)
 {
     struct sockaddr_un sa;
     struct timeval tv;
@@ -176,6 +179,8 @@ static int ask(const struct opts *o, const char *req, char *reply, size_t replys
         if (n < 0) {
             if (errno == EINTR)
                 continue;
+            if (errno == EPIPE || errno == ECONNRESET)
+                ret = -2;
             goto out;
         }
         off += (size_t)n;
@@ -198,6 +203,8 @@ static int ask(const struct opts *o, const char *req, char *reply, size_t replys
         n = recv(fd, reply + got, replysz - 1 - got, 0);
         if (n < 0 && errno == EINTR)
             continue;
+        if ((n == 0 || (n < 0 && errno == ECONNRESET)) && got == 0)
+            ret = -2;
         if (n <= 0)
             goto out;
         got += (size_t)n;
@@ -211,6 +218,17 @@ static int ask(const struct opts *o, const char *req, char *reply, size_t replys
 out:
     close(fd);
     return ret;
+}
+
+/* One request line, one reply line (none when reply is NULL: fire and forget).
+ * A connection dropped before the request arrived is tried once more.
+ * Returns 0 on success, -1 if unreachable. */
+static int ask(const struct opts *o, const char *req, char *reply, size_t replysz)
+{
+    int rc = ask_once(o, req, reply, replysz);
+    if (rc == -2)
+        rc = ask_once(o, req, reply, replysz);
+    return rc == 0 ? 0 : -1;
 }
 
 /* SUCC waits for the reply, so the account check that follows sees it; FAIL does not
