@@ -3,7 +3,7 @@
 Each row is an item of the operator's data table (DESIGN.md) — why it is held, where, for how
 long — filled with this user's value. Secrets never appear: for the slot password only whether
 a shadow hash exists, for app credentials only whether they exist. A name that is not a slot
-(someone typed it at a login prompt) gets its failed-attempt records only.
+(someone typed it at a login prompt) gets its login records only (failed attempts, known origins).
 
 Another package adds rows by appending to :data:`SOURCES` (a function of the context and the
 username returning rows) when imported; :func:`data_report` imports every such package first
@@ -65,9 +65,17 @@ def _attempt_items(ctx: Context, username: str, _rec: SlotRecord | None) -> list
     value = [{"ip": r.get("ip"), "count": r.get("count"),
               "last": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["last"])) if r.get("last") else None}
              for r in records]
+    store = AttemptRecords(ctx)
+    known = [{"origin": o["origin"], "last": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(o["last"])))}
+             for o in store.known_origins(username)]
     return [Item("failed login attempts", value or "none", "stop brute force",
-                 f"attempt store {AttemptRecords(ctx).path}: username as typed, remote IP, count, last attempt",
-                 f"{period // 3600} hours, or until lifted/forgotten")]
+                 f"attempt store {store.path}: username as typed, remote IP, count, last attempt",
+                 f"{period // 3600} hours, or until lifted/forgotten"),
+            Item("known login origins", known or "none",
+                 "addresses (IPv6: /64) and local callers of successful password logins: a distributed "
+                 "attack on the name never locks its owner out of them",
+                 f"attempt store {store.path} (known_origins): origin, last success",
+                 "30 days after the last success ([guard] known_for), or until forgotten")]
 
 
 def _slot_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Item]:
@@ -182,7 +190,7 @@ SOURCES: list[Source] = [_slot_items, _attempt_items, _log_items, _tail_items]
 
 
 def data_report(ctx: Context, username: str) -> dict[str, Any]:
-    """Everything held about USERNAME; a non-slot name gets its attempt records only."""
+    """Everything held about USERNAME; a non-slot name gets its login records only."""
     if not isinstance(username, str) or not username or "\x00" in username or len(username) > 256:
         raise BadInput("username is empty or invalid")
     # The packages that append rows (lifecycle: plan, suspension) register when imported; a

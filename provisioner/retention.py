@@ -101,6 +101,19 @@ class AttemptRecords:
         finally:
             conn.close()
 
+    def known_origins(self, username: str) -> list[dict[str, Any]]:
+        """Where USERNAME logged in with a password (the guard's per-username rule spares them)."""
+        conn = self._connect()
+        if conn is None:
+            return []
+        try:
+            store = importlib.import_module("pam_hooks.store")
+            return list(store.list_known_origins(conn, username))
+        except (ImportError, AttributeError, sqlite3.Error):
+            return []  # a guard from before known origins: none held
+        finally:
+            conn.close()
+
     def forget(self, username: str) -> int:
         """Remove every record of USERNAME; returns how many."""
         if self.guard is not None:

@@ -36,7 +36,7 @@ def report(username: str) -> None:
     rep = data_report(ctx, username)
 
     def render(c: Console) -> None:
-        kind = "slot" if rep["is_slot"] else "not a slot: attempt records only"
+        kind = "slot" if rep["is_slot"] else "not a slot: login records only"
         c.print(f"data held about [bold]{username}[/bold] ({kind})", markup=True, highlight=False)
         t = Table("item", "value", "stored", "kept", show_lines=True)
         for i in rep["items"]:

@@ -109,6 +109,7 @@ def test_report_lists_every_item_and_no_secret(lab: Lab) -> None:
     assert items["user data, bash history"]["value"]["bash history size"] == "300"
     assert items["audit entries"]["value"]["count"] >= 1
     assert items["failed login attempts"]["kept"].startswith("24 hours")
+    assert items["known login origins"]["value"] == "none"
 
     text = lab.slotctl("data", "report", name).stdout
     for out in (json.dumps(rep), text):
@@ -129,7 +130,7 @@ def test_report_of_a_non_slot_has_attempts_only(lab: Lab) -> None:
     add_attempt(lab, "tmnotaslot", "203.0.113.8", 1)
     rep = lab.slotctl_json("data", "report", "tmnotaslot")
     assert rep["is_slot"] is False
-    assert [i["item"] for i in rep["items"]] == ["failed login attempts"]
+    assert [i["item"] for i in rep["items"]] == ["failed login attempts", "known login origins"]
     assert rep["items"][0]["value"][0]["ip"] == "203.0.113.8"
 
 
@@ -210,3 +211,23 @@ def test_forget_attempts_on_request(lab: Lab) -> None:
     assert rows and all(r[0] is None and "tmforget" not in r[1] for r in rows), "a forgotten name stays forgotten"
     r = lab.slotctl("data", "forget-attempts", "--user", "", check=False)
     assert r.returncode == 2
+
+
+def test_report_lists_known_login_origins(lab: Lab) -> None:
+    """The guard keeps where a user logged in with a password (its per-username rule spares those
+    origins): that is data about the user, so the report lists it."""
+    from pam_hooks.protocol import name_key
+    from pam_hooks.store import open_store
+
+    name = lab.create_slot()
+    conn = open_store(lab.state_dir / "guard.db")  # the guard's own schema
+    try:
+        conn.execute("INSERT INTO known_origins (username, ipkey, last) VALUES (?, ?, ?)",
+                     (name_key(name), "198.51.100.4", time.time() - 60))
+        conn.commit()
+    finally:
+        conn.close()
+    rep = lab.slotctl_json("data", "report", name)
+    items = {i["item"]: i for i in rep["items"]}
+    assert [o["origin"] for o in items["known login origins"]["value"]] == ["198.51.100.4"]
+    assert "known_origins" in items["known login origins"]["stored"]
