@@ -91,7 +91,8 @@ vm-test: venv vm-deps
 # checkout's files (tracked and untracked, .gitignore respected) so dpkg-buildpackage's output
 # lands in build/deb/ and never beside the checkout.
 DEB_APT_PACKAGES := debhelper dh-virtualenv dpkg-dev fakeroot lintian libpam0g-dev gcc make python3-venv \
-	python3-click python3-rich python3-psutil python3-pyroute2 python3-cryptography mmdebstrap
+	python3-click python3-rich python3-psutil python3-pyroute2 python3-cryptography python3-jinja2 \
+	python3-pampy python3-pyotp python3-qrcode mmdebstrap
 DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
 DEB_FILE = build/deb/slotwarden_$(DEB_VERSION)_$(shell dpkg --print-architecture).deb
 
