@@ -158,16 +158,17 @@ class HubLab:
                        check=False)
 
 
-def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G") -> HubLab:
+def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G", extra: str = "") -> HubLab:
+    """A started Hub lab; EXTRA is more config, where ``{base}`` stands for the lab's directory."""
     prefix = f"th{secrets.token_hex(2)}"
     base = world_traversable_tmpdir(tag)
     port = free_port()
     service = f"slotwarden-hub-test-{secrets.token_hex(4)}"
     hub = (f'[hub]\nuser = "{prefix}hub"\nlisten = "127.0.0.1:{port}"\nbridge_socket = "{base}/hub-bridge.sock"\n'
            f'pam_service = "{service}"\nfail_floor_ms = 300\nhistory_every = "{history_every}"\n'
-           f'web_socket = "{base}/hub-web/hub.sock"\nfence_table = "sw_apps_{prefix}"\n'
+           f'web_socket = "{base}/hub-web/hub.sock"\nfence_table = "sw_apps_{prefix}"\nresponses_every = "1s"\n'
            f'[guard]\npair_deny = {PAIR_DENY}\nip_deny = 1000\nuser_deny = 1000\nsocket = "{base}/guard.sock"\n')
-    host = make_slot_host(base, prefix, size=size, extra_config=hub)
+    host = make_slot_host(base, prefix, size=size, extra_config=hub + extra.replace("{base}", str(base)))
     lab = HubLab(host, port, service)
     try:
         lab.start()
