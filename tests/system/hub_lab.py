@@ -29,6 +29,9 @@ from tests.system.conftest import SLOTCTL, SlotHost, make_slot_host, teardown_sl
 from tests.system.lab import stop_process
 
 PAIR_DENY = 3
+# The data policy's per-run places (inbox, support grants), for make_hub_lab(extra=POLICY).
+POLICY = ('[inbox]\ndir = "{base}/inbox"\nlogin_script = "{base}/profile.d/slotwarden-inbox.sh"\n'
+          '[support]\nmax_duration = "1d"\ngrants_dir = "{base}/grants"\n')
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -182,6 +185,10 @@ def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G", 
 def close_hub_lab(lab: HubLab) -> None:
     try:
         lab.close()
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():  # support grants' views
+            mnt = line.split()[4]
+            if mnt.startswith(f"{lab.host.base}/"):
+                subprocess.run(["umount", "-l", mnt], check=False)
     finally:
         teardown_slot_host(lab.host)
         os.environ.pop("SLOTWARDEN_CONFIG", None)

@@ -22,13 +22,11 @@ import httpx
 import pytest
 
 from tests.system.conftest import as_user
-from tests.system.hub_lab import CSRF, HubLab, close_hub_lab, make_hub_lab
+from tests.system.hub_lab import CSRF, POLICY, HubLab, close_hub_lab, make_hub_lab
 from tests.system.lab import remove_user
 
 pytestmark = [pytest.mark.root]
 ADMIN_GROUP = "slotwarden-admin"
-POLICY = ('[inbox]\ndir = "{base}/inbox"\nlogin_script = "{base}/profile.d/slotwarden-inbox.sh"\n'
-          '[support]\nmax_duration = "1d"\ngrants_dir = "{base}/grants"\n')
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +35,6 @@ def hub() -> Iterator[HubLab]:
     try:
         yield lab
     finally:
-        base = str(lab.host.base)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            mnt = line.split()[4]
-            if mnt.startswith(f"{base}/grants"):
-                subprocess.run(["umount", "-l", mnt], check=False)
         close_hub_lab(lab)
 
 
