@@ -79,6 +79,9 @@ class Bridge:
         self._factor_failures: dict[str, int] = {}
         self._last_cpu: dict[str, tuple[float, float]] = {}
         self._fence_script = ""
+        self._responses: dict[int, int] = {}
+        self._responses_written = float("-inf")
+        self._responses_since = clock()
 
     def _sessions(self, ctx: Context) -> SessionStore:
         return SessionStore(ctx.store, self.hub.idle_timeout, self.hub.absolute_timeout)
@@ -510,6 +513,77 @@ class Bridge:
         ctx.store.audit(f"hub:{s.username}", "hub.password-change", s.username, {"other_sessions_ended": ended})
         return {"other_sessions_ended": ended}
 
+    # --- support requests and takedown notices of the session's slot --------------------------
+
+    def support(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """The slot's open support requests and grants, and its takedown notices not yet closed."""
+        s = self._session(ctx, req)
+        from provisioner import notices, support
+
+        support.sync(ctx, now=self.clock())  # the shell's answers and expiries first, as every support command
+        return {"grants": support.inbox_rows(ctx, s.username), "notices": notices.inbox_rows(ctx, s.username)}
+
+    def support_answer(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """Approve (read-only if asked), refuse or revoke one support grant of the session's slot, at once.
+
+        The same :func:`provisioner.support.apply_answer` as the shell's answers, so the same audit
+        rows (``support.approve``/``grant``/``refuse``/``revoke`` by the tenant) and the idmapped
+        mount made or ended before the reply. A grant of another slot is "no such request", like
+        one that does not exist.
+        """
+        s = self._session(ctx, req)
+        from provisioner import inbox, support
+
+        verb = req.get("verb")
+        if verb not in ("approve", "refuse", "revoke"):
+            raise BridgeRefused("verb: expected approve, refuse or revoke")
+        grant_id = req.get("grant")
+        if isinstance(grant_id, bool) or not isinstance(grant_id, int) or not 0 < grant_id < 10**12:
+            raise BridgeRefused("grant: expected a support request id")
+        read_only = req.get("read_only", False)
+        if not isinstance(read_only, bool):
+            raise BridgeRefused("read_only: expected true or false")
+        now = self.clock()
+        support.sync(ctx, now=now)  # an expired request is not approved
+        if not support.apply_answer(ctx, s.username, inbox.Answer(verb, grant_id, read_only), now):
+            raise BridgeRefused(f"no open support request {grant_id} of this slot to {verb}")
+        grant = support.SupportGrants(ctx.store).get(grant_id)
+        assert grant is not None
+        return {"grant": {"id": grant.id, "state": grant.state, "write": grant.write, "staff": grant.staff,
+                          "expires_at": grant.expires_at}}
+
+    # --- the web process's own responses, for the team's alerts ---------------------------------
+
+    def responses(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+        """Add the web process's response counts; one ``hub.responses`` audit row per window at most.
+
+        However many requests (or calls of this operation) come, the audit grows by at most one
+        row per ``hub.responses_every / 2`` seconds, each with a bounded ``statuses`` map — the
+        way the API summarises its anonymous traffic — which ``slotctl metrics serve`` counts.
+        """
+        statuses = req.get("statuses")
+        if not isinstance(statuses, dict) or len(statuses) > 64:
+            raise BridgeRefused("statuses: expected a map of at most 64 statuses")
+        counts: dict[int, int] = {}
+        for key, n in statuses.items():
+            if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) == 3
+                    and 100 <= int(key) <= 599) or isinstance(n, bool) or not isinstance(n, int) \
+                    or not 0 <= n <= 10**9:
+                raise BridgeRefused("statuses: expected HTTP status -> count")
+            counts[int(key)] = n
+        now = self.clock()
+        with self._lock:
+            for status, n in counts.items():
+                self._responses[status] = self._responses.get(status, 0) + n
+            if not self._responses or now - self._responses_written < self.hub.responses_every / 2:
+                return {"written": False}
+            row = {"statuses": {str(k): v for k, v in sorted(self._responses.items())},
+                   "requests": sum(self._responses.values()), "since": round(self._responses_since, 3),
+                   "until": round(now, 3)}
+            self._responses, self._responses_written, self._responses_since = {}, now, now
+        ctx.store.audit("hub", "hub.responses", None, row)
+        return {"written": True}
+
     def data_report(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx, req)
         from provisioner.datareport import data_report
@@ -567,6 +641,9 @@ OPERATIONS: dict[str, Callable[[Bridge, Context, dict[str, Any]], dict[str, Any]
     "change_password": Bridge.change_password,
     "frontdoor": Bridge.frontdoor,
     "not_me": Bridge.not_me,
+    "support": Bridge.support,
+    "support_answer": Bridge.support_answer,
+    "responses": Bridge.responses,
 }
 
 

@@ -18,7 +18,8 @@ from provisioner.errors import ConfigError
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 KEYS = frozenset({"listen", "cert", "key", "user", "bridge_socket", "pam_service", "idle_timeout",
-                  "absolute_timeout", "fail_floor_ms", "public_url", "history_every", "web_socket", "fence_table"})
+                  "absolute_timeout", "fail_floor_ms", "public_url", "history_every", "web_socket", "fence_table",
+                  "responses_every"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class HubConfig:
     history_every: int = 300
     # The nftables table (family inet) that fences app ports to their slots (appfence).
     fence_table: str = "slotwarden_apps"
+    # How often the web process hands its response counts to the bridge (one audit row each).
+    responses_every: int = 60
 
     @classmethod
     def from_section(cls, table: dict[str, Any], state_dir: Path) -> HubConfig:
@@ -58,7 +61,7 @@ class HubConfig:
                 if not isinstance(v, str) or not pattern.fullmatch(v):
                     raise ConfigError(f"hub.{key}: invalid name")
                 values[key] = v
-        for key in ("idle_timeout", "absolute_timeout", "history_every"):
+        for key in ("idle_timeout", "absolute_timeout", "history_every", "responses_every"):
             if key in table:
                 values[key] = parse_duration(table[key], f"hub.{key}")
                 if values[key] <= 0:

@@ -56,6 +56,7 @@ def _web_child(hub: HubConfig) -> None:
     import uvicorn
 
     from provisioner.hub.client import BridgeClient
+    from provisioner.hub.responses import ResponseTally, counted, report_every
     from provisioner.hub.web import create_app
 
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -65,7 +66,9 @@ def _web_child(hub: HubConfig) -> None:
     except FileNotFoundError:
         pass
     os.umask(0o077)
-    config = uvicorn.Config(create_app(BridgeClient(hub.bridge_socket), behind_front_door=True),
+    client, tally = BridgeClient(hub.bridge_socket), ResponseTally()
+    report_every(client, tally, hub.responses_every)  # hub.responses rows for the 5xx alert
+    config = uvicorn.Config(counted(create_app(client, behind_front_door=True), tally),
                             uds=str(hub.web_socket), log_level="warning", access_log=False, proxy_headers=False,
                             server_header=False, date_header=True)
     uvicorn.Server(config).run()
@@ -126,6 +129,20 @@ def start_front_door(config: Config, hub: HubConfig, user: str, group: str) -> s
                             preexec_fn=die_with_the_hub)  # before the bridge threads start
 
 
+def _wait_either(*pids: int) -> int:
+    """Block until one of PIDS (children of this process) exits; returns it, not reaped (the caller's
+    cleanup waits for each by pid)."""
+    import select
+
+    fds = {os.pidfd_open(p): p for p in pids}
+    try:
+        ready, _, _ = select.select(list(fds), [], [])
+        return fds[ready[0]]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def serve(config: Config) -> None:
     """Run the Hub until SIGTERM: bridge here, HTTPS in an unprivileged child."""
     if os.geteuid() != 0:
@@ -163,11 +180,12 @@ def serve(config: Config) -> None:
     _every("app fence", FENCE_EVERY, lambda: bridge_server.bridge.fence(uid))
     _every("history sample", hub.history_every, bridge_server.bridge.sample)
     try:
-        while True:  # either child ending ends the Hub (the supervisor restarts the pair)
-            ended, status = os.waitpid(-1, 0)
-            if ended in (pid, nginx.pid):
-                log.error("%s exited (%d)", "web process" if ended == pid else "nginx", status)
-                raise SystemExit(1)
+        # Either child ending ends the Hub (the supervisor restarts the pair). Wait for these two
+        # only: the bridge's threads fork children of their own (the support grant's idmapped
+        # mount helper, commands) and wait for them; waitpid(-1) here would reap those first.
+        ended = _wait_either(pid, nginx.pid)
+        log.error("%s exited", "web process" if ended == pid else "nginx")
+        raise SystemExit(1)
     finally:
         for child in (pid, nginx.pid):
             try:

@@ -343,6 +343,25 @@ def create_app(client: BridgeClient, behind_front_door: bool = False) -> Starlet
         return page("activity.html", 200 if reply.get("ok") else 400, me=who, csrf=who["csrf"], logins=logins,
                     notice=notice)
 
+    async def support_page(request: Request, who: dict[str, Any], token: str, notice: str | None = None,
+                           status: int = 200) -> Response:
+        reply = await bridge("support", token=token)
+        if not reply.get("ok"):
+            return page("error.html", 503, me=who, csrf=who["csrf"], message=reply.get("error", "unavailable"))
+        return page("support.html", status, me=who, csrf=who["csrf"], grants=reply["grants"],
+                    notices=reply["notices"], notice=notice)
+
+    async def support_answer(request: Request, who: dict[str, Any], token: str) -> Response:
+        form = request.state.form
+        raw, verb = form.get("grant", ""), form.get("verb", "")
+        grant = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 12 else -1
+        reply = await bridge("support_answer", token=token, grant=grant, verb=verb,
+                             read_only=form.get("read_only") == "1")
+        if not reply.get("ok"):
+            return await support_page(request, who, token, notice=f"refused: {reply.get('error')}", status=409)
+        g = reply["grant"]
+        return await support_page(request, who, token, notice=f"request {g['id']}: {g['state']}")
+
     async def data_report(request: Request, who: dict[str, Any], token: str) -> Response:
         reply = await bridge("data_report", token=token)
         if not reply.get("ok"):
@@ -398,6 +417,8 @@ def create_app(client: BridgeClient, behind_front_door: bool = False) -> Starlet
         Route("/activity", session_page(activity)),
         Route("/activity/not-me", session_page(not_me), methods=["POST"]),
         Route("/data-report.json", session_page(data_report)),
+        Route("/support", session_page(support_page), methods=["GET"]),
+        Route("/support/answer", session_page(support_answer), methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers={BridgeUnavailable: unavailable})
 

@@ -15,9 +15,12 @@ cannot tell reports the bad value (a guard that does not answer is down).
 ``slotwarden_store_writable``                   1 when a write transaction on the state store commits
 ``slotwarden_slots_filesystem_size_bytes``      size and free space (for non-root users) of the
 ``slotwarden_slots_filesystem_free_bytes``      filesystem holding the slots
-``slotwarden_http_responses_total{service,code}`` API (and Hub) responses by class (2xx … 5xx),
-                                                counted from the audit log, where each request is
-                                                recorded as ``api.*`` / ``hub.*`` with its status
+``slotwarden_http_responses_total{service,code}`` API and Hub responses by class (2xx … 5xx),
+                                                counted from the audit log: an ``api.*`` row with
+                                                its ``status`` per authenticated API request, and
+                                                window summaries with a ``statuses`` map — the
+                                                API's ``api.unauthenticated`` (requests without a
+                                                valid token) and the Hub's ``hub.responses``
 =============================================  =====================================================
 
 >>> print(render_health([Sample("slotwarden_guard_up", "gauge", "x", {}, 1)]).splitlines()[-1])
@@ -139,6 +142,37 @@ def filesystem_samples(ctx: Context) -> list[Sample]:
                    labels, st.f_bavail * st.f_frsize)]
 
 
+def response_statuses(detail: object) -> list[tuple[int, int]]:
+    """(status, how many) of one audit row: ``{"status": N}`` is one response, a ``statuses`` map
+    (``api.unauthenticated``'s and ``hub.responses``' window summaries) is many; anything else none.
+
+    >>> response_statuses('{"statuses": {"200": 3, "503": 1}, "requests": 4}')
+    [(200, 3), (503, 1)]
+    >>> response_statuses('{"status": 502}'), response_statuses('{"status": "junk"}'), response_statuses('[')
+    ([(502, 1)], [], [])
+    """
+    try:
+        data = json.loads(detail) if isinstance(detail, str | bytes) else None
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    pairs: list[tuple[object, object]] = []
+    if isinstance(data.get("statuses"), dict):
+        pairs = list(data["statuses"].items())
+    elif "status" in data:
+        pairs = [(data["status"], 1)]
+    out = []
+    for status, n in pairs:
+        try:
+            code = int(status)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            continue
+        if 100 <= code <= 599 and isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 10**9:
+            out.append((code, n))
+    return out
+
+
 @dataclass
 class ResponseCounter:
     """HTTP responses by service and class, counted from the audit log incrementally (only new rows)."""
@@ -154,13 +188,9 @@ class ResponseCounter:
                 "ORDER BY id", (self.last_id,)).fetchall()
             for row in rows:
                 service = HTTP_SERVICES[row["action"][:4]]
-                try:
-                    status = int(json.loads(row["detail"]).get("status", 0))
-                except (ValueError, TypeError, AttributeError):
-                    continue
-                if 100 <= status <= 599:
+                for status, n in response_statuses(row["detail"]):
                     key = (service, f"{status // 100}xx")
-                    self.counts[key] = self.counts.get(key, 0) + 1
+                    self.counts[key] = self.counts.get(key, 0) + n
             if rows:
                 self.last_id = rows[-1]["id"]
 

@@ -29,6 +29,9 @@ from tests.system.conftest import SLOTCTL, SlotHost, make_slot_host, teardown_sl
 from tests.system.lab import stop_process
 
 PAIR_DENY = 3
+# The data policy's per-run places (inbox, support grants), for make_hub_lab(extra=POLICY).
+POLICY = ('[inbox]\ndir = "{base}/inbox"\nlogin_script = "{base}/profile.d/slotwarden-inbox.sh"\n'
+          '[support]\nmax_duration = "1d"\ngrants_dir = "{base}/grants"\n')
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -158,16 +161,17 @@ class HubLab:
                        check=False)
 
 
-def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G") -> HubLab:
+def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G", extra: str = "") -> HubLab:
+    """A started Hub lab; EXTRA is more config, where ``{base}`` stands for the lab's directory."""
     prefix = f"th{secrets.token_hex(2)}"
     base = world_traversable_tmpdir(tag)
     port = free_port()
     service = f"slotwarden-hub-test-{secrets.token_hex(4)}"
     hub = (f'[hub]\nuser = "{prefix}hub"\nlisten = "127.0.0.1:{port}"\nbridge_socket = "{base}/hub-bridge.sock"\n'
            f'pam_service = "{service}"\nfail_floor_ms = 300\nhistory_every = "{history_every}"\n'
-           f'web_socket = "{base}/hub-web/hub.sock"\nfence_table = "sw_apps_{prefix}"\n'
+           f'web_socket = "{base}/hub-web/hub.sock"\nfence_table = "sw_apps_{prefix}"\nresponses_every = "1s"\n'
            f'[guard]\npair_deny = {PAIR_DENY}\nip_deny = 1000\nuser_deny = 1000\nsocket = "{base}/guard.sock"\n')
-    host = make_slot_host(base, prefix, size=size, extra_config=hub)
+    host = make_slot_host(base, prefix, size=size, extra_config=hub + extra.replace("{base}", str(base)))
     lab = HubLab(host, port, service)
     try:
         lab.start()
@@ -181,6 +185,10 @@ def make_hub_lab(tag: str = "hub", history_every: str = "3s", size: str = "1G") 
 def close_hub_lab(lab: HubLab) -> None:
     try:
         lab.close()
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():  # support grants' views
+            mnt = line.split()[4]
+            if mnt.startswith(f"{lab.host.base}/"):
+                subprocess.run(["umount", "-l", mnt], check=False)
     finally:
         teardown_slot_host(lab.host)
         os.environ.pop("SLOTWARDEN_CONFIG", None)

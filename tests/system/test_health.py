@@ -91,6 +91,26 @@ def test_http_responses_are_counted_from_the_audit_incrementally(host: SlotHost)
         ctx.close()
 
 
+def test_window_summaries_count_every_status_of_their_map(host: SlotHost) -> None:
+    """The API's requests without a valid token and the Hub's responses come as one row per window."""
+    ctx = host.ctx()
+    counter = ResponseCounter()
+    try:
+        key = 'slotwarden_http_responses_total{"code": "%s", "service": "%s"}'
+        base = values(ctx, counter)
+        ctx.store.audit("api:anonymous", "api.unauthenticated", None,
+                        {"requests": 7, "statuses": {"401": 5, "429": 1, "500": 1}})
+        ctx.store.audit("hub", "hub.responses", None, {"requests": 6, "statuses": {"200": 3, "303": 1, "503": 2}})
+        ctx.store.audit("hub", "hub.responses", None, {"statuses": {"abc": 1, "503": True, "502": -3, "999": 4}})
+        now = values(ctx, counter)
+        delta = {(svc, code): now[key % (code, svc)] - base[key % (code, svc)]
+                 for svc in ("api", "hub") for code in ("2xx", "3xx", "4xx", "5xx")}
+        assert delta == {("api", "2xx"): 0, ("api", "3xx"): 0, ("api", "4xx"): 6, ("api", "5xx"): 1,
+                         ("hub", "2xx"): 3, ("hub", "3xx"): 1, ("hub", "4xx"): 0, ("hub", "5xx"): 2}
+    finally:
+        ctx.close()
+
+
 def test_metrics_server_scrape_carries_the_health(host: SlotHost) -> None:
     server = make_server(load_config(host.config_path), "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -109,6 +110,59 @@ def test_wrong_passwords_lock_with_the_same_page_for_an_unknown_name(hub: HubLab
     # the guard recorded the Hub's failures like any other PAM service's
     rows = hub.slotctl_json("guard", "list", "--user", name)
     assert rows and rows[0]["ip"] == "127.0.0.1"
+
+
+def test_hub_logins_lock_the_client_address_never_a_local_origin(hub: HubLab) -> None:
+    """PAM_RHOST is the client's address: wrong passwords from 127.0.0.2 lock (user, 127.0.0.2) only.
+
+    A root service calling PAM with no rhost and no tty is counted by the guard as
+    ``local:root:notty``; a web login must never be (it would lock the user's console origin).
+    """
+    name = hub.create_slot()
+    transport = httpx.HTTPTransport(local_address="127.0.0.2", verify=ssl.create_default_context(cafile=str(hub.cert)))
+    with httpx.Client(base_url=hub.url, transport=transport, timeout=60) as attacker:
+        for _ in range(PAIR_DENY):
+            hub.login(attacker, name, "wrong-password")
+        assert hub.login(attacker, name).status_code == 429  # the right password, locked from there
+    rows = hub.slotctl_json("guard", "list", "--user", name)
+    assert {r["ip"] for r in rows} == {"127.0.0.2"}, rows
+    assert not any(str(r["ip"]).startswith("local:") for r in rows)
+    locked = hub.slotctl_json("guard", "list", "--user", name, "--locked")
+    assert [r["ip"] for r in locked] == ["127.0.0.2"]
+    with hub.client() as c:  # the same user from another address is not locked
+        r = hub.login(c, name)
+        assert r.status_code == 303 and r.headers["location"] == "/overview"
+
+
+def test_hub_server_errors_reach_the_health_counter(hub: HubLab) -> None:
+    """A 503 (the bridge gone) is tallied by the web process and audited as hub.responses once it is back."""
+    from provisioner.metrics.health import ResponseCounter
+
+    name = hub.create_slot()
+    ctx = hub.host.ctx()
+    try:
+        counter = ResponseCounter()
+        counter.update(ctx)
+        before = counter.counts.get(("hub", "5xx"), 0)
+        away = hub.bridge_socket.with_name("bridge-away.sock")
+        with hub.logged_in(name) as c:
+            os.rename(hub.bridge_socket, away)
+            try:
+                for _ in range(3):
+                    assert c.get("/overview").status_code == 503
+            finally:
+                os.rename(away, hub.bridge_socket)
+
+            def counted() -> bool:
+                counter.update(ctx)
+                return counter.counts.get(("hub", "5xx"), 0) >= before + 3
+
+            assert wait_for(counted, timeout=30)
+        rows = ctx.store.db.execute("SELECT actor, detail FROM audit WHERE action = 'hub.responses'").fetchall()
+        assert rows and {r["actor"] for r in rows} == {"hub"}
+        assert all(set(json.loads(r["detail"])) == {"statuses", "requests", "since", "until"} for r in rows)
+    finally:
+        ctx.close()
 
 
 def test_login_without_the_form_token_is_refused(hub: HubLab) -> None:

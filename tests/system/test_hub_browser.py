@@ -21,7 +21,7 @@ import pyotp
 import pytest
 
 from tests.system.conftest import SLOTCTL, as_user
-from tests.system.hub_lab import PAIR_DENY, HubLab, close_hub_lab, make_hub_lab
+from tests.system.hub_lab import PAIR_DENY, POLICY, HubLab, close_hub_lab, make_hub_lab
 from tests.system.lab import wait_for
 
 pytestmark = [pytest.mark.root]
@@ -34,7 +34,7 @@ SHOTS = Path(os.environ.get("SLOTWARDEN_SCREENSHOTS", "/tmp/slotwarden-hub-scree
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[HubLab]:
-    lab = make_hub_lab("hubweb")
+    lab = make_hub_lab("hubweb", extra=POLICY)
     try:
         yield lab
     finally:
@@ -214,6 +214,32 @@ def test_apps_reveal_rotate_and_password_change(hub: HubLab, page: Any) -> None:
     assert page.is_visible("#password-done")
     assert pam.authenticate(name, new, service="sshd", resetcreds=False)
     assert not pam.authenticate(name, hub.passwords[name], service="sshd", resetcreds=False)
+
+
+def test_support_request_approved_in_the_browser(hub: HubLab, page: Any) -> None:
+    slot = hub.create_slot()
+    as_user(slot, "umask 077; echo for-support > ~/notes.txt")
+    staff = f"{hub.host.prefix}sb{secrets.token_hex(2)}"
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", "-G", "slotwarden-admin", staff], check=True)
+    try:
+        out = hub.host.slotctl("--json", "support", "request", slot, "--by", staff, "--reason",
+                               "<i>ticket</i> 4711", "--for", "1h")
+        assert out.returncode == 0, out.stderr
+        gid = json.loads(out.stdout)["id"]
+        log_in(page, hub, slot, hub.passwords[slot])
+        page.click("text=Support & notices")
+        assert page.text_content(f"#grant-{gid} .reason") == "<i>ticket</i> 4711"
+        shot(page, "support")
+        page.click(f"#grant-{gid} .approve")
+        assert page.text_content("#notice") == f"request {gid}: active"
+        grant = json.loads(hub.host.slotctl("--json", "support", "show", str(gid)).stdout)
+        read = as_user(staff, f"cat {grant['mountpoint']}/notes.txt")
+        assert read.returncode == 0 and read.stdout == "for-support\n"
+        page.click(f"#grant-{gid} .revoke")
+        assert page.text_content("#notice") == f"request {gid}: revoked"
+        assert as_user(staff, f"cat {grant['mountpoint']}/notes.txt").returncode != 0
+    finally:
+        subprocess.run(["userdel", staff], check=False)
 
 
 def test_staff_view_with_its_second_factor(hub: HubLab, page: Any) -> None:

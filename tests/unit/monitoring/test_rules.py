@@ -44,3 +44,15 @@ def test_every_alert_has_a_test_case() -> None:
     alerts = {r["alert"] for r in yaml.safe_load(RULES.read_text())["groups"][0]["rules"]}
     tested = {t["alertname"] for case in yaml.safe_load(TESTS.read_text())["tests"] for t in case["alert_rule_test"]}
     assert alerts == tested, alerts ^ tested
+
+
+def test_the_server_error_rules_read_the_series_health_exports_for_the_hub_and_the_api() -> None:
+    exported = {(s.name, s.labels["service"], s.labels["code"]) for s in health.ResponseCounter().samples()}
+    assert {("slotwarden_http_responses_total", svc, "5xx") for svc in ("api", "hub")} <= exported
+    cases = yaml.safe_load(TESTS.read_text())["tests"]
+    series = {s["series"] for case in cases for s in case["input_series"]}
+    hub_5xx = [s for s in series if s.startswith("slotwarden_http_responses_total{")
+               and 'service="hub"' in s and 'code="5xx"' in s]
+    fired = {t["alertname"] for case in cases for t in case["alert_rule_test"] for a in t.get("exp_alerts", [])
+             if a["exp_labels"].get("service") == "hub"}
+    assert hub_5xx and fired == {"SlotwardenServerErrors", "SlotwardenServerErrorSeen"}

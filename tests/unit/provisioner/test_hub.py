@@ -211,3 +211,86 @@ def test_totp_codes_are_single_use_and_guessing_is_capped(tmp_path: Path) -> Non
     assert t.verify("alice", pyotp.TOTP(e.secret).at(later), now=later)
     assert t.verify("alice", codes[0], now=later + 1) and not t.verify("alice", codes[0], now=later + 2)
     assert t.recovery_left("alice") == 9
+
+
+def _bridge_at(tmp_path: Path, now: list[float]) -> Bridge:
+    from provisioner.config import Config
+
+    return Bridge(Config(state_dir=tmp_path), HubConfig(responses_every=60), clock=lambda: now[0])
+
+
+def _response_rows(tmp_path: Path) -> list[dict[str, object]]:
+    import json
+
+    from provisioner.config import Config
+    from provisioner.context import Context
+
+    ctx = Context(Config(state_dir=tmp_path))
+    try:
+        rows = ctx.store.db.execute("SELECT action, detail FROM audit WHERE action = 'hub.responses'").fetchall()
+    finally:
+        ctx.close()
+    return [json.loads(r["detail"]) for r in rows]
+
+
+def test_hub_response_counts_make_at_most_one_audit_row_per_half_window(tmp_path: Path) -> None:
+    from provisioner.metrics.health import response_statuses
+
+    now = [1000.0]
+    b = _bridge_at(tmp_path, now)
+    for i in range(300):  # a web process (or an attacker holding it) calling as fast as it can
+        now[0] = 1000.0 + i * 0.1
+        assert b.handle({"op": "responses", "statuses": {"200": 2, "503": 1}})["ok"]
+    rows = _response_rows(tmp_path)
+    assert len(rows) == 1  # 30 s of calls, half a window: the first one only
+    now[0] = 1031.0
+    assert b.handle({"op": "responses", "statuses": {"500": 1}}) == {"ok": True, "written": True}
+    rows = _response_rows(tmp_path)
+    assert len(rows) == 2
+    total: dict[int, int] = {}
+    for r in rows:
+        for status, n in response_statuses(__import__("json").dumps(r)):
+            total[status] = total.get(status, 0) + n
+    assert total == {200: 600, 503: 300, 500: 1}  # nothing lost between the rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.none(), st.integers(), st.text(max_size=5),
+                 st.dictionaries(st.one_of(st.text(max_size=4), st.sampled_from(["200", "503", "099", "600"])),
+                                 st.one_of(st.integers(-5, 10**10), st.booleans(), st.text(max_size=3)),
+                                 max_size=70)))
+def test_hub_response_counts_are_validated_or_refused(tmp_path_factory: pytest.TempPathFactory,
+                                                      statuses: object) -> None:
+    b = _bridge_at(tmp_path_factory.mktemp("resp"), [0.0])
+    reply = b.handle({"op": "responses", "statuses": statuses})
+    ok = isinstance(statuses, dict) and len(statuses) <= 64 and all(
+        isinstance(k, str) and k.isascii() and k.isdigit() and len(k) == 3 and 100 <= int(k) <= 599
+        and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10**9 for k, v in statuses.items())
+    assert reply["ok"] is ok
+    if not ok:
+        assert reply["error"].startswith("statuses: ")
+
+
+def test_counted_tallies_every_status_and_an_exception_as_500() -> None:
+    import asyncio
+
+    from provisioner.hub.responses import ResponseTally, counted
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": int(str(scope["path"])[1:]), "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    async def sink(message: object) -> None:
+        return None
+
+    tally = ResponseTally()
+    wrapped = counted(app, tally)
+    for path in ("/200", "/303", "/503", "/boom", "/200"):
+        try:
+            asyncio.run(wrapped({"type": "http", "path": path}, None, sink))
+        except RuntimeError:
+            pass
+    asyncio.run(wrapped({"type": "lifespan", "path": "/200"}, None, sink))  # not a response
+    assert tally.take() == {"200": 2, "303": 1, "500": 1, "503": 1}
