@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 # What the package depends on (debian/control), present before it is installed: the tree has no
 # network once built.
 DEPENDS = ["python3", "python3-click", "python3-rich", "python3-psutil", "python3-pyroute2",
-           "python3-cryptography", "passwd", "procps", "psmisc", "acl", "libpam-runtime"]
+           "python3-cryptography", "python3-jinja2", "python3-pampy", "python3-pyotp", "python3-qrcode",
+           "passwd", "procps", "psmisc", "acl", "libpam-runtime"]
 # Changed by dpkg's own bookkeeping or by triggers whatever the package: not ours.
 NOISE = ("var/log/", "var/cache/debconf/", "var/lib/dpkg/", "var/cache/ldconfig/", "etc/ld.so.cache", "tmp/",
          "run/", "root/")
