@@ -156,6 +156,9 @@ def main() -> None:
         ctx.close()
     finally:
         teardown_slot_host(host)
+        for ctrl in Path("/sys/fs/cgroup").iterdir():
+            if (ctrl / f"slotwarden-{prefix}").is_dir():
+                (ctrl / f"slotwarden-{prefix}").rmdir()
     print("\n| B's latency | idle p50 / p95 | A hogs, limits off: p50 / p95 (p95 vs idle) "
           "| A hogs, limits on: p50 / p95 (p95 vs idle) |")
     print("|---|---|---|---|")

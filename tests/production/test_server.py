@@ -41,10 +41,11 @@ HOG = "python3 -c 'b = bytearray(); exec(\"while True: b += bytes(4 << 20)\")'"
 # Run as root on the server: log in to the slot's Transmission RPC with the credentials the
 # provisioner generated (read from the owner's copy: never on a command line).
 RPC_LOGIN = """python3 - HOME_DIR <<'EOF'
-import base64, json, sys, urllib.request, urllib.error
+import base64, json, sys, urllib.parse, urllib.request, urllib.error
 c = json.load(open(sys.argv[1] + "/apps/transmission/credentials.json"))
 def code(auth):
-    req = urllib.request.Request(c["url"].rstrip("/") + "/transmission/rpc", data=b"{}")
+    base = urllib.parse.urlsplit(c["url"])
+    req = urllib.request.Request(f"{base.scheme}://{base.netloc}/transmission/rpc", data=b"{}")
     if auth:
         tok = base64.b64encode((c["username"] + ":" + c["password"]).encode()).decode()
         req.add_header("Authorization", "Basic " + tok)
@@ -125,6 +126,7 @@ def test_apps_run_under_systemd_in_the_slot_slice_and_open_with_their_credential
                                                                                      slots: list[Slot]) -> None:
     for s in slots:
         server.check_output(f"slotctl app install {s.name} transmission")
+    for s in slots:
         assert server.service(unit(s)).is_running
         cg = server.check_output(f"systemctl show -p ControlGroup --value {unit(s)}")
         assert cg.startswith(f"/user.slice/user-{s.uid}.slice/"), cg

@@ -123,6 +123,15 @@ def lab() -> Iterator[Lab]:
                 yield Lab(host, client, sshd, a, b)
     finally:
         teardown_slot_host(host)
+        remove_cgroup_parents(f"slotwarden-{prefix}")
+
+
+def remove_cgroup_parents(parent: str) -> None:
+    """The run's own cgroup parent in every hierarchy (the slots' directories are gone by now)."""
+    for ctrl in CGROUP.iterdir():
+        d = ctrl / parent
+        if d.is_dir():
+            d.rmdir()
 
 
 def _read(p: Path) -> str:
