@@ -269,9 +269,11 @@ def test_slot_lock_serializes_and_survives_removal_of_its_file(tmp_path: Path) -
                 inside.append(i)
                 if len(inside) > 1:
                     overlaps.append(i)
-                if i == 0:
-                    lifecycle.drop_lock_file(ctx, "tlx")  # as terminate does, under the lock
                 inside.remove(i)
+                if i == 0:
+                    # As terminate does: the last thing under the lock (the slot is gone by then),
+                    # so a newcomer that locks the new file overlaps nothing of the work.
+                    lifecycle.drop_lock_file(ctx, "tlx")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     for t in threads:
