@@ -108,9 +108,14 @@ class TestInodeCap:
 
     def test_empty_files_stop_at_the_inode_cap(self, host: Any, slots: list[Slot]) -> None:
         slot = slots[0]
-        out = as_tenant(host, slot, "mkdir -p $HOME/.swv-files && cd $HOME/.swv-files && "
-                                    "i=0; while [ $i -lt 200000 ]; do : > f$i 2>/dev/null || break; i=$((i+1)); done; "
-                                    "echo made=$i; { : > one-more; } 2>&1; cd; rm -rf $HOME/.swv-files")
+        # `true`, not `:`: a failed redirection of a special built-in ends a POSIX shell.
+        try:
+            out = as_tenant(host, slot, "mkdir -p $HOME/.swv-files && cd $HOME/.swv-files; i=0; "
+                                        "while [ $i -lt 200000 ]; do true > f$i 2>/dev/null || break; i=$((i+1)); "
+                                        "done; echo made=$i; { true > one-more; } 2>&1; true")
+        finally:
+            as_tenant(host, slot, "rm -rf $HOME/.swv-files")
+        assert "made=" in out.stdout, out.stdout + out.stderr
         made = int(out.stdout.split("made=")[1].split()[0])
         assert made < 200000, "no inode cap: 200,000 empty files made"
         assert "Disk quota exceeded" in out.stdout, out.stdout
