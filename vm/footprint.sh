@@ -8,7 +8,11 @@ out=${1:?usage: footprint.sh FILE}
 {
   echo "## packages"; dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\n' | sort
   echo "## /etc/pam.d"; (cd /etc/pam.d && sha256sum -- * | sort -k2)
-  echo "## unit files"; systemctl list-unit-files --no-legend --no-pager | awk '{print $1, $2}' | sort
+  # A reload first: a mount unit the fstab generator makes for a line written before (the lab's
+  # slot disk) must be in both footprints; login session scopes come and go.
+  systemctl daemon-reload
+  echo "## unit files"; systemctl list-unit-files --no-legend --no-pager | awk '{print $1, $2}' \
+    | grep -v -E '^session-[0-9]+\.scope ' | sort
   echo "## units loaded, ours"; systemctl list-units --all --no-legend --no-pager --plain | awk '{print $1}' \
     | grep -i slotwarden | sort || true
   echo "## users"; getent passwd | cut -d: -f1,3,6,7 | sort
