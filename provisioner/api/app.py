@@ -259,8 +259,25 @@ def _audit(config: Config, actor: str, action: str, slot: str | None, detail: di
 # --- the application -------------------------------------------------------------------------------
 
 
-def create_app(config: Config) -> FastAPI:
-    """The API for the host described by CONFIG (its store holds the tokens and the slots)."""
+def check_create(ctx: Context, body: CreateSlot) -> None:
+    """Refuse a purchase with a bad field (400 naming it) before anything is done."""
+    _field("username", lambda: validate_username(body.username, slots.reserved_names()))
+    _field("email", lambda: validate_email(body.email))
+    _field("country", lambda: validate_country(body.country))
+    if body.plan is not None:
+        _field("plan", lambda: get_plan(ctx.config, body.plan))
+    if body.quota is not None:
+        _field("quota", lambda: parse_size(body.quota))
+    if body.payment_ref is not None:
+        _field("payment_ref", lambda: validate_payment_ref(body.payment_ref))
+
+
+def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
+    """The API for the host described by CONFIG (its store holds the tokens and the slots).
+
+    With FLEET, the same API for a fleet controller: the slot routes act on the slot's host
+    (:mod:`provisioner.api.fleet`), and CONFIG's store holds the fleet's tables.
+    """
     settings = ApiSettings.from_section(config.section("api"))
     limiter = SourceLimiter(settings.anonymous_rate, settings.anonymous_burst,
                             global_rate=settings.anonymous_global_rate,
@@ -358,18 +375,22 @@ def create_app(config: Config) -> FastAPI:
         return _run(config, request, "plans", None, None, None,
                     lambda ctx: (200, {"plans": [plan_as_dict(p) for p in list_plans(ctx.config)]}))
 
+    if fleet:
+        from provisioner.api.fleet import add_fleet_routes
+
+        add_fleet_routes(app, config)
+        return app
+
+    @app.get("/v1/host", summary="This host's facts and slots (for a fleet controller)")
+    def host_facts(request: Request, _auth: Auth) -> JSONResponse:
+        from provisioner.fleet.facts import gather
+
+        return _run(config, request, "host", None, None, None, lambda ctx: (200, gather(ctx).as_dict()))
+
     @app.post("/v1/slots", status_code=201, summary="Create a slot (CreateAccount)")
     def create(request: Request, body: CreateSlot, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
-            _field("username", lambda: validate_username(body.username, slots.reserved_names()))
-            _field("email", lambda: validate_email(body.email))
-            _field("country", lambda: validate_country(body.country))
-            if body.plan is not None:
-                _field("plan", lambda: get_plan(ctx.config, body.plan))
-            if body.quota is not None:
-                _field("quota", lambda: parse_size(body.quota))
-            if body.payment_ref is not None:
-                _field("payment_ref", lambda: validate_payment_ref(body.payment_ref))
+            check_create(ctx, body)
             try:
                 out = lifecycle.create(ctx, body.username, body.email, body.country, plan=body.plan,
                                        quota=body.quota, payment_ref=body.payment_ref)

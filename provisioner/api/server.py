@@ -20,13 +20,14 @@ def check_tls(host: str, cert: Path | None, key: Path | None) -> None:
     check_listener("api serve", host, tls=cert is not None, authenticated=True, names_customers=True)
 
 
-def serve(config: Config, listen: str = DEFAULT_LISTEN, cert: Path | None = None, key: Path | None = None) -> None:
-    """Serve the API until interrupted."""
+def serve(config: Config, listen: str = DEFAULT_LISTEN, cert: Path | None = None, key: Path | None = None,
+          *, fleet: bool = False) -> None:
+    """Serve the API until interrupted (FLEET: as the fleet controller)."""
     host, port = parse_listen(listen)
     check_tls(host, cert, key)
     import uvicorn
 
     from provisioner.api.app import create_app
 
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False,
+    uvicorn.run(create_app(config, fleet=fleet), host=host, port=port, log_level="warning", access_log=False,
                 ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)

@@ -30,6 +30,7 @@ GROUPS: dict[str, str] = {
     "retention": "provisioner.cli.retention:retention",
     "plan": "provisioner.cli.plan:plan",
     "api": "provisioner.cli.api:api",
+    "fleet": "provisioner.cli.fleet_controller:fleet",
     "guard": "provisioner.cli.guard:guard",
     "support": "provisioner.cli.support:support",
     "notice": "provisioner.cli.notice:notice",

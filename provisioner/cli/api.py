@@ -26,12 +26,16 @@ def api() -> None:
               help="Address to listen on; anything but loopback needs --cert and --key.")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM).")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM).")
-def serve_cmd(listen: str, cert: Path | None, key: Path | None) -> None:
+@click.option("--fleet", is_flag=True,
+              help="Serve as the fleet controller: place new slots on the host with most room, "
+                   "send every other call to the slot's host (see 'slotctl fleet').")
+def serve_cmd(listen: str, cert: Path | None, key: Path | None, fleet: bool) -> None:
     """Serve the API (OpenAPI document at /openapi.json) until interrupted."""
     ctx = Context()
-    ctx.settings  # noqa: B018 - refuse to start on a host that is not initialised
+    if not fleet:  # a controller needs no slots filesystem of its own
+        ctx.settings  # noqa: B018 - refuse to start on a host that is not initialised
     ctx.close()
-    serve(ctx.config, listen, cert, key)
+    serve(ctx.config, listen, cert, key, fleet=fleet)
 
 
 @api.group("token")
