@@ -29,8 +29,12 @@ def run(
     stdin: str | None = None,
     check: bool = True,
     timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ARGV; STDIN (which may hold a secret) is fed on standard input and never logged."""
+    """Run ARGV; STDIN (which may hold a secret) is fed on standard input and never logged.
+
+    ENV: variables set over the clean environment (e.g. a UTF-8 locale a tool insists on).
+    """
     log.debug("run %s%s", argv, " (with input on stdin)" if stdin is not None else "")
     try:
         proc = subprocess.run(
@@ -39,7 +43,7 @@ def run(
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            env=_ENV,
+            env={**_ENV, **env} if env else _ENV,
             cwd="/",
             close_fds=True,
             timeout=timeout,

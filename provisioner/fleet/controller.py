@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import stat
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -109,7 +110,11 @@ def import_inventory(ctx: Context, path: Path, group: str = "slotwarden") -> lis
     """
     if not path.is_file():
         raise BadInput(f"inventory {path}: no such file")
-    out = run(["ansible-inventory", "-i", str(path), "--list"], timeout=120).stdout
+    # ansible-core comes with the controller's venv (the fleet extra): its bin, not $PATH.
+    beside = Path(sys.executable).parent / "ansible-inventory"
+    tool = str(beside) if beside.exists() else "ansible-inventory"
+    out = run([tool, "-i", str(path), "--list"], timeout=120,
+              env={"LC_ALL": "C.UTF-8", "HOME": str(ctx.config.state_dir), "ANSIBLE_LOCAL_TEMP": "/tmp"}).stdout
     try:
         data = json.loads(out)
         hostvars = data.get("_meta", {}).get("hostvars", {})

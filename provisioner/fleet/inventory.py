@@ -12,6 +12,7 @@ schema owner (SQLite or PostgreSQL) changes the connection, not the statements.
 
 >>> import tempfile, pathlib
 >>> from provisioner.store import Store
+from provisioner.sweep import shown as printable
 >>> inv = FleetInventory(Store(pathlib.Path(tempfile.mkdtemp()) / "t.db"))
 >>> inv.put_host("web1", "https://198.51.100.2:8780", "PEM", "bm9uY2U=", "c2VhbGVk")
 'added'
@@ -31,6 +32,7 @@ from provisioner.errors import BadInput, SlotError
 from provisioner.fleet.facts import HostFacts
 from provisioner.fleet.placement import HostRoom, Placement
 from provisioner.store import Store
+from provisioner.sweep import shown as printable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fleet_hosts (
@@ -175,10 +177,13 @@ class FleetInventory:
         return sorted(conflicts)
 
     def record_failure(self, name: str, error: str, at: float | None = None) -> None:
-        """NAME did not answer (or answered nonsense): it is not placed on until it answers again."""
+        """NAME did not answer (or answered nonsense): it is not placed on until it answers again.
+
+        ERROR may quote the host; it is kept as printable text (escapes for control characters).
+        """
         at = time.time() if at is None else at
         self.store.db.execute("UPDATE fleet_hosts SET up = 0, last_error = ?, last_contact_at = ? WHERE name = ?",
-                              (error[:500], at, name))
+                              (printable(error)[:500], at, name))
 
     # --- slots --------------------------------------------------------------------------------
 

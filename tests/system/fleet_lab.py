@@ -1,21 +1,34 @@
 """Shared pieces of the fleet system tests: a lab host directory, its inventory, checks, teardown.
 
-A *lab host* is this machine seen as a fleet host whose every path site.yml touches lives in a
+A *lab host* (the Ansible tests') is this machine seen as a fleet host whose every path site.yml touches lives in a
 temp dir: the venv (installed from the wheel built from this checkout), the config, the state
 dir, the btrfs loopback image and its mount, the sshd drop-in. Nothing under /etc/slotwarden,
 /var/lib/slotwarden or /etc/ssh is touched; /etc/fstab is left alone (persist off).
+
+:func:`fleet_api_lab` builds the controller's lab: hosts as network namespaces, each a slot host
+of its own serving its provisioning API over TLS, and a controller (``api serve --fleet``) in
+another namespace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import os
 import secrets
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pyroute2 import netns
 
 from provisioner import accounts
 from provisioner.config import load_config
@@ -23,6 +36,10 @@ from provisioner.context import Context
 from provisioner.executors import SlotChange
 from provisioner.executors.ansible import AnsibleExecutor
 from provisioner.slots import remove_slot
+from tests.system.conftest import SLOTCTL, SlotHost, make_slot_host, teardown_slot_host
+from tests.system.lab import LabHost as NetnsHost
+from tests.system.lab import LabNet, stop_process, wait_for
+from tests.system.lifecycle_env import self_signed_cert
 
 with warnings.catch_warnings():  # verifying a password against its shadow hash; in 3.11's stdlib
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -212,3 +229,205 @@ def check_slot_lifecycle(ex: AnsibleExecutor, lab: LabHost, host: str, runner_di
     # The password reached us (above) and nowhere else: not in artifacts, env/, logs, state.
     leaks = files_containing(password, *runner_dirs, lab.root, Path("/var/log"))
     assert not leaks, f"the slot password leaked into {leaks}"
+
+
+# --- the fleet controller's lab: hosts in network namespaces, each serving its own API ---------
+
+
+@dataclass
+class ApiHost:
+    """A lab host in its own netns: a btrfs slot host (own config, store, slots filesystem)
+    serving its provisioning API over TLS on its lab address."""
+
+    name: str
+    net: NetnsHost
+    slot_host: SlotHost
+    cert: Path
+    key: Path
+    token_file: Path
+    port: int = 8780
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.net.addr}:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.slot_host.base / "api.log", "ab")
+        self.proc = self.net.popen([SLOTCTL, "api", "serve", "--listen", f"{self.net.addr}:{self.port}",
+                                    "--cert", str(self.cert), "--key", str(self.key)],
+                                   env=self.slot_host.env(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if not wait_for(lambda: self.proc is None or self.proc.poll() is not None
+                        or port_open_in(self.net.netns, self.net.addr, self.port), timeout=60):
+            raise RuntimeError(f"{self.name}: API did not start")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name}: API exited: {(self.slot_host.base / 'api.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc)
+        self.proc = None
+
+    def store_names(self) -> set[str]:
+        ctx = self.slot_host.ctx()
+        try:
+            return {r.username for r in ctx.store.list_slots()}
+        finally:
+            ctx.close()
+
+
+@contextlib.contextmanager
+def entered_netns(name: str) -> Iterator[None]:
+    """Sockets made inside this block belong to netns NAME (the calling thread's namespace is switched)."""
+    netns.pushns(name)
+    try:
+        yield
+    finally:
+        netns.popns()
+
+
+def port_open_in(ns: str, addr: str, port: int) -> bool:
+    with entered_netns(ns):
+        s = socket.socket()
+    try:
+        s.settimeout(2)
+        return s.connect_ex((addr, port)) == 0
+    finally:
+        s.close()
+
+
+@dataclass
+class Controller:
+    """``slotctl api serve --fleet`` in its own netns, with its own config and store."""
+
+    net: NetnsHost
+    base: Path
+    cert: Path
+    key: Path
+    token: str = ""
+    port: int = 8781
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.base / "slotwarden.toml"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config), "COLUMNS": "200"}
+
+    def slotctl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """slotctl on the controller (inside its netns, where the hosts are reachable)."""
+        return self.net.run([SLOTCTL, *args], env=self.env(), capture_output=True, text=True, input=input,
+                            timeout=300)
+
+    def start(self) -> None:
+        log = open(self.base / "api.log", "ab")
+        self.proc = self.net.popen([SLOTCTL, "api", "serve", "--fleet", "--listen", f"{self.net.addr}:{self.port}",
+                                    "--cert", str(self.cert), "--key", str(self.key)],
+                                   env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if not wait_for(lambda: self.proc is None or self.proc.poll() is not None
+                        or port_open_in(self.net.netns, self.net.addr, self.port), timeout=60):
+            raise RuntimeError("controller API did not start")
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, *, key: str | None = None,
+             token: str | None = "default") -> tuple[int, dict[str, Any]]:
+        """One request to the controller's API, from inside its netns, TLS checked against its cert."""
+        tls = ssl.create_default_context(cafile=str(self.cert))
+        with entered_netns(self.net.netns):
+            conn = http.client.HTTPSConnection(self.net.addr, self.port, timeout=300, context=tls)
+            conn.connect()
+        try:
+            headers = {"Content-Type": "application/json"}
+            tok = self.token if token == "default" else token
+            if tok:
+                headers["Authorization"] = f"Bearer {tok}"
+            if key:
+                headers["Idempotency-Key"] = key
+            conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc)
+
+
+@dataclass
+class FleetApiLab:
+    hosts: dict[str, ApiHost]
+    controller: Controller
+    prefix: str
+
+    def slot_name(self) -> str:
+        return f"{self.prefix}s{secrets.token_hex(3)}"
+
+    def host_of(self, username: str) -> list[str]:
+        """The lab hosts whose own store holds USERNAME."""
+        return [n for n, h in self.hosts.items() if username in h.store_names()]
+
+
+@contextlib.contextmanager
+def fleet_api_lab(sizes: dict[str, str], *, register: bool = True) -> Iterator[FleetApiLab]:
+    """Hosts NAME -> slots-filesystem SIZE, each in a netns serving its API, and a controller.
+
+    Every host gets a token for the controller (in a 0600 file), a certificate for its lab
+    address; with REGISTER the controller knows them all (the first through ``fleet host add``,
+    the others through ``fleet host import`` of an Ansible inventory). All torn down at exit.
+    """
+    prefix = f"tq{secrets.token_hex(2)}"
+    base = Path(tempfile.mkdtemp(prefix="swq-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    hosts: dict[str, ApiHost] = {}
+    controller: Controller | None = None
+    with LabNet("swq-") as net:
+        try:
+            for i, (name, size) in enumerate(sizes.items()):
+                nh = net.host(name, f"198.51.100.{10 + i}")
+                sh = make_slot_host(base / name, f"{prefix}{chr(ord('a') + i)}", size=size)
+                cert, key = self_signed_cert(sh.base, nh.addr)
+                token = json.loads(sh.slotctl("--json", "api", "token", "create", "controller").stdout)["token"]
+                token_file = sh.base / "controller.token"
+                fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, token.encode() + b"\n")
+                os.close(fd)
+                hosts[name] = ApiHost(name, nh, sh, cert, key, token_file)
+                hosts[name].start()
+            cbase = base / "controller"
+            cbase.mkdir()
+            cnet = net.host("ctl", "198.51.100.2")
+            ccert, ckey = self_signed_cert(cbase, cnet.addr)
+            controller = Controller(cnet, cbase, ccert, ckey)
+            # The controller's [slots] and [plans] must be the hosts' (site.yml writes one config).
+            controller.config.write_text(f'state_dir = "{cbase / "state"}"\n')
+            made = controller.slotctl("--json", "api", "token", "create", "billing")
+            controller.token = json.loads(made.stdout)["token"]
+            if register:
+                first, *rest = hosts.values()
+                r = controller.slotctl("fleet", "host", "add", first.name, "--url", first.url, "--ca", str(first.cert),
+                                       "--token-file", str(first.token_file))
+                assert r.returncode == 0, r.stderr
+                inv = cbase / "inventory.ini"
+                inv.write_text("[slotwarden]\n" + "".join(
+                    f"{h.name} slotwarden_api_url={h.url} slotwarden_api_ca={h.cert} "
+                    f"slotwarden_api_token_file={h.token_file}\n" for h in rest))
+                r = controller.slotctl("fleet", "host", "import", str(inv))
+                assert r.returncode == 0, r.stdout + r.stderr
+            controller.start()
+            yield FleetApiLab(hosts, controller, prefix)
+        finally:
+            if controller is not None:
+                controller.stop()
+            for h in hosts.values():
+                h.stop()
+            for h in hosts.values():
+                with contextlib.suppress(Exception):
+                    teardown_slot_host(h.slot_host)
+            for line in Path("/etc/passwd").read_text().splitlines():
+                name = line.split(":", 1)[0]
+                if name.startswith(f"{prefix}s"):
+                    subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+            shutil.rmtree(base, ignore_errors=True)
