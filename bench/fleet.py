@@ -2,6 +2,15 @@
 
     sudo .venv/bin/python bench/fleet.py            # N=100
     sudo .venv/bin/python bench/fleet.py --count 20
+    sudo .venv/bin/python bench/fleet.py --placement --count 1000 --hosts 5 --clients 4
+
+``--placement`` (bench/fleet_placement.py) measures the controller instead: N slots across
+HOSTS lab hosts (network namespaces, each serving its API over TLS), first through the
+controller's API (``POST /v1/slots`` without a host, CLIENTS connections at once: each
+purchase placed by the rule), then the same N through ``slotctl --inventory ... slot
+create-many --host H`` once per host (round robin, ansible-runner, ``ansible_connection=local``
+with the host's own config), slots removed on the hosts in between (not timed). Writes
+bench/out/fleet_placement.json.
 
 Prepares a throw-away lab host with playbooks/site.yml (ansible_connection=local, every path
 in a temp dir: venv, config, state, a btrfs loopback image), then creates and removes the same
@@ -71,10 +80,22 @@ def cleanup(root: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=100)
+    ap.add_argument("--placement", action="store_true", help="controller API vs slotctl --inventory, many hosts")
+    ap.add_argument("--hosts", type=int, default=5, help="with --placement: lab hosts")
+    ap.add_argument("--clients", type=int, default=4, help="with --placement: concurrent API connections")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/fleet.py needs root (it creates real users)", file=sys.stderr)
         return 2
+    if args.placement:
+        sys.path.insert(0, str(TOP))
+        from bench.fleet_placement import run
+
+        result = run(args.count, args.hosts, args.clients)
+        (TOP / "bench/out").mkdir(parents=True, exist_ok=True)
+        (TOP / "bench/out/fleet_placement.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
     root = Path(tempfile.mkdtemp(prefix="swf-bench-", dir="/tmp"))
     os.chmod(root, 0o755)
     try:

@@ -12,7 +12,6 @@ schema owner (SQLite or PostgreSQL) changes the connection, not the statements.
 
 >>> import tempfile, pathlib
 >>> from provisioner.store import Store
-from provisioner.sweep import shown as printable
 >>> inv = FleetInventory(Store(pathlib.Path(tempfile.mkdtemp()) / "t.db"))
 >>> inv.put_host("web1", "https://198.51.100.2:8780", "PEM", "bm9uY2U=", "c2VhbGVk")
 'added'

@@ -22,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -277,14 +278,18 @@ class ApiHost:
             ctx.close()
 
 
+_NETNS_SWITCH = threading.Lock()  # pyroute2 keeps one stack of saved namespaces per process
+
+
 @contextlib.contextmanager
 def entered_netns(name: str) -> Iterator[None]:
     """Sockets made inside this block belong to netns NAME (the calling thread's namespace is switched)."""
-    netns.pushns(name)
-    try:
-        yield
-    finally:
-        netns.popns()
+    with _NETNS_SWITCH:
+        netns.pushns(name)
+        try:
+            yield
+        finally:
+            netns.popns()
 
 
 def port_open_in(ns: str, addr: str, port: int) -> bool:
@@ -331,13 +336,20 @@ class Controller:
                         or port_open_in(self.net.netns, self.net.addr, self.port), timeout=60):
             raise RuntimeError("controller API did not start")
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, *, key: str | None = None,
-             token: str | None = "default") -> tuple[int, dict[str, Any]]:
-        """One request to the controller's API, from inside its netns, TLS checked against its cert."""
+    def connect(self) -> http.client.HTTPSConnection:
+        """A connection to the controller's API made inside its netns, TLS checked against its cert."""
         tls = ssl.create_default_context(cafile=str(self.cert))
         with entered_netns(self.net.netns):
             conn = http.client.HTTPSConnection(self.net.addr, self.port, timeout=300, context=tls)
             conn.connect()
+        return conn
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, *, key: str | None = None,
+             token: str | None = "default", conn: http.client.HTTPSConnection | None = None,
+             ) -> tuple[int, dict[str, Any]]:
+        """One request to the controller's API (on CONN, kept open, or a connection of its own)."""
+        own = conn is None
+        conn = conn or self.connect()
         try:
             headers = {"Content-Type": "application/json"}
             tok = self.token if token == "default" else token
@@ -349,7 +361,8 @@ class Controller:
             resp = conn.getresponse()
             return resp.status, json.loads(resp.read())
         finally:
-            conn.close()
+            if own:
+                conn.close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
