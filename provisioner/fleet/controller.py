@@ -178,7 +178,7 @@ def client(ctx: Context, rec: HostRecord) -> HostClient:
 
 
 def _gather(rec: HostRecord, token: str) -> HostFacts | str:
-    c = HostClient(rec.name, rec.url, rec.ca_pem, token, timeout=20)
+    c = HostClient(rec.name, rec.url, rec.ca_pem, token, timeout=10)
     try:
         answer = c.request("GET", "/v1/host")
     except HostUnreachable as exc:

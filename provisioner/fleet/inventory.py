@@ -202,7 +202,7 @@ class FleetInventory:
 
     def place(self, username: str, quota_bytes: int, choose: Callable[[list[HostRoom], int], Placement],
               host: str | None = None) -> tuple[FleetSlot, Placement | None, bool]:
-        """The slot USERNAME's host: its known one, HOST, or CHOOSE's pick — recorded ``placing``.
+        """The slot USERNAME's host: its known one, HOST (if it has room), or CHOOSE's pick — recorded ``placing``.
 
         One write transaction, so two creates at once see each other's quota. Returns the
         row, the placement when one was made (None when the name was known or HOST was given),
@@ -219,8 +219,13 @@ class FleetInventory:
                     raise NoRoom(f"no fleet host has room for a slot of {quota_bytes} bytes "
                                    "(slotctl fleet place --explain)")
                 host = placement.host
-            elif db.execute("SELECT 1 FROM fleet_hosts WHERE name = ?", (host,)).fetchone() is None:
-                raise UnknownHost(f"host: no fleet host named {host!r}")
+            else:
+                room = next((r for r in self.rooms(db) if r.name == host), None)
+                if room is None:
+                    raise UnknownHost(f"host: no fleet host named {host!r}")
+                if room.up and room.room_bytes < quota_bytes:  # a host never answered yet is tried
+                    raise NoRoom(f"host {host} has room for {max(room.room_bytes, 0)} bytes, "
+                                 f"not {quota_bytes}")
             now = time.time()
             db.execute("INSERT INTO fleet_slots (username, host, state, quota_bytes, placed_at) VALUES (?, ?, ?, ?, ?)",
                        (username, host, "placing", quota_bytes, now))

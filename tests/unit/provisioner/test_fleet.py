@@ -147,6 +147,9 @@ def test_placements_count_each_others_quota_and_names_stay_on_one_host(inv: Flee
     assert (again.host, placement, new) == ("web1", None, False)  # a retry goes back to the same host
     with pytest.raises(UnknownHost):
         inv.place("s10", 0, place, host="web9")
+    with pytest.raises(NoRoom, match="host web2 has room for"):
+        inv.place("s11", 3 * G, place, host="web2")  # the operator's choice must fit too
+    assert inv.place("s12", G, place, host="web2")[0].host == "web2"
 
 
 def test_a_refresh_makes_the_rows_what_the_host_reported(inv: FleetInventory) -> None:
@@ -170,6 +173,17 @@ def test_a_refresh_makes_the_rows_what_the_host_reported(inv: FleetInventory) ->
 
 
 # --- slotctl fleet status: a hostile host's strings are data ----------------------------------------
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None,
+          max_examples=40)
+@given(st.text(max_size=120))
+def test_a_hosts_error_text_is_kept_printable(inv: FleetInventory, text: str) -> None:
+    inv.put_host("web1", "https://web1", "PEM", "n", "s")
+    inv.record_failure("web1", f"host web1: answered HTTP 500: {text}")
+    rec = inv.host("web1")
+    assert rec is not None and rec.last_error is not None and not rec.up
+    assert rec.last_error.isprintable() and len(rec.last_error) <= 500
 
 
 def test_status_shows_what_a_host_said_as_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
