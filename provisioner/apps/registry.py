@@ -14,40 +14,14 @@ A port someone else is already listening on (outside our registry) is skipped to
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.apps.vault import Vault
+from provisioner.db import IntegrityError
 from provisioner.errors import SlotError
 from provisioner.store import Store
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS app_installs (
-    username      TEXT NOT NULL,
-    app           TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('installing', 'installed', 'removing')),
-    version       TEXT,
-    installed_at  REAL NOT NULL,
-    PRIMARY KEY (username, app)
-);
-CREATE TABLE IF NOT EXISTS app_ports (
-    port      INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
-    username  TEXT NOT NULL,
-    app       TEXT NOT NULL,
-    purpose   TEXT NOT NULL,
-    UNIQUE (username, app, purpose)
-);
-CREATE TABLE IF NOT EXISTS app_credentials (
-    username    TEXT NOT NULL,
-    app         TEXT NOT NULL,
-    nonce       BLOB NOT NULL,
-    ciphertext  BLOB NOT NULL,
-    updated_at  REAL NOT NULL,
-    PRIMARY KEY (username, app)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -90,7 +64,6 @@ class AppRegistry:
     def __init__(self, store: Store, vault: Vault) -> None:
         self.store = store
         self.vault = vault
-        store.ensure_schema(SCHEMA)
 
     # --- installs -----------------------------------------------------------------------
 
@@ -111,7 +84,7 @@ class AppRegistry:
         try:
             self.store.db.execute("INSERT INTO app_installs VALUES (?, ?, 'installing', ?, ?)",
                                   (username, app, version, time.time()))
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise SlotError(f"{app} is already installed in slot {username}") from None
 
     def set_state(self, username: str, app: str, state: str) -> None:
