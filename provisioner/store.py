@@ -132,6 +132,19 @@ class Store:
             rows = self.db.execute("SELECT * FROM audit WHERE username = ? ORDER BY id", (username,)).fetchall()
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
+    def recent_audit(self, limit: int) -> list[dict[str, Any]]:
+        """The LIMIT newest entries, newest first, DETAIL as stored (JSON text)."""
+        rows = self.db.execute("SELECT at, actor, action, username, detail FROM audit ORDER BY id DESC LIMIT ?",
+                               (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def audit_after(self, last_id: int, prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Entries after id LAST_ID whose action starts with one of PREFIXES (id, action, detail as text)."""
+        like = " OR ".join("action LIKE ?" for _ in prefixes) or "1 = 0"
+        rows = self.db.execute(f"SELECT id, action, detail FROM audit WHERE id > ? AND ({like}) ORDER BY id",  # noqa: S608
+                               (last_id, *(p.replace("%", "") + "%" for p in prefixes))).fetchall()
+        return [dict(r) for r in rows]
+
     # --- host settings ---------------------------------------------------------------------
 
     def host_settings(self) -> dict[str, str]:
@@ -265,10 +278,10 @@ def store_target(config: Config) -> tuple[str, Path | None]:
     return url, Path(pw) if pw else None
 
 
-def open_database(config: Config) -> Database:
+def open_database(config: Config, timeout: float = 30) -> Database:
     """A connection to the configured store, its schema not checked (``db upgrade`` uses it)."""
     url, password_file = store_target(config)
-    return connect(url, password_file)
+    return connect(url, password_file, timeout)
 
 
 def open_store(config: Config) -> Store:

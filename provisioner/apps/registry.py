@@ -1,7 +1,8 @@
 """The apps' tables in the store: installs, the port registry, and sealed credentials.
 
-``app_installs`` (one row per app installed in a slot) and ``app_credentials`` are also read
-by :mod:`provisioner.retention` and the data report, by these names.
+:class:`AppRegistry` is the only code that runs SQL on ``app_installs`` (one row per app
+installed in a slot), ``app_ports`` and ``app_credentials``; :mod:`provisioner.retention` and
+the data report call it (reading names and states, never a secret).
 
 Ports come from a configurable range and are handed out inside one write transaction; the
 ``PRIMARY KEY`` on the port is the uniqueness constraint, so two installs racing for the
@@ -134,6 +135,21 @@ class AppRegistry:
         row = self.store.db.execute("SELECT nonce, ciphertext FROM app_credentials WHERE username = ? AND app = ?",
                                     (username, app)).fetchone()
         return self.vault.open(username, app, bytes(row["nonce"]), bytes(row["ciphertext"])) if row else None
+
+    def credential_apps(self, username: str) -> list[str]:
+        """Apps of USERNAME with stored credentials (names only: nothing is unsealed)."""
+        rows = self.store.db.execute("SELECT DISTINCT app FROM app_credentials WHERE username = ? ORDER BY app",
+                                     (username,)).fetchall()
+        return [r["app"] for r in rows]
+
+    def orphaned_credentials(self) -> list[tuple[str, str]]:
+        """(username, app) of credentials whose app is not installed (in any state) or whose slot is gone."""
+        rows = self.store.db.execute(
+            "SELECT DISTINCT c.username, c.app FROM app_credentials c WHERE NOT EXISTS "
+            "(SELECT 1 FROM app_installs a WHERE a.username = c.username AND a.app = c.app) "
+            "OR NOT EXISTS (SELECT 1 FROM slots s WHERE s.username = c.username) "
+            "ORDER BY c.username, c.app").fetchall()
+        return [(r["username"], r["app"]) for r in rows]
 
     def delete_credentials(self, username: str, app: str) -> None:
         self.store.db.execute("DELETE FROM app_credentials WHERE username = ? AND app = ?", (username, app))

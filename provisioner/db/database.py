@@ -29,7 +29,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from provisioner.db.dialect import Dialect, ddl, to_pyformat
@@ -39,6 +39,18 @@ Params = Sequence[Any] | Mapping[str, Any]
 
 # pg_advisory_xact_lock key of the store's writer lock ("slotwarden" in a 63-bit number).
 WRITER_LOCK_KEY = 0x736C6F7477617264
+
+
+class Cursor(Protocol):
+    """What :meth:`Database.execute` returns (sqlite3's or psycopg's cursor)."""
+
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class DatabaseError(SlotError):
@@ -101,12 +113,14 @@ class Database:
             return IntegrityError(f"the store {self.where} refused a write: {first}")
         return DatabaseError(f"the store {self.where}: {first}")
 
-    def execute(self, sql: str, params: Params = ()) -> Any:
+    def execute(self, sql: str, params: Params = ()) -> Cursor:
         """Run one statement; returns the driver's cursor (fetchone, fetchall, iteration)."""
         try:
             if self.dialect == "sqlite":
-                return self.conn.execute(sql, params)
-            return self.conn.execute(to_pyformat(sql), _pg_params(params))
+                cur: Cursor = self.conn.execute(sql, params)
+            else:
+                cur = self.conn.execute(to_pyformat(sql), _pg_params(params))
+            return cur
         except self._error as exc:
             raise self._fail(exc) from None
 
@@ -222,10 +236,10 @@ def redact(url: str) -> str:
 
 def _open_postgresql(url: str, password_file: Path | None, timeout: float) -> Database:
     parts = urlsplit(url)
-    if parts.password is not None:
+    if parts.password is not None or "password=" in parts.query:
         raise SlotError(f"store url {redact(url)}: holds a password; put it in store.password_file instead")
-    if not parts.hostname or not parts.path.strip("/"):
-        raise SlotError(f"store url {url}: expected postgresql://user@host:port/database")
+    if not parts.path.strip("/"):
+        raise SlotError(f"store url {redact(url)}: expected postgresql://user@host:port/database")
     try:
         import psycopg
     except ImportError:
