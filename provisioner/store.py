@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.config import Config, refuse_unknown_keys
-from provisioner.db import Database, IntegrityError, check, connect
+from provisioner.db import Database, IntegrityError, check, connect, upgrade
 from provisioner.errors import ConfigError, SlotError
 
 
@@ -282,6 +282,16 @@ def open_database(config: Config, timeout: float = 30) -> Database:
     """A connection to the configured store, its schema not checked (``db upgrade`` uses it)."""
     url, password_file = store_target(config)
     return connect(url, password_file, timeout)
+
+
+def upgrade_store(config: Config) -> tuple[str, int | None, int]:
+    """Bring the configured store to this code's schema: (store, version before, after)."""
+    db = open_database(config)
+    try:
+        before, after = upgrade(db)
+        return db.where, before, after
+    finally:
+        db.close()
 
 
 def open_store(config: Config) -> Store:

@@ -264,7 +264,7 @@ def connect(url: str, password_file: Path | None = None, timeout: float = 30) ->
         parts = urlsplit(url)
         if parts.netloc:
             raise SlotError(f"store url {url}: expected sqlite:///absolute/path")
-        url = unquote(parts.path)
+        url = "/" + unquote(parts.path).lstrip("/")
     if not url.startswith("/") and "://" in url:
         raise SlotError(f"store url {redact(url)}: expected sqlite:///path or postgresql://user@host:port/db")
     return _open_sqlite(Path(url), timeout)
