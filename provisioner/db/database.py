@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from provisioner.db.dialect import Dialect, ddl, to_pyformat
 from provisioner.errors import SlotError
@@ -226,8 +226,10 @@ def read_password_file(path: Path) -> str:
 def redact(url: str) -> str:
     """URL without any password, fit for a message or a log."""
     parts = urlsplit(url)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
+    parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return parts.geturl()
     host = parts.hostname or ""
     user = f"{parts.username}@" if parts.username else ""
     port = f":{parts.port}" if parts.port else ""
@@ -252,8 +254,8 @@ def _open_postgresql(url: str, password_file: Path | None, timeout: float) -> Da
         conn = psycopg.connect(url, row_factory=_pg_row_factory, **kwargs)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseError(f"cannot open the store {url}: {first}") from None
-    return Database(conn, "postgresql", url)
+        raise DatabaseError(f"cannot open the store {redact(url)}: {first}") from None
+    return Database(conn, "postgresql", redact(url))
 
 
 def connect(url: str, password_file: Path | None = None, timeout: float = 30) -> Database:
