@@ -15,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from provisioner import lifecycle, notices, support
 from provisioner.api import idempotency, tokens
 from provisioner.apps import registry
 from provisioner.hub import history, sessions, totp
-from provisioner import lifecycle, notices, support
 from provisioner.limits import steps
 from provisioner.store import Store
 
@@ -63,7 +63,7 @@ def main(out: Path) -> None:
         store.ensure_schema("CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL)")
         for table, rows in ROWS.items():
             marks = ", ".join("?" * len(rows[0]))
-            store.db.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)  # noqa: S608
+            store.db.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
         tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         missing = tables - set(ROWS) - {"sqlite_sequence"}
         if missing:
