@@ -7,7 +7,7 @@ SLOTCTL := $(VENV)/bin/slotctl
 APT_PACKAGES := btrfs-progs openssh-server openssh-client libpam0g-dev gcc make supervisor quota \
 	python3 python3-venv python3-dev sshpass iproute2 procps psmisc acl sudo util-linux \
 	transmission-daemon wordpress php-fpm php-mysql php-cli nginx-light mariadb-server mariadb-client systemd nftables \
-	chromium cron at prometheus
+	chromium cron at prometheus postgresql
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 -y -qq
 DEMO_IMAGE ?= /var/lib/slotwarden/slots.img
 DEMO_SIZE ?= 4G
@@ -92,7 +92,7 @@ vm-test: venv vm-deps
 # lands in build/deb/ and never beside the checkout.
 DEB_APT_PACKAGES := debhelper dh-virtualenv dpkg-dev fakeroot lintian libpam0g-dev gcc make python3-venv \
 	python3-click python3-rich python3-psutil python3-pyroute2 python3-cryptography python3-jinja2 \
-	python3-pampy python3-pyotp python3-qrcode mmdebstrap
+	python3-pampy python3-pyotp python3-qrcode python3-psycopg mmdebstrap
 DEB_VERSION = $(shell dpkg-parsechangelog -l debian/changelog -S Version)
 DEB_FILE = build/deb/slotwarden_$(DEB_VERSION)_$(shell dpkg --print-architecture).deb
 

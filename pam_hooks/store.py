@@ -181,6 +181,21 @@ def list_attempts(conn: sqlite3.Connection, username: str) -> list[dict[str, obj
                                                                  "last"), r, strict=True)) for r in rows]
 
 
+def attempts_since(conn: sqlite3.Connection, username: str, since: float) -> list[dict[str, object]]:
+    """Records of ``username`` (the recorded form) from ``since`` on, one per address: ip, count, first, last."""
+    rows = conn.execute(
+        "SELECT ip, COUNT(*) AS count, MIN(ts) AS first, MAX(ts) AS last FROM attempts "
+        "WHERE username = ? AND ts >= ? GROUP BY ip ORDER BY last DESC", (username, since)).fetchall()
+    return [{"ip": r[0], "count": r[1], "first": r[2], "last": r[3]} for r in rows]
+
+
+def expired_groups(conn: sqlite3.Connection, before: float) -> list[dict[str, object]]:
+    """What :func:`purge_attempts` would remove, one per (username, ip): username, ip, n."""
+    rows = conn.execute("SELECT username, ip, COUNT(*) AS n FROM attempts WHERE ts < ? GROUP BY username, ip "
+                        "ORDER BY username, ip", (before,)).fetchall()
+    return [{"username": r[0], "ip": r[1], "n": r[2]} for r in rows]
+
+
 def forget_attempts(conn: sqlite3.Connection, username: str) -> int:
     """Delete every record (and counter) of ``username`` as typed; returns attempt rows removed."""
     from pam_hooks.protocol import name_key

@@ -9,7 +9,7 @@ from pathlib import Path
 from provisioner.config import Config, load_config
 from provisioner.errors import SlotError
 from provisioner.quota import QuotaBackend, load_backend
-from provisioner.store import Store
+from provisioner.store import Store, open_store
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.config.db_path)
+        return open_store(self.config)
 
     @cached_property
     def settings(self) -> HostSettings:

@@ -96,13 +96,9 @@ def _slot_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Ite
     ]
     apps = installed_apps(ctx, username)
     creds = credential_apps(ctx, username)
-    if apps is None and creds is None:
-        app_value: Any = "no apps store on this host"
-    else:
-        installs = apps or {}
-        names = sorted(set(installs) | set(creds or []))
-        app_value = [{"app": a, "installed": installs.get(a, "no"), "credentials stored": a in (creds or [])}
-                     for a in names] or "none"
+    names = sorted(set(apps) | set(creds))
+    app_value: Any = [{"app": a, "installed": apps.get(a, "no"), "credentials stored": a in creds}
+                      for a in names] or "none"
     items.append(Item("application passwords", app_value, "log in to each installed app",
                       f"store {db} (app credentials), encrypted at rest; secrets never shown here",
                       "until the app is uninstalled"))
@@ -157,7 +153,7 @@ def _log_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Item
                             "the lines about this user's logins are counted under sshd logs",
              "troubleshooting", "the host's logs", "the host's log rotation"),
     ]
-    apps = installed_apps(ctx, username) or {}
+    apps = installed_apps(ctx, username)
     log_dir = _supervisor_log_dir(ctx)
     home = Path(rec.home)
     rows = []

@@ -33,7 +33,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -52,16 +51,6 @@ from provisioner.quota import Usage
 from provisioner.runner import run
 from provisioner.store import SlotRecord, Store, current_actor
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS slot_lifecycle (
-    username          TEXT PRIMARY KEY,
-    plan              TEXT,
-    suspended_at      REAL,
-    suspended_reason  TEXT,
-    suspended_by      TEXT,
-    saved             TEXT
-);
-"""
 log = logging.getLogger("slotwarden.lifecycle")
 SHADOW = Path("/etc/shadow")
 # The expiry day suspend sets: 1970-01-02, long past, so pam_unix's account phase says "expired".
@@ -119,19 +108,7 @@ class LifecycleRecord:
                 "suspended_reason": self.suspended_reason, "suspended_by": self.suspended_by}
 
 
-# Stores whose lifecycle table is known to exist. ensure_schema runs executescript, which
-# commits an open transaction, so it must run once per connection, before any transaction.
-_READY: weakref.WeakSet[Store] = weakref.WeakSet()
-
-
-def _ensure_schema(store: Store) -> None:
-    if store not in _READY:
-        store.ensure_schema(SCHEMA)
-        _READY.add(store)
-
-
 def get_lifecycle(store: Store, username: str) -> LifecycleRecord | None:
-    _ensure_schema(store)
     row = store.db.execute("SELECT * FROM slot_lifecycle WHERE username = ?", (username,)).fetchone()
     if row is None:
         return None
@@ -141,16 +118,16 @@ def get_lifecycle(store: Store, username: str) -> LifecycleRecord | None:
 
 
 def put_lifecycle(store: Store, rec: LifecycleRecord) -> None:
-    _ensure_schema(store)
     store.db.execute(
-        "INSERT OR REPLACE INTO slot_lifecycle VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO slot_lifecycle VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+        "plan = excluded.plan, suspended_at = excluded.suspended_at, suspended_reason = excluded.suspended_reason, "
+        "suspended_by = excluded.suspended_by, saved = excluded.saved",
         (rec.username, rec.plan, rec.suspended_at, rec.suspended_reason, rec.suspended_by,
          json.dumps(rec.saved, sort_keys=True) if rec.saved is not None else None),
     )
 
 
 def delete_lifecycle(store: Store, username: str) -> None:
-    _ensure_schema(store)
     store.db.execute("DELETE FROM slot_lifecycle WHERE username = ?", (username,))
 
 
@@ -685,7 +662,6 @@ def _creation_steps(ctx: Context, req: slots.SlotRequest) -> list[Step]:
     if plan is None:
         return []
     store = ctx.store
-    _ensure_schema(store)
     name = req.username
     return [Step("plan", f"record plan {plan} for {name}",
                  lambda: put_lifecycle(store, LifecycleRecord(name, plan)),

@@ -26,7 +26,6 @@ import logging
 import os
 import stat
 import time
-import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,26 +40,6 @@ from provisioner.runner import run
 from provisioner.store import SlotRecord, Store, current_actor
 
 log = logging.getLogger("slotwarden.notices")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS notices (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    username        TEXT NOT NULL,
-    path            TEXT NOT NULL,
-    ref             TEXT NOT NULL,
-    state           TEXT NOT NULL CHECK (state IN ('open', 'quarantined', 'gone', 'closed')),
-    created_at      REAL NOT NULL,
-    deadline        REAL NOT NULL,
-    quarantined_at  REAL,
-    sha256          TEXT,
-    size            INTEGER,
-    quarantine_path TEXT,
-    closed_at       REAL,
-    closed_by       TEXT,
-    note            TEXT
-);
-CREATE INDEX IF NOT EXISTS notices_username ON notices(username);
-"""
-_READY: weakref.WeakSet[Store] = weakref.WeakSet()
 MAX_REF = 100
 MAX_PATH = 4096
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -123,16 +102,12 @@ class Notices:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        if store not in _READY:  # executescript commits an open transaction: once per connection
-            store.ensure_schema(SCHEMA)
-            _READY.add(store)
 
     def add(self, username: str, path: str, ref: str, now: float, deadline: float) -> int:
-        cur = self.store.db.execute(
-            "INSERT INTO notices (username, path, ref, state, created_at, deadline) VALUES (?, ?, ?, 'open', ?, ?)",
-            (username, path, ref, now, deadline))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        row = self.store.db.execute(
+            "INSERT INTO notices (username, path, ref, state, created_at, deadline) VALUES (?, ?, ?, 'open', ?, ?) "
+            "RETURNING id", (username, path, ref, now, deadline)).fetchone()
+        return int(row[0])
 
     def get(self, notice_id: int) -> Notice | None:
         row = self.store.db.execute("SELECT * FROM notices WHERE id = ?", (notice_id,)).fetchone()

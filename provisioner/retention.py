@@ -73,19 +73,17 @@ class AttemptRecords:
             pass
         self.path: Path = self.guard_cfg.db_path if self.guard_cfg is not None else ctx.config.state_dir / "guard.db"
 
-    def _connect(self) -> sqlite3.Connection | None:
+    def _connect(self) -> Any:
+        """The attempt store through ``pam_hooks.store`` (None when absent or without records)."""
         if not self.path.exists():
             return None
         try:
-            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='attempts'").fetchone()
+            return self._store().open_store(self.path)
         except sqlite3.Error as exc:
             raise SlotError(f"cannot open the attempt store {self.path}: {exc}") from None
-        if not exists:
-            conn.close()
-            return None
-        return conn
+
+    def _store(self) -> Any:
+        return importlib.import_module("pam_hooks.store")
 
     def list_for(self, username: str, since: float) -> list[dict[str, Any]]:
         """Records for USERNAME (exactly as typed) newer than SINCE, grouped by address."""
@@ -93,11 +91,7 @@ class AttemptRecords:
         if conn is None:
             return []
         try:
-            rows = conn.execute(
-                "SELECT ip, COUNT(*) AS count, MIN(ts) AS first, MAX(ts) AS last FROM attempts "
-                "WHERE username = ? AND ts >= ? GROUP BY ip ORDER BY last DESC",
-                (self.escape(username), since)).fetchall()
-            return [dict(r) for r in rows]
+            return list(self._store().attempts_since(conn, self.escape(username), since))
         finally:
             conn.close()
 
@@ -107,22 +101,21 @@ class AttemptRecords:
         if conn is None:
             return []
         try:
-            store = importlib.import_module("pam_hooks.store")
-            return list(store.list_known_origins(conn, username))
-        except (ImportError, AttributeError, sqlite3.Error):
+            return list(self._store().list_known_origins(conn, username))
+        except (AttributeError, sqlite3.Error):
             return []  # a guard from before known origins: none held
         finally:
             conn.close()
 
     def forget(self, username: str) -> int:
-        """Remove every record of USERNAME; returns how many."""
+        """Remove every record of USERNAME (attempts, counters, known origins); returns how many attempts."""
         if self.guard is not None:
             return int(self.guard.admin(self.guard_cfg, "forget", user=username)["deleted"])
         conn = self._connect()
         if conn is None:
             return 0
         try:
-            return int(conn.execute("DELETE FROM attempts WHERE username = ?", (username,)).rowcount)
+            return int(self._store().forget_attempts(conn, username))
         finally:
             conn.close()
 
@@ -132,16 +125,14 @@ class AttemptRecords:
         if conn is None:
             return []
         try:
-            groups = conn.execute(
-                "SELECT username, ip, COUNT(*) AS n FROM attempts WHERE ts < ? GROUP BY username, ip "
-                "ORDER BY username, ip", (before,)).fetchall()
+            groups = self._store().expired_groups(conn, before)
             removed = [f"{g['username']!r} from {g['ip']} ({g['n']})" for g in groups]
             if not dry_run and groups:
                 if self.guard is not None:
                     # The guard purges by its own [guard] retention (24 h by default, as here).
                     self.guard.admin(self.guard_cfg, "purge")
                 else:
-                    conn.execute("DELETE FROM attempts WHERE ts < ?", (before,))
+                    self._store().purge_attempts(conn, before)
             return removed
         finally:
             conn.close()
@@ -149,35 +140,22 @@ class AttemptRecords:
 
 # --- the apps store ---------------------------------------------------------------------------
 
-# The apps package's tables (provisioner/apps/registry.py): ``app_installs(username, app, state)``
-# and ``app_credentials(username, app, nonce, ciphertext)``. Only username, app and state are
-# ever read here, never a secret. Read directly so a host without the apps package still answers.
-APPS_TABLE = "app_installs"
-CREDENTIALS_TABLE = "app_credentials"
+
+def _apps(ctx: Context) -> Any:
+    from provisioner.apps.registry import AppRegistry
+    from provisioner.apps.vault import KEY_FILE_NAME, Vault
+
+    return AppRegistry(ctx.store, Vault(ctx.config.state_dir / KEY_FILE_NAME))  # the key is never read here
 
 
-def table_exists(db: sqlite3.Connection, name: str) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+def installed_apps(ctx: Context, username: str) -> dict[str, str]:
+    """{app: install state} for USERNAME."""
+    return {r.app: r.state for r in _apps(ctx).installs(username)}
 
 
-def installed_apps(ctx: Context, username: str) -> dict[str, str] | None:
-    """{app: install state} for USERNAME (None: this host has no apps store)."""
-    db = ctx.store.db
-    if not table_exists(db, APPS_TABLE):
-        return None
-    rows = db.execute(f"SELECT app, state FROM {APPS_TABLE} WHERE username = ? ORDER BY app",  # noqa: S608
-                      (username,)).fetchall()
-    return {r["app"]: r["state"] for r in rows}
-
-
-def credential_apps(ctx: Context, username: str) -> list[str] | None:
-    """Apps of USERNAME that have stored credentials (None: no credentials store)."""
-    db = ctx.store.db
-    if not table_exists(db, CREDENTIALS_TABLE):
-        return None
-    rows = db.execute(f"SELECT DISTINCT app FROM {CREDENTIALS_TABLE} WHERE username = ? ORDER BY app",  # noqa: S608
-                      (username,)).fetchall()
-    return [r["app"] for r in rows]
+def credential_apps(ctx: Context, username: str) -> list[str]:
+    """Apps of USERNAME that have stored credentials."""
+    return list(_apps(ctx).credential_apps(username))
 
 
 # --- the rules --------------------------------------------------------------------------------
@@ -196,23 +174,14 @@ def drop_orphaned_credentials(ctx: Context, now: float, dry_run: bool) -> RuleRe
     An install row in any state (``installing`` too) keeps its credentials: an install under
     way is not an uninstalled app.
     """
-    db = ctx.store.db
     desc = "credentials of apps no longer installed"
-    if not table_exists(db, CREDENTIALS_TABLE):
-        return RuleResult("app-credentials", desc, note="no credentials store on this host")
-    has_apps = table_exists(db, APPS_TABLE)
-    # Table names are module constants, never input.
-    installed = (f"EXISTS (SELECT 1 FROM {APPS_TABLE} a WHERE a.username = c.username AND a.app = c.app)"  # noqa: S608
-                 if has_apps else "0")
-    where = f"NOT ({installed}) OR NOT EXISTS (SELECT 1 FROM slots s WHERE s.username = c.username)"  # noqa: S608
-    rows = db.execute(f"SELECT DISTINCT c.username, c.app FROM {CREDENTIALS_TABLE} c WHERE {where} "  # noqa: S608
-                      "ORDER BY c.username, c.app").fetchall()
-    removed = [f"{r['username']}/{r['app']}" for r in rows]
-    if rows and not dry_run:
+    registry = _apps(ctx)
+    orphans = registry.orphaned_credentials()
+    if orphans and not dry_run:
         with ctx.store.transaction():
-            db.executemany(f"DELETE FROM {CREDENTIALS_TABLE} WHERE username = ? AND app = ?",  # noqa: S608
-                           [(r["username"], r["app"]) for r in rows])
-    return RuleResult("app-credentials", desc, removed)
+            for username, app in orphans:
+                registry.delete_credentials(username, app)
+    return RuleResult("app-credentials", desc, [f"{u}/{a}" for u, a in orphans])
 
 
 def remove_kept_homes(ctx: Context, now: float, dry_run: bool) -> RuleResult:
@@ -249,9 +218,7 @@ def drop_orphaned_app_logs(ctx: Context, now: float, dry_run: bool) -> RuleResul
         log_dir = None
     if not isinstance(log_dir, Path):
         return RuleResult("app-logs", desc, note="apps log to the journal here: the host's rotation keeps them")
-    db = ctx.store.db
-    installs = {(r["username"], r["app"]) for r in db.execute(f"SELECT username, app FROM {APPS_TABLE}")} \
-        if table_exists(db, APPS_TABLE) else set()  # noqa: S608 - a module constant
+    installs = {(r.username, r.app) for r in _apps(ctx).installs()}
     removed = []
     for path in sorted(log_dir.glob("slotwarden-*@*.log*")):
         prog, _, rest = path.name.removeprefix("slotwarden-").partition("@")

@@ -3,7 +3,10 @@
 Tables: ``slots`` (one row per slot, from the operator's data table), ``audit`` (append-only:
 who, what, when, on which slot — never a secret), ``host_settings`` (what ``host init`` set
 up) and ``slot_ids`` (every UID/GID ever handed to a slot, and when it was retired: kept
-forever, so an id never passes to a second tenant). Other modules add their own tables with :meth:`Store.ensure_schema`.
+forever, so an id never passes to a second tenant). The tables are made by the migrations in
+:mod:`provisioner.db.migrations`; other areas keep their own repository classes over the same
+connection (:attr:`Store.db`). By default the store is SQLite under the state dir; ``[store] url``
+points it at PostgreSQL (see :func:`open_store`).
 
 >>> import tempfile, pathlib
 >>> s = Store(pathlib.Path(tempfile.mkdtemp()) / "t.db")
@@ -17,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,46 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provisioner.errors import SlotError
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS slots (
-    username     TEXT PRIMARY KEY,
-    uid          INTEGER,
-    email        TEXT NOT NULL,
-    country      TEXT NOT NULL,
-    payment_ref  TEXT,
-    quota_bytes  INTEGER,
-    home         TEXT NOT NULL,
-    state        TEXT NOT NULL CHECK (state IN ('creating', 'active', 'removing', 'suspended')),
-    created_at   REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    at        REAL NOT NULL,
-    actor     TEXT NOT NULL,
-    action    TEXT NOT NULL,
-    username  TEXT,
-    detail    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_username ON audit(username);
-CREATE TABLE IF NOT EXISTS host_settings (
-    key    TEXT PRIMARY KEY,
-    value  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS slot_ids (
-    id          INTEGER PRIMARY KEY,
-    username    TEXT NOT NULL,
-    allocated_at REAL NOT NULL,
-    retired_at  REAL
-);
-CREATE INDEX IF NOT EXISTS slot_ids_username ON slot_ids(username);
-CREATE TABLE IF NOT EXISTS kept_homes (
-    path      TEXT PRIMARY KEY,
-    username  TEXT NOT NULL,
-    kept_at   REAL NOT NULL
-);
-"""
+from provisioner.config import Config, refuse_unknown_keys
+from provisioner.db import Database, IntegrityError, check, connect, upgrade
+from provisioner.errors import ConfigError, SlotError
 
 
 @dataclass(frozen=True)
@@ -98,41 +63,25 @@ def current_actor() -> str:
 class Store:
     """A connection to the state database; cheap to open, one per command or request."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, db: Database | None = None) -> None:
+        """Open the SQLite store at PATH, or DB when given (PATH then only names the local
+        high-water file beside it); refuses a store whose schema is not this code's."""
         self.path = path
+        self.db = db if db is not None else connect(str(path))
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fresh = not path.exists()
-            self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-            if fresh:
-                os.chmod(path, 0o600)
-        except (OSError, sqlite3.Error) as exc:
-            raise SlotError(f"cannot open the store {path}: {exc}") from None
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: durable across a process kill (what the kill -9 tests need); a power loss
-        # may lose the last commit, which `doctor` then reports as drift.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.ensure_schema(SCHEMA)
-
-    def ensure_schema(self, sql: str) -> None:
-        """Create tables and indexes that are not there yet (idempotent)."""
-        self.db.executescript(sql)
+            check(self.db)
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An immediate (write-locking) transaction."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def transaction(self) -> Iterator[Database]:
+        """A write transaction holding the store's writer lock (BEGIN IMMEDIATE on SQLite)."""
+        with self.db.transaction() as db:
+            yield db
 
     # --- slots -----------------------------------------------------------------------------
 
@@ -151,7 +100,7 @@ class Store:
                 ":quota_bytes, :home, :state, :created_at)",
                 rec.as_dict(),
             )
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise SlotError(f"slot {rec.username!r} already exists") from None
 
     _UPDATABLE = frozenset({"uid", "email", "country", "payment_ref", "quota_bytes", "state"})
@@ -182,6 +131,19 @@ class Store:
         else:
             rows = self.db.execute("SELECT * FROM audit WHERE username = ? ORDER BY id", (username,)).fetchall()
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+    def recent_audit(self, limit: int) -> list[dict[str, Any]]:
+        """The LIMIT newest entries, newest first, DETAIL as stored (JSON text)."""
+        rows = self.db.execute("SELECT at, actor, action, username, detail FROM audit ORDER BY id DESC LIMIT ?",
+                               (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def audit_after(self, last_id: int, prefixes: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Entries after id LAST_ID whose action starts with one of PREFIXES (id, action, detail as text)."""
+        like = " OR ".join("action LIKE ?" for _ in prefixes) or "1 = 0"
+        rows = self.db.execute(f"SELECT id, action, detail FROM audit WHERE id > ? AND ({like}) ORDER BY id",  # noqa: S608
+                               (last_id, *(p.replace("%", "") + "%" for p in prefixes))).fetchall()
+        return [dict(r) for r in rows]
 
     # --- host settings ---------------------------------------------------------------------
 
@@ -274,8 +236,8 @@ class Store:
         other; its uid goes into the record, so the record holds every slot uid ever retired.
         """
         now = time.time()
-        self.db.execute("INSERT OR IGNORE INTO slot_ids (id, username, allocated_at, retired_at) VALUES (?, ?, ?, ?)",
-                        (uid, username, now, now))
+        self.db.execute("INSERT INTO slot_ids (id, username, allocated_at, retired_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (id) DO NOTHING", (uid, username, now, now))
         self.db.execute("UPDATE slot_ids SET retired_at = ? WHERE id = ? AND username = ? AND retired_at IS NULL",
                         (now, uid, username))
 
@@ -286,10 +248,55 @@ class Store:
     # --- homes kept with --keep-data -------------------------------------------------------
 
     def add_kept_home(self, path: str, username: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO kept_homes VALUES (?, ?, ?)", (path, username, time.time()))
+        self.db.execute("INSERT INTO kept_homes VALUES (?, ?, ?) ON CONFLICT (path) DO UPDATE SET "
+                        "username = excluded.username, kept_at = excluded.kept_at", (path, username, time.time()))
 
     def kept_homes(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM kept_homes ORDER BY kept_at")]
 
     def delete_kept_home(self, path: str) -> None:
         self.db.execute("DELETE FROM kept_homes WHERE path = ?", (path,))
+
+
+STORE_KEYS = {"url", "password_file"}
+
+
+def store_target(config: Config) -> tuple[str, Path | None]:
+    """Where ``[store]`` puts the store: (url, password file). Default: SQLite in the state dir.
+
+    ``url = "postgresql://user@host:port/db"`` with ``password_file`` (root-only, mode 0600)
+    holding its password; a URL with a password in it is refused when opened.
+    """
+    table = config.section("store")
+    refuse_unknown_keys(table, "store", STORE_KEYS)
+    url = table.get("url", f"sqlite://{config.db_path}")
+    if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError("store.url: expected sqlite:///path or postgresql://user@host:port/database")
+    pw = table.get("password_file")
+    if pw is not None and (not isinstance(pw, str) or not pw.startswith("/")):
+        raise ConfigError("store.password_file: expected an absolute path")
+    return url, Path(pw) if pw else None
+
+
+def open_database(config: Config, timeout: float = 30) -> Database:
+    """A connection to the configured store, its schema not checked (``db upgrade`` uses it)."""
+    url, password_file = store_target(config)
+    return connect(url, password_file, timeout)
+
+
+def upgrade_store(config: Config) -> tuple[str, int | None, int]:
+    """Bring the configured store to this code's schema: (store, version before, after)."""
+    db = open_database(config)
+    try:
+        before, after = upgrade(db)
+        return db.where, before, after
+    finally:
+        db.close()
+
+
+def open_store(config: Config) -> Store:
+    """The configured store, its schema checked (see :func:`provisioner.db.check`)."""
+    url, password_file = store_target(config)
+    if url == f"sqlite://{config.db_path}":
+        return Store(config.db_path)
+    return Store(config.db_path, connect(url, password_file))

@@ -32,7 +32,6 @@ import grp
 import os
 import pwd
 import time
-import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,26 +44,7 @@ from provisioner.names import validate_username
 from provisioner.plan import Step
 from provisioner.store import SlotRecord, Store, current_actor
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS support_grants (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    username      TEXT NOT NULL,
-    staff         TEXT NOT NULL,
-    reason        TEXT NOT NULL,
-    write         INTEGER NOT NULL,
-    duration      INTEGER NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('requested', 'refused', 'active', 'revoked', 'expired')),
-    requested_at  REAL NOT NULL,
-    decided_at    REAL,
-    expires_at    REAL,
-    ended_at      REAL,
-    ended_by      TEXT,
-    mountpoint    TEXT
-);
-CREATE INDEX IF NOT EXISTS support_grants_username ON support_grants(username);
-"""
 OPEN_STATES = ("requested", "active")
-_READY: weakref.WeakSet[Store] = weakref.WeakSet()
 MAX_REASON = 300
 
 
@@ -119,16 +99,13 @@ class SupportGrants:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        if store not in _READY:  # executescript commits an open transaction: once per connection
-            store.ensure_schema(SCHEMA)
-            _READY.add(store)
 
     def add(self, username: str, staff: str, reason: str, write: bool, duration: int, now: float) -> int:
-        cur = self.store.db.execute(
+        row = self.store.db.execute(
             "INSERT INTO support_grants (username, staff, reason, write, duration, state, requested_at) "
-            "VALUES (?, ?, ?, ?, ?, 'requested', ?)", (username, staff, reason, int(write), duration, now))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+            "VALUES (?, ?, ?, ?, ?, 'requested', ?) RETURNING id",
+            (username, staff, reason, int(write), duration, now)).fetchone()
+        return int(row[0])
 
     def get(self, grant_id: int) -> Grant | None:
         row = self.store.db.execute("SELECT * FROM support_grants WHERE id = ?", (grant_id,)).fetchone()

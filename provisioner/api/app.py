@@ -44,7 +44,7 @@ from provisioner.context import Context
 from provisioner.errors import BadInput, CommandFailed, ConfigError, SlotError, StepFailed
 from provisioner.names import parse_size, validate_country, validate_email, validate_payment_ref, validate_username
 from provisioner.plans import get_plan, list_plans, plan_as_dict
-from provisioner.store import Store
+from provisioner.store import Store, open_store
 
 log = logging.getLogger("slotwarden.api")
 PUBLIC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/healthz"})
@@ -227,7 +227,7 @@ def _thread_store(config: Config) -> Store:
     stores: dict[Path, Store] = _local.__dict__.setdefault("stores", {})
     store = stores.get(config.db_path)
     if store is None:
-        store = stores[config.db_path] = Store(config.db_path)
+        store = stores[config.db_path] = open_store(config)
     return store
 
 
@@ -239,8 +239,7 @@ class _RequestContext(Context):
         self.__dict__["store"] = _thread_store(config)
 
     def close(self) -> None:
-        if self.store.db.in_transaction:  # a failure mid-transaction must not leak into the next request
-            self.store.db.execute("ROLLBACK")
+        self.store.db.rollback()  # a failure mid-transaction must not leak into the next request
 
 
 def _authenticate(config: Config, header: str | None) -> str | None:

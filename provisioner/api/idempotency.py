@@ -17,35 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from provisioner.store import Store
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_idempotency (
-    token_name    TEXT NOT NULL,
-    key           TEXT NOT NULL,
-    request_hash  TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('pending', 'done')),
-    status        INTEGER,
-    response      TEXT,
-    created_at    REAL NOT NULL,
-    PRIMARY KEY (token_name, key)
-);
-"""
 KEEP_SECONDS = 24 * 3600
 STALE_SECONDS = 600
 MAX_KEY = 200
 SECRET_FIELDS = ("password",)
-_READY: weakref.WeakSet[Store] = weakref.WeakSet()
-
-
-def _ensure(store: Store) -> None:
-    if store not in _READY:
-        store.ensure_schema(SCHEMA)
-        _READY.add(store)
 
 
 class KeyConflict(Exception):
@@ -73,7 +53,6 @@ def valid_key(key: str) -> bool:
 
 def begin(store: Store, token_name: str, key: str, request_hash: str, now: float | None = None) -> Replay | None:
     """Claim KEY for this request (None: go ahead) or return the stored first result."""
-    _ensure(store)
     now = time.time() if now is None else now
     with store.transaction() as db:
         db.execute("DELETE FROM api_idempotency WHERE created_at < ?", (now - KEEP_SECONDS,))
@@ -86,8 +65,10 @@ def begin(store: Store, token_name: str, key: str, request_hash: str, now: float
                 return Replay(int(row["status"]), json.loads(row["response"]))
             if row["created_at"] > now - STALE_SECONDS:
                 raise KeyConflict("a request with this Idempotency-Key is still in progress; retry later", 409)
-        db.execute("INSERT OR REPLACE INTO api_idempotency (token_name, key, request_hash, state, created_at) "
-                   "VALUES (?, ?, ?, 'pending', ?)", (token_name, key, request_hash, now))
+        db.execute("INSERT INTO api_idempotency (token_name, key, request_hash, state, created_at) "
+                   "VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (token_name, key) DO UPDATE SET "
+                   "request_hash = excluded.request_hash, state = 'pending', status = NULL, response = NULL, "
+                   "created_at = excluded.created_at", (token_name, key, request_hash, now))
     return None
 
 

@@ -19,7 +19,6 @@ import hashlib
 import re
 import secrets
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,23 +26,8 @@ from provisioner.errors import BadInput, SlotError
 from provisioner.names import shown
 from provisioner.store import Store, current_actor
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_tokens (
-    name        TEXT PRIMARY KEY,
-    token_hash  TEXT NOT NULL UNIQUE,
-    created_at  REAL NOT NULL,
-    revoked_at  REAL
-);
-"""
 TOKEN_PREFIX = "swt_"  # noqa: S105 - a marker, not a secret
 NAME_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
-_READY: weakref.WeakSet[Store] = weakref.WeakSet()
-
-
-def _ensure(store: Store) -> None:
-    if store not in _READY:
-        store.ensure_schema(SCHEMA)
-        _READY.add(store)
 
 
 def hash_token(token: str) -> str:
@@ -72,14 +56,14 @@ class TokenInfo:
 def create_token(store: Store, name: str) -> str:
     """A new token named NAME (a revoked name may be reused); returns it, the only time it exists."""
     name = validate_token_name(name)
-    _ensure(store)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with store.transaction() as db:
         row = db.execute("SELECT revoked_at FROM api_tokens WHERE name = ?", (name,)).fetchone()
         if row is not None and row["revoked_at"] is None:
             raise SlotError(f"an active token named {name!r} exists; revoke it first")
-        db.execute("INSERT OR REPLACE INTO api_tokens (name, token_hash, created_at, revoked_at) "
-                   "VALUES (?, ?, ?, NULL)", (name, hash_token(token), time.time()))
+        db.execute("INSERT INTO api_tokens (name, token_hash, created_at, revoked_at) VALUES (?, ?, ?, NULL) "
+                   "ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, "
+                   "created_at = excluded.created_at, revoked_at = NULL", (name, hash_token(token), time.time()))
         store.audit(current_actor(), "api.token.create", None, {"name": name})
     return token
 
@@ -87,7 +71,6 @@ def create_token(store: Store, name: str) -> str:
 def revoke_token(store: Store, name: str) -> None:
     """Revoke NAME at once (the next request with it gets 401)."""
     name = validate_token_name(name)
-    _ensure(store)
     with store.transaction() as db:
         cur = db.execute("UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                          (time.time(), name))
@@ -97,7 +80,6 @@ def revoke_token(store: Store, name: str) -> None:
 
 
 def list_tokens(store: Store) -> list[TokenInfo]:
-    _ensure(store)
     rows = store.db.execute("SELECT name, created_at, revoked_at FROM api_tokens ORDER BY name").fetchall()
     return [TokenInfo(r["name"], r["created_at"], r["revoked_at"]) for r in rows]
 
@@ -106,7 +88,6 @@ def verify_token(store: Store, token: str) -> str | None:
     """The name of the active token TOKEN, or None."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
-    _ensure(store)
     row = store.db.execute("SELECT name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
                            (hash_token(token),)).fetchone()
     return str(row["name"]) if row else None

@@ -1,7 +1,8 @@
 """The apps' tables in the store: installs, the port registry, and sealed credentials.
 
-``app_installs`` (one row per app installed in a slot) and ``app_credentials`` are also read
-by :mod:`provisioner.retention` and the data report, by these names.
+:class:`AppRegistry` is the only code that runs SQL on ``app_installs`` (one row per app
+installed in a slot), ``app_ports`` and ``app_credentials``; :mod:`provisioner.retention` and
+the data report call it (reading names and states, never a secret).
 
 Ports come from a configurable range and are handed out inside one write transaction; the
 ``PRIMARY KEY`` on the port is the uniqueness constraint, so two installs racing for the
@@ -14,40 +15,14 @@ A port someone else is already listening on (outside our registry) is skipped to
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner.apps.vault import Vault
+from provisioner.db import IntegrityError
 from provisioner.errors import SlotError
 from provisioner.store import Store
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS app_installs (
-    username      TEXT NOT NULL,
-    app           TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('installing', 'installed', 'removing')),
-    version       TEXT,
-    installed_at  REAL NOT NULL,
-    PRIMARY KEY (username, app)
-);
-CREATE TABLE IF NOT EXISTS app_ports (
-    port      INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
-    username  TEXT NOT NULL,
-    app       TEXT NOT NULL,
-    purpose   TEXT NOT NULL,
-    UNIQUE (username, app, purpose)
-);
-CREATE TABLE IF NOT EXISTS app_credentials (
-    username    TEXT NOT NULL,
-    app         TEXT NOT NULL,
-    nonce       BLOB NOT NULL,
-    ciphertext  BLOB NOT NULL,
-    updated_at  REAL NOT NULL,
-    PRIMARY KEY (username, app)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -90,7 +65,6 @@ class AppRegistry:
     def __init__(self, store: Store, vault: Vault) -> None:
         self.store = store
         self.vault = vault
-        store.ensure_schema(SCHEMA)
 
     # --- installs -----------------------------------------------------------------------
 
@@ -111,7 +85,7 @@ class AppRegistry:
         try:
             self.store.db.execute("INSERT INTO app_installs VALUES (?, ?, 'installing', ?, ?)",
                                   (username, app, version, time.time()))
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise SlotError(f"{app} is already installed in slot {username}") from None
 
     def set_state(self, username: str, app: str, state: str) -> None:
@@ -161,6 +135,21 @@ class AppRegistry:
         row = self.store.db.execute("SELECT nonce, ciphertext FROM app_credentials WHERE username = ? AND app = ?",
                                     (username, app)).fetchone()
         return self.vault.open(username, app, bytes(row["nonce"]), bytes(row["ciphertext"])) if row else None
+
+    def credential_apps(self, username: str) -> list[str]:
+        """Apps of USERNAME with stored credentials (names only: nothing is unsealed)."""
+        rows = self.store.db.execute("SELECT DISTINCT app FROM app_credentials WHERE username = ? ORDER BY app",
+                                     (username,)).fetchall()
+        return [r["app"] for r in rows]
+
+    def orphaned_credentials(self) -> list[tuple[str, str]]:
+        """(username, app) of credentials whose app is not installed (in any state) or whose slot is gone."""
+        rows = self.store.db.execute(
+            "SELECT DISTINCT c.username, c.app FROM app_credentials c WHERE NOT EXISTS "
+            "(SELECT 1 FROM app_installs a WHERE a.username = c.username AND a.app = c.app) "
+            "OR NOT EXISTS (SELECT 1 FROM slots s WHERE s.username = c.username) "
+            "ORDER BY c.username, c.app").fetchall()
+        return [(r["username"], r["app"]) for r in rows]
 
     def delete_credentials(self, username: str, app: str) -> None:
         self.store.db.execute("DELETE FROM app_credentials WHERE username = ? AND app = ?", (username, app))

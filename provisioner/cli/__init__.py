@@ -27,6 +27,7 @@ GROUPS: dict[str, str] = {
     "app": "provisioner.cli.app:app",
     "metrics": "provisioner.cli.metrics:metrics",
     "data": "provisioner.cli.data:data",
+    "db": "provisioner.cli.db:db",
     "retention": "provisioner.cli.retention:retention",
     "plan": "provisioner.cli.plan:plan",
     "api": "provisioner.cli.api:api",

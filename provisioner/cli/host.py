@@ -8,6 +8,7 @@ from rich.console import Console
 from provisioner.cli.output import emit, json_option
 from provisioner.context import Context
 from provisioner.host import host_init, parse_host_request
+from provisioner.store import upgrade_store
 
 
 @click.group()
@@ -32,6 +33,8 @@ def init(slots_root: str | None, quota_backend: str | None, loopback_image: str 
          loopback_size: str | None, hidepid: bool | None, persist: bool, dry_run: bool) -> None:
     """Prepare this host (idempotent: a second run with the same options changes nothing)."""
     ctx = Context()
+    if not dry_run:
+        upgrade_store(ctx.config)  # a store made by an older slotwarden keeps its rows
     req = parse_host_request(ctx, slots_root, quota_backend, loopback_image, loopback_size, hidepid, persist)
     plan = host_init(ctx, req, dry_run=dry_run)
     settings = ctx.store.host_settings()

@@ -257,10 +257,9 @@ class Bridge:
         except SlotError as exc:
             locks = []
             log.warning("guard not reachable for the staff page: %s", exc)
-        audit = ctx.store.db.execute("SELECT at, actor, action, username, detail FROM audit ORDER BY id DESC "
-                                     "LIMIT 100").fetchall()
+        audit = ctx.store.recent_audit(100)
         ctx.store.audit(f"hub:{s.username}", "hub.staff-view", None, {})
-        return {"slots": slots, "locks": locks, "audit": [dict(r) for r in audit]}
+        return {"slots": slots, "locks": locks, "audit": audit}
 
     def admin_lock(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         """Lift or forget the guard's records of a user and/or an address."""

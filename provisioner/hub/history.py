@@ -15,7 +15,6 @@ however long the host runs, and nothing needs pruning but a removed slot's rows.
 from __future__ import annotations
 
 import itertools
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,19 +35,10 @@ MEANS = ("ram_bytes", "swap_bytes", "processes")
 # Counters (CPU seconds, I/O bytes) keep their last value: a chart shows the rate between buckets.
 LASTS = ("cpu_seconds", "disk_used_bytes", "io_read_bytes", "io_write_bytes")
 FIGURES = MEANS + LASTS
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS hub_history (
-    username TEXT NOT NULL,
-    tier TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    start REAL NOT NULL,
-    n INTEGER NOT NULL,
-    ram_bytes REAL, swap_bytes REAL, processes REAL,
-    cpu_seconds REAL, disk_used_bytes REAL, io_read_bytes REAL, io_write_bytes REAL,
-    PRIMARY KEY (username, tier, idx)
-);
-"""
-_READY: weakref.WeakSet[Store] = weakref.WeakSet()
+# FIGURES are this module's column names, never input.
+_UPSERT = ("INSERT INTO hub_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+           "ON CONFLICT (username, tier, idx) DO UPDATE SET start = excluded.start, n = excluded.n, "
+           + ", ".join(f"{k} = excluded.{k}" for k in FIGURES))
 
 
 def bucket_of(tier: Tier, at: float) -> tuple[int, float]:
@@ -62,9 +52,6 @@ class MetricsHistory:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        if store not in _READY:
-            store.ensure_schema(SCHEMA)
-            _READY.add(store)
 
     def record(self, username: str, at: float, figures: dict[str, Any]) -> None:
         """Fold one sample of USERNAME (keys of :data:`FIGURES`; None = unknown) into both rings."""
@@ -80,8 +67,7 @@ class MetricsHistory:
                     merged.update({k: values[k] if values[k] is not None else row[k] for k in LASTS})
                 else:
                     n, merged = 1, values
-                db.execute("INSERT OR REPLACE INTO hub_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (username, tier.name, idx, start, n, *(merged[k] for k in FIGURES)))
+                db.execute(_UPSERT, (username, tier.name, idx, start, n, *(merged[k] for k in FIGURES)))
 
     def series(self, username: str, tier_name: str, now: float) -> list[dict[str, Any]]:
         """USERNAME's buckets of the last ring period, oldest first."""

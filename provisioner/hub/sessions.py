@@ -13,41 +13,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from provisioner.store import Store
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS hub_sessions (
-    token_hash TEXT PRIMARY KEY,
-    username TEXT NOT NULL,
-    role TEXT NOT NULL DEFAULT 'tenant',
-    created REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    address TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    csrf TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS hub_sessions_user ON hub_sessions (username);
-CREATE TABLE IF NOT EXISTS hub_logins (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    username TEXT NOT NULL,
-    address TEXT NOT NULL,
-    ok INTEGER NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS hub_logins_user ON hub_logins (username, at);
-"""
 MAX_AGENT = 200
 # Login events kept for the tenant's activity page: failures as long as the guard's records
 # (the policy's 24 h), successes 30 days.
 FAILED_KEPT = 24 * 3600
 SUCCEEDED_KEPT = 30 * 24 * 3600
-
-_READY: weakref.WeakSet[Store] = weakref.WeakSet()
 
 
 def token_hash(token: str) -> str:
@@ -81,9 +56,6 @@ class SessionStore:
         self.store = store
         self.idle = idle
         self.absolute = absolute
-        if store not in _READY:
-            store.ensure_schema(SCHEMA)
-            _READY.add(store)
 
     def create(self, username: str, address: str, agent: str, role: str = "tenant",
                now: float | None = None) -> tuple[str, Session]:

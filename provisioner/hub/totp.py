@@ -18,7 +18,6 @@ import io
 import json
 import secrets
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,26 +26,12 @@ import pyotp
 from provisioner.apps.vault import Vault
 from provisioner.store import Store
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS hub_totp (
-    username TEXT PRIMARY KEY,
-    nonce BLOB NOT NULL,
-    sealed BLOB NOT NULL,
-    enabled INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    last_step INTEGER NOT NULL DEFAULT 0,
-    recovery TEXT NOT NULL DEFAULT '[]',
-    failures INTEGER NOT NULL DEFAULT 0,
-    failed_at REAL NOT NULL DEFAULT 0
-);
-"""
 # Wrong codes for one account (across sessions: each needs the password anyway) before its
 # second factor refuses every code for FAILURE_WINDOW seconds: 10 guesses per 15 minutes.
 MAX_FAILURES = 10
 FAILURE_WINDOW = 15 * 60
 PURPOSE = "hub-totp"
 ISSUER = "slotwarden Hub"
-_READY: weakref.WeakSet[Store] = weakref.WeakSet()
 
 
 def new_recovery_codes(n: int = 10) -> list[str]:
@@ -88,9 +73,6 @@ class TotpStore:
     def __init__(self, store: Store, vault: Vault) -> None:
         self.store = store
         self.vault = vault
-        if store not in _READY:
-            store.ensure_schema(SCHEMA)
-            _READY.add(store)
 
     def _row(self, username: str) -> Any:
         return self.store.db.execute("SELECT * FROM hub_totp WHERE username = ?", (username,)).fetchone()
@@ -108,8 +90,10 @@ class TotpStore:
         secret = pyotp.random_base32()
         nonce, sealed = self.vault.seal(username, PURPOSE, {"secret": secret})
         with self.store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO hub_totp (username, nonce, sealed, enabled, created) "
-                       "VALUES (?, ?, ?, 0, ?)", (username, nonce, sealed, time.time()))
+            db.execute("INSERT INTO hub_totp (username, nonce, sealed, enabled, created) VALUES (?, ?, ?, 0, ?) "
+                       "ON CONFLICT (username) DO UPDATE SET nonce = excluded.nonce, sealed = excluded.sealed, "
+                       "enabled = 0, created = excluded.created, last_step = 0, recovery = '[]', failures = 0, "
+                       "failed_at = 0", (username, nonce, sealed, time.time()))
         uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=ISSUER)
         return Enrolment(secret, uri)
 

@@ -42,15 +42,6 @@ BACKENDS: dict[str, str] = {
     "none": "provisioner.limits.steps:NoLimits",
 }
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS slot_limits (
-    username    TEXT PRIMARY KEY,
-    limits      TEXT NOT NULL,
-    backend     TEXT NOT NULL,
-    applied_at  REAL NOT NULL
-);
-"""
-
 
 # --- the store's copy ---------------------------------------------------------------------------
 
@@ -70,7 +61,6 @@ class LimitRecords:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.ensure_schema(SCHEMA)
 
     def get(self, username: str) -> AppliedLimits | None:
         row = self.store.db.execute("SELECT * FROM slot_limits WHERE username = ?", (username,)).fetchone()
@@ -83,13 +73,12 @@ class LimitRecords:
         return AppliedLimits(row["username"], limits, row["backend"], row["applied_at"])
 
     def put(self, username: str, limits: ResourceLimits, backend: str) -> None:
-        self.store.db.execute("INSERT OR REPLACE INTO slot_limits VALUES (?, ?, ?, ?)",
+        self.store.db.execute("INSERT INTO slot_limits VALUES (?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+                              "limits = excluded.limits, backend = excluded.backend, applied_at = excluded.applied_at",
                               (username, json.dumps(limits.as_dict(), sort_keys=True), backend, time.time()))
-        self.store.db.commit()
 
     def delete(self, username: str) -> None:
         self.store.db.execute("DELETE FROM slot_limits WHERE username = ?", (username,))
-        self.store.db.commit()
 
     def restore(self, username: str, previous: AppliedLimits | None) -> None:
         if previous is None:

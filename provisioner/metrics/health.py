@@ -32,13 +32,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 
 from provisioner.context import Context
+from provisioner.errors import SlotError
 from provisioner.metrics.prometheus import _label, _num
+from provisioner.store import open_database
 
 log = logging.getLogger("slotwarden.metrics.health")
 HTTP_SERVICES = {"api.": "api", "hub.": "hub"}
@@ -113,16 +114,15 @@ def store_writable(ctx: Context) -> Sample:
     """Commit one write on the state store (its own connection, 2 s lock timeout)."""
     ok = 0
     try:
-        conn = sqlite3.connect(str(ctx.config.db_path), timeout=2, isolation_level=None)
+        db = open_database(ctx.config, timeout=2)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY, at REAL NOT NULL)")
-            conn.execute("INSERT OR REPLACE INTO health_probe VALUES (1, ?)", (time.time(),))
-            conn.execute("COMMIT")
+            with db.transaction():
+                db.execute("INSERT INTO health_probe VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                           (time.time(),))
             ok = 1
         finally:
-            conn.close()
-    except sqlite3.Error as exc:
+            db.close()
+    except SlotError as exc:
         log.warning("store probe: %s", exc)
     return Sample("slotwarden_store_writable", "gauge", "Whether a write to the state store commits.", {}, ok)
 
@@ -183,9 +183,7 @@ class ResponseCounter:
 
     def update(self, ctx: Context) -> None:
         with self.lock:
-            rows = ctx.store.db.execute(
-                "SELECT id, action, detail FROM audit WHERE id > ? AND (action LIKE 'api.%' OR action LIKE 'hub.%') "
-                "ORDER BY id", (self.last_id,)).fetchall()
+            rows = ctx.store.audit_after(self.last_id, ("api.", "hub."))
             for row in rows:
                 service = HTTP_SERVICES[row["action"][:4]]
                 for status, n in response_statuses(row["detail"]):
@@ -209,6 +207,6 @@ def health(ctx: Context, responses: ResponseCounter) -> list[Sample]:
     samples = guard_samples(ctx) + supervisor_samples(ctx) + [store_writable(ctx)] + filesystem_samples(ctx)
     try:
         responses.update(ctx)
-    except sqlite3.Error as exc:
+    except SlotError as exc:
         log.warning("audit read for HTTP responses: %s", exc)
     return samples + responses.samples()

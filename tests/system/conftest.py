@@ -19,6 +19,7 @@ import pytest
 from provisioner.config import load_config
 from provisioner.context import Context
 from provisioner.host import host_init, parse_host_request, proc_hidepid
+from tests.system.fixtures.postgres import pg_lab  # noqa: F401  (the lab PostgreSQL fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 SLOTCTL = str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "slotctl")

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 # network once built.
 DEPENDS = ["python3", "python3-click", "python3-rich", "python3-psutil", "python3-pyroute2",
            "python3-cryptography", "python3-jinja2", "python3-pampy", "python3-pyotp", "python3-qrcode",
-           "passwd", "procps", "psmisc", "acl", "libpam-runtime"]
+           "python3-psycopg", "passwd", "procps", "psmisc", "acl", "libpam-runtime"]
 # Changed by dpkg's own bookkeeping or by triggers whatever the package: not ours.
 NOISE = ("var/log/", "var/cache/debconf/", "var/lib/dpkg/", "var/cache/ldconfig/", "etc/ld.so.cache", "tmp/",
          "run/", "root/")

@@ -33,7 +33,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def test_tokens_are_stored_hashed_shown_once_and_revocable(store: Store) -> None:
     tok = create_token(store, "billing")
     assert tok.startswith("swt_") and len(tok) > 40
-    dump = "\n".join(store.db.iterdump())
+    dump = "\n".join(store.db.conn.iterdump())
     assert tok not in dump and hash_token(tok) in dump
     assert verify_token(store, tok) == "billing"
     assert verify_token(store, tok + "x") is None and verify_token(store, "nope") is None
@@ -68,7 +68,7 @@ def test_idempotency_claim_replay_conflict_and_abandon(store: Store) -> None:
     idempotency.finish(store, "billing", "k1", 201, {"username": "tla", "password": "s3cret"})
     replay = idempotency.begin(store, "billing", "k1", fp, now=102.0)
     assert replay == idempotency.Replay(201, {"username": "tla", "password": None})
-    assert "s3cret" not in "\n".join(store.db.iterdump())
+    assert "s3cret" not in "\n".join(store.db.conn.iterdump())
     other = idempotency.fingerprint("POST", "/v1/slots", {"username": "tlb"})
     with pytest.raises(idempotency.KeyConflict) as reused:
         idempotency.begin(store, "billing", "k1", other, now=103.0)
