@@ -6,9 +6,8 @@ against, its API token *sealed* with the store's key, the last facts and the las
 create is in flight, so concurrent placements count each other's quota, and a retried create
 goes back to the same host). One username lives on one host: the primary key says so.
 
-The SQL is portable (``?`` parameters, ``BIGINT``/``DOUBLE PRECISION``/``TEXT``, ``ON CONFLICT
-DO NOTHING``) so that moving these tables into the numbered migrations of the provisioner's
-schema owner (SQLite or PostgreSQL) changes the connection, not the statements.
+The tables are made by migration 2 (``provisioner/db/migrations/v0002_fleet.py``); the SQL here
+is the store engine's portable dialect, so the controller's store may be SQLite or PostgreSQL.
 
 >>> import tempfile, pathlib
 >>> from provisioner.store import Store
@@ -32,30 +31,6 @@ from provisioner.fleet.facts import HostFacts
 from provisioner.fleet.placement import HostRoom, Placement
 from provisioner.store import Store
 from provisioner.sweep import shown as printable
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS fleet_hosts (
-    name             TEXT PRIMARY KEY,
-    url              TEXT NOT NULL,
-    ca_pem           TEXT NOT NULL,
-    token_nonce      TEXT NOT NULL,
-    token_sealed     TEXT NOT NULL,
-    added_at         DOUBLE PRECISION NOT NULL,
-    facts            TEXT,
-    facts_at         DOUBLE PRECISION,
-    up               INTEGER NOT NULL DEFAULT 0,
-    last_error       TEXT,
-    last_contact_at  DOUBLE PRECISION
-);
-CREATE TABLE IF NOT EXISTS fleet_slots (
-    username     TEXT PRIMARY KEY,
-    host         TEXT NOT NULL REFERENCES fleet_hosts(name),
-    state        TEXT NOT NULL,
-    quota_bytes  BIGINT NOT NULL DEFAULT 0,
-    placed_at    DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS fleet_slots_host ON fleet_slots(host);
-"""
 
 # A create whose outcome is unknown (the host stopped answering mid-request) keeps its
 # ``placing`` row this long, so a retry goes to the same host; a refresh after that drops it
@@ -110,7 +85,6 @@ class FleetInventory:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        store.ensure_schema(SCHEMA)
 
     # --- hosts ------------------------------------------------------------------------------
 

@@ -133,6 +133,37 @@ def test_store_slots_audit_settings_ids_kept_homes(store: Store) -> None:
     assert store.kept_homes() == []
 
 
+def test_fleet_inventory(store: Store) -> None:
+    from provisioner.fleet.facts import HostFacts, HostSlot
+    from provisioner.fleet.inventory import FleetInventory, NoRoom
+    from provisioner.fleet.placement import place
+
+    inv = FleetInventory(store)
+    g = 2**30
+    for n in ("web1", "web2"):
+        assert inv.put_host(n, f"https://{n}:8780", "PEM", "bm9uY2U=", "c2VhbGVk") == "added"
+    assert inv.put_host("web1", "https://web1:8781", "PEM", "n", "s") == "updated"
+
+    def facts(*slots: HostSlot, disk: int) -> HostFacts:
+        return HostFacts(disk, disk, 0, 8 * g, 4 * g, (0.1, 0.2, 0.3), slots)
+
+    assert inv.record_facts("web1", facts(HostSlot("alice", "active", 3 * g), disk=10 * g)) == []
+    assert inv.record_facts("web2", facts(HostSlot("alice", "active", g), disk=8 * g)) == ["alice"]
+    picks = [inv.place(f"s{i}", 3 * g, place)[0].host for i in range(3)]
+    assert picks == ["web2", "web1", "web2"]  # room (7, 8) -> web2; (7, 5) -> web1; (4, 5) -> web2
+    with pytest.raises(NoRoom):
+        inv.place("s9", 5 * g, place)  # room now (4, 2)
+    inv.set_slot("s0", "active", 2 * g)
+    assert {r.name: r.committed_bytes for r in inv.rooms()} == {"web1": 6 * g, "web2": 5 * g}
+    h = inv.host("web1")
+    assert h is not None and h.up and h.facts is not None and h.facts["load"] == [0.1, 0.2, 0.3]
+    inv.record_failure("web2", "host web2: unreachable \x1b[2J")
+    h = inv.host("web2")
+    assert h is not None and not h.up and h.last_error == "host web2: unreachable \\x1b[2J"
+    inv.forget_slot("s1")
+    assert [s.username for s in inv.slots("web1")] == ["alice"]
+
+
 def test_app_registry(store: Store, tmp_path: Path) -> None:
     reg = AppRegistry(store, Vault(tmp_path / "app.key"))
     store.insert_slot(_slot("alice"))

@@ -36,6 +36,7 @@ from provisioner.errors import SlotError
 # In order; the Nth name is schema version N.
 MIGRATIONS: tuple[str, ...] = (
     "v0001_baseline",
+    "v0002_fleet",
 )
 LATEST = len(MIGRATIONS)
 
