@@ -215,3 +215,40 @@ def test_status_shows_what_a_host_said_as_data(tmp_path: Path, monkeypatch: pyte
     r = CliRunner().invoke(cli, ["fleet", "place", "--quota", "1000G"])
     assert r.exit_code == 1 and "none has room" in r.output
     assert os.stat(tmp_path / "state" / "slotwarden.db").st_mode & 0o077 == 0
+
+
+def test_concurrent_placements_never_overcommit(tmp_path: Path) -> None:
+    """Eight purchases at once, each through its own store connection (as the API's worker threads):
+    the write transaction makes each see the others' quota, so exactly the room is handed out."""
+    import threading
+
+    path = tmp_path / "c.db"
+    setup = Store(path)
+    inv = FleetInventory(setup)
+    for n in ("web1", "web2"):
+        inv.put_host(n, f"https://{n}", "PEM", "n", "s")
+        inv.record_facts(n, facts(disk=3 * G))
+    setup.close()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def buy(i: int) -> None:
+        store = Store(path)
+        try:
+            start.wait()
+            try:
+                host = FleetInventory(store).place(f"c{i}", G, place)[0].host
+            except NoRoom:
+                host = "none"
+            with lock:
+                outcomes.append(host)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=buy, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["none", "none", "web1", "web1", "web1", "web2", "web2", "web2"]
