@@ -252,3 +252,62 @@ def test_concurrent_placements_never_overcommit(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["none", "none", "web1", "web1", "web1", "web2", "web2", "web2"]
+
+
+# --- the API's fleet mode, without hosts: every input refused in one line, never a 5xx -------------
+
+
+@pytest.fixture(scope="module")
+def fleet_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, str]]:
+    from fastapi.testclient import TestClient
+
+    from provisioner.api.app import create_app
+    from provisioner.api.tokens import create_token
+    from provisioner.config import load_config_text
+
+    tmp = tmp_path_factory.mktemp("fleetapi")
+    config = load_config_text(f'state_dir = "{tmp}"\n')
+    s = Store(config.db_path)
+    token = create_token(s, "billing")
+    s.close()
+    with TestClient(create_app(config, fleet=True)) as c:
+        yield c, token
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None,
+          max_examples=60)
+@given(name=st.text(max_size=40), host=st.none() | st.text(max_size=70), quota=st.none() | st.text(max_size=12))
+def test_fleet_api_refuses_bad_purchases_and_names(fleet_api: tuple[object, str], name: str, host: str | None,
+                                                   quota: str | None) -> None:
+    from fastapi.testclient import TestClient
+
+    client, token = fleet_api
+    assert isinstance(client, TestClient)
+    auth = {"Authorization": f"Bearer {token}"}
+    body: dict[str, object] = {"username": name, "email": "a@example.com", "country": "DE"}
+    if host is not None:
+        body["host"] = host
+    if quota is not None:
+        body["quota"] = quota
+    r = client.post("/v1/slots", json=body, headers=auth)
+    # No host is registered: a valid purchase has nowhere to go (409); anything else is refused.
+    assert r.status_code in (400, 409, 422), r.text
+    out = r.json()
+    assert out["ok"] is False and "\n" not in out["error"]
+    from urllib.parse import quote
+
+    r = client.get(f"/v1/slots/{quote(name, safe='')}", headers=auth)
+    assert r.status_code in (400, 404, 405, 422), r.text  # known to no host: never forwarded, never a 5xx
+
+
+def test_fleet_api_status_and_placement_without_hosts(fleet_api: tuple[object, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    client, token = fleet_api
+    assert isinstance(client, TestClient)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.get("/v1/fleet", headers=auth).json()["totals"]["hosts"] == 0
+    r = client.get("/v1/fleet/placement", params={"quota": "1G"}, headers=auth)
+    assert r.status_code == 200 and r.json()["host"] is None and "most room wins" in r.json()["rule"]
+    assert client.get("/v1/fleet/placement", params={"quota": "lots"}, headers=auth).status_code == 400
+    assert client.get("/v1/fleet").status_code == 401
