@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python bench/fleet.py            # N=100
     sudo .venv/bin/python bench/fleet.py --count 20
-    sudo .venv/bin/python bench/fleet.py --placement --count 1000 --hosts 5 --clients 4
+    sudo .venv/bin/python bench/fleet.py --placement --count 1000 --hosts 5 --clients 4 [--inventory-first]
 
 ``--placement`` (bench/fleet_placement.py) measures the controller instead: N slots across
 HOSTS lab hosts (network namespaces, each serving its API over TLS), first through the
@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--placement", action="store_true", help="controller API vs slotctl --inventory, many hosts")
     ap.add_argument("--hosts", type=int, default=5, help="with --placement: lab hosts")
     ap.add_argument("--clients", type=int, default=4, help="with --placement: concurrent API connections")
+    ap.add_argument("--inventory-first", action="store_true", help="with --placement: the inventory path first")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/fleet.py needs root (it creates real users)", file=sys.stderr)
@@ -91,7 +92,7 @@ def main() -> int:
         sys.path.insert(0, str(TOP))
         from bench.fleet_placement import run
 
-        result = run(args.count, args.hosts, args.clients)
+        result = run(args.count, args.hosts, args.clients, args.inventory_first)
         (TOP / "bench/out").mkdir(parents=True, exist_ok=True)
         (TOP / "bench/out/fleet_placement.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))

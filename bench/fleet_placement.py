@@ -111,23 +111,30 @@ def through_inventory(lab: FleetApiLab, names: list[str], root: Path) -> dict[st
     return {"seconds": round(time.monotonic() - t, 1), "per_host_s": per_host, "failed": failed}
 
 
-def run(count: int, host_count: int, clients: int) -> dict[str, Any]:
+def run(count: int, host_count: int, clients: int, inventory_first: bool = False) -> dict[str, Any]:
     sizes = {f"h{i + 1}": "1G" for i in range(host_count)}
     with fleet_api_lab(sizes) as lab:
         root = lab.controller.base
         tag = secrets.token_hex(2)
         api_names = [f"{lab.prefix}s{tag}a{i:04d}" for i in range(count)]
         inv_names = [f"{lab.prefix}s{tag}b{i:04d}" for i in range(count)]
-        api = through_api(lab, api_names, clients)
-        _remove_all(lab)
-        ansible = through_inventory(lab, inv_names, root)
-        _remove_all(lab)
+        if inventory_first:  # the second sample runs the other way round (neither gains from going first)
+            ansible = through_inventory(lab, inv_names, root)
+            _remove_all(lab)
+            api = through_api(lab, api_names, clients)
+            _remove_all(lab)
+        else:
+            api = through_api(lab, api_names, clients)
+            _remove_all(lab)
+            ansible = through_inventory(lab, inv_names, root)
+            _remove_all(lab)
         return {
             "count": count, "hosts": host_count, "api_clients": clients,
             "api": api, "inventory": ansible,
             "api_per_slot_ms": round(api["seconds"] * 1000 / count, 1),
             "inventory_per_slot_ms": round(ansible["seconds"] * 1000 / count, 1),
             "ratio_api_over_inventory": round(api["seconds"] / ansible["seconds"], 2),
+            "order": "inventory, api" if inventory_first else "api, inventory",
             "command": f"sudo .venv/bin/python bench/fleet.py --placement --count {count} --hosts {host_count} "
-                       f"--clients {clients}",
+                       f"--clients {clients}" + (" --inventory-first" if inventory_first else ""),
         }
