@@ -92,9 +92,10 @@ def _bool(key: str, value: object) -> bool:
 
 
 def _path(key: str, value: object) -> Path:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise GuardConfigError(f"guard.{key}: expected an absolute path, got {value!r}")
-    return Path(value)
+    try:
+        return Path(grammar.absolute_path(value))
+    except ValueError as exc:
+        raise GuardConfigError(f"guard.{key}: {exc}") from None
 
 
 def _allow(value: object) -> tuple[Network, ...]:

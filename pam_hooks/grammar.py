@@ -54,6 +54,17 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def absolute_path(value: object) -> str:
+    """VALUE if it is an absolute path (no NUL, no line break).
+
+    >>> absolute_path("/run/x.sock")
+    '/run/x.sock'
+    """
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value or "\n" in value:
+        raise ValueError(f"expected an absolute path, got {shown(value)}")
+    return value
+
+
 def parse_size(value: object) -> int:
     """Bytes (> 0) from an integer or a string like ``"500M"``, ``"5G"``, ``"5GiB"`` (binary units).
 

@@ -61,11 +61,7 @@ def _optional(check: Callable[[object], T]) -> Callable[[object], T | None]:
 
 
 def _abs_path(value: object) -> Path:
-    if isinstance(value, Path):
-        value = str(value)
-    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value or "\n" in value:
-        raise ValueError(f"expected an absolute path, got {grammar.shown(value)}")
-    return Path(value)
+    return Path(grammar.absolute_path(str(value) if isinstance(value, Path) else value))
 
 
 def _abs_path_text(value: object) -> str:
@@ -151,10 +147,9 @@ def _backends(module: str, *extra: str) -> Callable[[], list[str]]:
     return names
 
 
-def _strings(what: str, item: Callable[[str], bool], non_empty: bool = False) -> Callable[[object], tuple[str, ...]]:
+def _strings(what: str, item: Callable[[str], bool]) -> Callable[[object], tuple[str, ...]]:
     def check(value: object) -> tuple[str, ...]:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and item(v) for v in value) \
-                or (non_empty and not value):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and item(v) for v in value):
             raise ValueError(f"expected {what}, got {grammar.shown(value)}")
         return tuple(value)
     return check
@@ -476,8 +471,8 @@ class SupportConfig:
 
 
 def _command(value: object) -> tuple[str, ...]:
-    argv = _strings("a command as a list, e.g. [\"/usr/local/bin/tell\"]", bool, non_empty=True)(value)
-    if not argv[0].startswith("/"):
+    argv = _strings("a command as a list, e.g. [\"/usr/local/bin/tell\"]", bool)(value)
+    if argv and not argv[0].startswith("/"):
         raise ValueError(f"expected a command starting with an absolute path, got {grammar.shown(argv[0])}")
     return argv
 
@@ -488,7 +483,7 @@ class NoticesConfig:
 
     takedown_after: Seconds = Field(default=24 * 3600, description="a file named in a notice is quarantined after this")
     hook: Annotated[tuple[str, ...], PlainValidator(_command), Kind("command as a list")] = Field(
-        default=(), description="run with each notice event as JSON on stdin (e.g. a mailer)")
+        default=(), description="run with each notice event as JSON on stdin (e.g. a mailer); []: none")
 
 
 @dataclass(frozen=True, config=_MODEL)

@@ -117,8 +117,8 @@ CHANGE_CASES = [
     ("same", SMALL, _facts(life=LifecycleRecord("tlx", "small")), Usage(0, 64 << 20), []),
     ("bigger", LARGE, _facts(life=LifecycleRecord("tlx", "small")), Usage(10 << 20, 64 << 20), ["quota", "record"]),
     ("no-plan-before", LARGE, _facts(), None, ["quota", "record"]),
-    ("same-quota-other-plan", PlanConfig(name="small2", quota=64 << 20), _facts(life=LifecycleRecord("tlx", "small")), None,
-     ["record"]),
+    ("same-quota-other-plan", PlanConfig(name="small2", quota=64 << 20), _facts(life=LifecycleRecord("tlx", "small")),
+     None, ["record"]),
     ("allowed-app", WEB_ONLY, _facts(installed={"fake": ["web"]}), None, ["quota", "record"]),
 ]
 
@@ -134,7 +134,8 @@ def test_plan_change_plan(new: PlanConfig, facts: LifecycleFacts, usage: Usage |
     (SMALL, _facts(quota=LARGE.quota), Usage(100 << 20, LARGE.quota),
      "stores 104857600 bytes (100.0M), more than the 67108864 bytes (64M) of plan small; free 36.0M first"),
     (WEB_ONLY, _facts(installed={"fake": ["db"]}), None, "does not allow the app(s) db"),
-    (PlanConfig(name="one", quota=1 << 30, max_apps=1), _facts(installed={"fake": ["web", "db"]}), None, "allows 1 app(s)"),
+    (PlanConfig(name="one", quota=1 << 30, max_apps=1), _facts(installed={"fake": ["web", "db"]}), None,
+     "allows 1 app(s)"),
 ], ids=["data-too-big", "app-not-allowed", "too-many-apps"])
 def test_plan_change_plan_refusals(new: PlanConfig, facts: LifecycleFacts, usage: Usage | None, message: str) -> None:
     with pytest.raises(SlotError) as exc:
@@ -211,7 +212,7 @@ def test_plans_parse_and_sort() -> None:
     ('[plans.X]\nquota = "1G"\n', "plans.X: a plan name is"),
     ('[plans.x]\nquota = "1G"\napps = "gitea"\n', "plans.x.apps: expected a list"),
     ('[plans.x]\nquota = "1G"\nmax_apps = -1\n', "plans.x.max_apps: expected an integer 0..10000"),
-    ('[plans.x]\nquota = "1G"\nmax_processes = true\n', "plans.x.max_processes: expected a number of processes 0..4194304"),
+    ('[plans.x]\nquota = "1G"\nmax_processes = true\n', "plans.x.max_processes: expected a number"),
     ('[plans.x]\nquota = "1G"\ndescription = 3\n', "plans.x.description: expected one line of text"),
     ("plans = 1\n", "plans: expected tables"),
     ("[plans]\nx = 1\n", "plans.x: expected a table"),

@@ -53,7 +53,8 @@ def test_what_slotwarden_me_writes_root_reads_back(verb: str, grant: int, read_o
     assert parse_answer(tenant_commands.answer_line(verb, grant, read_only)) == Answer(verb, grant, read_only)
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("30m", 1800), ("2h", 7200), ("1.5h", 5400), ("1d", DAY), ("7d", 7 * DAY), (60, 60)])
+@pytest.mark.parametrize(("value", "seconds"), [("30m", 1800), ("2h", 7200), ("1.5h", 5400), ("1d", DAY),
+                                                ("7d", 7 * DAY), (60, 60)])
 def test_durations(value: object, seconds: int) -> None:
     assert parse_grant_duration(value, 7 * DAY) == seconds
 
@@ -153,7 +154,9 @@ def test_config_defaults() -> None:
     assert validate_section(SupportConfig, {}).max_duration == 7 * DAY
     assert validate_section(NoticesConfig, {}).takedown_after == DAY
     assert validate_section(InboxConfig, {}).login_script is None
-    assert validate_section(NoticesConfig, {"hook": ["/usr/local/bin/tell", "--x"]}).hook == ("/usr/local/bin/tell", "--x")
+    hook = ["/usr/local/bin/tell", "--x"]
+    assert validate_section(NoticesConfig, {"hook": hook}).hook == tuple(hook)
+    assert validate_section(NoticesConfig, {"hook": []}).hook == ()
 
 
 @given(st.text(max_size=40))
