@@ -1,7 +1,9 @@
 """The ``[guard]`` section of the slotwarden TOML file, parsed with the stdlib only.
 
-pam_hooks never imports the provisioner, so it reads its own section here; the
-provisioner's config module exposes the same keys with the same names.
+pam_hooks never imports the provisioner, so it reads its own section here (plus ``state_dir``,
+``[host] admin_group`` and ``[retention] attempts``), in the value grammar of
+:mod:`pam_hooks.grammar`. The provisioner's model validates ``[guard]`` with the same rules
+(``provisioner.config.GuardSection``; a property test holds the two together).
 
 >>> cfg = parse_guard({"guard": {"pair_deny": 3, "window": "10m"}})
 >>> (cfg.pair_deny, cfg.window)
