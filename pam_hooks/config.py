@@ -101,15 +101,10 @@ def _path(key: str, value: object) -> Path:
 
 
 def _allow(value: object) -> tuple[Network, ...]:
-    if not isinstance(value, list):
-        raise GuardConfigError(f"guard.allow: expected a list of CIDRs, got {value!r}")
-    nets = []
-    for item in value:
-        try:
-            nets.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            raise GuardConfigError(f"guard.allow: {item!r} is not an address or CIDR") from None
-    return tuple(nets)
+    try:
+        return grammar.parse_networks(value)
+    except ValueError as exc:
+        raise GuardConfigError(f"guard.allow: {exc}") from None
 
 
 _KNOWN = {

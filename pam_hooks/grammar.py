@@ -12,6 +12,7 @@ and by the provisioner's configuration model alike. Each parser returns the valu
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 
@@ -63,6 +64,23 @@ def absolute_path(value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/") or "\x00" in value or "\n" in value:
         raise ValueError(f"expected an absolute path, got {shown(value)}")
     return value
+
+
+def parse_networks(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A list of addresses or CIDRs (host bits ignored) as networks.
+
+    >>> parse_networks(["198.51.100.7/24", "2001:db8::1"])
+    (IPv4Network('198.51.100.0/24'), IPv6Network('2001:db8::1/128'))
+    """
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of CIDRs, got {shown(value)}")
+    nets = []
+    for item in value:
+        try:
+            nets.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ValueError(f"{shown(item)} is not an address or CIDR") from None
+    return tuple(nets)
 
 
 def parse_size(value: object) -> int:

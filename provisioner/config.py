@@ -15,7 +15,6 @@ every key, :mod:`pam_hooks.grammar`, which the guard service reads too.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -29,7 +28,7 @@ from pydantic import ConfigDict, Field, PlainValidator, TypeAdapter, ValidationE
 from pydantic.dataclasses import dataclass
 
 from pam_hooks import grammar
-from pam_hooks.config import GuardConfig
+from pam_hooks.config import GuardConfig, Network
 from provisioner.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/slotwarden/slotwarden.toml")
@@ -153,23 +152,6 @@ def _strings(what: str, item: Callable[[str], bool]) -> Callable[[object], tuple
             raise ValueError(f"expected {what}, got {grammar.shown(value)}")
         return tuple(value)
     return check
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _networks(value: object) -> tuple[Network, ...]:
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list):
-        raise ValueError(f"expected a list of CIDRs, got {grammar.shown(value)}")
-    nets = []
-    for item in value:
-        try:
-            nets.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            raise ValueError(f"{grammar.shown(item)} is not an address or CIDR") from None
-    return tuple(nets)
 
 
 AbsPath = Annotated[Path, PlainValidator(_abs_path), Kind("absolute path")]
@@ -387,7 +369,7 @@ class GuardSection:
         description="failures per username across addresses (never root, never at a known origin, never keys)")
     lock_for: Duration = Field(default=900.0, description="first lock; doubles for repeat offenders...")
     lock_max: Duration = Field(default=86400.0, description="...up to this (at least lock_for)")
-    allow: Annotated[tuple[Network, ...], PlainValidator(_networks), Kind("list of CIDRs")] = Field(
+    allow: Annotated[tuple[Network, ...], PlainValidator(grammar.parse_networks), Kind("list of CIDRs")] = Field(
         default=(), description="addresses never locked")
     deny_root: Bool = Field(default=True, description="root too is locked per pair and address")
     fail_mode: Annotated[Literal["open", "closed"], PlainValidator(_choice(_FAIL_MODES)), Kind(_FAIL_MODES)] = Field(
