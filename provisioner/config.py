@@ -34,7 +34,7 @@ from provisioner.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/slotwarden/slotwarden.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/slotwarden")
 # Unknown keys are refused; values are only what the validators below make of them.
-_MODEL = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+_MODEL = ConfigDict(extra="forbid", arbitrary_types_allowed=True, defer_build=True)
 T = TypeVar("T")
 
 
