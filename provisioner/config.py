@@ -20,12 +20,13 @@ import os
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, field, fields
+from dataclasses import dataclass as std_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, model_validator
-from pydantic.dataclasses import dataclass
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 
 from pam_hooks import grammar
 from pam_hooks.config import GuardConfig, Network
@@ -568,25 +569,57 @@ SECTIONS: dict[str, type[Any]] = {
 }
 
 
+def _defaults(cls: type[T]) -> T:
+    """CLS at its defaults, without running its validators.
+
+    The defaults are literals of this module, already of the validated types; skipping the
+    validation means a section the file does not name costs no validator build at start-up
+    (every slotctl command pays it). The instance equals a validated one.
+    """
+    obj = object.__new__(cls)
+    for f in fields(cls):  # type: ignore[arg-type]
+        info = cls.__pydantic_fields__[f.name]  # type: ignore[attr-defined]
+        factory = info.default_factory
+        if factory is None:
+            value = info.default
+        elif is_pydantic_dataclass(factory):
+            value = _defaults(factory)
+        else:
+            value = factory()
+        object.__setattr__(obj, f.name, value)
+    return obj
+
+
 @dataclass(frozen=True, config=_MODEL)
-class Config:
-    """The whole configuration: ``state_dir``, one field per section, the plans sold."""
+class TopLevel:
+    """The keys outside any table."""
 
     state_dir: AbsPath = Field(default=DEFAULT_STATE_DIR, description="the store (SQLite, WAL) and keys: root-only")
-    host: HostConfig = Field(default_factory=HostConfig)
-    slots: SlotsConfig = Field(default_factory=SlotsConfig)
-    retention: RetentionConfig = Field(default_factory=RetentionConfig)
-    guard: GuardSection = Field(default_factory=GuardSection)
-    api: ApiSettings = Field(default_factory=ApiSettings)
-    hub: HubConfig = Field(default_factory=HubConfig)
-    apps: AppsConfig = Field(default_factory=AppsConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    support: SupportConfig = Field(default_factory=SupportConfig)
-    notices: NoticesConfig = Field(default_factory=NoticesConfig)
-    inbox: InboxConfig = Field(default_factory=InboxConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    plans: dict[str, PlanConfig] = Field(default_factory=dict)
+
+
+@std_dataclass(frozen=True)
+class Config:
+    """The whole configuration: ``state_dir``, one field per section, the plans sold.
+
+    Built by :func:`load_config` (every section the file has validated); a section it lacks is
+    its defaults.
+    """
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    host: HostConfig = field(default_factory=lambda: _defaults(HostConfig))
+    slots: SlotsConfig = field(default_factory=lambda: _defaults(SlotsConfig))
+    retention: RetentionConfig = field(default_factory=lambda: _defaults(RetentionConfig))
+    guard: GuardSection = field(default_factory=lambda: _defaults(GuardSection))
+    api: ApiSettings = field(default_factory=lambda: _defaults(ApiSettings))
+    hub: HubConfig = field(default_factory=lambda: _defaults(HubConfig))
+    apps: AppsConfig = field(default_factory=lambda: _defaults(AppsConfig))
+    limits: LimitsConfig = field(default_factory=lambda: _defaults(LimitsConfig))
+    metrics: MetricsConfig = field(default_factory=lambda: _defaults(MetricsConfig))
+    support: SupportConfig = field(default_factory=lambda: _defaults(SupportConfig))
+    notices: NoticesConfig = field(default_factory=lambda: _defaults(NoticesConfig))
+    inbox: InboxConfig = field(default_factory=lambda: _defaults(InboxConfig))
+    report: ReportConfig = field(default_factory=lambda: _defaults(ReportConfig))
+    plans: dict[str, PlanConfig] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -642,7 +675,8 @@ def validate_section(cls: type[T], table: object, where: str | None = None) -> T
         return TypeAdapter(cls).validate_python(table)
     except ValidationError as exc:
         loc, reason = _reason(exc.errors()[0])
-        raise ConfigError(f"{where}.{loc}: {reason}" if loc else f"{where}: {reason}") from None
+        key = ".".join(part for part in (where, loc) if part)
+        raise ConfigError(f"{key}: {reason}") from None
 
 
 def parse_limits(where: str, table: dict[str, Any]) -> ResourceLimits:
@@ -680,10 +714,7 @@ def config_from_document(doc: dict[str, Any], path: Path | None = None) -> Confi
         raise ConfigError(f"{grammar.shown(unknown[0])[1:-1]}: unknown key")
     values: dict[str, Any] = {"path": path}
     if "state_dir" in doc:
-        try:
-            values["state_dir"] = _abs_path(doc["state_dir"])
-        except ValueError as exc:
-            raise ConfigError(f"state_dir: {exc}") from None
+        values["state_dir"] = validate_section(TopLevel, {"state_dir": doc["state_dir"]}, "").state_dir
     state_dir: Path = values.get("state_dir", DEFAULT_STATE_DIR)
     for name, cls in SECTIONS.items():
         if name not in doc:
@@ -693,7 +724,8 @@ def config_from_document(doc: dict[str, Any], path: Path | None = None) -> Confi
             table = {"cert": state_dir / "hub" / "hub.crt", "key": state_dir / "hub" / "hub.key", **table}
         values[name] = validate_section(cls, table, name)
     if "hub" not in doc and state_dir != DEFAULT_STATE_DIR:
-        values["hub"] = HubConfig(cert=state_dir / "hub" / "hub.crt", key=state_dir / "hub" / "hub.key")
+        values["hub"] = validate_section(HubConfig, {"cert": state_dir / "hub" / "hub.crt",
+                                                     "key": state_dir / "hub" / "hub.key"}, "hub")
     if "plans" in doc:
         values["plans"] = _plans(doc["plans"])
     return Config(**values)

@@ -132,7 +132,7 @@ def reference() -> str:
         return [f"| `{k}` | {cell(kind)} | {f'`{d}`' if d and d != '(required)' else d or '(absent)'} | {cell(desc)} |"
                 for k, kind, d, desc in _keys(cls)]
 
-    lines += rows(config.Config)
+    lines += rows(config.TopLevel)
     for name, cls in _tables():
         lines += ["", f"## [{name}]", "", _summary(cls), "", "| key | type | default | what it does |",
                   "|---|---|---|---|", *rows(cls)]
@@ -159,7 +159,7 @@ def default_file() -> str:
         return out
 
     lines = [DEFAULT_HEADER.rstrip("\n"), ""]
-    lines += commented(_keys(config.Config))
+    lines += commented(_keys(config.TopLevel))
     for name, cls in _tables():
         if name == "plans.NAME":
             continue
@@ -181,7 +181,7 @@ def as_toml(cfg: config.Config) -> str:
                 out.append(f"{f.name} = {_toml(value, kind)}")
         return out
 
-    lines = table(cfg)
+    lines = [f"state_dir = {_toml(cfg.state_dir, '')}"]
     for name in config.SECTIONS:
         section = getattr(cfg, name)
         lines += ["", f"[{name}]", *table(section)]
