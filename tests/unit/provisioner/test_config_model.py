@@ -140,3 +140,15 @@ def test_the_generated_files_are_up_to_date() -> None:
     assert configdoc.REFERENCE.read_text() == configdoc.reference(), "python -m provisioner.configdoc"
     assert configdoc.DEFAULT_FILE.read_text() == configdoc.default_file(), "python -m provisioner.configdoc"
     assert configdoc.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(SECTIONS))
+def test_a_section_the_file_lacks_equals_the_validated_empty_table(name: str) -> None:
+    """Absent sections skip validation (start-up cost): their defaults must be what validation makes."""
+    from provisioner.config import _defaults, validate_section
+
+    cls = SECTIONS[name]
+    validated = validate_section(cls, {})
+    assert _defaults(cls) == validated and repr(_defaults(cls)) == repr(validated)
+    for f in fields(cls):
+        assert type(getattr(_defaults(cls), f.name)) is type(getattr(validated, f.name)), f.name
