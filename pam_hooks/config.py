@@ -1,7 +1,9 @@
 """The ``[guard]`` section of the slotwarden TOML file, parsed with the stdlib only.
 
-pam_hooks never imports the provisioner, so it reads its own section here; the
-provisioner's config module exposes the same keys with the same names.
+pam_hooks never imports the provisioner, so it reads its own section here (plus ``state_dir``,
+``[host] admin_group`` and ``[retention] attempts``), in the value grammar of
+:mod:`pam_hooks.grammar`. The provisioner's model validates ``[guard]`` with the same rules
+(``provisioner.config.GuardSection``; a property test holds the two together).
 
 >>> cfg = parse_guard({"guard": {"pair_deny": 3, "window": "10m"}})
 >>> (cfg.pair_deny, cfg.window)
@@ -12,18 +14,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pam_hooks import grammar
+
 DEFAULT_CONFIG = Path("/etc/slotwarden/slotwarden.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/slotwarden")
 DEFAULT_SOCKET = Path("/run/slotwarden/guard.sock")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,18 +70,14 @@ class GuardConfig:
         return self.state_dir / "guard.db"
 
 
-def parse_duration(key: str, value: object) -> float:
-    """Seconds from ``900``, ``"15m"``, ``"24h"``, ``"1d"``; errors name ``key``."""
-    if isinstance(value, bool):
-        raise GuardConfigError(f"guard.{key}: expected a duration, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT[m.group(2)]
-    else:
-        raise GuardConfigError(f"guard.{key}: expected a duration like 900, '15m' or '24h', got {value!r}")
+def parse_duration(key: str, value: object, section: str = "guard") -> float:
+    """Seconds (> 0) in the grammar of :mod:`pam_hooks.grammar`; errors name ``section.key``."""
+    try:
+        seconds = grammar.parse_duration(value)
+    except ValueError as exc:
+        raise GuardConfigError(f"{section}.{key}: {exc}") from None
     if seconds <= 0:
-        raise GuardConfigError(f"guard.{key}: must be positive, got {value!r}")
+        raise GuardConfigError(f"{section}.{key}: must be positive, got {grammar.shown(value)}")
     return seconds
 
 
@@ -97,26 +94,22 @@ def _bool(key: str, value: object) -> bool:
 
 
 def _path(key: str, value: object) -> Path:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise GuardConfigError(f"guard.{key}: expected an absolute path, got {value!r}")
-    return Path(value)
+    try:
+        return Path(grammar.absolute_path(value))
+    except ValueError as exc:
+        raise GuardConfigError(f"guard.{key}: {exc}") from None
 
 
 def _allow(value: object) -> tuple[Network, ...]:
-    if not isinstance(value, list):
-        raise GuardConfigError(f"guard.allow: expected a list of CIDRs, got {value!r}")
-    nets = []
-    for item in value:
-        try:
-            nets.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            raise GuardConfigError(f"guard.allow: {item!r} is not an address or CIDR") from None
-    return tuple(nets)
+    try:
+        return grammar.parse_networks(value)
+    except ValueError as exc:
+        raise GuardConfigError(f"guard.allow: {exc}") from None
 
 
 _KNOWN = {
     "pair_deny", "window", "ip_deny", "ipv6_prefix", "user_deny", "lock_for", "lock_max",
-    "allow", "deny_root", "fail_mode", "socket", "network_block", "retention",
+    "allow", "deny_root", "fail_mode", "socket", "network_block",
     "reservation_ttl", "timeout_ms", "known_for", "syslog_socket",
 }
 
@@ -127,6 +120,8 @@ def parse_guard(doc: dict[str, Any]) -> GuardConfig:
     if not isinstance(section, dict):
         raise GuardConfigError("guard: expected a table")
     unknown = sorted(set(section) - _KNOWN)
+    if unknown == ["retention"]:
+        raise GuardConfigError("guard.retention: unknown key (the records' retention is [retention] attempts)")
     if unknown:
         raise GuardConfigError(f"guard.{unknown[0]}: unknown key")
     kw: dict[str, Any] = {}
@@ -137,7 +132,7 @@ def parse_guard(doc: dict[str, Any]) -> GuardConfig:
         kw["ipv6_prefix"] = _int("ipv6_prefix", section["ipv6_prefix"], 1, 128)
     if "timeout_ms" in section:
         kw["timeout_ms"] = _int("timeout_ms", section["timeout_ms"], 1, 60_000)
-    for key in ("window", "lock_for", "lock_max", "retention", "reservation_ttl", "known_for"):
+    for key in ("window", "lock_for", "lock_max", "reservation_ttl", "known_for"):
         if key in section:
             kw[key] = parse_duration(key, section[key])
     for key in ("deny_root", "network_block"):
@@ -151,6 +146,10 @@ def parse_guard(doc: dict[str, Any]) -> GuardConfig:
         kw["socket"] = _path("socket", section["socket"])
     if "syslog_socket" in section:
         kw["syslog_socket"] = _path("syslog_socket", section["syslog_socket"])
+    # One key decides how long attempt records live, for the guard and `retention run` alike.
+    retention = doc.get("retention", {})
+    if isinstance(retention, dict) and "attempts" in retention:
+        kw["retention"] = parse_duration("attempts", retention["attempts"], "retention")
     host = doc.get("host", {})
     if isinstance(host, dict) and isinstance(host.get("admin_group"), str) and host["admin_group"]:
         kw["admin_group"] = host["admin_group"]

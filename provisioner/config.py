@@ -1,67 +1,259 @@
-"""The one configuration file: TOML, loaded into a tree of frozen dataclasses, validated at load.
+"""The one configuration file, modelled: TOML validated at load into a tree of frozen dataclasses.
 
 Where it is: ``$SLOTWARDEN_CONFIG`` or ``/etc/slotwarden/slotwarden.toml``. A missing file
-means "all defaults" (the embedded default of a one-machine install). Every error names the key.
+means "all defaults" (the embedded default of a one-machine install). Every section is a
+pydantic dataclass below; every key a field with its type, default and description, and the
+reference (``docs/configuration.md``) and the commented default file (``debian/slotwarden.toml``)
+are generated from them (:mod:`provisioner.configdoc`). Unknown keys are refused. Every error is
+one line naming the key (``section.key: reason``). Durations and sizes have one grammar for
+every key, :mod:`pam_hooks.grammar`, which the guard service reads too.
 
->>> cfg = load_config_text('state_dir = "/tmp/sw"\\n[slots]\\ndefault_quota = "1G"\\n')
->>> cfg.slots.default_quota
-1073741824
+>>> cfg = load_config_text('state_dir = "/tmp/sw"\\n[slots]\\ndefault_quota = "1G"\\n[hub]\\nidle_timeout = "1.5h"\\n')
+>>> cfg.slots.default_quota, cfg.hub.idle_timeout, cfg.hub.cert
+(1073741824, 5400, PosixPath('/tmp/sw/hub/hub.crt'))
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, field, fields
+from dataclasses import dataclass as std_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
+
+from pam_hooks import grammar
+from pam_hooks.config import GuardConfig, Network
 from provisioner.errors import ConfigError
-from provisioner.names import parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/slotwarden/slotwarden.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/slotwarden")
+# Unknown keys are refused; values are only what the validators below make of them.
+_MODEL = ConfigDict(extra="forbid", arbitrary_types_allowed=True, defer_build=True)
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+class Kind:
+    """How a field's value is written, for the generated reference (``Annotated`` metadata).
+
+    A choice's label is computed when asked: the options live in the backends' maps.
+    """
+
+    def __init__(self, label: str | Callable[[], list[str]]) -> None:
+        self._label = label
+
+    @property
+    def label(self) -> str:
+        return self._label if isinstance(self._label, str) else " | ".join(self._label())
+
+
+# --- the value types: each one validator, whose ValueError is the reason after the key ---------
+
+
+def _optional(check: Callable[[object], T]) -> Callable[[object], T | None]:
+    return lambda value: None if value is None else check(value)
+
+
+def _abs_path(value: object) -> Path:
+    return Path(grammar.absolute_path(str(value) if isinstance(value, Path) else value))
+
+
+def _abs_path_text(value: object) -> str:
+    return str(_abs_path(value))
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {grammar.shown(value)}")
+    return value
+
+
+def _size(value: object) -> int:
+    return grammar.parse_size(value)
+
+
+def _size_or_zero(value: object) -> int:
+    return 0 if value in (0, "0") and not isinstance(value, bool) else grammar.parse_size(value)
+
+
+def _seconds(value: object) -> int:
+    """Whole seconds, more than zero: the keys whose users count in whole seconds."""
+    seconds = grammar.parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be positive, got {grammar.shown(value)}")
+    if seconds != int(seconds):
+        raise ValueError(f"expected whole seconds, got {grammar.shown(value)}")
+    return int(seconds)
+
+
+def _duration(value: object) -> float:
+    """Seconds, more than zero, fractions allowed: the guard's keys (as pam_hooks.config reads them)."""
+    seconds = grammar.parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be positive, got {grammar.shown(value)}")
+    return seconds
+
+
+def _int(lo: int, hi: int, what: str = "an integer") -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected {what} {lo}..{hi}, got {grammar.shown(value)}")
+        if not lo <= value <= hi:
+            raise ValueError(f"expected {what} {lo}..{hi}, got {value}")
+        return value
+    return check
+
+
+def _number(lo: float, hi: float, what: str) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not lo <= value <= hi:
+            raise ValueError(f"expected {what}, got {grammar.shown(value)}")
+        return float(value)
+    return check
+
+
+def _text(pattern: str, what: str) -> Callable[[object], str]:
+    compiled = re.compile(pattern)
+
+    def check(value: object) -> str:
+        if not isinstance(value, str) or not compiled.fullmatch(value):
+            raise ValueError(f"expected {what}, got {grammar.shown(value)}")
+        return value
+    return check
+
+
+def _choice(options: Callable[[], list[str]]) -> Callable[[object], str]:
+    """One of OPTIONS (resolved at validation: the backend maps live with their backends)."""
+    def check(value: object) -> str:
+        allowed = options()
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"expected {' | '.join(allowed)}, got {grammar.shown(value)}")
+        return value
+    return check
+
+
+def _backends(module: str, *extra: str) -> Callable[[], list[str]]:
+    def names() -> list[str]:
+        import importlib
+
+        return [*extra, *sorted(importlib.import_module(module).BACKENDS)]
+    return names
+
+
+def _strings(what: str, item: Callable[[str], bool]) -> Callable[[object], tuple[str, ...]]:
+    def check(value: object) -> tuple[str, ...]:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and item(v) for v in value):
+            raise ValueError(f"expected {what}, got {grammar.shown(value)}")
+        return tuple(value)
+    return check
+
+
+AbsPath = Annotated[Path, PlainValidator(_abs_path), Kind("absolute path")]
+AbsPathText = Annotated[str, PlainValidator(_abs_path_text), Kind("absolute path")]
+Bool = Annotated[bool, PlainValidator(_bool), Kind("true | false")]
+Size = Annotated[int, PlainValidator(_size), Kind("size (bytes, or 500M, 5G, 1T)")]
+OptSize = Annotated[int | None, PlainValidator(_optional(_size)), Kind("size (bytes, or 500M, 5G, 1T)")]
+Seconds = Annotated[int, PlainValidator(_seconds), Kind("duration (seconds, or 90s, 15m, 1.5h, 30d)")]
+Duration = Annotated[float, PlainValidator(_duration), Kind("duration (seconds, or 90s, 15m, 1.5h, 30d)")]
+Share = Annotated[int | None, PlainValidator(_optional(_int(1, 10000, "a weight"))), Kind("weight 1-10000")]
+_NAME = r"[a-z_][a-z0-9_-]{0,31}"
+_QUOTA = _backends("provisioner.quota", "auto")
+_SUPERVISORS = _backends("provisioner.supervisor", "auto")
+_METRICS = _backends("provisioner.metrics", "auto")
+_LIMITS = _backends("provisioner.limits.steps", "auto")
+
+
+def _FAIL_MODES() -> list[str]:
+    return ["open", "closed"]
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, config=_MODEL)
 class HostConfig:
-    """How this host keeps slots (``host init`` records what it actually set up in the store)."""
+    """``[host]``: how this host keeps slots (``host init`` records what it actually set up in the store)."""
 
-    slots_root: Path = Path("/home")
-    quota_backend: str = "auto"
-    admin_group: str = "slotwarden-admin"
-    hidepid: bool = True
-    supervisor: str = "auto"
-    # Where `host init --loopback-image` puts the slots root when none is named: mounting an
-    # image over /home would hide the homes already there.
-    loopback_slots_root: Path = Path("/srv/slots")
+    slots_root: AbsPath = Field(default=Path("/home"), description="where the slots' homes are made")
+    quota_backend: Annotated[str, PlainValidator(_choice(_QUOTA)), Kind(_QUOTA)] = Field(
+        default="auto", description="disk quota: btrfs qgroups, usrquota (ext4/xfs), none; auto detects")
+    admin_group: Annotated[str, PlainValidator(_text(_NAME, "a group name")), Kind("group name")] = Field(
+        default="slotwarden-admin", description="staff: exempt from hidepid, never locked at the console by the guard")
+    hidepid: Bool = Field(default=True, description="`host init` mounts /proc hidepid=invisible (admin_group exempt)")
+    supervisor: Annotated[str, PlainValidator(_choice(_SUPERVISORS)), Kind(_SUPERVISORS)] = Field(
+        default="auto", description="what runs the apps and the guard")
+    # Mounting an image over /home would hide the homes already there.
+    loopback_slots_root: AbsPath = Field(
+        default=Path("/srv/slots"), description="the slots root `host init --loopback-image` uses when none is named")
 
 
-@dataclass(frozen=True)
+# Ids no slot may ever get: below 1000 is the system's, 65534/65535 are nobody and the 16-bit
+# -1, and from 2^31 on tools that keep ids in a signed int break.
+ID_FLOOR = 1000
+ID_CEILING = (1 << 31) - 1
+_RESERVED_IDS = frozenset({65534, 65535})
+_Id = Annotated[int, PlainValidator(_int(0, 1 << 62, "an id")), Kind("integer")]
+
+
+@dataclass(frozen=True, config=_MODEL)
 class SlotsConfig:
-    """Defaults for new slots."""
+    """``[slots]``: defaults for new slots and the id range they are numbered from."""
 
-    default_quota: int = 1 << 30
-    skeleton: Path = Path("/etc/skel")
-    shell: str = "/bin/bash"
-    password_length: int = 22
-    # Slot UIDs (and their private groups' GIDs, the same number) come from this range and are
-    # never handed out twice. The default lies between nobody (65534) and the subordinate-ID
-    # range shadow-utils hands out (SUB_UID_MIN 100000), outside useradd's UID_MIN..UID_MAX:
-    # nothing else on a Debian host allocates from it. 34,464 slots over the host's lifetime;
-    # a host that will sell more picks a range above SUB_UID_MAX (e.g. 700000000-799999999).
-    uid_min: int = 65536
-    uid_max: int = 99999
-    # usrquota: one inode (file, directory, link) allowed per this many bytes of a slot's quota.
-    bytes_per_inode: int = 16384
+    default_quota: Size = Field(default=1 << 30, description="disk quota of a slot created without --quota or --plan")
+    skeleton: AbsPath = Field(default=Path("/etc/skel"), description="copied into every new home")
+    shell: AbsPathText = Field(default="/bin/bash", description="the slot user's login shell")
+    password_length: Annotated[int, PlainValidator(_int(12, 128)), Kind("integer 12-128")] = Field(
+        default=22, description="characters of a generated slot password (letters and digits)")
+    # The default lies between nobody (65534) and the subordinate-ID range shadow-utils hands out
+    # (SUB_UID_MIN 100000), outside useradd's UID_MIN..UID_MAX: nothing else on a Debian host
+    # allocates from it. 34,464 slots over the host's lifetime; a host that will sell more picks a
+    # range above SUB_UID_MAX (e.g. 700000000-799999999).
+    uid_min: _Id = Field(default=65536, description="first slot UID (and private GID); ids are never handed out twice")
+    uid_max: _Id = Field(default=99999, description="last slot UID; the range must not overlap login.defs' ranges")
+    bytes_per_inode: Annotated[int, PlainValidator(_int(512, 1 << 30)), Kind("integer")] = Field(
+        default=16384, description="usrquota: one inode (file, directory, link) per this many bytes of quota")
+
+    @model_validator(mode="after")
+    def _id_range(self) -> SlotsConfig:
+        _check_id_range(self)
+        return self
 
 
-@dataclass(frozen=True)
+def _check_id_range(slots: SlotsConfig) -> None:
+    """Refuse a slot id range that is empty, reaches system or reserved ids, or is too high.
+
+    >>> validate_section(SlotsConfig, {"uid_min": 70000, "uid_max": 60000}, "slots")
+    Traceback (most recent call last):
+    ...
+    provisioner.errors.ConfigError: slots.uid_max: must be above slots.uid_min (70000)
+    """
+    if slots.uid_min < ID_FLOOR:
+        raise ValueError(f"uid_min: must be at least {ID_FLOOR} (below are system accounts)")
+    if slots.uid_max <= slots.uid_min:
+        raise ValueError(f"uid_max: must be above slots.uid_min ({slots.uid_min})")
+    if slots.uid_max > ID_CEILING:
+        raise ValueError(f"uid_max: must be at most {ID_CEILING}")
+    inside = sorted(i for i in _RESERVED_IDS if slots.uid_min <= i <= slots.uid_max)
+    if inside:
+        raise ValueError(f"uid_min: the range {slots.uid_min}-{slots.uid_max} holds reserved id {inside[0]}")
+
+
+@dataclass(frozen=True, config=_MODEL)
 class RetentionConfig:
-    """Retention periods from the operator's data-handling policy, in seconds."""
+    """``[retention]``: periods from the operator's data-handling policy (``retention run`` applies them)."""
 
-    attempts: int = 24 * 3600
-    keep_data_for: int = 30 * 24 * 3600
+    attempts: Duration = Field(default=24 * 3600.0, description=(
+        "failed-login records live this long: the guard purges by it and `retention run` lists and "
+        "deletes by it"))
+    keep_data_for: Seconds = Field(default=30 * 24 * 3600,
+        description="homes removed with --keep-data are deleted after this")
 
 
 PLAN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -71,7 +263,7 @@ LIMIT_KEYS = ("cpu_cores", "cpu_weight", "memory_max", "memory_high", "swap_max"
 MAX_CPU_CORES = 1024.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_MODEL, kw_only=True)
 class ResourceLimits:
     """What a slot may use, as sold by its plan; None is unlimited.
 
@@ -83,16 +275,30 @@ class ResourceLimits:
     1073741824
     """
 
-    cpu_cores: float | None = None
-    cpu_weight: int | None = None
-    memory_max: int | None = None
-    memory_high: int | None = None
-    swap_max: int | None = None
-    max_processes: int | None = None
-    io_weight: int | None = None
-    io_read_bps: int | None = None
-    io_write_bps: int | None = None
-    tmp_size: int | None = None
+    cpu_cores: Annotated[float | None, PlainValidator(_optional(_number(
+        0.01, MAX_CPU_CORES, f"a number of cores from 0.01 to {MAX_CPU_CORES:g} (0.5 = half a core)"))),
+        Kind("number 0.01-1024")] = Field(default=None,
+        description="CPU quota in cores (0.5 = half of one core's time)")
+    cpu_weight: Share = Field(default=None,
+        description="CPU share against other slots when busy (100 = the default share)")
+    memory_max: OptSize = Field(default=None, description="hard memory limit: the OOM killer acts inside the slot only")
+    memory_high: OptSize = Field(default=None, description="memory reclaim starts here (at most memory_max)")
+    swap_max: Annotated[int | None, PlainValidator(_optional(_size_or_zero)), Kind("size, or 0 for no swap")] = Field(
+        default=None, description="swap the slot may use; 0: none")
+    max_processes: Annotated[int | None, PlainValidator(_optional(_int(0, 4194304, "a number of processes"))),
+                             Kind("integer 0-4194304")] = Field(default=None,
+        description="processes and threads (pids)")
+    io_weight: Share = Field(default=None, description="I/O share against other slots (cgroup v1: needs BFQ)")
+    io_read_bps: OptSize = Field(default=None, description="read bandwidth per second on the device holding the home")
+    io_write_bps: OptSize = Field(default=None, description="write bandwidth per second on the device holding the home")
+    tmp_size: OptSize = Field(default=None,
+        description="a private /tmp of this size (refused where it cannot be enforced)")
+
+    @model_validator(mode="after")
+    def _high_below_max(self) -> ResourceLimits:
+        if self.memory_high is not None and self.memory_max is not None and self.memory_high > self.memory_max:
+            raise ValueError("memory_high: larger than memory_max; reclaim must start below the hard limit")
+        return self
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {k: getattr(self, k) for k in LIMIT_KEYS}
@@ -107,28 +313,36 @@ class ResourceLimits:
         return cls(**{k: data.get(k) for k in LIMIT_KEYS})
 
 
-@dataclass(frozen=True)
-class PlanConfig:
-    """One ``[plans.NAME]`` table: what a slot sold under NAME gets.
+def _plan_name(value: object) -> str:
+    if not isinstance(value, str) or not value or not value[0].isalpha() or not set(value) <= PLAN_NAME_CHARS \
+            or len(value) > 32:
+        raise ValueError("a plan name is 1-32 of a-z 0-9 _ -, starting with a letter")
+    return value
+
+
+def _app_names(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = _strings("a list of app names", bool)(value)
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True, config=_MODEL, kw_only=True)
+class PlanConfig(ResourceLimits):
+    """``[plans.NAME]``: what a slot sold under NAME gets, its resource limits among them.
 
     ``apps`` None means every app of the catalog; ``max_apps``/``max_processes`` None mean no limit.
     """
 
-    name: str
-    quota: int
-    apps: tuple[str, ...] | None = None
-    max_apps: int | None = None
-    max_processes: int | None = None
-    description: str = ""
-    cpu_cores: float | None = None
-    cpu_weight: int | None = None
-    memory_max: int | None = None
-    memory_high: int | None = None
-    swap_max: int | None = None
-    io_weight: int | None = None
-    io_read_bps: int | None = None
-    io_write_bps: int | None = None
-    tmp_size: int | None = None
+    name: Annotated[str, PlainValidator(_plan_name), Kind("internal")] = Field(
+        description="the table's name: 1-32 of a-z 0-9 _ -, starting with a letter")
+    quota: Size = Field(description="the slot's disk quota (required)")
+    apps: Annotated[tuple[str, ...] | None, PlainValidator(_app_names), Kind("list of app names")] = Field(
+        default=None, description="apps the plan allows (absent: every app of the catalog)")
+    max_apps: Annotated[int | None, PlainValidator(_optional(_int(0, 10000))), Kind("integer")] = Field(
+        default=None, description="apps installed at once (absent: no limit)")
+    description: Annotated[str, PlainValidator(_text(r"[^\x00-\x1f\x7f]{0,200}", "one line of text")),
+                           Kind("text")] = Field(default="", description="shown by `plan list` and the API")
 
     @property
     def limits(self) -> ResourceLimits:
@@ -136,154 +350,354 @@ class PlanConfig:
         return ResourceLimits(**{k: getattr(self, k) for k in LIMIT_KEYS})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_MODEL)
+class GuardSection:
+    """``[guard]``: the login guard's lockout policy and service (read by the guard itself, stdlib only).
+
+    The same rules as :func:`pam_hooks.config.parse_guard` (a property test holds the two
+    together); :meth:`Config.guard_config` is the :class:`GuardConfig` the service builds.
+    """
+
+    pair_deny: Annotated[int, PlainValidator(_int(1, 1_000_000)), Kind("integer 1-1000000")] = Field(
+        default=5, description="failures per (username, address) within window before the pair is locked")
+    window: Duration = Field(default=900.0, description="how far back failures are counted")
+    ip_deny: Annotated[int, PlainValidator(_int(1, 1_000_000)), Kind("integer 1-1000000")] = Field(
+        default=20, description="failures per address across usernames (IPv6: per ipv6_prefix)")
+    ipv6_prefix: Annotated[int, PlainValidator(_int(1, 128)), Kind("integer 1-128")] = Field(
+        default=64, description="IPv6 addresses are counted per prefix of this length")
+    user_deny: Annotated[int, PlainValidator(_int(1, 1_000_000)), Kind("integer 1-1000000")] = Field(
+        default=50,
+        description="failures per username across addresses (never root, never at a known origin, never keys)")
+    lock_for: Duration = Field(default=900.0, description="first lock; doubles for repeat offenders...")
+    lock_max: Duration = Field(default=86400.0, description="...up to this (at least lock_for)")
+    allow: Annotated[tuple[Network, ...], PlainValidator(grammar.parse_networks), Kind("list of CIDRs")] = Field(
+        default=(), description="addresses never locked")
+    deny_root: Bool = Field(default=True, description="root too is locked per pair and address")
+    fail_mode: Annotated[Literal["open", "closed"], PlainValidator(_choice(_FAIL_MODES)), Kind(_FAIL_MODES)] = Field(
+        default="open", description="what the PAM module answers when the guard service is unreachable")
+    socket: AbsPath = Field(default=Path("/run/slotwarden/guard.sock"),
+                            description="the service's socket (also slotwarden-guard.socket's ListenStream)")
+    network_block: Bool = Field(default=False, description="a blackhole route for a locked address (/64 for IPv6)")
+    reservation_ttl: Duration = Field(
+        default=120.0, description="an attempt without an outcome this long is marked failed (it counts meanwhile)")
+    timeout_ms: Annotated[int, PlainValidator(_int(1, 60_000)), Kind("integer 1-60000")] = Field(
+        default=500, description="how long the PAM module waits for the service")
+    known_for: Duration = Field(default=30 * 86400.0,
+        description="origins of past password logins stay known (user_deny spares them)")
+    syslog_socket: AbsPath = Field(default=Path("/dev/log"), description="where the service's syslog lines go")
+
+    @model_validator(mode="after")
+    def _lock_max(self) -> GuardSection:
+        if self.lock_max < self.lock_for:
+            raise ValueError("lock_max: must be at least guard.lock_for")
+        return self
+
+
+def _store_url(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("sqlite:///", "postgresql://", "postgres://")) \
+            or any(c in value for c in "\r\n\x00 "):
+        raise ValueError("expected sqlite:///path or postgresql://user@host:port/database")
+    return value
+
+
+@dataclass(frozen=True, config=_MODEL)
+class StoreConfig:
+    """``[store]``: where the provisioner's tables live (see :mod:`provisioner.db`)."""
+
+    url: Annotated[str | None, PlainValidator(_store_url), Kind("sqlite:///path or postgresql://user@host:port/db")] \
+        = Field(default=None, description="absent: SQLite at <state_dir>/slotwarden.db; a password in it is refused")
+    password_file: Annotated[Path | None, PlainValidator(_optional(_abs_path)), Kind("absolute path")] \
+        = Field(default=None, description="the PostgreSQL password: a root-only file (mode 0600), never in the URL")
+
+
+_Rate = Annotated[float, PlainValidator(_number(1e-9, 1e6, "a positive number")), Kind("number")]
+
+
+@dataclass(frozen=True, config=_MODEL)
+class ApiSettings:
+    """``[api]``: what traffic without a valid token may cost (see :mod:`provisioner.api.ratelimit`)."""
+
+    anonymous_rate: _Rate = Field(default=0.2,
+        description="requests per second per source ending without a valid token (IPv6: per /64)")
+    anonymous_burst: Annotated[int, PlainValidator(_int(1, 1_000_000)), Kind("integer")] = Field(
+        default=10, description="such requests at once per source")
+    anonymous_global_rate: _Rate = Field(default=5.0, description="the same for all sources together, per second")
+    audit_window: _Rate = Field(default=60.0,
+        description="seconds between two summary rows of such requests in the audit")
+
+
+_Listen = Annotated[str, PlainValidator(_text(r"[^\r\n\x00 <>\"']*", "a string without spaces or markup")),
+                    Kind("host:port")]
+
+
+@dataclass(frozen=True, config=_MODEL)
+class HubConfig:
+    """``[hub]``: where the Hub listens, its TLS files, its user, its PAM service, timeouts."""
+
+    listen: _Listen = Field(default="0.0.0.0:8443", description="the front door (nginx, TLS)")
+    cert: AbsPath = Field(default=Path("/var/lib/slotwarden/hub/hub.crt"), description=(
+        "TLS certificate; `host init` makes a self-signed one (default <state_dir>/hub/hub.crt)"))
+    key: AbsPath = Field(default=Path("/var/lib/slotwarden/hub/hub.key"),
+        description="its key (default <state_dir>/hub/hub.key)")
+    user: Annotated[str, PlainValidator(_text(_NAME, "a user name")), Kind("user name")] = Field(
+        default="slotwarden-hub", description="the unprivileged user the web process and nginx's workers run as")
+    bridge_socket: AbsPath = Field(default=Path("/run/slotwarden/hub-bridge.sock"),
+        description="the privileged bridge's socket")
+    web_socket: AbsPath = Field(default=Path("/run/slotwarden/hub-web/hub.sock"),
+                                description="the web process listens here; only the Hub's user can connect")
+    pam_service: Annotated[str, PlainValidator(_text(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", "a PAM service name")),
+                           Kind("PAM service name")] = Field(default="slotwarden-hub",
+                               description="the PAM service Hub logins go through")
+    idle_timeout: Seconds = Field(default=30 * 60, description="a session unused this long ends")
+    absolute_timeout: Seconds = Field(default=12 * 3600, description="every session ends this long after login")
+    # Wrong password, unknown name, locked, suspended all look alike from outside.
+    fail_floor_ms: Annotated[int, PlainValidator(_int(0, 60000)), Kind("integer 0-60000")] = Field(
+        default=1500, description="a refused login is answered no sooner than this after it arrived")
+    public_url: _Listen = Field(default="", description="https://HOST[:PORT] links point at (empty: from listen)")
+    history_every: Seconds = Field(default=300, description="how often the bridge samples every slot for the charts")
+    fence_table: Annotated[str, PlainValidator(_text(_NAME, "a table name")), Kind("name")] = Field(
+        default="slotwarden_apps", description="the nftables table (inet) fencing app ports to their slots")
+    responses_every: Seconds = Field(default=60,
+        description="how often the web process hands its response counts to the audit")
+
+
+@dataclass(frozen=True, config=_MODEL)
+class SupportConfig:
+    """``[support]``: staff access to a slot's files, with the tenant's consent."""
+
+    max_duration: Seconds = Field(default=7 * 86400, description="the longest grant `support request --for` may ask")
+    grants_dir: AbsPath = Field(default=Path("/srv/slotwarden-support"),
+        description="where granted homes are mounted for staff")
+
+
+def _command(value: object) -> tuple[str, ...]:
+    argv = _strings("a command as a list, e.g. [\"/usr/local/bin/tell\"]", bool)(value)
+    if argv and not argv[0].startswith("/"):
+        raise ValueError(f"expected a command starting with an absolute path, got {grammar.shown(argv[0])}")
+    return argv
+
+
+@dataclass(frozen=True, config=_MODEL)
+class NoticesConfig:
+    """``[notices]``: takedown notices."""
+
+    takedown_after: Seconds = Field(default=24 * 3600, description="a file named in a notice is quarantined after this")
+    hook: Annotated[tuple[str, ...], PlainValidator(_command), Kind("command as a list")] = Field(
+        default=(), description="run with each notice event as JSON on stdin (e.g. a mailer); []: none")
+
+
+@dataclass(frozen=True, config=_MODEL)
+class InboxConfig:
+    """``[inbox]``: where tenants' inboxes live and the login script that shows them."""
+
+    dir: AbsPath = Field(default=Path("/var/spool/slotwarden"), description="one inbox per slot")
+    # The package ships that file itself; unset, host init leaves /etc/profile.d alone.
+    login_script: Annotated[Path | None, PlainValidator(_optional(_abs_path)), Kind("absolute path")] = Field(
+        default=None, description="set (e.g. /etc/profile.d/slotwarden-inbox.sh) to have `host init` install it")
+
+
+@dataclass(frozen=True, config=_MODEL)
+class ReportConfig:
+    """``[report]``: which auth logs `data report` counts in, and whether to ask the journal."""
+
+    auth_logs: Annotated[tuple[str, ...], PlainValidator(_strings(
+        "a list of absolute paths or globs", lambda p: p.startswith("/"))), Kind("list of paths or globs")] = Field(
+        default=("/var/log/auth.log", "/var/log/auth.log.*"), description="auth logs to count a user's sshd lines in")
+    journal: Bool = Field(default=True, description="also count in the journal (journalctl)")
+
+
+def _cgroup_parent(value: object) -> str:
+    if not isinstance(value, str) or not value or value.startswith("/") or ".." in value.split("/") \
+            or "\x00" in value or "\n" in value:
+        raise ValueError("expected a relative path like 'slotwarden'")
+    return value
+
+
+@dataclass(frozen=True, config=_MODEL)
+class MetricsConfig:
+    """``[metrics]``: per-slot accounting."""
+
+    backend: Annotated[str, PlainValidator(_choice(_METRICS)), Kind(_METRICS)] = Field(
+        default="auto", description="where per-slot counters come from")
+    cgroup_root: AbsPath = Field(default=Path("/sys/fs/cgroup"), description="the cgroup filesystem")
+    cgroup_parent: Annotated[str, PlainValidator(_cgroup_parent), Kind("relative path")] = Field(
+        default="slotwarden", description="parent of every slot's cgroup, relative to each hierarchy's root")
+    facts_dir: AbsPath = Field(default=Path("/run/slotwarden/slots"),
+                               description="root-written, tenant-readable facts slotwarden-me reads")
+    me_path: AbsPath = Field(default=Path("/usr/local/bin/slotwarden-me"),
+        description="where `host init` installs slotwarden-me")
+
+
+@dataclass(frozen=True, config=_MODEL)
+class LimitsConfig:
+    """``[limits]``: how plans' resource limits are enforced."""
+
+    backend: Annotated[str, PlainValidator(_choice(_LIMITS)), Kind(_LIMITS)] = Field(
+        default="auto", description="systemd slices, cgroup v1 controllers, or none; auto detects")
+
+
+@dataclass(frozen=True, config=_MODEL)
+class TransmissionSettings:
+    """``[apps.transmission]``."""
+
+    daemon: AbsPathText = Field(default="/usr/bin/transmission-daemon", description="the transmission-daemon binary")
+
+
+@dataclass(frozen=True, config=_MODEL)
+class WordPressSettings:
+    """``[apps.wordpress]``."""
+
+    mysql_socket: AbsPathText = Field(default="/run/mysqld/mysqld.sock",
+                                      description="the host's MariaDB, administered as root over it")
+
+
+_Port = Annotated[int, PlainValidator(_int(1, 65535)), Kind("port 1-65535")]
+
+
+@dataclass(frozen=True, config=_MODEL)
+class AppsConfig:
+    """``[apps]``: the app port registry's range, the shared installs, and one table per app with settings."""
+
+    port_min: _Port = Field(default=40000, description="the app port registry's range, from...")
+    port_max: _Port = Field(default=40999, description="...to (inclusive)")
+    shared_dir: AbsPath = Field(default=Path("/opt/slotwarden/apps"),
+        description="shared read-only installs (JupyterLab's venv)")
+    ready_timeout: Annotated[int, PlainValidator(_int(1, 65535)), Kind("seconds")] = Field(
+        default=120, description="seconds an app may take to answer on its port after install")
+    transmission: TransmissionSettings = Field(default_factory=TransmissionSettings)
+    wordpress: WordPressSettings = Field(default_factory=WordPressSettings)
+
+    @model_validator(mode="after")
+    def _range(self) -> AppsConfig:
+        if self.port_min > self.port_max:
+            raise ValueError("port_min: must not be above apps.port_max")
+        return self
+
+    def per_app(self) -> dict[str, dict[str, Any]]:
+        """``{app: its table}`` for the apps that have settings."""
+        return {"transmission": asdict(self.transmission), "wordpress": asdict(self.wordpress)}
+
+
+# Every section, in the order the reference shows them: the name is the TOML table's.
+SECTIONS: dict[str, type[Any]] = {
+    "host": HostConfig, "slots": SlotsConfig, "retention": RetentionConfig, "guard": GuardSection,
+    "api": ApiSettings, "hub": HubConfig, "apps": AppsConfig, "limits": LimitsConfig, "metrics": MetricsConfig,
+    "support": SupportConfig, "notices": NoticesConfig, "inbox": InboxConfig, "report": ReportConfig,
+    "store": StoreConfig,
+}
+
+
+def _defaults(cls: type[T]) -> T:
+    """CLS at its defaults, without running its validators.
+
+    The defaults are literals of this module, already of the validated types; skipping the
+    validation means a section the file does not name costs no validator build at start-up
+    (every slotctl command pays it). The instance equals a validated one.
+    """
+    obj = object.__new__(cls)
+    for f in fields(cls):  # type: ignore[arg-type]
+        info = cls.__pydantic_fields__[f.name]  # type: ignore[attr-defined]
+        factory = info.default_factory
+        if factory is None:
+            value = info.default
+        elif is_pydantic_dataclass(factory):
+            value = _defaults(factory)
+        else:
+            value = factory()
+        object.__setattr__(obj, f.name, value)
+    return obj
+
+
+@dataclass(frozen=True, config=_MODEL)
+class TopLevel:
+    """The keys outside any table."""
+
+    state_dir: AbsPath = Field(default=DEFAULT_STATE_DIR, description="the store (SQLite, WAL) and keys: root-only")
+
+
+@std_dataclass(frozen=True)
 class Config:
-    """The whole configuration. Unknown sections are kept raw in ``extra`` for their owners."""
+    """The whole configuration: ``state_dir``, one field per section, the plans sold.
+
+    Built by :func:`load_config` (every section the file has validated); a section it lacks is
+    its defaults.
+    """
 
     state_dir: Path = DEFAULT_STATE_DIR
-    host: HostConfig = field(default_factory=HostConfig)
-    slots: SlotsConfig = field(default_factory=SlotsConfig)
-    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    host: HostConfig = field(default_factory=lambda: _defaults(HostConfig))
+    slots: SlotsConfig = field(default_factory=lambda: _defaults(SlotsConfig))
+    retention: RetentionConfig = field(default_factory=lambda: _defaults(RetentionConfig))
+    guard: GuardSection = field(default_factory=lambda: _defaults(GuardSection))
+    api: ApiSettings = field(default_factory=lambda: _defaults(ApiSettings))
+    hub: HubConfig = field(default_factory=lambda: _defaults(HubConfig))
+    apps: AppsConfig = field(default_factory=lambda: _defaults(AppsConfig))
+    limits: LimitsConfig = field(default_factory=lambda: _defaults(LimitsConfig))
+    metrics: MetricsConfig = field(default_factory=lambda: _defaults(MetricsConfig))
+    support: SupportConfig = field(default_factory=lambda: _defaults(SupportConfig))
+    notices: NoticesConfig = field(default_factory=lambda: _defaults(NoticesConfig))
+    inbox: InboxConfig = field(default_factory=lambda: _defaults(InboxConfig))
+    report: ReportConfig = field(default_factory=lambda: _defaults(ReportConfig))
+    store: StoreConfig = field(default_factory=lambda: _defaults(StoreConfig))
     plans: dict[str, PlanConfig] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
     @property
     def db_path(self) -> Path:
         return self.state_dir / "slotwarden.db"
 
-    def section(self, name: str) -> dict[str, Any]:
-        """The raw table of a section another package validates itself (e.g. ``guard``)."""
-        value = self.extra.get(name, {})
-        return value if isinstance(value, dict) else {}
+    def guard_config(self) -> GuardConfig:
+        """The guard's settings as the guard service builds them from the same file."""
+        return GuardConfig(**{f.name: getattr(self.guard, f.name) for f in fields(GuardSection)},
+                           retention=self.retention.attempts, state_dir=self.state_dir,
+                           admin_group=self.host.admin_group)
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# --- loading ---------------------------------------------------------------------------------
 
 
-def refuse_unknown_keys(table: dict[str, Any], section: str, known: set[str]) -> None:
-    """ConfigError naming the first key of TABLE that section SECTION does not know."""
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown key")
+def _reason(err: Any) -> tuple[str, str]:
+    """(the key path inside the section, the reason) of one pydantic error."""
+    loc = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "value_error":
+        reason = str(err["ctx"]["error"])
+        if not loc:  # a check across keys: its message starts with the key it is about
+            loc, _, reason = reason.partition(": ")
+    elif kind in ("missing", "missing_argument", "missing_keyword_only_argument"):
+        reason = "missing"
+    elif kind in ("unexpected_keyword_argument", "extra_forbidden", "unexpected_positional_argument"):
+        reason = "unknown key"
+    elif kind in ("dataclass_type", "dataclass_args_type", "dict_type", "model_type"):
+        reason = "expected a table"
+    else:
+        reason = str(err["msg"])
+    return loc, " ".join(reason.split())
 
 
-def absolute_path(value: object, key: str) -> Path:
-    """VALUE as an absolute path (ConfigError naming KEY otherwise)."""
-    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
-        raise ConfigError(f"{key}: expected an absolute path")
-    return Path(value)
+def validate_section(cls: type[T], table: object, where: str | None = None) -> T:
+    """TABLE (a raw TOML table) as section CLS; a bad value is a ConfigError naming ``WHERE.KEY``.
 
+    WHERE defaults to the section's name in :data:`SECTIONS`.
 
-def parse_duration(value: object, key: str) -> int:
-    """Seconds from an int or a string like ``15m``, ``24h``, ``30d``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration like 15m, got {value!r}")
-    if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, str) and len(value) >= 2 and value[:-1].isdigit() and value[-1] in _DURATION_UNITS:
-        return int(value[:-1]) * _DURATION_UNITS[value[-1]]
-    raise ConfigError(f"{key}: expected a duration like 15m, 24h or 30d, got {str(value)[:40]!r}")
-
-
-def absolute_paths(section: str, table: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Path]:
-    """The KEYS of a raw section TABLE that are present, each an absolute path (errors name the key)."""
-    out: dict[str, Path] = {}
-    for key in keys:
-        if key in table:
-            v = table[key]
-            if not isinstance(v, str) or not v.startswith("/"):
-                raise ConfigError(f"{section}.{key}: expected an absolute path")
-            out[key] = Path(v)
-    return out
-
-
-def _convert(key: str, current: object, value: object) -> object:
-    """Coerce VALUE to the type of the default CURRENT, naming KEY on error."""
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false")
-        return value
-    if isinstance(current, Path):
-        if not isinstance(value, str) or not value.startswith("/"):
-            raise ConfigError(f"{key}: expected an absolute path")
-        return Path(value)
-    if isinstance(current, int):
-        if key.endswith(("quota", "size")):
-            try:
-                return parse_size(value)
-            except Exception as exc:
-                raise ConfigError(f"{key}: {exc}") from None
-        if key.startswith("retention."):
-            return parse_duration(value, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{key}: expected a positive integer")
-        return value
-    if isinstance(current, str):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a non-empty string")
-        return value
-    raise ConfigError(f"{key}: unsupported value")  # pragma: no cover
-
-
-def _section(cls: type[Any], table: object, name: str) -> Any:
+    >>> validate_section(SupportConfig, {"max_duration": "2d"}, "support").max_duration
+    172800
+    >>> validate_section(SupportConfig, {"max_duration": "soon"}, "support")
+    Traceback (most recent call last):
+    ...
+    provisioner.errors.ConfigError: support.max_duration: expected a duration like 900, '15m' or '1.5h', got 'soon'
+    """
+    if where is None:
+        where = next(name for name, section in SECTIONS.items() if section is cls)
     if not isinstance(table, dict):
-        raise ConfigError(f"{name}: expected a table")
-    defaults = cls()
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"{name}.{unknown[0]}: unknown key")
-    values = {k: _convert(f"{name}.{k}", getattr(defaults, k), v) for k, v in table.items()}
-    return cls(**values)
-
-
-def _plan(name: str, table: object) -> PlanConfig:
-    """Validate one ``[plans.NAME]`` table; every error names its key."""
-    key = f"plans.{name}"
-    if not name or not name[0].isalpha() or not set(name) <= PLAN_NAME_CHARS or len(name) > 32:
-        raise ConfigError(f"{key}: a plan name is 1-32 of a-z 0-9 _ -, starting with a letter")
-    if not isinstance(table, dict):
-        raise ConfigError(f"{key}: expected a table")
-    unknown = sorted(set(table) - {"quota", "apps", "max_apps", "description", *LIMIT_KEYS})
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown key")
-    if "quota" not in table:
-        raise ConfigError(f"{key}.quota: missing (every plan has a disk quota, e.g. \"5G\")")
+        raise ConfigError(f"{where}: expected a table")
     try:
-        quota = parse_size(table["quota"])
-    except Exception as exc:
-        raise ConfigError(f"{key}.quota: {exc}") from None
-    apps: tuple[str, ...] | None = None
-    if "apps" in table:
-        raw = table["apps"]
-        if not isinstance(raw, list) or not all(isinstance(a, str) and a for a in raw):
-            raise ConfigError(f"{key}.apps: expected a list of app names")
-        apps = tuple(dict.fromkeys(raw))
-    max_apps = table.get("max_apps")
-    if max_apps is not None and (isinstance(max_apps, bool) or not isinstance(max_apps, int) or max_apps < 0):
-        raise ConfigError(f"{key}.max_apps: expected a non-negative integer")
-    description = table.get("description", "")
-    if not isinstance(description, str):
-        raise ConfigError(f"{key}.description: expected a string")
-    limits = parse_limits(key, table)
-    return PlanConfig(name, quota, apps, max_apps, limits.max_processes, description,
-                      cpu_cores=limits.cpu_cores, cpu_weight=limits.cpu_weight, memory_max=limits.memory_max,
-                      memory_high=limits.memory_high, swap_max=limits.swap_max, io_weight=limits.io_weight,
-                      io_read_bps=limits.io_read_bps, io_write_bps=limits.io_write_bps, tmp_size=limits.tmp_size)
-
-
-def _share(key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10000:
-        raise ConfigError(f"{key}: expected a weight from 1 to 10000 (100 is the default share)")
-    return value
-
-
-def _limit_size(key: str, value: object) -> int:
-    try:
-        return parse_size(value)
-    except Exception as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+        return TypeAdapter(cls).validate_python(table)
+    except ValidationError as exc:
+        loc, reason = _reason(exc.errors()[0])
+        key = ".".join(part for part in (where, loc) if part)
+        raise ConfigError(f"{key}: {reason}") from None
 
 
 def parse_limits(where: str, table: dict[str, Any]) -> ResourceLimits:
@@ -292,61 +706,50 @@ def parse_limits(where: str, table: dict[str, Any]) -> ResourceLimits:
     >>> parse_limits("plans.x", {"cpu_cores": 0.5, "memory_max": "512M"}).memory_max
     536870912
     """
-    values: dict[str, Any] = {}
-    for name in LIMIT_KEYS:
-        if name not in table:
+    return validate_section(ResourceLimits, table, where)
+
+
+def _plans(value: object) -> dict[str, PlanConfig]:
+    if not isinstance(value, dict):
+        raise ConfigError("plans: expected tables like [plans.small]")
+    out = {}
+    for name, table in value.items():
+        try:
+            _plan_name(name)
+        except ValueError as exc:
+            raise ConfigError(f"plans.{grammar.shown(name, 80)[1:-1]}: {exc}") from None
+        if isinstance(table, dict) and "name" in table:
+            raise ConfigError(f"plans.{name}.name: unknown key")
+        if isinstance(table, dict) and "quota" not in table:
+            raise ConfigError(f"plans.{name}.quota: missing (every plan has a disk quota, e.g. \"5G\")")
+        out[name] = validate_section(PlanConfig, {**table, "name": name} if isinstance(table, dict) else table,
+                                     f"plans.{name}")
+    return out
+
+
+def config_from_document(doc: dict[str, Any], path: Path | None = None) -> Config:
+    """Validate a parsed TOML document (what :func:`load_config_text` does after parsing)."""
+    known = {"state_dir", "plans", *SECTIONS}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ConfigError(f"{grammar.shown(unknown[0])[1:-1]}: unknown key")
+    values: dict[str, Any] = {"path": path}
+    if "state_dir" in doc:
+        values["state_dir"] = validate_section(TopLevel, {"state_dir": doc["state_dir"]}, "").state_dir
+    state_dir: Path = values.get("state_dir", DEFAULT_STATE_DIR)
+    for name, cls in SECTIONS.items():
+        if name not in doc:
             continue
-        value, key = table[name], f"{where}.{name}"
-        if name == "cpu_cores":
-            if (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value
-                    or not 0.01 <= value <= MAX_CPU_CORES):
-                raise ConfigError(f"{key}: expected a number of cores from 0.01 to {MAX_CPU_CORES:g} "
-                                  "(0.5 = half a core)")
-            values[name] = float(value)
-        elif name in ("cpu_weight", "io_weight"):
-            values[name] = _share(key, value)
-        elif name == "max_processes":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{key}: expected a non-negative integer")
-            if value > 4194304:
-                raise ConfigError(f"{key}: at most 4194304 (the kernel's pid_max)")
-            values[name] = value
-        elif name == "swap_max" and value in (0, "0"):
-            values[name] = 0  # no swap at all
-        else:
-            values[name] = _limit_size(key, value)
-    limits = ResourceLimits(**values)
-    if limits.memory_high is not None and limits.memory_max is not None and limits.memory_high > limits.memory_max:
-        raise ConfigError(f"{where}.memory_high: larger than memory_max; reclaim must start below the hard limit")
-    return limits
-
-
-_SECTIONS: dict[str, type[Any]] = {"host": HostConfig, "slots": SlotsConfig, "retention": RetentionConfig}
-
-# Ids no slot may ever get: below 1000 is the system's, 65534/65535 are nobody and the 16-bit
-# -1, and from 2^31 on tools that keep ids in a signed int break.
-ID_FLOOR = 1000
-ID_CEILING = (1 << 31) - 1
-_RESERVED_IDS = frozenset({65534, 65535})
-
-
-def check_id_range(slots: SlotsConfig) -> None:
-    """Refuse a slot id range that is empty, reaches system or reserved ids, or is too high.
-
-    >>> check_id_range(SlotsConfig(uid_min=70000, uid_max=60000))
-    Traceback (most recent call last):
-    ...
-    provisioner.errors.ConfigError: slots.uid_max: must be above slots.uid_min (70000)
-    """
-    if slots.uid_min < ID_FLOOR:
-        raise ConfigError(f"slots.uid_min: must be at least {ID_FLOOR} (below are system accounts)")
-    if slots.uid_max <= slots.uid_min:
-        raise ConfigError(f"slots.uid_max: must be above slots.uid_min ({slots.uid_min})")
-    if slots.uid_max > ID_CEILING:
-        raise ConfigError(f"slots.uid_max: must be at most {ID_CEILING}")
-    inside = sorted(i for i in _RESERVED_IDS if slots.uid_min <= i <= slots.uid_max)
-    if inside:
-        raise ConfigError(f"slots.uid_min: the range {slots.uid_min}-{slots.uid_max} holds reserved id {inside[0]}")
+        table = doc[name]
+        if name == "hub" and isinstance(table, dict):  # the TLS files live in the state dir unless named
+            table = {"cert": state_dir / "hub" / "hub.crt", "key": state_dir / "hub" / "hub.key", **table}
+        values[name] = validate_section(cls, table, name)
+    if "hub" not in doc and state_dir != DEFAULT_STATE_DIR:
+        values["hub"] = validate_section(HubConfig, {"cert": state_dir / "hub" / "hub.crt",
+                                                     "key": state_dir / "hub" / "hub.key"}, "hub")
+    if "plans" in doc:
+        values["plans"] = _plans(doc["plans"])
+    return Config(**values)
 
 
 def load_config_text(text: str, path: Path | None = None) -> Config:
@@ -354,27 +757,22 @@ def load_config_text(text: str, path: Path | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path or 'config'}: not valid TOML: {exc}") from None
-    kwargs: dict[str, Any] = {"path": path}
-    extra: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "state_dir":
-            kwargs["state_dir"] = _convert("state_dir", DEFAULT_STATE_DIR, value)
-        elif key in _SECTIONS:
-            kwargs[key] = _section(_SECTIONS[key], value, key)
-        elif key == "plans":
-            if not isinstance(value, dict):
-                raise ConfigError("plans: expected tables like [plans.small]")
-            kwargs["plans"] = {name: _plan(name, table) for name, table in value.items()}
-        elif isinstance(value, dict):
-            extra[key] = value
-        else:
-            raise ConfigError(f"{key}: unknown key")
-    host: HostConfig = kwargs.get("host", HostConfig())
-    if host.quota_backend not in {"auto", "btrfs", "usrquota", "none"}:
-        raise ConfigError("host.quota_backend: expected auto, btrfs, usrquota or none")
-    check_id_range(kwargs.get("slots", SlotsConfig()))
-    return Config(extra=extra, **kwargs)
+        raise ConfigError(f"{path or 'config'}: not valid TOML: {' '.join(str(exc).split())}") from None
+    return config_from_document(data, path)
+
+
+def parse_duration(value: object, key: str) -> int:
+    """Whole seconds (>= 0) in the configuration's duration grammar; BadInput naming KEY otherwise.
+
+    For values that come from elsewhere than the file (``support request --for``).
+    """
+    try:
+        seconds = grammar.parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if seconds != int(seconds):
+        raise ConfigError(f"{key}: expected whole seconds, got {grammar.shown(value)}")
+    return int(seconds)
 
 
 def config_path() -> Path:

@@ -70,7 +70,7 @@ def _attempt_items(ctx: Context, username: str, _rec: SlotRecord | None) -> list
              for o in store.known_origins(username)]
     return [Item("failed login attempts", value or "none", "stop brute force",
                  f"attempt store {store.path}: username as typed, remote IP, count, last attempt",
-                 f"{period // 3600} hours, or until lifted/forgotten"),
+                 f"{period / 3600:g} hours, or until lifted/forgotten"),
             Item("known login origins", known or "none",
                  "addresses (IPv6: /64) and local callers of successful password logins: a distributed "
                  "attack on the name never locks its owner out of them",
@@ -139,7 +139,7 @@ def _log_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Item
     """The client-area password, sshd and system logs, app logs and files: counted, never copied."""
     if rec is None:
         return []
-    cfg = hostlogs.ReportConfig.from_section(ctx.config.section("report"))
+    cfg = ctx.config.report
     files = hostlogs.auth_log_counts(cfg, username)
     items = [
         Item("client-area password", "not held here (the billing system's)", "log in to the client area",

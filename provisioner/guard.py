@@ -17,19 +17,22 @@ from typing import Any
 
 from pam_hooks import install as pam_install
 from pam_hooks.client import GuardRequestError, GuardUnavailable, admin
-from pam_hooks.config import GuardConfig, GuardConfigError, load_guard_config
-from provisioner.errors import BadInput, SlotError
+from pam_hooks.config import GuardConfig
+from provisioner.errors import SlotError
 from provisioner.supervisor import Program, supervisor_for
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def guard_config(path: Path | None = None) -> GuardConfig:
-    """The ``[guard]`` section in force; a bad value is BadInput naming the key."""
-    try:
-        return load_guard_config(path)
-    except GuardConfigError as exc:
-        raise BadInput(str(exc)) from None
+    """The guard's settings from the file in force, as the guard service reads them.
+
+    Read through the one model (:meth:`provisioner.config.Config.guard_config`); a bad value is a
+    ConfigError (BadInput) naming the key.
+    """
+    from provisioner.config import load_config
+
+    return load_config(path).guard_config()
 
 
 def guard_program(config_file: Path) -> Program:

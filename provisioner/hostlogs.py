@@ -21,39 +21,15 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provisioner.config import refuse_unknown_keys
-from provisioner.errors import ConfigError, SlotError
+from provisioner.config import ReportConfig
+from provisioner.errors import SlotError
 from provisioner.runner import run
 
 SSHD = re.compile(r"\bsshd(?:-session)?(?:\[\d+\])?:")
 MAX_LOG_FILES = 200
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    """The ``[report]`` section: which auth logs to count in, and whether to ask the journal."""
-
-    auth_logs: tuple[str, ...] = ("/var/log/auth.log", "/var/log/auth.log.*")
-    journal: bool = True
-
-    @classmethod
-    def from_section(cls, table: dict[str, Any]) -> ReportConfig:
-        refuse_unknown_keys(table, "report", {"auth_logs", "journal"})
-        values: dict[str, Any] = {}
-        if "auth_logs" in table:
-            v = table["auth_logs"]
-            if not isinstance(v, list) or not all(isinstance(p, str) and p.startswith("/") for p in v):
-                raise ConfigError("report.auth_logs: expected a list of absolute paths or globs")
-            values["auth_logs"] = tuple(v)
-        if "journal" in table:
-            if not isinstance(table["journal"], bool):
-                raise ConfigError("report.journal: expected true or false")
-            values["journal"] = table["journal"]
-        return cls(**values)
 
 
 def word_pattern(username: str) -> re.Pattern[str]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provisioner.config import absolute_path, refuse_unknown_keys
+from provisioner.config import InboxConfig
 from provisioner.context import Context
 from provisioner.errors import BadInput
 from provisioner.plan import Step
@@ -46,24 +46,8 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 VERBS = ("approve", "refuse", "revoke")
 
 
-@dataclass(frozen=True)
-class InboxConfig:
-    """The ``[inbox]`` section: where inboxes live and the login script that shows them."""
-
-    dir: Path = Path("/var/spool/slotwarden")
-    # Set to e.g. /etc/profile.d/slotwarden-inbox.sh to have `host init` install it (the
-    # package ships that file itself); unset, host init leaves /etc/profile.d alone.
-    login_script: Path | None = None
-
-    @classmethod
-    def from_section(cls, table: dict[str, Any]) -> InboxConfig:
-        refuse_unknown_keys(table, "inbox", {"dir", "login_script"})
-        return cls(**{key: absolute_path(table[key], f"inbox.{key}") for key in ("dir", "login_script")
-                      if key in table})
-
-
 def inbox_config(ctx: Context) -> InboxConfig:
-    return InboxConfig.from_section(ctx.config.section("inbox"))
+    return ctx.config.inbox
 
 
 @dataclass(frozen=True)

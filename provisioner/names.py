@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from pam_hooks import grammar
+from pam_hooks.grammar import shown as shown
 from provisioner.errors import BadInput
 
 USERNAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,30}")
@@ -32,9 +34,7 @@ EMAIL_RE = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(?=.{1,253}$)"
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 )
-SIZE_RE = re.compile(r"([0-9]{1,16})([KMGT]?)(i?B?)?", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-MAX_SIZE = 1 << 50  # 1 PiB: anything larger is a typo, not a plan
+_UNITS = grammar.SIZE_UNITS
 
 # ISO 3166-1 alpha-2, officially assigned codes.
 COUNTRIES = frozenset(
@@ -47,12 +47,6 @@ COUNTRIES = frozenset(
     RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN
     TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW""".split()
 )
-
-
-def shown(value: object, limit: int = 40) -> str:
-    """A safe, capped rendering of untrusted input for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate_username(name: object, extra_reserved: frozenset[str] = frozenset()) -> str:
@@ -95,21 +89,14 @@ def validate_country(country: object) -> str:
 
 
 def parse_size(text: object) -> int:
-    """Parse a size such as ``500M``, ``5G``, ``5GiB`` or ``1048576`` into bytes (binary units)."""
-    if isinstance(text, bool) or not isinstance(text, (str, int)):
-        raise BadInput(f"size {shown(text)} is invalid")
-    if isinstance(text, int):
-        value = text
-    else:
-        m = SIZE_RE.fullmatch(text.strip()) if text.isascii() else None
-        if not m or (m.group(3) and not m.group(2) and m.group(3).lower() != "b"):
-            raise BadInput(f"size {shown(text)} is invalid: use a number with K, M, G or T (e.g. 5G)")
-        value = int(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value <= 0:
-        raise BadInput(f"size {shown(text)} must be positive")
-    if value > MAX_SIZE:
-        raise BadInput(f"size {shown(text)} is larger than 1P")
-    return value
+    """Parse a size such as ``500M``, ``5G``, ``5GiB`` or ``1048576`` into bytes (binary units).
+
+    The grammar is :func:`pam_hooks.grammar.parse_size`, the one the configuration uses.
+    """
+    try:
+        return grammar.parse_size(text)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def format_size(n: int) -> str:

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import inbox
-from provisioner.config import parse_duration, refuse_unknown_keys
+from provisioner.config import NoticesConfig
 from provisioner.context import Context
-from provisioner.errors import BadInput, ConfigError, SlotError
+from provisioner.errors import BadInput, SlotError
 from provisioner.names import validate_username
 from provisioner.plan import Step
 from provisioner.runner import run
@@ -45,30 +45,8 @@ MAX_PATH = 4096
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class NoticesConfig:
-    """The ``[notices]`` section."""
-
-    takedown_after: int = 24 * 3600
-    hook: tuple[str, ...] = ()
-
-    @classmethod
-    def from_section(cls, table: dict[str, Any]) -> NoticesConfig:
-        refuse_unknown_keys(table, "notices", {"takedown_after", "hook"})
-        values: dict[str, Any] = {}
-        if "takedown_after" in table:
-            values["takedown_after"] = parse_duration(table["takedown_after"], "notices.takedown_after")
-        if "hook" in table:
-            hook = table["hook"]
-            if not isinstance(hook, list) or not hook or not all(isinstance(a, str) and a for a in hook) \
-                    or not hook[0].startswith("/"):
-                raise ConfigError("notices.hook: expected a command as a list, e.g. [\"/usr/local/bin/tell\"]")
-            values["hook"] = tuple(hook)
-        return cls(**values)
-
-
 def notices_config(ctx: Context) -> NoticesConfig:
-    return NoticesConfig.from_section(ctx.config.section("notices"))
+    return ctx.config.notices
 
 
 @dataclass(frozen=True)

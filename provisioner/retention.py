@@ -65,9 +65,8 @@ class AttemptRecords:
         self.escape: Callable[[str], str] = lambda text: text
         try:
             client = importlib.import_module("pam_hooks.client")
-            guard_config = importlib.import_module("pam_hooks.config")
             protocol = importlib.import_module("pam_hooks.protocol")
-            self.guard_cfg = guard_config.load_guard_config(ctx.config.path)
+            self.guard_cfg = ctx.config.guard_config()
             self.guard, self.escape = client, protocol.escape_text
         except (ImportError, AttributeError):
             pass
@@ -129,7 +128,7 @@ class AttemptRecords:
             removed = [f"{g['username']!r} from {g['ip']} ({g['n']})" for g in groups]
             if not dry_run and groups:
                 if self.guard is not None:
-                    # The guard purges by its own [guard] retention (24 h by default, as here).
+                    # The guard purges by the same key, [retention] attempts (as read when it started).
                     self.guard.admin(self.guard_cfg, "purge")
                 else:
                     self._store().purge_attempts(conn, before)
@@ -165,7 +164,7 @@ def expire_attempts(ctx: Context, now: float, dry_run: bool) -> RuleResult:
     """Failed-attempt records older than retention.attempts."""
     period = ctx.config.retention.attempts
     removed = AttemptRecords(ctx).purge(now - period, dry_run)
-    return RuleResult("attempts", f"failed-attempt records older than {period // 3600} h", removed)
+    return RuleResult("attempts", f"failed-attempt records older than {period / 3600:g} h", removed)
 
 
 def drop_orphaned_credentials(ctx: Context, now: float, dry_run: bool) -> RuleResult:

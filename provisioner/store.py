@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provisioner.config import Config, refuse_unknown_keys
+from provisioner.config import Config
 from provisioner.db import Database, IntegrityError, check, connect, upgrade
-from provisioner.errors import ConfigError, SlotError
+from provisioner.errors import SlotError
 
 
 @dataclass(frozen=True)
@@ -258,24 +258,13 @@ class Store:
         self.db.execute("DELETE FROM kept_homes WHERE path = ?", (path,))
 
 
-STORE_KEYS = {"url", "password_file"}
-
-
 def store_target(config: Config) -> tuple[str, Path | None]:
     """Where ``[store]`` puts the store: (url, password file). Default: SQLite in the state dir.
 
     ``url = "postgresql://user@host:port/db"`` with ``password_file`` (root-only, mode 0600)
     holding its password; a URL with a password in it is refused when opened.
     """
-    table = config.section("store")
-    refuse_unknown_keys(table, "store", STORE_KEYS)
-    url = table.get("url", f"sqlite://{config.db_path}")
-    if not isinstance(url, str) or not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError("store.url: expected sqlite:///path or postgresql://user@host:port/database")
-    pw = table.get("password_file")
-    if pw is not None and (not isinstance(pw, str) or not pw.startswith("/")):
-        raise ConfigError("store.password_file: expected an absolute path")
-    return url, Path(pw) if pw else None
+    return config.store.url or f"sqlite://{config.db_path}", config.store.password_file
 
 
 def open_database(config: Config, timeout: float = 30) -> Database:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner import idmapped, inbox
-from provisioner.config import absolute_path, parse_duration, refuse_unknown_keys
+from provisioner.config import SupportConfig, parse_duration
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.names import validate_username
@@ -48,28 +48,8 @@ OPEN_STATES = ("requested", "active")
 MAX_REASON = 300
 
 
-@dataclass(frozen=True)
-class SupportConfig:
-    """The ``[support]`` section."""
-
-    max_duration: int = 7 * 86400
-    grants_dir: Path = Path("/srv/slotwarden-support")
-
-    @classmethod
-    def from_section(cls, table: dict[str, Any]) -> SupportConfig:
-        refuse_unknown_keys(table, "support", {"max_duration", "grants_dir"})
-        values: dict[str, Any] = {}
-        if "max_duration" in table:
-            values["max_duration"] = parse_duration(table["max_duration"], "support.max_duration")
-            if values["max_duration"] <= 0:
-                raise ConfigError("support.max_duration: must be more than zero")
-        if "grants_dir" in table:
-            values["grants_dir"] = absolute_path(table["grants_dir"], "support.grants_dir")
-        return cls(**values)
-
-
 def support_config(ctx: Context) -> SupportConfig:
-    return SupportConfig.from_section(ctx.config.section("support"))
+    return ctx.config.support
 
 
 @dataclass(frozen=True)

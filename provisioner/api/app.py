@@ -7,7 +7,7 @@ token name, operation, slot, status. Errors are JSON ``{"ok": false, "error", "f
 400 bad value, 401 no valid token, 404 no such slot, 409 the system refused (exists, too much
 data for the plan...), 422 malformed request — and a 4xx changes nothing.
 
->>> from provisioner.config import Config
+>>> from provisioner.config import ApiSettings, Config
 >>> app = create_app(Config())
 >>> sorted(r.path for r in app.routes if r.path.startswith("/v1/slots"))[:2]
 ['/v1/slots', '/v1/slots/{username}']
@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,7 +40,7 @@ from provisioner.api.ratelimit import AnonymousAudit, SourceLimiter
 from provisioner.api.tokens import verify_token
 from provisioner.config import Config
 from provisioner.context import Context
-from provisioner.errors import BadInput, CommandFailed, ConfigError, SlotError, StepFailed
+from provisioner.errors import BadInput, CommandFailed, SlotError, StepFailed
 from provisioner.names import parse_size, validate_country, validate_email, validate_payment_ref, validate_username
 from provisioner.plans import get_plan, list_plans, plan_as_dict
 from provisioner.store import Store, open_store
@@ -55,38 +54,6 @@ Auth = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=idempotency.MAX_KEY,
                                        description="Retries with the same key return the first result.")]
 Username = Annotated[str, PathParam(max_length=64, description="The slot's username.")]
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """``[api]``: what traffic without a valid token may cost (see :mod:`.ratelimit`).
-
-    ``anonymous_rate``/``anonymous_burst``: requests per second (and at once) per source that end
-    without a valid token; ``anonymous_global_rate``: the same for all sources together;
-    ``audit_window``: seconds between two summary rows of such requests in the audit.
-    """
-
-    anonymous_rate: float = 0.2
-    anonymous_burst: int = 10
-    anonymous_global_rate: float = 5.0
-    audit_window: float = 60.0
-
-    @classmethod
-    def from_section(cls, table: dict[str, Any]) -> ApiSettings:
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in table:
-                continue
-            v = table[f.name]
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1e6:
-                raise ConfigError(f"api.{f.name}: expected a positive number")
-            if f.type == "int" and not isinstance(v, int):
-                raise ConfigError(f"api.{f.name}: expected a positive integer")
-            values[f.name] = v
-        unknown = sorted(set(table) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"api.{unknown[0]}: unknown key")
-        return cls(**values)
 
 
 class ApiError(Exception):
@@ -277,7 +244,7 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
     With FLEET, the same API for a fleet controller: the slot routes act on the slot's host
     (:mod:`provisioner.api.fleet`), and CONFIG's store holds the fleet's tables.
     """
-    settings = ApiSettings.from_section(config.section("api"))
+    settings = config.api
     limiter = SourceLimiter(settings.anonymous_rate, settings.anonymous_burst,
                             global_rate=settings.anonymous_global_rate,
                             global_burst=max(settings.anonymous_burst, int(settings.anonymous_global_rate * 10)))

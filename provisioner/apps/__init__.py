@@ -37,8 +37,9 @@ from provisioner import slots as _slots
 from provisioner.apps import homefiles
 from provisioner.apps.registry import AppRegistry, InstallRecord
 from provisioner.apps.vault import KEY_FILE_NAME, Vault, generate_secret
+from provisioner.config import AppsConfig
 from provisioner.context import Context
-from provisioner.errors import BadInput, ConfigError, SlotError
+from provisioner.errors import BadInput, SlotError
 from provisioner.limits import place
 from provisioner.plan import Plan, Step, apply
 from provisioner.store import SlotRecord, current_actor
@@ -68,26 +69,10 @@ class AppSettings:
         return self.per_app.get(app, {})
 
     @classmethod
-    def from_config(cls, table: dict[str, Any]) -> AppSettings:
-        values: dict[str, Any] = {}
-        per_app: dict[str, dict[str, Any]] = {}
-        for key, value in table.items():
-            if isinstance(value, dict):
-                per_app[key] = value
-            elif key in ("port_min", "port_max", "ready_timeout"):
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 65535:
-                    raise ConfigError(f"apps.{key}: expected an integer between 1 and 65535")
-                values[key] = value
-            elif key == "shared_dir":
-                if not isinstance(value, str) or not value.startswith("/"):
-                    raise ConfigError("apps.shared_dir: expected an absolute path")
-                values[key] = Path(value)
-            else:
-                raise ConfigError(f"apps.{key}: unknown key")
-        out = cls(**values, per_app=per_app)
-        if out.port_min > out.port_max:
-            raise ConfigError("apps.port_min: must not be above apps.port_max")
-        return out
+    def from_config(cls, section: AppsConfig) -> AppSettings:
+        """From the validated ``[apps]`` section (:class:`provisioner.config.AppsConfig`)."""
+        return cls(port_min=section.port_min, port_max=section.port_max, shared_dir=section.shared_dir,
+                   ready_timeout=section.ready_timeout, per_app=section.per_app())
 
 
 @dataclass(frozen=True)
@@ -208,7 +193,7 @@ def settings_of(ctx: Context) -> AppSettings:
 
     from provisioner.hub.frontdoor import public_base
 
-    return replace(AppSettings.from_config(ctx.config.section("apps")), frontdoor_base=public_base(ctx.config))
+    return replace(AppSettings.from_config(ctx.config.apps), frontdoor_base=public_base(ctx.config))
 
 
 def registry_of(ctx: Context) -> AppRegistry:

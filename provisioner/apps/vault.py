@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import string
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from provisioner.accounts import generate_password
 from provisioner.errors import SlotError
 
 KEY_FILE_NAME = "app-credentials.key"
-_ALPHABET = string.ascii_letters + string.digits
 
 
-def generate_secret(length: int = 24) -> str:
-    """A random password from the OS CSPRNG: 24 of 62 symbols carry ~143 bits (policy: >= 128)."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+def generate_secret() -> str:
+    """An app's password: the slot passwords' generator, 24 of 62 symbols (~143 bits; policy: >= 128)."""
+    return generate_password(24)
 
 
 def _aad(slot: str, app: str) -> bytes:

@@ -179,7 +179,7 @@ def _emit_batch(summary: dict[str, Any], render: Callable[[Console], None], fail
 def read_names(text: str) -> list[str]:
     """The names of a remove-many file: one a line (blank lines and ``#`` comments skipped), or a
     create-many CSV (its ``username`` column)."""
-    lines = text.splitlines()
+    lines = text.removeprefix("\ufeff").splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
     if "," in first and "username" in [f.strip() for f in first.split(",")]:
         return [r["username"] for r in read_slots_csv(text)]
@@ -198,7 +198,7 @@ def remove_many(names: tuple[str, ...], keep_data: bool) -> None:
     """
     if len(names) == 1 and Path(names[0]).is_file():
         try:
-            wanted = read_names(Path(names[0]).read_text(encoding="utf-8"))
+            wanted = read_names(Path(names[0]).read_text(encoding="utf-8-sig"))  # spreadsheets write a BOM
         except (OSError, UnicodeDecodeError) as exc:
             raise BadInput(f"{names[0]}: cannot read: {exc}") from None
     else:

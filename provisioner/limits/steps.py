@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from provisioner import accounts
 from provisioner.config import PlanConfig, ResourceLimits
 from provisioner.context import Context
-from provisioner.errors import ConfigError
 from provisioner.limits.enforcement import (
     LimitsBackend,
     LimitsError,
@@ -119,13 +118,7 @@ class NoLimits:
 
 def backend_name(ctx: Context) -> str:
     """``[limits] backend`` (auto: systemd slices, cgroup v1 controllers, or none)."""
-    table = ctx.config.section("limits")
-    unknown = sorted(set(table) - {"backend"})
-    if unknown:
-        raise ConfigError(f"limits.{unknown[0]}: unknown key")
-    name = table.get("backend", "auto")
-    if name != "auto" and name not in BACKENDS:
-        raise ConfigError(f"limits.backend: expected auto or one of {', '.join(sorted(BACKENDS))}")
+    name = ctx.config.limits.backend
     if name != "auto":
         return str(name)
     from provisioner.metrics import metrics_config

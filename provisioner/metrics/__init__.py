@@ -24,14 +24,13 @@ import os
 import pwd
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from provisioner import accounts, slots
-from provisioner.config import absolute_paths
+from provisioner.config import MetricsConfig as MetricsConfig
 from provisioner.context import Context
-from provisioner.errors import BadInput, ConfigError, SlotError
+from provisioner.errors import BadInput, SlotError
 from provisioner.metrics.kernel import CgroupFigures, Proc, SlotMetrics, disk_space, from_cgroup, loadavg
 from provisioner.plan import Step
 from provisioner.quota import Usage
@@ -68,39 +67,6 @@ def remove_cgroup_dir(d: Path, evacuate_to: Path) -> None:
         d.rmdir()
 
 
-@dataclass(frozen=True)
-class MetricsConfig:
-    """The ``[metrics]`` section."""
-
-    backend: str = "auto"
-    cgroup_root: Path = Path("/sys/fs/cgroup")
-    # Parent of every slot's cgroup, relative to each hierarchy's root.
-    cgroup_parent: str = "slotwarden"
-    # Root-written, tenant-readable (0640 root:<slot group>) facts slotwarden-me needs.
-    facts_dir: Path = Path("/run/slotwarden/slots")
-    me_path: Path = Path("/usr/local/bin/slotwarden-me")
-
-    @classmethod
-    def from_section(cls, table: dict[str, Any]) -> MetricsConfig:
-        """Validate the raw ``[metrics]`` table; errors name the key."""
-        known = {"backend", "cgroup_root", "cgroup_parent", "facts_dir", "me_path"}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ConfigError(f"metrics.{unknown[0]}: unknown key")
-        values: dict[str, Any] = {}
-        backend = table.get("backend", "auto")
-        if backend != "auto" and backend not in BACKENDS:
-            raise ConfigError(f"metrics.backend: expected auto or one of {', '.join(sorted(BACKENDS))}")
-        values["backend"] = backend
-        values.update(absolute_paths("metrics", table, ("cgroup_root", "facts_dir", "me_path")))
-        if "cgroup_parent" in table:
-            v = table["cgroup_parent"]
-            if not isinstance(v, str) or not v or v.startswith("/") or ".." in v.split("/"):
-                raise ConfigError("metrics.cgroup_parent: expected a relative path like 'slotwarden'")
-            values["cgroup_parent"] = v
-        return cls(**values)
-
-
 class AccountingBackend(Protocol):
     """How a host accounts a slot's CPU, memory and I/O. Every method is idempotent."""
 
@@ -123,7 +89,7 @@ class AccountingBackend(Protocol):
 
 
 def metrics_config(ctx: Context) -> MetricsConfig:
-    return MetricsConfig.from_section(ctx.config.section("metrics"))
+    return ctx.config.metrics
 
 
 def detect_backend(cfg: MetricsConfig) -> str:

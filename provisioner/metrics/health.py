@@ -72,9 +72,8 @@ def render_health(samples: list[Sample]) -> str:
 def guard_samples(ctx: Context) -> list[Sample]:
     try:
         from pam_hooks.client import admin
-        from pam_hooks.config import load_guard_config
 
-        cfg = load_guard_config(ctx.config.path)
+        cfg = ctx.config.guard_config()
     except Exception as exc:  # no guard on this host, or its config is bad: it is not guarding
         log.warning("guard probe: %s", exc)
         return [Sample("slotwarden_guard_up", "gauge", "Whether the login guard service answers.", {}, 0)]

@@ -2,8 +2,15 @@
 
 The template holds what every instance shares (``User=%i``, restart policy, hardening); a
 drop-in ``slotwarden-APP@USER.service.d/slotwarden.conf`` holds the instance's command line,
-working directory and non-secret environment. ``enable --now`` makes the instance start at
-boot; systemd restarts it after a crash (``Restart=always``).
+working directory and non-secret environment. ``enable`` makes the instance start at boot;
+systemd restarts it after a crash (``Restart=always``).
+
+No change of one slot reloads the whole manager: systemd reads a unit that is not loaded yet
+from disk when it is first named, so a new instance (the common case: an app installed) starts
+without ``daemon-reload``; ``enable`` and ``disable`` run with ``--no-reload`` (their symlinks
+matter at boot). Only when systemd says the instance it holds is out of date
+(``NeedDaemonReload=yes``: a changed command line of a running app, or a new template after an
+upgrade) is the manager reloaded, once.
 
 >>> print(render_template("demo").splitlines()[0])
 [Unit]
@@ -109,14 +116,20 @@ class Systemd:
                 tmp.write_text(text)
                 tmp.replace(path)
                 changed = True
-        if changed:
+        unit = f"{program.name}.service"
+        if changed and self.needs_reload(unit):
             run(["systemctl", "daemon-reload"])
-        run(["systemctl", "enable", f"{program.name}.service"])
-        run(["systemctl", "restart" if changed else "start", f"{program.name}.service"])
+        run(["systemctl", "enable", "--no-reload", unit])
+        run(["systemctl", "restart" if changed else "start", unit])
+
+    def needs_reload(self, unit: str) -> bool:
+        """Whether systemd holds UNIT in a state older than its files (asking loads it if it was not)."""
+        out = run(["systemctl", "show", "-p", "NeedDaemonReload", "--value", unit], check=False).stdout
+        return out.strip() != "no"
 
     def remove_program(self, name: str) -> None:
         dropin = self._dropin(name)
-        run(["systemctl", "disable", "--now", f"{name}.service"], check=False)
+        run(["systemctl", "disable", "--no-reload", "--now", f"{name}.service"], check=False)
         dropin.unlink(missing_ok=True)
         try:
             dropin.parent.rmdir()
@@ -125,7 +138,7 @@ class Systemd:
         app = name.removeprefix("slotwarden-").split("@", 1)[0]
         if not list(self.unit_dir.glob(f"slotwarden-{app}@*.service.d")):
             self._template_path(app).unlink(missing_ok=True)
-        run(["systemctl", "daemon-reload"], check=False)
+        # A stopped unit whose files are gone is unloaded by systemd itself; no reload needed.
         run(["systemctl", "reset-failed", f"{name}.service"], check=False)
 
     def start(self, name: str) -> None:

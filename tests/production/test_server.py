@@ -122,10 +122,18 @@ def app_answers(server: Any, s: Slot) -> tuple[str, str]:
     return out[0], out[1]
 
 
+def manager_reloads(server: Any) -> str:
+    """When systemd last (re)loaded its units: changes with every daemon-reload (generators rerun)."""
+    return str(server.check_output("systemctl show -p GeneratorsStartTimestampMonotonic --value")).strip()
+
+
 def test_apps_run_under_systemd_in_the_slot_slice_and_open_with_their_credentials(server: Any,
                                                                                      slots: list[Slot]) -> None:
+    loaded = manager_reloads(server)
     for s in slots:
         server.check_output(f"slotctl app install {s.name} transmission")
+    # One slot's change never reloads the whole manager (every other unit of the host).
+    assert manager_reloads(server) == loaded
     for s in slots:
         assert server.service(unit(s)).is_running
         cg = server.check_output(f"systemctl show -p ControlGroup --value {unit(s)}")

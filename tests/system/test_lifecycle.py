@@ -278,7 +278,7 @@ def test_change_plan_refuses_a_plan_without_the_installed_app(host: SlotHost, ap
     apps.ports[name] = 2590 + secrets.randbelow(9)
     ctx = host.ctx()
     try:
-        ctx.config.plans["narrow"] = lifecycle.PlanConfig("narrow", 256 << 20, apps=("other",))
+        ctx.config.plans["narrow"] = lifecycle.PlanConfig(name="narrow", quota=256 << 20, apps=("other",))
         with pytest.raises(SlotError, match="does not allow the app"):
             lifecycle.change_plan(ctx, name, "narrow")
         assert lifecycle.change_plan(ctx, name, "medium").steps  # medium allows web

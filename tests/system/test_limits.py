@@ -24,6 +24,7 @@ from provisioner.limits import LimitRecords, place
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
 from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
+from tests.system.doors import lab_cron, run_su, su_stack
 from tests.system.lab import LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
 
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
@@ -178,6 +179,28 @@ def test_a_login_lands_in_its_slot_cgroup_and_cannot_leave(lab: Lab) -> None:
     b = lab.b.record.username
     r = lab.ssh(lab.b, "cat /proc/self/cgroup")
     assert r.returncode == 0 and _cgroup_of(r.stdout, "memory") == f"/{lab.parent}/{b}"
+
+
+def test_su_and_cron_put_what_they_start_in_the_slot_cgroup(lab: Lab) -> None:
+    """Every door, not only SSH: a `su` session and a cron job of the slot run in its cgroup."""
+    a = lab.a.record
+    session = f"session required {SESSION_MODULE} parent={lab.parent}\n"
+    r = run_su(a.username, "cat /proc/self/cgroup", su_stack(session))
+    assert r.returncode == 0, r.stderr
+    for ctrl in ("memory", "cpu", "pids", "blkio"):
+        assert _cgroup_of(r.stdout, ctrl) == f"/{lab.parent}/{a.username}", (ctrl, r.stdout)
+    out = Path(a.home) / "cron-cgroup.txt"
+    out.unlink(missing_ok=True)
+    # The tenant's own crontab; the job writes where it ran, and tries to leave.
+    with lab_cron(session, {a.username: f"* * * * * cat /proc/self/cgroup > {out}.tmp; "
+                                 f"echo $$ > {CGROUP}/pids/cgroup.procs 2>/dev/null; "
+                                 f"cat /proc/self/cgroup >> {out}.tmp; mv {out}.tmp {out}\n"}):
+        assert wait_for(out.exists, timeout=130, step=1), "the cron job never ran"
+    text = out.read_text()
+    out.unlink()
+    assert _cgroup_of(text, "pids") == f"/{lab.parent}/{a.username}", text
+    assert text.count(f"pids:/{lab.parent}/{a.username}\n") == 2, text  # still inside after the escape try
+    assert _cgroup_of(text, "memory") == f"/{lab.parent}/{a.username}", text
 
 
 FORK_BOMB = """python3 -c '

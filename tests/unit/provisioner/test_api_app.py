@@ -187,14 +187,14 @@ def test_anonymous_flood_is_rate_limited_and_writes_one_row(tmp_path: Path) -> N
 
 
 def test_api_settings_are_validated() -> None:
-    from provisioner.api.app import ApiSettings
+    from provisioner.config import ApiSettings, validate_section
     from provisioner.errors import ConfigError
 
-    assert ApiSettings.from_section({}).anonymous_burst == 10
+    assert validate_section(ApiSettings, {}).anonymous_burst == 10
     for bad in ({"anonymous_rate": 0}, {"anonymous_burst": 1.5}, {"anonymous_rate": True}, {"nope": 1},
                 {"audit_window": "60"}):
         with pytest.raises(ConfigError, match=r"^api\."):
-            ApiSettings.from_section(bad)
+            validate_section(ApiSettings, bad)
 
 
 def test_errors_are_json_naming_the_field(client: tuple[TestClient, str, Store]) -> None:

@@ -17,6 +17,7 @@ from provisioner.apps.registry import AppRegistry, free_port
 from provisioner.apps.transmission import settings_json
 from provisioner.apps.vault import Vault, generate_secret
 from provisioner.apps.wordpress import config_name, nginx_config, wp_config
+from provisioner.config import AppsConfig, validate_section
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.names import USERNAME_RE
 from provisioner.store import Store
@@ -59,12 +60,15 @@ def test_unknown_app_is_bad_input() -> None:
 ])
 def test_settings_errors_name_the_key(table: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        AppSettings.from_config(table)
+        AppSettings.from_config(validate_section(AppsConfig, table))
 
 
 def test_settings_defaults_and_per_app_tables() -> None:
-    s = AppSettings.from_config({"port_min": 20000, "port_max": 20009, "wordpress": {"mysql_socket": "/x"}})
+    table = {"port_min": 20000, "port_max": 20009, "wordpress": {"mysql_socket": "/x"}}
+    s = AppSettings.from_config(validate_section(AppsConfig, table))
     assert s.port_range == range(20000, 20010) and s.of("wordpress") == {"mysql_socket": "/x"} and s.of("x") == {}
+    with pytest.raises(ConfigError, match=r"^apps\.wordpress\.mysql_sock: unknown key"):
+        validate_section(AppsConfig, {"wordpress": {"mysql_sock": "/x"}})
 
 
 # --- vault -------------------------------------------------------------------------------------

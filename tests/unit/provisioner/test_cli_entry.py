@@ -52,6 +52,28 @@ def test_corrupt_config_is_exit_2_naming_the_file(tmp_path: Path) -> None:
     assert proc.returncode == 2 and str(tmp_path / "slotwarden.toml") in proc.stderr
 
 
+_COMMANDS = [["plan", "list"], ["guard", "status"], ["slot", "create", "cfgbad", "--email", "a@example.com",
+                                                     "--country", "DE"]]
+
+
+@pytest.mark.parametrize(("n", "text", "key"), [(n, *case) for n, case in enumerate([
+    ('[retention]\nattempts = "soon"\n', "retention.attempts"),
+    ('[guard]\nretention = "24h"\n', "guard.retention"),
+    ("[hub]\nidle_timeout = 0\n", "hub.idle_timeout"),
+    ('[apps.wordpress]\nmysql_sock = "/x"\n', "apps.wordpress.mysql_sock"),
+    ('[metrics]\nbackend = "magic"\n', "metrics.backend"),
+    ('[plans.small]\nquota = "5G"\nmemory_max = "1M"\nmemory_high = "2M"\n', "plans.small.memory_high"),
+    ("[gaurd]\npair_deny = 3\n", "gaurd"),
+    ('[notices]\nhook = ["relative"]\n', "notices.hook"),
+])])
+def test_a_bad_value_anywhere_is_one_line_exit_2_nothing_changed(n: int, text: str, key: str, tmp_path: Path) -> None:
+    (tmp_path / "slotwarden.toml").write_text(f'state_dir = "{tmp_path}/state"\n{text}')
+    proc = slotctl(*_COMMANDS[n % len(_COMMANDS)], tmp=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"slotctl: error: {key}: "), proc.stderr
+    assert not (tmp_path / "state").exists()  # nothing changed
+
+
 @pytest.mark.parametrize("shell,marker", [("bash_source", "_slotctl_completion"), ("zsh_source", "#compdef slotctl")])
 def test_completion_scripts(shell: str, marker: str) -> None:
     proc = slotctl(env={"_SLOTCTL_COMPLETE": shell})

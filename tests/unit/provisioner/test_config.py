@@ -45,9 +45,11 @@ def test_errors_name_the_key(doc: str, key: str) -> None:
         load_config_text(doc)
 
 
-def test_unknown_sections_kept_for_their_owner() -> None:
+def test_every_section_is_modelled_and_unknown_ones_refused() -> None:
     cfg = load_config_text("[guard]\npair_deny = 3\n")
-    assert cfg.section("guard") == {"pair_deny": 3}
+    assert cfg.guard.pair_deny == 3 and cfg.guard_config().pair_deny == 3
+    with pytest.raises(ConfigError, match=r"^gaurd: unknown key$"):
+        load_config_text("[gaurd]\npair_deny = 3\n")
 
 
 def test_named_missing_file_is_an_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from provisioner.config import load_config_text, validate_section
 from provisioner.errors import ConfigError
 from provisioner.hub.bridge import Bridge, BridgeRefused, parse_address
 from provisioner.hub.config import HubConfig
@@ -31,11 +32,11 @@ STATE = Path("/var/lib/sw")
 ])
 def test_bad_hub_values_name_their_key(table: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{key}"):
-        HubConfig.from_section(table, STATE)
+        validate_section(HubConfig, table)
 
 
 def test_hub_defaults_follow_the_state_dir() -> None:
-    cfg = HubConfig.from_section({}, STATE)
+    cfg = load_config_text(f'state_dir = "{STATE}"\n').hub
     assert cfg.cert == STATE / "hub" / "hub.crt" and cfg.user == "slotwarden-hub"
     assert cfg.pam_service == "slotwarden-hub" and cfg.idle_timeout < cfg.absolute_timeout
 
@@ -45,7 +46,7 @@ def test_hub_defaults_follow_the_state_dir() -> None:
                                         "x"]), st.one_of(st.text(max_size=30), st.integers(), st.booleans())))
 def test_hub_section_either_loads_or_names_a_key(table: dict[str, object]) -> None:
     try:
-        HubConfig.from_section(table, STATE)
+        validate_section(HubConfig, table)
     except ConfigError as exc:
         assert str(exc).startswith("hub.")
 

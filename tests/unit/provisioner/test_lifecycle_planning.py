@@ -109,16 +109,16 @@ def test_unsuspend_refuses_apps_it_cannot_start() -> None:
         lifecycle.plan_unsuspend("tlx", _facts("suspended", SUSPENDED, life), ctx=CTX, actor="root")
 
 
-SMALL = PlanConfig("small", 64 << 20)
-LARGE = PlanConfig("large", 256 << 20)
-WEB_ONLY = PlanConfig("web-only", 256 << 20, apps=("web",), max_apps=1)
+SMALL = PlanConfig(name="small", quota=64 << 20)
+LARGE = PlanConfig(name="large", quota=256 << 20)
+WEB_ONLY = PlanConfig(name="web-only", quota=256 << 20, apps=("web",), max_apps=1)
 
 CHANGE_CASES = [
     ("same", SMALL, _facts(life=LifecycleRecord("tlx", "small")), Usage(0, 64 << 20), []),
     ("bigger", LARGE, _facts(life=LifecycleRecord("tlx", "small")), Usage(10 << 20, 64 << 20), ["quota", "record"]),
     ("no-plan-before", LARGE, _facts(), None, ["quota", "record"]),
-    ("same-quota-other-plan", PlanConfig("small2", 64 << 20), _facts(life=LifecycleRecord("tlx", "small")), None,
-     ["record"]),
+    ("same-quota-other-plan", PlanConfig(name="small2", quota=64 << 20), _facts(life=LifecycleRecord("tlx", "small")),
+     None, ["record"]),
     ("allowed-app", WEB_ONLY, _facts(installed={"fake": ["web"]}), None, ["quota", "record"]),
 ]
 
@@ -134,7 +134,8 @@ def test_plan_change_plan(new: PlanConfig, facts: LifecycleFacts, usage: Usage |
     (SMALL, _facts(quota=LARGE.quota), Usage(100 << 20, LARGE.quota),
      "stores 104857600 bytes (100.0M), more than the 67108864 bytes (64M) of plan small; free 36.0M first"),
     (WEB_ONLY, _facts(installed={"fake": ["db"]}), None, "does not allow the app(s) db"),
-    (PlanConfig("one", 1 << 30, max_apps=1), _facts(installed={"fake": ["web", "db"]}), None, "allows 1 app(s)"),
+    (PlanConfig(name="one", quota=1 << 30, max_apps=1), _facts(installed={"fake": ["web", "db"]}), None,
+     "allows 1 app(s)"),
 ], ids=["data-too-big", "app-not-allowed", "too-many-apps"])
 def test_plan_change_plan_refusals(new: PlanConfig, facts: LifecycleFacts, usage: Usage | None, message: str) -> None:
     with pytest.raises(SlotError) as exc:
@@ -195,7 +196,7 @@ def test_plans_parse_and_sort() -> None:
     cfg = load_config_text(PLANS)
     assert [p.name for p in list_plans(cfg)] == ["small", "large"]
     small = get_plan(cfg, "small")
-    assert small == PlanConfig("small", 1 << 30, ("gitea", "wordpress"), 1, 200, "")
+    assert small == PlanConfig(name="small", quota=1 << 30, apps=("gitea", "wordpress"), max_apps=1, max_processes=200)
     assert plan_as_dict(small)["quota"] == "1G"
     assert allows_app(small, "gitea", installed=0) and not allows_app(small, "gitea", installed=1)
     assert not allows_app(small, "nextcloud", installed=0)
@@ -210,9 +211,9 @@ def test_plans_parse_and_sort() -> None:
     ('[plans.x]\nquota = "1G"\ncolour = "red"\n', "plans.x.colour: unknown key"),
     ('[plans.X]\nquota = "1G"\n', "plans.X: a plan name is"),
     ('[plans.x]\nquota = "1G"\napps = "gitea"\n', "plans.x.apps: expected a list"),
-    ('[plans.x]\nquota = "1G"\nmax_apps = -1\n', "plans.x.max_apps: expected a non-negative integer"),
-    ('[plans.x]\nquota = "1G"\nmax_processes = true\n', "plans.x.max_processes: expected a non-negative integer"),
-    ('[plans.x]\nquota = "1G"\ndescription = 3\n', "plans.x.description: expected a string"),
+    ('[plans.x]\nquota = "1G"\nmax_apps = -1\n', "plans.x.max_apps: expected an integer 0..10000"),
+    ('[plans.x]\nquota = "1G"\nmax_processes = true\n', "plans.x.max_processes: expected a number"),
+    ('[plans.x]\nquota = "1G"\ndescription = 3\n', "plans.x.description: expected one line of text"),
     ("plans = 1\n", "plans: expected tables"),
     ("[plans]\nx = 1\n", "plans.x: expected a table"),
 ])
@@ -230,10 +231,10 @@ _toml_scalar = st.one_of(st.integers(-5, 1 << 52), st.booleans(), st.text(max_si
        table=st.dictionaries(st.sampled_from(["quota", "apps", "max_apps", "max_processes", "description", "x"]),
                              _toml_scalar, max_size=5))
 def test_any_plan_table_parses_or_names_its_key(name: str, table: dict[str, object]) -> None:
-    from provisioner.config import _plan
+    from provisioner.config import _plans
 
     try:
-        plan = _plan(name, table)
+        plan = _plans({name: table})[name]
     except ConfigError as exc:
         assert str(exc).startswith(f"plans.{name}")
     else:
@@ -244,7 +245,7 @@ def test_any_plan_table_parses_or_names_its_key(name: str, table: dict[str, obje
     (WEB_ONLY, ["web"], 0, None),
     (WEB_ONLY, ["db"], 0, "app 'db' is not part of plan web-only (it allows: web)"),
     (WEB_ONLY, ["web"], 1, "plan web-only allows 1 app(s) (1 installed)"),
-    (PlanConfig("two", 1 << 30, max_apps=2), ["a", "b", "c"], 0, "plan two allows 2 app(s)"),
+    (PlanConfig(name="two", quota=1 << 30, max_apps=2), ["a", "b", "c"], 0, "plan two allows 2 app(s)"),
     (LARGE, ["anything", "else"], 9, None),
 ])
 def test_check_apps_allowed(plan: PlanConfig, apps: list[str], installed: int, message: str | None) -> None:

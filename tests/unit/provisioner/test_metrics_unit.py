@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from provisioner.config import validate_section
 from provisioner.datareport import shadow_state
 from provisioner.errors import ConfigError
 from provisioner.metrics import MetricsConfig, detect_backend, me_script
@@ -154,10 +155,10 @@ def test_detect_backend(tmp_path: Path, files: dict[str, str], expected: tuple[s
 ])
 def test_metrics_config(table: dict[str, object], error: str | None) -> None:
     if error is None:
-        MetricsConfig.from_section(table)
+        validate_section(MetricsConfig, table)
     else:
         with pytest.raises(ConfigError, match=error):
-            MetricsConfig.from_section(table)
+            validate_section(MetricsConfig, table)
 
 
 def test_me_script_is_self_contained() -> None:

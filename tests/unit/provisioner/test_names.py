@@ -144,3 +144,11 @@ def test_create_many_csv_from_a_spreadsheet_with_a_bom() -> None:
 
     rows = read_slots_csv("\ufeffusername,email,country\nann,ann@example.com,DE\n")
     assert rows == [{"username": "ann", "email": "ann@example.com", "country": "DE"}]
+
+
+def test_remove_many_names_from_a_spreadsheet_with_a_bom() -> None:
+    """A names file saved with a BOM named its first slot "\\ufeffann" (refused as invalid)."""
+    from provisioner.cli.slot import read_names
+
+    assert read_names("\ufeffann\nbob\n") == ["ann", "bob"]
+    assert read_names("\ufeffusername,email,country\nann,ann@example.com,DE\n") == ["ann"]

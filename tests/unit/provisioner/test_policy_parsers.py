@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from provisioner import tenant_commands
+from provisioner.config import validate_section
 from provisioner.errors import BadInput, ConfigError
 from provisioner.hostlogs import ReportConfig, count_lines
 from provisioner.inbox import Answer, InboxConfig, parse_answer
@@ -52,14 +53,15 @@ def test_what_slotwarden_me_writes_root_reads_back(verb: str, grant: int, read_o
     assert parse_answer(tenant_commands.answer_line(verb, grant, read_only)) == Answer(verb, grant, read_only)
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("30m", 1800), ("2h", 7200), ("1d", DAY), ("7d", 7 * DAY), (60, 60)])
+@pytest.mark.parametrize(("value", "seconds"), [("30m", 1800), ("2h", 7200), ("1.5h", 5400), ("1d", DAY),
+                                                ("7d", 7 * DAY), (60, 60)])
 def test_durations(value: object, seconds: int) -> None:
     assert parse_grant_duration(value, 7 * DAY) == seconds
 
 
 @pytest.mark.parametrize(("value", "error"), [("0h", "more than zero"), (0, "more than zero"), ("8d", "at most"),
                                               ("-1h", "duration"), ("1w", "duration"), ("", "duration"),
-                                              (True, "duration"), ("1.5h", "duration"), (None, "duration")])
+                                              (True, "duration"), ("1.5s", "whole seconds"), (None, "duration")])
 def test_bad_durations(value: object, error: str) -> None:
     with pytest.raises(BadInput, match=error):
         parse_grant_duration(value, 7 * DAY)
@@ -145,14 +147,16 @@ def test_counting_never_fails_on_any_name_or_line(name: str, lines: list[str]) -
 ])
 def test_bad_config_names_the_key(cls: type, table: dict[str, object], error: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(error)):
-        cls.from_section(table)
+        validate_section(cls, table)
 
 
 def test_config_defaults() -> None:
-    assert SupportConfig.from_section({}).max_duration == 7 * DAY
-    assert NoticesConfig.from_section({}).takedown_after == DAY
-    assert InboxConfig.from_section({}).login_script is None
-    assert NoticesConfig.from_section({"hook": ["/usr/local/bin/tell", "--x"]}).hook == ("/usr/local/bin/tell", "--x")
+    assert validate_section(SupportConfig, {}).max_duration == 7 * DAY
+    assert validate_section(NoticesConfig, {}).takedown_after == DAY
+    assert validate_section(InboxConfig, {}).login_script is None
+    hook = ["/usr/local/bin/tell", "--x"]
+    assert validate_section(NoticesConfig, {"hook": hook}).hook == tuple(hook)
+    assert validate_section(NoticesConfig, {"hook": []}).hook == ()
 
 
 @given(st.text(max_size=40))
