@@ -36,12 +36,15 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pam_hooks.config import GuardConfig
 from pam_hooks.policy import LockoutPolicy, local_origin
 from pam_hooks.protocol import MAX_LINE, is_clean_field
 from pam_hooks.store import SCHEMA, is_corruption, open_checked, set_aside
+
+if TYPE_CHECKING:
+    from pam_hooks.shared import SharedPolicy
 
 SD_LISTEN_FDS_START = 3
 # accept() errors that mean "no descriptor or memory right now", not "the socket is broken".
@@ -145,7 +148,15 @@ class GuardService:
             from pam_hooks.netblock import NetBlock
 
             blocker = NetBlock()
-        self.policy = LockoutPolicy(cfg, self.conn, blocker, clock)
+        self.policy: LockoutPolicy | SharedPolicy
+        if cfg.store is not None:
+            # The fleet's shared store: psycopg is imported here and only here.
+            from pam_hooks.shared import SharedPolicy
+
+            self.policy = SharedPolicy(cfg, self.conn, blocker, clock)
+            self.policy.start()
+        else:
+            self.policy = LockoutPolicy(cfg, self.conn, blocker, clock)
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
         self.activated = False
@@ -462,8 +473,9 @@ class GuardService:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        log.info("guard service listening on %s%s (store %s)", self.cfg.socket,
-                 " (socket activated)" if self.activated else "", self.cfg.db_path)
+        log.info("guard service listening on %s%s (store %s%s)", self.cfg.socket,
+                 " (socket activated)" if self.activated else "", self.cfg.db_path,
+                 f", shared store {self.cfg.store} as {self.cfg.store_host}" if self.cfg.store else "")
         notify_ready()
         if ready is not None:
             ready()
@@ -532,6 +544,8 @@ class GuardService:
             self.listener.close()
             self.listener = None
         self.conns.clear()
+        if hasattr(self.policy, "close"):
+            self.policy.close()
         self.conn.close()
 
 
