@@ -58,6 +58,7 @@ EVICT_GRACE = 0.05
 log = logging.getLogger("slotwarden.guard")
 
 TICK_SECONDS = 1.0
+SLOW_SECONDS = 0.1
 PURGE_SECONDS = 60.0
 
 
@@ -167,7 +168,7 @@ class GuardService:
         self.started = clock()
         self.handled = 0
         self.stats: dict[str, int] = {"allowed": 0, "refused": 0, "accept_errors": 0, "evicted": 0,
-                                      "idle_closed": 0, "store_recoveries": len(self.recoveries)}
+                                      "idle_closed": 0, "store_recoveries": len(self.recoveries), "slow": 0}
         self._last_accept_log = 0.0
 
     def _degraded(self, note: str) -> None:
@@ -361,6 +362,7 @@ class GuardService:
     def handle_line(self, raw: bytes) -> str:
         """Decide one request line; never raises. A damaged store is replaced and the request retried once."""
         self.handled += 1
+        t0 = time.monotonic()
         try:
             return self._decide(raw)
         except sqlite3.DatabaseError as exc:
@@ -376,6 +378,12 @@ class GuardService:
         except Exception as exc:  # one bad request must not stop the guard
             log.exception("request failed")
             return f"ERR {type(exc).__name__}"
+        finally:
+            took = time.monotonic() - t0
+            if took > SLOW_SECONDS:
+                # A decision this slow risks the PAM module's timeout (then fail_mode decides).
+                self.stats["slow"] += 1
+                log.warning("slow decision: %.0f ms (the PAM module waits %d ms)", took * 1000, self.cfg.timeout_ms)
 
     def _decide(self, raw: bytes) -> str:
         try:

@@ -148,6 +148,17 @@ class SharedPolicy:
         remote = self._shared()
         rprev = self._remote_id(prev) if prev is not None else None
         if remote is not None:
+            org = self.local.origin(rhost)
+            keys = self.local._keys(user, org, now)
+            # A pair or address the fleet locked (the local copy of its locks, pulled every tick, set
+            # at once by a refusal from the shared store) is refused here: an attacker hammering a
+            # lock costs the shared store one row, sent with the next tick. Not the per-username
+            # rule: an origin another host learnt may be spared there.
+            held = self.local._active([k for k in keys if k[0] != "user"], now, user, org)
+            if held is not None:
+                if prev is not None:
+                    self._outcome("fail", prev, now)
+                return replace(held, record=self._copy(now, user, org, service, "refused", None))
             try:
                 d = remote.reserve(service, user, rhost, rprev, now)
             except pgstore.Error as exc:
@@ -155,17 +166,26 @@ class SharedPolicy:
             else:
                 if prev is not None:
                     self.local.fail(prev)
-                org = self.local.origin(rhost)
-                row = self.conn.execute(
-                    "INSERT INTO attempts (ts, username, ip, ipkey, service, state, counted, remote_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (now, user, org.ip, org.ipkey, service, "pending" if d.allowed else "refused",
-                     0 if org.allowed else 1, d.record)).fetchone()
-                local_id = int(row[0])
+                if not d.allowed and d.rule != "user" and d.until is not None:
+                    key = dict(keys).get(str(d.rule))
+                    if key is not None:
+                        self.conn.execute(
+                            "INSERT INTO locks (kind, key, locked_until, locked_at) VALUES (?, ?, ?, ?)"
+                            " ON CONFLICT (kind, key) DO UPDATE SET locked_until = MAX(locked_until,"
+                            " excluded.locked_until)", (d.rule, key, d.until, now))
+                local_id = self._copy(now, user, org, service, "pending" if d.allowed else "refused", d.record)
                 return replace(d, token=local_id if d.allowed else None, record=local_id)
         if rprev is not None:
             self._outbox("fail", now, remote_id=rprev)
         return self.local.reserve(service, user, rhost, prev, now)
+
+    def _copy(self, now: float, user: str, org: Any, service: str, state: str, remote_id: int | None) -> int:
+        """The local copy of an attempt (remote_id: its shared row; None: sent later)."""
+        row = self.conn.execute(
+            "INSERT INTO attempts (ts, username, ip, ipkey, service, state, counted, remote_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (now, user, org.ip, org.ipkey, service, state, 0 if org.allowed else 1, remote_id)).fetchone()
+        return int(row[0])
 
     def _outcome(self, op: str, token: int, now: float) -> None:
         remote = self._shared()
@@ -229,6 +249,7 @@ class SharedPolicy:
             return
         try:
             self._flush_fails(remote)
+            self._push_refused(remote)
             remote.tick(now)
             self.pull(now)
         except pgstore.Error as exc:
@@ -326,6 +347,7 @@ class SharedPolicy:
                 remote.fail(int(row["remote_id"]))
             self.conn.execute("DELETE FROM outbox WHERE id = ?", (row["id"],))
             self.synced += 1
+        self._push_refused(remote)
         rows = self.conn.execute("SELECT * FROM attempts WHERE remote_id IS NULL ORDER BY id").fetchall()
         for r in rows:
             # A success is replayed as one: it clears the pair's failures and teaches the origin there too.
@@ -345,10 +367,13 @@ class SharedPolicy:
                 pg.execute(
                     "INSERT INTO locks (kind, key, reset_at, locked_until, locked_at, level, prev_until, prev_level)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET"
+                    # The longer lock wins, unless it was set before a lift there (the lift wins).
                     " reset_at = GREATEST(locks.reset_at, excluded.reset_at),"
-                    " locked_until = GREATEST(locks.locked_until, excluded.locked_until),"
+                    " locked_until = CASE WHEN excluded.locked_at > locks.reset_at"
+                    " THEN GREATEST(locks.locked_until, excluded.locked_until) ELSE locks.locked_until END,"
                     " locked_at = GREATEST(locks.locked_at, excluded.locked_at),"
-                    " level = GREATEST(locks.level, excluded.level)",
+                    " level = CASE WHEN excluded.locked_at > locks.reset_at"
+                    " THEN GREATEST(locks.level, excluded.level) ELSE locks.level END",
                     tuple(lk[c] for c in _LOCK_COLS))
                 self.synced += 1
             for ko in self.conn.execute("SELECT username, ipkey, last FROM known_origins WHERE last >= ?",
@@ -358,6 +383,22 @@ class SharedPolicy:
                            " excluded.last)", (ko[0], ko[1], ko[2]))
             self._set_meta("offline_since", None)
             log.info("shared guard store: replayed what this host decided alone since %.0f", since)
+
+    def _push_refused(self, remote: pgstore.SharedStorePolicy) -> None:
+        """Refusals decided here go to the shared store in one statement (their ids are not needed:
+        a refusal has no outcome); locally they are marked sent (remote_id 0)."""
+        rows = self.conn.execute("SELECT id, ts, username, ip, ipkey, service, counted FROM attempts"
+                                 " WHERE remote_id IS NULL AND state = 'refused' ORDER BY id").fetchall()
+        if not rows:
+            return
+        cols = list(zip(*[tuple(r) for r in rows], strict=True))
+        remote.conn.execute(
+            "INSERT INTO attempts (ts, username, ip, ipkey, service, state, counted)"
+            " SELECT t, u, i, k, s, 'refused', c FROM unnest(?::float8[], ?::text[], ?::text[], ?::text[],"
+            " ?::text[], ?::integer[]) AS x(t, u, i, k, s, c)",
+            [list(c) for c in cols[1:]])
+        self.conn.executemany("UPDATE attempts SET remote_id = 0 WHERE id = ?", [(r[0],) for r in rows])
+        self.synced += len(rows)
 
     def pull(self, now: float) -> None:
         """Copy the shared store's changed locks (lifts included) and other hosts' forgets here."""

@@ -99,6 +99,7 @@ CREATE TABLE IF NOT EXISTS known_origins (
     # when it is back (outbox), and the sync marks (sync_meta).
     (2, """
 ALTER TABLE attempts ADD COLUMN remote_id INTEGER;
+CREATE INDEX IF NOT EXISTS attempts_unsent ON attempts (state) WHERE remote_id IS NULL;
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
