@@ -18,6 +18,7 @@ once and then every 5 ms) - for a password try (``AUTH``), a key login (``ACCT``
 host's own SQLite copy (pulled every tick: what it would refuse with while the store is down).
 
     sudo .venv/bin/python bench/guard_shared.py --attempts 1000 --locks 20
+    sudo PSYCOPG_IMPL=python .venv/bin/python bench/guard_shared.py ...   # psycopg as Debian ships it
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg
 
 from pam_hooks.client import request
 from tests.system.fixtures.guard_fleet import GuardFleet, guard_fleet
@@ -122,7 +125,8 @@ def main() -> None:
         local = GuardEnv(SETTINGS, netns=solo.netns)
         try:
             local.start()
-            print(f"load {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}")
+            print(f"load {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())},"
+                  f" psycopg {psycopg.__version__} ({os.environ.get('PSYCOPG_IMPL') or psycopg.pq.__impl__})")
             print("| attempt | local p50 / p95 | shared p50 / p95 | added p50 (p95) |\n|---|---|---|---|")
             latency(fleet, local, a.attempts)
             print(f"\n| lock on host 1 refused on hosts 2 and 3 ({a.locks} locks x 2 hosts) | median | p95 | max |"

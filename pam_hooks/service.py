@@ -58,6 +58,9 @@ EVICT_GRACE = 0.05
 log = logging.getLogger("slotwarden.guard")
 
 TICK_SECONDS = 1.0
+# With a shared store the tick also pulls the fleet's locks: twice a second, so a lock set on
+# another host reaches this host's copy (which answers the account phase) well within 1 s.
+SHARED_TICK_SECONDS = 0.5
 SLOW_SECONDS = 0.1
 PURGE_SECONDS = 60.0
 
@@ -487,7 +490,8 @@ class GuardService:
         notify_ready()
         if ready is not None:
             ready()
-        next_tick = self.clock() + TICK_SECONDS
+        tick_seconds = SHARED_TICK_SECONDS if self.cfg.store is not None else TICK_SECONDS
+        next_tick = self.clock() + tick_seconds
         next_purge = self.clock() + PURGE_SECONDS
         try:
             while self.running:
@@ -517,7 +521,7 @@ class GuardService:
                 if now >= next_tick:
                     self._upkeep(partial(self.policy.tick, now))
                     self._close_idle(now)
-                    next_tick = now + TICK_SECONDS
+                    next_tick = now + tick_seconds
                 if now >= next_purge:
                     self._upkeep(partial(self._purge, now))
                     next_purge = now + PURGE_SECONDS

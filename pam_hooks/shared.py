@@ -9,8 +9,9 @@ set by one host refuses on every other at their next request.
 Each host keeps its own SQLite store as a copy and a fallback:
 
 - **Shared store up**: the shared store decides; each attempt is copied into the local store
-  (``remote_id`` names the shared row), and every tick pulls the locks that changed there
-  (lifts too) and the forgets other hosts took.
+  (``remote_id`` names the shared row), and every tick (0.5 s) pulls the locks that changed
+  there (lifts too) and the forgets other hosts took. The account phase (key logins, the check
+  after a password) answers from that copy: a lock set elsewhere holds here within a tick.
 - **Shared store down** (refused, timed out, broken): the local policy decides on the local
   store, exact as a single host is (``fail_mode`` never comes into it). What happens meanwhile
   is kept: new attempts (no ``remote_id`` yet), outcomes and operator lifts/forgets of shared
@@ -223,9 +224,9 @@ class SharedPolicy:
         self._outcome("succeed", token, self.clock() if now is None else now)
 
     def account(self, service: str, user: str, rhost: str, now: float | None = None) -> Decision:
-        """Account phase: the fleet's locks (the local copy of them while the store is down)."""
-        d: Decision = self._read(lambda p: p.account(service, user, rhost, now))
-        return d
+        """Account phase (key logins, and the check after a password): the local copy of the fleet's
+        locks, pulled every half second - no round trip on the success path or for a key login."""
+        return self.local.account(service, user, rhost, now)
 
     def _read(self, fn: Callable[[LockoutPolicy], Any], flush: bool = False) -> Any:
         remote = self._shared()
