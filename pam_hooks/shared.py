@@ -257,12 +257,16 @@ class SharedPolicy:
             self._down(exc)
 
     def purge(self, now: float | None = None) -> int:
+        """Retention in both stores; forget events older than the retention go too (every host
+        has pulled them long before)."""
+        now = self.clock() if now is None else now
         n = int(self.local.purge(now))
         remote = self._shared()
         if remote is not None:
             try:
                 self._flush_fails(remote)
                 n = int(remote.purge(now))
+                remote.conn.execute("DELETE FROM events WHERE ts < ?", (now - self.cfg.retention,))
             except pgstore.Error as exc:
                 self._down(exc)
         return n

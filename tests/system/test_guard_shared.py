@@ -62,6 +62,15 @@ def test_lock_on_one_host_refused_on_every_other(fleet: GuardFleet) -> None:
     assert fleet.auth(0, "alice", ip).startswith("ALLOW ")
 
 
+def _local_rows(g: GuardEnv, user: str) -> list[tuple[object, ...]]:
+    """A host's own copy of USER's attempts."""
+    conn = sqlite3.connect(f"file:{g.cfg.db_path}?mode=ro", uri=True)
+    try:
+        return list(conn.execute("SELECT id FROM attempts WHERE username = ?", (user,)))
+    finally:
+        conn.close()
+
+
 def _local_locks(g: GuardEnv) -> list[dict[str, object]]:
     """The locks holding now in a host's own SQLite store."""
     conn = sqlite3.connect(f"file:{g.cfg.db_path}?mode=ro", uri=True)
@@ -113,6 +122,10 @@ def test_hostile_values_stay_data(fleet: GuardFleet, raw: bytes) -> None:
     assert fleet.pg_rows("SELECT count(*) FROM guard.schema_version") == [(1,)]
     fleet.guards[0].json("forget", "--user", user)
     assert fleet.pg_rows("SELECT count(*) FROM guard.attempts WHERE username = %s", user) == [(0,)]
+    # The forget reaches the other hosts' copies (the events table), and a purge keeps recent events.
+    assert wait_for(lambda: not _local_rows(fleet.guards[1], user) and not _local_rows(fleet.guards[2], user))
+    fleet.guards[1].json("purge")
+    assert fleet.pg_rows("SELECT count(*) FROM guard.events WHERE username = %s", user) == [(1,)]
     assert fleet.pg_rows("SELECT count(*) FROM guard.locks WHERE key LIKE %s", user.replace("%", "\\%") + "%") \
         == [(0,)]
 
