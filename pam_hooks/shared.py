@@ -55,7 +55,8 @@ class SharedPolicy:
         self.local = LockoutPolicy(cfg, conn, blocker, clock)
         self.link = link if link is not None else pgstore.PgLink(cfg)
         self.remote: pgstore.SharedStorePolicy | None = None
-        self._fails: list[int] = []  # shared rows reported failed, written at the next tick or success
+        self._fails: list[int] = []  # shared rows reported failed, written with the next round trip
+        self._succs: list[tuple[int, float, str, str]] = []  # successes likewise: (row, when, user, ip)
         self._applied: dict[int, float] = {}  # event seq -> when seen (pull overlap)
         self.synced = 0  # records replayed into the shared store (for status)
 
@@ -83,6 +84,12 @@ class SharedPolicy:
         self._shared()
 
     def close(self) -> None:
+        """Write the outcomes held back (or keep them in the outbox), then disconnect."""
+        if self.remote is not None:
+            try:
+                self._flush(self.remote)
+            except pgstore.Error as exc:
+                self._down(exc)
         self.link.close()
 
     def _meta(self, key: str) -> float | None:
@@ -111,7 +118,9 @@ class SharedPolicy:
         self._offline(now)
         for rid in self._fails:
             self._outbox("fail", now, remote_id=rid)
-        self._fails = []
+        for rid, ts, user, ip in self._succs:
+            self._outbox("succeed", ts, user, ip, remote_id=rid)
+        self._fails, self._succs = [], []
 
     def _shared(self) -> pgstore.SharedStorePolicy | None:
         """The policy on the shared store, reconciled first if the connection is new; None when down."""
@@ -161,6 +170,8 @@ class SharedPolicy:
                     self._outcome("fail", prev, now)
                 return replace(held, record=self._copy(now, user, org, service, "refused", None))
             try:
+                if any(u == user and i == org.ip for _, _, u, i in self._succs):
+                    self._flush(remote)  # this pair's success lands before its next reservation
                 d = remote.reserve(service, user, rhost, rprev, now)
             except pgstore.Error as exc:
                 self._down(exc)
@@ -199,18 +210,23 @@ class SharedPolicy:
                 # pending -> failed changes no count: written with the next round trip (success, tick)
                 self._fails.append(rid)
             else:
-                try:
-                    remote.succeed(rid, now, row[1], row[2], fails=self._fails)
-                    self._fails = []
-                except pgstore.Error as exc:
-                    self._down(exc)
-                    self._outbox(op, now, row[1], row[2], remote_id=rid)
+                # Written with the next round trip too (before this pair's next reservation here,
+                # at the latest with the next tick): until then the fleet only errs towards refusing
+                # (the pair's failures not yet cleared, a lock this try set not yet undone); this
+                # host's copy is cleared at once, and its account phase answers from it.
+                self._succs.append((rid, now, row[1], row[2]))
         if op == "succeed":
             self.local.succeed(token, now)
         else:
             self.local.fail(token)
 
-    def _flush_fails(self, remote: pgstore.SharedStorePolicy) -> None:
+    def _flush(self, remote: pgstore.SharedStorePolicy) -> None:
+        """Write the outcomes held back (successes, each with the failures before it)."""
+        while self._succs:
+            rid, ts, user, ip = self._succs[0]
+            remote.succeed(rid, ts, user, ip, fails=self._fails)
+            self._fails = []
+            self._succs.pop(0)
         if self._fails:
             remote.fail_many(self._fails)
             self._fails = []
@@ -233,7 +249,7 @@ class SharedPolicy:
         if remote is not None:
             try:
                 if flush:
-                    self._flush_fails(remote)
+                    self._flush(remote)
                 return fn(remote)
             except pgstore.Error as exc:
                 self._down(exc)
@@ -249,7 +265,7 @@ class SharedPolicy:
         if remote is None:
             return
         try:
-            self._flush_fails(remote)
+            self._flush(remote)
             self._push_refused(remote)
             remote.tick(now)
             self.pull(now)
@@ -264,7 +280,7 @@ class SharedPolicy:
         remote = self._shared()
         if remote is not None:
             try:
-                self._flush_fails(remote)
+                self._flush(remote)
                 n = int(remote.purge(now))
                 remote.conn.execute("DELETE FROM events WHERE ts < ?", (now - self.cfg.retention,))
             except pgstore.Error as exc:
@@ -294,7 +310,7 @@ class SharedPolicy:
         remote = self._shared()
         if remote is not None:
             try:
-                self._flush_fails(remote)
+                self._flush(remote)
                 return remote.lift(user, ip, now)
             except pgstore.Error as exc:
                 self._down(exc)
@@ -308,7 +324,7 @@ class SharedPolicy:
         remote = self._shared()
         if remote is not None:
             try:
-                self._flush_fails(remote)
+                self._flush(remote)
                 return self._forget_shared(remote, user, ip)  # the fleet's rows (this host's among them)
             except pgstore.Error as exc:
                 self._down(exc)

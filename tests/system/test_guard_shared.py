@@ -62,6 +62,23 @@ def test_lock_on_one_host_refused_on_every_other(fleet: GuardFleet) -> None:
     assert fleet.auth(0, "alice", ip).startswith("ALLOW ")
 
 
+def test_success_clears_the_pair_fleet_wide(fleet: GuardFleet) -> None:
+    ip = _addr(fleet)
+    for _ in range(PAIR_DENY - 1):
+        assert fleet.fail(0, "gina", ip).startswith("ALLOW ")
+    r = fleet.auth(0, "gina", ip)  # the right password at last: this reservation reaches the limit
+    assert r.startswith("ALLOW ")
+    assert fleet.send(0, f"SUCC\t{r.split()[1]}") == "OK"
+    assert fleet.send(0, f"ACCT\tsshd\tgina\t{ip}") == "ALLOW"  # the lock it set is undone
+    # Here at once (the success is written before this pair's next reservation) ...
+    assert fleet.fail(0, "gina", ip).startswith("ALLOW ")
+    # ... and on every host: the earlier failures are cleared there, not counted again.
+    assert wait_for(lambda: fleet.pg_rows("SELECT state FROM guard.attempts WHERE username = 'gina'"
+                                          " AND state = 'succeeded'") == [("succeeded",)])
+    assert [fleet.fail(1, "gina", ip).split()[0] for _ in range(PAIR_DENY)] == ["ALLOW", "ALLOW", "DENY"]
+    assert fleet.auth(2, "gina", ip).startswith("DENY pair ")
+
+
 def _local_rows(g: GuardEnv, user: str) -> list[tuple[object, ...]]:
     """A host's own copy of USER's attempts."""
     conn = sqlite3.connect(f"file:{g.cfg.db_path}?mode=ro", uri=True)
