@@ -12,6 +12,7 @@ Each host keeps its own SQLite store as a copy and a fallback:
   (``remote_id`` names the shared row), and every tick (0.5 s) pulls the locks that changed
   there (lifts too) and the forgets other hosts took. The account phase (key logins, the check
   after a password) answers from that copy: a lock set elsewhere holds here within a tick.
+  Outcomes (FAIL, SUCC) go to the shared store with the next round trip: one per attempt.
 - **Shared store down** (refused, timed out, broken): the local policy decides on the local
   store, exact as a single host is (``fail_mode`` never comes into it). What happens meanwhile
   is kept: new attempts (no ``remote_id`` yet), outcomes and operator lifts/forgets of shared
