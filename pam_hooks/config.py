@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pam_hooks import grammar
 
@@ -27,10 +30,67 @@ DEFAULT_SOCKET = Path("/run/slotwarden/guard.sock")
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_STORE_PASSWORD_FILE = Path("/etc/slotwarden/guard-store.password")
+_PG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class GuardConfigError(ValueError):
     """A ``[guard]`` value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """Where the fleet's shared guard store is: ``postgresql://user@host:port/db`` (never a password).
+
+    >>> str(parse_store_url("postgresql://guard@198.51.100.5/fleet"))
+    'postgresql://guard@198.51.100.5:5432/fleet'
+    """
+
+    user: str
+    host: str
+    port: int
+    dbname: str
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"postgresql://{self.user}@{host}:{self.port}/{self.dbname}"
+
+
+def parse_store_host(value: object) -> str:
+    """Validate ``guard.store_host``: this host's name in the shared store."""
+    if not isinstance(value, str) or not _NODE.match(value):
+        raise GuardConfigError(f"guard.store_host: expected a host name (letters, digits, . _ -), got {value!r}")
+    return value
+
+
+def parse_store_url(value: object) -> StoreURL:
+    """Validate ``guard.store``; a password in the URL is refused (it belongs in the password file)."""
+    if not isinstance(value, str) or not value.isascii() or not value.isprintable():
+        raise GuardConfigError(f"guard.store: expected a postgresql://user@host:port/db URL, got {value!r}")
+    bad = f"guard.store: expected postgresql://user@host:port/db, got {value!r}"
+    try:
+        u = urlsplit(value)
+        port = u.port
+    except ValueError:
+        raise GuardConfigError(bad) from None
+    if u.scheme != "postgresql" or u.query or u.fragment or "@" not in u.netloc:
+        raise GuardConfigError(bad)
+    if u.password is not None:
+        raise GuardConfigError("guard.store: no password in the URL; it goes in guard.store_password_file")
+    user, host, db = u.username or "", u.hostname or "", u.path[1:] if u.path.startswith("/") else ""
+    if not _PG_NAME.match(user) or not _PG_NAME.match(db):
+        raise GuardConfigError(bad)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        if not _HOST_NAME.match(host):
+            raise GuardConfigError(bad) from None
+    if port == 0:
+        raise GuardConfigError(bad)
+    return StoreURL(user, host, port or 5432, db)
 
 
 @dataclass(frozen=True)
@@ -62,6 +122,11 @@ class GuardConfig:
     admin_group: str = "slotwarden-admin"
     # Where the service's syslog lines go (a datagram socket).
     syslog_socket: Path = Path("/dev/log")
+    # The fleet's shared store (None: this host's SQLite alone), its root-only password file and
+    # the name this host's records carry there.
+    store: StoreURL | None = None
+    store_password_file: Path = DEFAULT_STORE_PASSWORD_FILE
+    store_host: str = field(default_factory=lambda: socket.gethostname()[:64] or "localhost")
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -110,7 +175,7 @@ def _allow(value: object) -> tuple[Network, ...]:
 _KNOWN = {
     "pair_deny", "window", "ip_deny", "ipv6_prefix", "user_deny", "lock_for", "lock_max",
     "allow", "deny_root", "fail_mode", "socket", "network_block",
-    "reservation_ttl", "timeout_ms", "known_for", "syslog_socket",
+    "reservation_ttl", "timeout_ms", "known_for", "syslog_socket", "store", "store_password_file", "store_host",
 }
 
 
@@ -155,6 +220,12 @@ def parse_guard(doc: dict[str, Any]) -> GuardConfig:
         kw["admin_group"] = host["admin_group"]
     if "allow" in section:
         kw["allow"] = _allow(section["allow"])
+    if "store" in section:
+        kw["store"] = parse_store_url(section["store"])
+    if "store_password_file" in section:
+        kw["store_password_file"] = _path("store_password_file", section["store_password_file"])
+    if "store_host" in section:
+        kw["store_host"] = parse_store_host(section["store_host"])
     state_dir = doc.get("state_dir")
     if state_dir is not None:
         try:

@@ -36,7 +36,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -69,6 +69,7 @@ class Decision:
     rule: str | None = None
     until: float | None = None
     token: int | None = None
+    record: int | None = None  # the attempt row written for this decision (pending or refused)
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,36 @@ class LockoutPolicy:
         conn: sqlite3.Connection,
         blocker: Blocker | None = None,
         clock: Callable[[], float] = time.time,
+        host_conn: sqlite3.Connection | None = None,
     ) -> None:
         self.cfg = cfg
-        self.conn = conn
+        # The store: this host's SQLite, or the fleet's shared store (pam_hooks.pgstore.PgConn,
+        # which takes the same portable SQL). Blackhole routes are this host's alone: ``blocks``
+        # lives in ``host_conn`` (the SQLite store), whichever store counts.
+        self.conn: Any = conn
+        self._host_conn = host_conn
         self.blocker = blocker if cfg.network_block else None
         self.clock = clock
+
+    @property
+    def host_conn(self) -> Any:
+        """Where this host's own tables (``blocks``) are."""
+        return self._host_conn if self._host_conn is not None else self.conn
 
     # -- helpers -----------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
+    def _tx(self, keys: list[tuple[str, str]] | None = None) -> Iterator[None]:
+        """One write transaction. ``keys``: the counters it decides on (None: any).
+
+        SQLite has one writer at a time; the shared store serializes per key (advisory locks), so
+        hosts deciding on other pairs never wait for each other.
+        """
+        begin = getattr(self.conn, "begin_for", None)
+        if begin is not None:
+            begin(keys)
+        else:
+            self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
@@ -262,7 +282,7 @@ class LockoutPolicy:
         self.conn.execute(
             "INSERT INTO locks (kind, key, locked_until, locked_at, level, prev_until, prev_level)"
             " VALUES (?, ?, ?, ?, ?, 0, 0)"
-            " ON CONFLICT (kind, key) DO UPDATE SET prev_until = locked_until, prev_level = level,"
+            " ON CONFLICT (kind, key) DO UPDATE SET prev_until = locks.locked_until, prev_level = locks.level,"
             " locked_until = excluded.locked_until, locked_at = excluded.locked_at, level = excluded.level",
             (kind, key, until, now, level),
         )
@@ -273,7 +293,7 @@ class LockoutPolicy:
     def _block(self, net: str, until: float) -> None:
         if self.blocker is None:
             return
-        self.conn.execute(
+        self.host_conn.execute(
             "INSERT INTO blocks (net, until) VALUES (?, ?) ON CONFLICT (net) DO UPDATE SET until = excluded.until",
             (net, until),
         )
@@ -282,7 +302,7 @@ class LockoutPolicy:
     def _unblock(self, net: str) -> None:
         if self.blocker is None:
             return
-        if self.conn.execute("DELETE FROM blocks WHERE net = ?", (net,)).rowcount:
+        if self.host_conn.execute("DELETE FROM blocks WHERE net = ?", (net,)).rowcount:
             self.blocker.unblock(net)
 
     def _active(self, keys: list[tuple[str, str]], now: float, user: str, org: Origin) -> Decision | None:
@@ -303,8 +323,8 @@ class LockoutPolicy:
         """
         now = self.clock() if now is None else now
         org = self.origin(rhost)
-        with self._tx():
-            keys = self._keys(user, org, now)
+        keys = self._keys(user, org, now)
+        with self._tx(keys):
             if prev is not None:
                 self._resolve(prev, "failed")
             locks = {kind: self._lock(kind, key) for kind, key in keys}
@@ -320,21 +340,20 @@ class LockoutPolicy:
                         denied = Decision(False, kind, self._set_lock(kind, key, now, org))
                         break
             if denied is not None:
-                self._insert(now, user, org, service, "refused")
-                return denied
+                return replace(denied, record=self._insert(now, user, org, service, "refused"))
             token = self._insert(now, user, org, service, "pending")
             for kind, key in keys:
                 if counts[kind] + 1 >= self._threshold(kind):
                     self._set_lock(kind, key, now, org)
-            return Decision(True, token=token)
+            return Decision(True, token=token, record=token)
 
     def _insert(self, now: float, user: str, org: Origin, service: str, state: str) -> int:
-        cur = self.conn.execute(
+        row = self.conn.execute(
             "INSERT INTO attempts (ts, username, ip, ipkey, service, state, counted)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (now, user, org.ip, org.ipkey, service, state, 0 if org.allowed else 1),
-        )
-        return int(cur.lastrowid or 0)
+        ).fetchone()
+        return int(row[0])
 
     def _resolve(self, token: int, state: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(
@@ -348,7 +367,7 @@ class LockoutPolicy:
 
     def fail(self, token: int) -> None:
         """Authfail: the try on ``token`` failed (it was already counted)."""
-        with self._tx():
+        with self._tx([]):
             self._resolve(token, "failed")
 
     def succeed(self, token: int, now: float | None = None) -> None:
@@ -359,7 +378,10 @@ class LockoutPolicy:
         in flight are undone when the count without them is below the limit.
         """
         now = self.clock() if now is None else now
-        with self._tx():
+        first = self.conn.execute("SELECT username, ip FROM attempts WHERE id = ?", (token,)).fetchone()
+        if first is None:
+            return
+        with self._tx(self._keys(first["username"], self.origin(first["ip"]), now)):
             row = self._resolve(token, "succeeded")
             if row is None:
                 return
@@ -395,20 +417,20 @@ class LockoutPolicy:
     def tick(self, now: float | None = None) -> None:
         """Mark stale reservations failed and drop blocks whose lock ended."""
         now = self.clock() if now is None else now
-        with self._tx():
+        with self._tx([]):
             self.conn.execute(
                 "UPDATE attempts SET state = 'failed' WHERE state = 'pending' AND ts < ?",
                 (now - self.cfg.reservation_ttl,),
             )
             if self.blocker is not None:
-                for row in self.conn.execute("SELECT net FROM blocks WHERE until <= ?", (now,)).fetchall():
+                for row in self.host_conn.execute("SELECT net FROM blocks WHERE until <= ?", (now,)).fetchall():
                     self._unblock(row["net"])
 
     def purge(self, now: float | None = None) -> int:
         """Delete records older than ``retention``; returns attempt rows removed."""
         now = self.clock() if now is None else now
         cutoff = now - self.cfg.retention
-        with self._tx():
+        with self._tx([]):
             return purge_attempts(self.conn, cutoff, now - self.cfg.known_for)
 
     def restore_blocks(self, now: float | None = None) -> None:
@@ -416,8 +438,8 @@ class LockoutPolicy:
         if self.blocker is None:
             return
         now = self.clock() if now is None else now
-        with self._tx():
-            for row in self.conn.execute("SELECT net, until FROM blocks").fetchall():
+        with self._tx([]):
+            for row in self.host_conn.execute("SELECT net, until FROM blocks").fetchall():
                 if row["until"] > now:
                     self.blocker.block(row["net"])
                 else:
@@ -433,7 +455,7 @@ class LockoutPolicy:
         if ip is not None:
             clauses.append("(a.ip = ? OR a.ipkey = ?)")
             args += [escape_text(ip), self.origin(escape_text(ip)).ipkey]
-        return (" AND ".join(clauses) or "1"), args
+        return (" AND ".join(clauses) or "TRUE"), args
 
     def records(self, user: str | None = None, ip: str | None = None, locked: bool = False,
                 now: float | None = None) -> list[dict[str, Any]]:
@@ -443,13 +465,14 @@ class LockoutPolicy:
         # {where} joins fixed clauses; every value is bound.
         rows = self.conn.execute(
             "SELECT a.username, a.ip, a.service,"  # noqa: S608
-            " SUM(a.state IN ('pending', 'failed') AND a.ts > COALESCE(l.reset_at, 0)) AS count,"
-            " SUM(a.state = 'cleared') AS cleared,"
-            " SUM(a.state = 'refused') AS refused, SUM(a.state = 'succeeded') AS succeeded,"
-            " SUM(a.state = 'pending') AS pending,"
-            " MIN(a.ts) AS first, MAX(a.ts) AS last"
-            " FROM attempts a LEFT JOIN locks l ON l.kind = 'pair' AND l.key = a.username || char(9) || a.ip"
-            f" WHERE {where} GROUP BY a.username, a.ip, a.service ORDER BY last DESC",
+            " COUNT(*) FILTER (WHERE a.state IN ('pending', 'failed') AND a.ts > COALESCE(l.reset_at, 0)) AS count,"
+            " COUNT(*) FILTER (WHERE a.state = 'cleared') AS cleared,"
+            " COUNT(*) FILTER (WHERE a.state = 'refused') AS refused,"
+            " COUNT(*) FILTER (WHERE a.state = 'succeeded') AS succeeded,"
+            " COUNT(*) FILTER (WHERE a.state = 'pending') AS pending,"
+            " MIN(a.ts) AS first_ts, MAX(a.ts) AS last_ts"
+            " FROM attempts a LEFT JOIN locks l ON l.kind = 'pair' AND l.key = a.username || '\t' || a.ip"
+            f" WHERE {where} GROUP BY a.username, a.ip, a.service ORDER BY last_ts DESC",
             args,
         ).fetchall()
         out = []
@@ -467,8 +490,8 @@ class LockoutPolicy:
                 "succeeded": int(r["succeeded"]),
                 "cleared": int(r["cleared"]),
                 "pending": int(r["pending"]),
-                "first_attempt": iso(r["first"]),
-                "last_attempt": iso(r["last"]),
+                "first_attempt": iso(r["first_ts"]),
+                "last_attempt": iso(r["last_ts"]),
                 "locked_until": iso(lock.until) if lock else None,
                 "rule": lock.rule if lock else None,
             })
@@ -509,19 +532,20 @@ class LockoutPolicy:
         if u is not None:
             keys.append(("user", u))
             keys += [("pair", r["key"]) for r in self.conn.execute(
-                "SELECT key FROM locks WHERE kind = 'pair' AND substr(key, 1, ?) = ?", (len(u) + 1, u + "\t"))]
+                "SELECT key FROM locks WHERE kind = 'pair' AND substr(key, 1, CAST(? AS INTEGER)) = ?",
+                (len(u) + 1, u + "\t"))]
         if org is not None:
             keys.append(("ip", org.ipkey))
             keys += [("pair", r["key"]) for r in self.conn.execute(
-                "SELECT key FROM locks WHERE kind = 'pair' AND substr(key, -?) = ?",
-                (len(org.ip) + 1, "\t" + org.ip))]
+                "SELECT key FROM locks WHERE kind = 'pair' AND substr(key, length(key) - CAST(? AS INTEGER)) = ?",
+                (len(org.ip), "\t" + org.ip))]
         return keys
 
     def lift(self, user: str | None = None, ip: str | None = None, now: float | None = None) -> int:
         """End locks (pair, user or address) and restart their counts; returns locks ended."""
         now = self.clock() if now is None else now
         lifted = 0
-        with self._tx():
+        with self._tx(None):
             for kind, key in self._lift_keys(user, ip):
                 row = self._lock(kind, key)
                 if row is not None and row["locked_until"] > now:
@@ -529,7 +553,8 @@ class LockoutPolicy:
                 self.conn.execute(
                     "INSERT INTO locks (kind, key, reset_at) VALUES (?, ?, ?) ON CONFLICT (kind, key)"
                     " DO UPDATE SET reset_at = excluded.reset_at, level = 0,"
-                    " locked_until = MIN(locked_until, excluded.reset_at)",
+                    " locked_until = CASE WHEN locks.locked_until < excluded.reset_at THEN locks.locked_until"
+                    " ELSE excluded.reset_at END",
                     (kind, key, now),
                 )
                 if kind == "ip":
@@ -540,7 +565,7 @@ class LockoutPolicy:
         """Delete every record of a user or an address (data-subject request)."""
         if user is None and ip is None:
             raise ValueError("forget needs a user or an ip")
-        with self._tx():
+        with self._tx(None):
             keys = self._lift_keys(user, None) if user is not None else []
             keys += self._lift_keys(None, ip) if ip is not None else []
             for kind, key in keys:
@@ -566,15 +591,15 @@ class LockoutPolicy:
         """Counts and the active locks."""
         now = self.clock() if now is None else now
         c = self.conn.execute(
-            "SELECT COUNT(*) AS n, SUM(state = 'pending') AS p, COUNT(DISTINCT username || char(9) || ip) AS r"
-            " FROM attempts"
+            "SELECT COUNT(*) AS n, COUNT(*) FILTER (WHERE state = 'pending') AS p,"
+            " COUNT(DISTINCT username || '\t' || ip) AS r FROM attempts"
         ).fetchone()
         locks = [
             {"kind": r["kind"], "key": r["key"].replace("\t", " "), "locked_until": iso(r["locked_until"]),
              "level": r["level"]}
             for r in self.conn.execute("SELECT * FROM locks WHERE locked_until > ? ORDER BY locked_until", (now,))
         ]
-        blocks = [r["net"] for r in self.conn.execute("SELECT net FROM blocks")]
+        blocks = [r["net"] for r in self.host_conn.execute("SELECT net FROM blocks")]
         return {"attempts": int(c["n"]), "pending": int(c["p"] or 0), "pairs": int(c["r"]),
                 "active_locks": locks, "blocks": blocks, "policy": _policy(self.cfg)}
 
@@ -586,4 +611,6 @@ def _policy(cfg: GuardConfig) -> dict[str, Any]:
     d["socket"] = str(cfg.socket)
     d["state_dir"] = str(cfg.state_dir)
     d["syslog_socket"] = str(cfg.syslog_socket)
+    d["store"] = str(cfg.store) if cfg.store is not None else None
+    d["store_password_file"] = str(cfg.store_password_file)
     return d

@@ -36,12 +36,15 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pam_hooks.config import GuardConfig
 from pam_hooks.policy import LockoutPolicy, local_origin
 from pam_hooks.protocol import MAX_LINE, is_clean_field
 from pam_hooks.store import SCHEMA, is_corruption, open_checked, set_aside
+
+if TYPE_CHECKING:
+    from pam_hooks.shared import SharedPolicy
 
 SD_LISTEN_FDS_START = 3
 # accept() errors that mean "no descriptor or memory right now", not "the socket is broken".
@@ -55,6 +58,10 @@ EVICT_GRACE = 0.05
 log = logging.getLogger("slotwarden.guard")
 
 TICK_SECONDS = 1.0
+# With a shared store the tick also pulls the fleet's locks: twice a second, so a lock set on
+# another host reaches this host's copy (which answers the account phase) well within 1 s.
+SHARED_TICK_SECONDS = 0.5
+SLOW_SECONDS = 0.1
 PURGE_SECONDS = 60.0
 
 
@@ -145,7 +152,15 @@ class GuardService:
             from pam_hooks.netblock import NetBlock
 
             blocker = NetBlock()
-        self.policy = LockoutPolicy(cfg, self.conn, blocker, clock)
+        self.policy: LockoutPolicy | SharedPolicy
+        if cfg.store is not None:
+            # The fleet's shared store: psycopg is imported here and only here.
+            from pam_hooks.shared import SharedPolicy
+
+            self.policy = SharedPolicy(cfg, self.conn, blocker, clock)
+            self.policy.start()
+        else:
+            self.policy = LockoutPolicy(cfg, self.conn, blocker, clock)
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
         self.activated = False
@@ -156,7 +171,7 @@ class GuardService:
         self.started = clock()
         self.handled = 0
         self.stats: dict[str, int] = {"allowed": 0, "refused": 0, "accept_errors": 0, "evicted": 0,
-                                      "idle_closed": 0, "store_recoveries": len(self.recoveries)}
+                                      "idle_closed": 0, "store_recoveries": len(self.recoveries), "slow": 0}
         self._last_accept_log = 0.0
 
     def _degraded(self, note: str) -> None:
@@ -350,6 +365,7 @@ class GuardService:
     def handle_line(self, raw: bytes) -> str:
         """Decide one request line; never raises. A damaged store is replaced and the request retried once."""
         self.handled += 1
+        t0 = time.monotonic()
         try:
             return self._decide(raw)
         except sqlite3.DatabaseError as exc:
@@ -365,6 +381,12 @@ class GuardService:
         except Exception as exc:  # one bad request must not stop the guard
             log.exception("request failed")
             return f"ERR {type(exc).__name__}"
+        finally:
+            took = time.monotonic() - t0
+            if took > SLOW_SECONDS:
+                # A decision this slow risks the PAM module's timeout (then fail_mode decides).
+                self.stats["slow"] += 1
+                log.warning("slow decision: %.0f ms (the PAM module waits %d ms)", took * 1000, self.cfg.timeout_ms)
 
     def _decide(self, raw: bytes) -> str:
         try:
@@ -462,12 +484,14 @@ class GuardService:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        log.info("guard service listening on %s%s (store %s)", self.cfg.socket,
-                 " (socket activated)" if self.activated else "", self.cfg.db_path)
+        log.info("guard service listening on %s%s (store %s%s)", self.cfg.socket,
+                 " (socket activated)" if self.activated else "", self.cfg.db_path,
+                 f", shared store {self.cfg.store} as {self.cfg.store_host}" if self.cfg.store else "")
         notify_ready()
         if ready is not None:
             ready()
-        next_tick = self.clock() + TICK_SECONDS
+        tick_seconds = SHARED_TICK_SECONDS if self.cfg.store is not None else TICK_SECONDS
+        next_tick = self.clock() + tick_seconds
         next_purge = self.clock() + PURGE_SECONDS
         try:
             while self.running:
@@ -497,7 +521,7 @@ class GuardService:
                 if now >= next_tick:
                     self._upkeep(partial(self.policy.tick, now))
                     self._close_idle(now)
-                    next_tick = now + TICK_SECONDS
+                    next_tick = now + tick_seconds
                 if now >= next_purge:
                     self._upkeep(partial(self._purge, now))
                     next_purge = now + PURGE_SECONDS
@@ -532,6 +556,8 @@ class GuardService:
             self.listener.close()
             self.listener = None
         self.conns.clear()
+        if hasattr(self.policy, "close"):
+            self.policy.close()
         self.conn.close()
 
 

@@ -29,7 +29,9 @@ from pydantic import ConfigDict, Field, PlainValidator, TypeAdapter, ValidationE
 from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 
 from pam_hooks import grammar
-from pam_hooks.config import GuardConfig, Network
+from pam_hooks.config import DEFAULT_STORE_PASSWORD_FILE, GuardConfig, GuardConfigError, Network, StoreURL
+from pam_hooks.config import parse_store_host as _parse_guard_store_host
+from pam_hooks.config import parse_store_url as _parse_guard_store
 from provisioner.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/slotwarden/slotwarden.toml")
@@ -350,6 +352,16 @@ class PlanConfig(ResourceLimits):
         return ResourceLimits(**{k: getattr(self, k) for k in LIMIT_KEYS})
 
 
+def _guard_rule(parse: Callable[[object], T]) -> Callable[[object], T]:
+    """A rule of the guard's own reader (pam_hooks.config), its message without the key."""
+    def check(value: object) -> T:
+        try:
+            return parse(value)
+        except GuardConfigError as exc:
+            raise ValueError(str(exc).partition(": ")[2]) from None
+    return check
+
+
 @dataclass(frozen=True, config=_MODEL)
 class GuardSection:
     """``[guard]``: the login guard's lockout policy and service (read by the guard itself, stdlib only).
@@ -385,6 +397,15 @@ class GuardSection:
     known_for: Duration = Field(default=30 * 86400.0,
         description="origins of past password logins stay known (user_deny spares them)")
     syslog_socket: AbsPath = Field(default=Path("/dev/log"), description="where the service's syslog lines go")
+    store: Annotated[StoreURL | None, PlainValidator(_optional(_guard_rule(_parse_guard_store))),
+                     Kind("postgresql://user@host:port/db")] = Field(
+        default=None, description="the fleet's shared guard store (absent: this host's SQLite alone); "
+                                  "no password in it")
+    store_password_file: AbsPath = Field(default=DEFAULT_STORE_PASSWORD_FILE,
+        description="the shared store's password: a root-only file")
+    store_host: Annotated[str | None, PlainValidator(_optional(_guard_rule(_parse_guard_store_host))),
+                          Kind("host name")] = Field(
+        default=None, description="this host's name in the shared store (absent: its host name)")
 
     @model_validator(mode="after")
     def _lock_max(self) -> GuardSection:
@@ -407,7 +428,8 @@ class StoreConfig:
     """``[store]``: where the provisioner's tables live (see :mod:`provisioner.db`)."""
 
     url: Annotated[str | None, PlainValidator(_store_url), Kind("sqlite:///path or postgresql://user@host:port/db")] \
-        = Field(default=None, description="absent: SQLite at <state_dir>/slotwarden.db; a password in it is refused")
+        = Field(default=None,
+                description="where the store is (absent: SQLite at <state_dir>/slotwarden.db); no password in it")
     password_file: Annotated[Path | None, PlainValidator(_optional(_abs_path)), Kind("absolute path")] \
         = Field(default=None, description="the PostgreSQL password: a root-only file (mode 0600), never in the URL")
 
@@ -649,7 +671,10 @@ class Config:
 
     def guard_config(self) -> GuardConfig:
         """The guard's settings as the guard service builds them from the same file."""
-        return GuardConfig(**{f.name: getattr(self.guard, f.name) for f in fields(GuardSection)},
+        given = {f.name: getattr(self.guard, f.name) for f in fields(GuardSection)}
+        if given["store_host"] is None:  # the guard's own default: this host's name
+            del given["store_host"]
+        return GuardConfig(**given,
                            retention=self.retention.attempts, state_dir=self.state_dir,
                            admin_group=self.host.admin_group)
 
