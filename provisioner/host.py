@@ -16,9 +16,9 @@ from provisioner import accounts
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.names import format_size, parse_size
-from provisioner.plan import Plan, Step, apply
 from provisioner.quota import detect_backend, load_backend, mount_of
 from provisioner.runner import run
+from provisioner.steps import Plan, Step, apply
 from provisioner.store import current_actor
 
 # Other packages (guard, apps supervisor) add their host-preparation steps here.

@@ -1,6 +1,6 @@
 """Slot lifecycle: plans, suspend / unsuspend, change of plan — what a billing system asks for.
 
-Every operation is a :class:`~provisioner.plan.Plan` computed from facts (``plan_suspend``,
+Every operation is a :class:`~provisioner.steps.Plan` computed from facts (``plan_suspend``,
 ``plan_unsuspend``, ``plan_change_plan`` touch nothing) and applied by the executor, so a
 failure half-way undoes what was done. Each runs under the slot's lock (:func:`slot_lock`), so
 the CLI and the API never interleave two changes of one slot.
@@ -46,10 +46,10 @@ from provisioner.config import PlanConfig
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.names import RESERVED_NAMES, format_size, validate_username
-from provisioner.plan import Plan, Step, apply
 from provisioner.plans import allows_app, get_plan
 from provisioner.quota import Usage
 from provisioner.runner import run
+from provisioner.steps import Plan, Step, apply
 from provisioner.store import SlotRecord, Store, current_actor
 
 SCHEMA = """

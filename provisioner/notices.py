@@ -36,8 +36,8 @@ from provisioner.config import parse_duration, refuse_unknown_keys
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.names import validate_username
-from provisioner.plan import Step
 from provisioner.runner import run
+from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store, current_actor
 
 log = logging.getLogger("slotwarden.notices")

@@ -28,9 +28,9 @@ from provisioner.names import (
     validate_payment_ref,
     validate_username,
 )
-from provisioner.plan import Plan, Step, apply
 from provisioner.quota import QuotaBackend
 from provisioner.runner import run
+from provisioner.steps import Plan, Step, apply
 from provisioner.store import SlotRecord, Store, current_actor
 
 # Other packages (apps, metrics, lifecycle) add steps to slot changes here. A creation extension

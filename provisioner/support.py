@@ -42,7 +42,7 @@ from provisioner.config import absolute_path, parse_duration, refuse_unknown_key
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.names import validate_username
-from provisioner.plan import Step
+from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store, current_actor
 
 SCHEMA = """

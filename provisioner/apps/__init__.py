@@ -9,7 +9,7 @@ The front door (what the CLI, the slot extensions and the tests call)::
     rotate_app(ctx, username, app)          new credentials, applied to the running app
     app_status(ctx, username)               each app: running?, pid, port, since
 
-An install is a :class:`~provisioner.plan.Plan`: record, ports, credentials, files, the
+An install is a :class:`~provisioner.steps.Plan`: record, ports, credentials, files, the
 app's own steps (a database...), the owner's copy, the supervisor program, a readiness wait;
 if any step fails the steps already done are undone, so a failed install leaves nothing.
 
@@ -40,7 +40,7 @@ from provisioner.apps.vault import KEY_FILE_NAME, Vault, generate_secret
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.limits import place
-from provisioner.plan import Plan, Step, apply
+from provisioner.steps import Plan, Step, apply
 from provisioner.store import SlotRecord, current_actor
 from provisioner.supervisor import Program, SupervisorBackend, supervisor_for
 

@@ -13,7 +13,7 @@ from provisioner.cli.output import emit, json_option
 from provisioner.cli.slot import slot
 from provisioner.context import Context
 from provisioner.lifecycle import change_plan, suspend, unsuspend
-from provisioner.plan import Plan
+from provisioner.steps import Plan
 
 
 def _result(plan: Plan, dry_run: bool, done: str, unchanged: str, **extra: object) -> None:

@@ -25,8 +25,8 @@ from provisioner.doctor import enforce_quotas, find_drift
 from provisioner.errors import BadInput
 from provisioner.executors import SlotChange
 from provisioner.names import format_size
-from provisioner.plan import Plan
 from provisioner.slots import BatchRow, Created
+from provisioner.steps import Plan
 
 
 @click.group()

@@ -18,8 +18,8 @@ from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.executors import SlotChange, SlotOutcome
 from provisioner.names import parse_size, validate_country, validate_email, validate_payment_ref
-from provisioner.plan import Plan
 from provisioner.slots import BatchRow, Created, create_many, create_slot, remove_slot
+from provisioner.steps import Plan
 from provisioner.store import SlotRecord, current_actor
 
 # Fields of a live slot that a `present` change may update in place.
@@ -151,7 +151,7 @@ def _locked(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOut
 def apply_changes(ctx: Context, changes: list[SlotChange], *, check: bool = False,
                   host: str | None = None) -> list[SlotOutcome]:
     """Apply CHANGES on this host; one outcome per change, in order. A failing change is
-    reported and the rest go on; a failed creation is undone (see :func:`provisioner.plan.apply`).
+    reported and the rest go on; a failed creation is undone (see :func:`provisioner.steps.apply`).
     """
     host = host or socket.gethostname()
     outcomes: dict[int, SlotOutcome] = {}

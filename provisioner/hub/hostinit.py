@@ -14,8 +14,8 @@ from provisioner import accounts
 from provisioner.context import Context
 from provisioner.hub.config import hub_config
 from provisioner.hub.tls import make_self_signed
-from provisioner.plan import Step
 from provisioner.runner import run
+from provisioner.steps import Step
 from provisioner.store import SlotRecord
 
 

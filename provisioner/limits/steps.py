@@ -30,7 +30,7 @@ from provisioner.limits.enforcement import (
     host_capacity,
     kernel_units_differ,
 )
-from provisioner.plan import Step
+from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store
 
 if TYPE_CHECKING:

@@ -33,8 +33,8 @@ from provisioner.config import absolute_paths
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
 from provisioner.metrics.kernel import CgroupFigures, Proc, SlotMetrics, disk_space, from_cgroup, loadavg
-from provisioner.plan import Step
 from provisioner.quota import Usage
+from provisioner.steps import Step
 from provisioner.store import SlotRecord
 
 log = logging.getLogger("slotwarden.metrics")

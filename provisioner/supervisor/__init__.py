@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from provisioner.errors import BadInput, SlotError
-from provisioner.plan import Step
+from provisioner.steps import Step
 
 if TYPE_CHECKING:
     from provisioner.context import Context

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import plan as plan_mod
+from provisioner import steps as plan_mod
 from provisioner.config import load_config_text
 from provisioner.context import Context
 from provisioner.host import HostRequest, host_init, proc_hidepid

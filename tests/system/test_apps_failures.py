@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import plan as plan_mod
+from provisioner import steps as plan_mod
 from provisioner.apps import install_app, uninstall_app
 from provisioner.apps.registry import listening_ports
 from provisioner.errors import SlotError, StepFailed

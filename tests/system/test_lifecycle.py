@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import accounts, lifecycle, plan
+from provisioner import accounts, lifecycle
+from provisioner import steps as plan
 from provisioner.errors import SlotError, StepFailed
 from provisioner.slots import Created
 from tests.system.lifecycle_env import (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import plan as plan_mod
+from provisioner import steps as plan_mod
 from provisioner.errors import StepFailed
 from provisioner.quota.btrfs import qgroup_ids
 from provisioner.slots import create_slot
@@ -204,7 +204,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from provisioner import plan
+    from provisioner import steps as plan
     from provisioner.config import load_config
     from provisioner.context import Context
     from provisioner.slots import create_slot
