@@ -10,7 +10,7 @@ Suspend makes every login impossible while keeping everything the slot owns:
 - the account expires (``usermod --expiredate 1``), so the PAM *account* phase refuses it —
   this is what stops public-key logins, for which sshd skips the auth stack, and ``su`` from root;
 - the password hash is locked (``usermod --lock``), so password checks fail as well;
-- the slot's apps are stopped through :data:`APP_CONTROLS` (the apps package), then every
+- the slot's apps are stopped through the app control (``ctx.extensions.app_control``), then every
   process of the UID is killed;
 - the store records when, why and by whom, and what unsuspend must restore (the expiry and
   lock as they were, the apps that were running).
@@ -25,7 +25,6 @@ False
 
 from __future__ import annotations
 
-import contextvars
 import fcntl
 import importlib.util
 import json
@@ -39,18 +38,22 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from provisioner import accounts, slots
 from provisioner.config import PlanConfig
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
+from provisioner.extensions import AppControl, Hooks
 from provisioner.names import RESERVED_NAMES, format_size, validate_username
 from provisioner.plans import allows_app, get_plan
 from provisioner.quota import Usage
 from provisioner.runner import run
 from provisioner.steps import Plan, Step, apply
 from provisioner.store import SlotRecord, Store, current_actor
+
+if TYPE_CHECKING:
+    from provisioner.datareport import Item
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS slot_lifecycle (
@@ -69,35 +72,6 @@ SUSPENDED_EXPIRE = "1"
 MAX_REASON = 500
 # What a fresh slot's login looks like: no expiry, password usable, no app running.
 FRESH_LOGIN: dict[str, Any] = {"expire": "", "locked": False, "apps": {}}
-
-
-# --- the hook the apps package plugs into -----------------------------------------------------
-
-
-class AppControl(Protocol):
-    """What lifecycle needs from the apps package: which apps a slot has and runs, stop, start."""
-
-    name: str
-
-    def installed(self, ctx: Context, username: str) -> list[str]:
-        """Apps installed in the slot."""
-
-    def running(self, ctx: Context, username: str) -> list[str]:
-        """Apps of the slot running now."""
-
-    def stop(self, ctx: Context, username: str, app: str) -> None:
-        """Stop APP (idempotent); its files and credentials stay."""
-
-    def start(self, ctx: Context, username: str, app: str) -> None:
-        """Start APP (idempotent)."""
-
-
-# The apps package appends its control when imported (provisioner.slots.EXTENSION_MODULES
-# imports it); tests append a control of their own.
-APP_CONTROLS: list[AppControl] = []
-# Steps other packages add to a suspension (support: revoke every grant), run after the plan's
-# own steps; each gets the context and the username.
-SUSPEND_EXTENSIONS: list[Callable[[Context, str], list[Step]]] = []
 
 
 # --- store -------------------------------------------------------------------------------------
@@ -285,14 +259,21 @@ class LifecycleFacts:
             lifecycle=get_lifecycle(ctx.store, username),
             uid=acct.uid,
             login=login_state(username),
-            running_apps={c.name: c.running(ctx, username) for c in APP_CONTROLS},
-            installed_apps={c.name: c.installed(ctx, username) for c in APP_CONTROLS},
+            running_apps=_by_control(ctx, lambda c: c.running(ctx, username)),
+            installed_apps=_by_control(ctx, lambda c: c.installed(ctx, username)),
             has_processes=bool(accounts.pids_of(acct.uid)),
         )
 
 
-def _controls() -> dict[str, AppControl]:
-    return {c.name: c for c in APP_CONTROLS}
+def _by_control(ctx: Context, ask: Callable[[AppControl], list[str]]) -> dict[str, list[str]]:
+    """{control name: ASK(control)} for the host's one app control (nothing without one)."""
+    control = ctx.extensions.app_control
+    return {control.name: ask(control)} if control is not None else {}
+
+
+def _controls(ctx: Context) -> dict[str, AppControl]:
+    control = ctx.extensions.app_control
+    return {control.name: control} if control is not None else {}
 
 
 # --- suspend / unsuspend ------------------------------------------------------------------------
@@ -339,7 +320,7 @@ def plan_suspend(
     if not login.locked:
         steps.append(Step("lock", f"usermod --lock {username} (password checks fail)",
                           lambda: lock_password(username), lambda: unlock_password(username)))
-    controls = _controls()
+    controls = _controls(ctx)
     for control_name, apps in facts.running_apps.items():
         control = controls[control_name]
         for app in apps:
@@ -385,7 +366,7 @@ def plan_unsuspend(username: str, facts: LifecycleFacts, *, ctx: Context, actor:
         steps.append(Step("expire", f"usermod --expiredate {want_expire!r} {username} (as before the suspension)",
                           lambda: set_expire(username, want_expire),
                           lambda: set_expire(username, login.expire)))
-    controls = _controls()
+    controls = _controls(ctx)
     saved_apps: dict[str, list[str]] = saved.get("apps") or {}
     for control_name, apps in saved_apps.items():
         control = controls.get(control_name)
@@ -422,8 +403,7 @@ def suspend(ctx: Context, username: str, reason: str, *, dry_run: bool = False, 
     with slot_lock(ctx, username):
         facts = LifecycleFacts.gather(ctx, username)
         plan = plan_suspend(username, reason, facts, ctx=ctx, actor=actor or current_actor(), now=time.time())
-        slots._load_extensions()  # the packages that add suspension steps register when imported
-        extra = [step for extension in SUSPEND_EXTENSIONS for step in extension(ctx, username)]
+        extra = ctx.extensions.suspension_steps(ctx, username)
         if extra:
             plan = Plan(plan.title, [*plan.steps, *extra])
         if not dry_run:
@@ -539,7 +519,8 @@ def check_app_install(ctx: Context, username: str, app: str) -> None:
     if life is None or life.plan is None or life.plan not in ctx.config.plans:
         return
     # APP itself does not count: reinstalling it is the apps package's question ("already installed").
-    installed = [a for c in APP_CONTROLS for a in c.installed(ctx, username) if a != app]
+    control = ctx.extensions.app_control
+    installed = [a for a in (control.installed(ctx, username) if control else []) if a != app]
     check_apps_allowed(ctx.config.plans[life.plan], [app], installed=len(installed))
 
 
@@ -571,10 +552,6 @@ def change_plan(ctx: Context, username: str, plan_name: str, *, dry_run: bool = 
 
 # --- create / terminate / password, under the slot lock ----------------------------------------
 
-# The plan a create in progress was asked for, read by the creation extension below. A context
-# variable, so concurrent API requests in different threads each see their own.
-_PENDING_PLAN: contextvars.ContextVar[str | None] = contextvars.ContextVar("pending_plan", default=None)
-
 
 def create(
     ctx: Context,
@@ -597,14 +574,10 @@ def create(
         quota = plan_cfg.quota
     if plan_cfg is not None:
         check_apps_allowed(plan_cfg, list(dict.fromkeys(apps)))
-    validate_username(username, slots.reserved_names())
-    token = _PENDING_PLAN.set(plan_cfg.name if plan_cfg else None)
-    try:
-        with slot_lock(ctx, username):
-            return slots.create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run,
-                                     apps=apps)
-    finally:
-        _PENDING_PLAN.reset(token)
+    validate_username(username, slots.reserved_names(ctx))
+    with slot_lock(ctx, username):
+        return slots.create_slot(ctx, username, email, country, quota, payment_ref, dry_run=dry_run,
+                                 apps=apps, plan=plan_cfg.name if plan_cfg else None)
 
 
 def _require_slot(ctx: Context, username: str) -> None:
@@ -681,7 +654,7 @@ def slot_status(ctx: Context, username: str) -> dict[str, Any]:
 
 
 def _creation_steps(ctx: Context, req: slots.SlotRequest) -> list[Step]:
-    plan = _PENDING_PLAN.get()
+    plan = req.plan
     if plan is None:
         return []
     store = ctx.store
@@ -702,63 +675,10 @@ def _removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
                  lambda: put_lifecycle(store, previous))]
 
 
-# --- the apps package as an AppControl ------------------------------------------------------------
-
-
-class SupervisedApps:
-    """The apps of :mod:`provisioner.apps`, stopped and started through their supervisor programs.
-
-    Stopping keeps the install (files, ports, sealed credentials); starting waits until each
-    program runs again.
-    """
-
-    name = "apps"
-
-    def installed(self, ctx: Context, username: str) -> list[str]:
-        from provisioner.apps import registry_of
-
-        return [r.app for r in registry_of(ctx).installs(username)]
-
-    def running(self, ctx: Context, username: str) -> list[str]:
-        if not self.installed(ctx, username):
-            return []  # no supervisor round-trip for a slot without apps
-        from provisioner.apps import app_status
-
-        try:
-            return [row["app"] for row in app_status(ctx, username) if row.get("running")]
-        except SlotError as exc:  # supervisor down: nothing of it runs; suspend must still work
-            log.warning("cannot ask the supervisor about the apps of %s: %s", username, exc)
-            return []
-
-    def _programs(self, ctx: Context, username: str, app: str) -> list[str]:
-        from provisioner.apps import _existing  # the apps package's own lookup of an install
-
-        found, _rec, inst = _existing(ctx, username, app)
-        return [p.name for p in found.programs(ctx, inst)]
-
-    def stop(self, ctx: Context, username: str, app: str) -> None:
-        from provisioner.supervisor import supervisor_for
-
-        sup = supervisor_for(ctx)
-        for name in self._programs(ctx, username, app):
-            try:
-                sup.stop(name)
-            except SlotError as exc:  # the processes step that follows kills it anyway
-                log.warning("cannot stop %s through the supervisor: %s", name, exc)
-
-    def start(self, ctx: Context, username: str, app: str) -> None:
-        from provisioner.supervisor import supervisor_for
-
-        sup = supervisor_for(ctx)
-        for name in self._programs(ctx, username, app):
-            sup.start(name)
-            sup.wait_running(name)
-
-
 # --- the data report: plan and suspension are data about the user --------------------------------
 
 
-def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Any]:
+def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Item]:
     """Rows for ``slotctl data report``: the slot's plan and, while suspended, when/why/by whom."""
     from provisioner.datareport import Item
 
@@ -776,12 +696,5 @@ def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Any]
     return items
 
 
-slots.CREATION_EXTENSIONS.append(_creation_steps)
-slots.REMOVAL_EXTENSIONS.append(_removal_steps)
-if importlib.util.find_spec("provisioner.datareport") is not None:
-    from provisioner import datareport as _datareport
-
-    if data_items not in _datareport.SOURCES:
-        _datareport.SOURCES.append(data_items)
-if importlib.util.find_spec("provisioner.apps") is not None:
-    APP_CONTROLS.append(SupervisedApps())
+# The plan a slot is created on (recorded after its apps), forgotten with it; data report rows.
+EXTENSION = Hooks("lifecycle", creation=_creation_steps, removal=_removal_steps, data=data_items)

@@ -361,7 +361,7 @@ def create_app(config: Config) -> FastAPI:
     @app.post("/v1/slots", status_code=201, summary="Create a slot (CreateAccount)")
     def create(request: Request, body: CreateSlot, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
-            _field("username", lambda: validate_username(body.username, slots.reserved_names()))
+            _field("username", lambda: validate_username(body.username, slots.reserved_names(ctx)))
             _field("email", lambda: validate_email(body.email))
             _field("country", lambda: validate_country(body.country))
             if body.plan is not None:

@@ -33,7 +33,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from provisioner import slots as _slots
 from provisioner.apps import homefiles
 from provisioner.apps.registry import AppRegistry, InstallRecord
 from provisioner.apps.vault import KEY_FILE_NAME, Vault, generate_secret
@@ -589,50 +588,3 @@ def app_status(ctx: Context, username: str) -> list[dict[str, Any]]:
                        url=app.url(inst), frontdoor_url=frontdoor_url(inst), programs=[p.as_dict() for p in progs])
         out.append(row)
     return out
-
-
-# --- slot lifecycle: `slot create --app`, `slot remove`, reserved names ---------------------
-
-
-def _creation_steps(ctx: Context, req: _slots.SlotRequest) -> list[Step]:
-    wanted = list(getattr(req, "apps", ()) or ())
-    for name in wanted:
-        get_app(name)  # bad names fail before anything is done
-    steps: list[Step] = []
-    for name in wanted:
-        steps.append(Step(f"app-{name}", f"install {name} in {req.username}",
-                          lambda n=name: _install_quiet(ctx, req.username, n),  # type: ignore[misc]
-                          lambda n=name: _uninstall_if_there(ctx, req.username, n)))  # type: ignore[misc]
-    return steps
-
-
-def _install_quiet(ctx: Context, username: str, app_name: str) -> None:
-    if registry_of(ctx).get(username, app_name) is None:  # a resumed create keeps what it had
-        install_app(ctx, username, app_name, creating=True)
-
-
-def _uninstall_if_there(ctx: Context, username: str, app_name: str) -> None:
-    if registry_of(ctx).get(username, app_name) is not None:
-        _uninstall(ctx, username, app_name)
-
-
-def _removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
-    installed = registry_of(ctx).installs(rec.username)
-    return [Step(f"app-{r.app}", f"uninstall {r.app} from {rec.username}",
-                 lambda a=r.app: _uninstall_if_there(ctx, rec.username, a))  # type: ignore[misc]
-            for r in installed]
-
-
-def _reserved() -> frozenset[str]:
-    return frozenset(catalog())
-
-
-def _register() -> None:
-    if _creation_steps not in _slots.CREATION_EXTENSIONS:
-        _slots.CREATION_EXTENSIONS.append(_creation_steps)
-        _slots.REMOVAL_EXTENSIONS.append(_removal_steps)
-        _slots.RESERVED_NAME_SOURCES.append(_reserved)
-    # Suspend/unsuspend stop and start apps through lifecycle.SupervisedApps, the one app control.
-
-
-_register()

@@ -50,11 +50,9 @@ def sshd() -> Iterator[LabSshd]:
 @pytest.fixture
 def apps() -> Iterator[ProcessApps]:
     control = ProcessApps(ports={})
-    lifecycle.APP_CONTROLS.append(control)
     try:
-        yield control
+        yield control  # passed through the Context: host.ctx(app_control=control)
     finally:
-        lifecycle.APP_CONTROLS.remove(control)
         for username, app in list(control.procs):
             control.stop(None, username, app)  # type: ignore[arg-type]
 
@@ -101,7 +99,7 @@ def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restor
         os.chown(data, *(lambda a: (a.uid, a.gid))(accounts.lookup_user(name)))  # type: ignore[union-attr]
         port = 2560 + secrets.randbelow(30)
         apps.ports[name] = port
-        ctx = host.ctx()
+        ctx = host.ctx(app_control=apps)
         apps.start(ctx, name, "web")
         before = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
                   "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
@@ -277,7 +275,7 @@ def test_change_plan_applies_the_quota_and_refuses_one_below_the_data(host: Slot
 def test_change_plan_refuses_a_plan_without_the_installed_app(host: SlotHost, apps: ProcessApps) -> None:
     name, _password = _create(host, plan_name="large")
     apps.ports[name] = 2590 + secrets.randbelow(9)
-    ctx = host.ctx()
+    ctx = host.ctx(app_control=apps)
     try:
         ctx.config.plans["narrow"] = lifecycle.PlanConfig("narrow", 256 << 20, apps=("other",))
         with pytest.raises(SlotError, match="does not allow the app"):

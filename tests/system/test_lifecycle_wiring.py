@@ -148,9 +148,8 @@ def test_app_install_respects_the_slots_plan(host: SlotHost) -> None:
 def test_max_apps_two_allows_two_apps(host: SlotHost) -> None:
     """The bug: two app controls both named "apps" were added up, so with max_apps = 2 and one
     app installed the second was refused ("plan tktwo allows 2 app(s)")."""
-    import provisioner.apps  # noqa: F401 - both modules loaded, as in slotctl
-
-    assert [c.name for c in lifecycle.APP_CONTROLS] == ["apps"]
+    control = host.ctx().extensions.app_control  # exactly one, or the Context refuses
+    assert control is not None and control.name == "apps"
     name, _password = _create(host, "tktwo")
     try:
         for app in ("transmission", "jupyterlab"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from provisioner import lifecycle
 from provisioner.config import PlanConfig, load_config_text
 from provisioner.errors import BadInput, ConfigError, SlotError
+from provisioner.extensions import Extension, Extensions
 from provisioner.lifecycle import LifecycleFacts, LifecycleRecord, LoginState
 from provisioner.plans import allows_app, get_plan, list_plans, plan_as_dict
 from provisioner.quota import Usage
@@ -41,12 +41,16 @@ class FakeApps:
         pass
 
 
-@pytest.fixture(autouse=True)
-def fake_apps() -> Iterator[None]:
-    control = FakeApps()
-    lifecycle.APP_CONTROLS.append(control)
-    yield
-    lifecycle.APP_CONTROLS.remove(control)
+class FakeAppsExtension(Extension):
+    """Passed through the Context: the fake app control, no module global touched."""
+
+    name = "fake"
+
+    def app_control(self) -> FakeApps:
+        return FakeApps()
+
+
+EXTENSIONS = Extensions((FakeAppsExtension(),))
 
 
 def _facts(state: str = "active", login: LoginState = FRESH, life: LifecycleRecord | None = None,
@@ -56,7 +60,7 @@ def _facts(state: str = "active", login: LoginState = FRESH, life: LifecycleReco
     return LifecycleFacts(rec, life, 1500, login, running or {}, installed or {}, procs)
 
 
-CTX: Any = SimpleNamespace(store=None, quota=SimpleNamespace(name="btrfs"))
+CTX: Any = SimpleNamespace(store=None, quota=SimpleNamespace(name="btrfs"), extensions=EXTENSIONS)
 
 SUSPEND_CASES = [
     # (id, facts, expected steps)
@@ -148,7 +152,7 @@ def test_lifecycle_record_round_trip_and_step_undo() -> None:
     rec = LifecycleRecord("tlx", "small", 3.0, "unpaid", "api:billing", SAVED_WEB)
     lifecycle.put_lifecycle(store, rec)
     assert lifecycle.get_lifecycle(store, "tlx") == rec
-    ctx: Any = SimpleNamespace(store=store)
+    ctx: Any = SimpleNamespace(store=store, extensions=EXTENSIONS)
     plan = lifecycle.plan_suspend("tlx", "again", _facts("active", FRESH, LifecycleRecord("tlx", "small")),
                                   ctx=ctx, actor="root", now=9.0)
     record = plan.steps[0]
