@@ -631,7 +631,7 @@ def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
     lock them and one to delete them, one /proc scan a round for all their processes, one
     filesystem walk for the sweep (for the first chunk, unless FRESH_WALK is false; later
     chunks reuse it), one btrfs commit for all the homes. The caller holds the slots' locks
-    (:func:`provisioner.lifecycle.terminate_many`).
+    (:func:`provisioner.operations.terminate_many`).
     """
     results: list[Removed | SlotError | None] = [None] * len(usernames)
     seen: set[str] = set()

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from provisioner import lifecycle, slots
+from provisioner import operations, slots, suspension
 from provisioner.api import idempotency
 from provisioner.api.ratelimit import AnonymousAudit, SourceLimiter
 from provisioner.api.tokens import verify_token
@@ -116,7 +116,7 @@ class CreateSlot(BaseModel):
 
 class Suspend(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=lifecycle.MAX_REASON)
+    reason: str = Field(min_length=1, max_length=suspension.MAX_REASON)
 
 
 class ChangePlan(BaseModel):
@@ -371,7 +371,7 @@ def create_app(config: Config) -> FastAPI:
             if body.payment_ref is not None:
                 _field("payment_ref", lambda: validate_payment_ref(body.payment_ref))
             try:
-                out = lifecycle.create(ctx, body.username, body.email, body.country, plan=body.plan,
+                out = operations.create(ctx, body.username, body.email, body.country, plan=body.plan,
                                        quota=body.quota, payment_ref=body.payment_ref)
             except BadInput as exc:
                 raise ApiError(400, str(exc), _FIELD_WORDS.get(str(exc).split(" ", 1)[0], "quota")) from None
@@ -384,7 +384,7 @@ def create_app(config: Config) -> FastAPI:
     def show(request: Request, username: Username, _auth: Auth) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            return 200, lifecycle.slot_status(ctx, username)
+            return 200, operations.slot_status(ctx, username)
 
         return _run(config, request, "show", username, None, None, work)
 
@@ -392,7 +392,7 @@ def create_app(config: Config) -> FastAPI:
     def usage(request: Request, username: Username, _auth: Auth) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            st = lifecycle.slot_status(ctx, username)
+            st = operations.slot_status(ctx, username)
             return 200, {"username": username, "state": st["state"], "plan": st["plan"],
                          "used_bytes": st["used_bytes"], "quota_bytes": st["quota_bytes"],
                          "enforced_limit_bytes": st["enforced_limit_bytes"], "bandwidth_bytes": None}
@@ -404,8 +404,8 @@ def create_app(config: Config) -> FastAPI:
                 idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            reason = _field("reason", lambda: lifecycle.validate_reason(body.reason))
-            plan = lifecycle.suspend(ctx, username, reason, actor=_actor(request))
+            reason = _field("reason", lambda: suspension.validate_reason(body.reason))
+            plan = operations.suspend(ctx, username, reason, actor=_actor(request))
             return 200, {"username": username, "state": "suspended", "changed": bool(plan.steps)}
 
         return _run(config, request, "suspend", username, idempotency_key, body.model_dump(), work)
@@ -414,7 +414,7 @@ def create_app(config: Config) -> FastAPI:
     def unsuspend(request: Request, username: Username, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            plan = lifecycle.unsuspend(ctx, username, actor=_actor(request))
+            plan = operations.unsuspend(ctx, username, actor=_actor(request))
             return 200, {"username": username, "state": "active", "changed": bool(plan.steps)}
 
         return _run(config, request, "unsuspend", username, idempotency_key, None, work)
@@ -423,7 +423,7 @@ def create_app(config: Config) -> FastAPI:
     def password(request: Request, username: Username, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            return 200, {"username": username, "password": lifecycle.change_password(ctx, username)}
+            return 200, {"username": username, "password": operations.change_password(ctx, username)}
 
         return _run(config, request, "password", username, idempotency_key, None, work)
 
@@ -433,7 +433,7 @@ def create_app(config: Config) -> FastAPI:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
             new = _field("plan", lambda: get_plan(ctx.config, body.plan))
-            plan = lifecycle.change_plan(ctx, username, new.name, actor=_actor(request))
+            plan = operations.change_plan(ctx, username, new.name, actor=_actor(request))
             return 200, {"username": username, "plan": new.name, "quota_bytes": new.quota,
                          "changed": bool(plan.steps)}
 
@@ -443,7 +443,7 @@ def create_app(config: Config) -> FastAPI:
     def terminate(request: Request, username: Username, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            lifecycle.terminate(ctx, username)
+            operations.terminate(ctx, username)
             return 200, {"username": username, "removed": True}
 
         return _run(config, request, "terminate", username, idempotency_key, None, work)

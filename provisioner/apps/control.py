@@ -40,7 +40,7 @@ class SupervisedApps:
             return []
 
     def _programs(self, ctx: Context, username: str, app: str) -> list[str]:
-        from provisioner.apps import _existing  # the framework's own lookup of an install
+        from provisioner.apps.framework import _existing  # the framework's own lookup of an install
 
         found, _rec, inst = _existing(ctx, username, app)
         return [p.name for p in found.programs(ctx, inst)]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from provisioner.apps import _uninstall, catalog, get_app, install_app, registry_of
 from provisioner.apps.control import SupervisedApps
+from provisioner.apps.framework import _uninstall, catalog, get_app, install_app, registry_of
 from provisioner.context import Context
 from provisioner.extensions import Hooks
 from provisioner.steps import Step

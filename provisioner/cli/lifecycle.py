@@ -12,7 +12,7 @@ from rich.console import Console
 from provisioner.cli.output import emit, json_option
 from provisioner.cli.slot import slot
 from provisioner.context import Context
-from provisioner.lifecycle import change_plan, suspend, unsuspend
+from provisioner.operations import change_plan, suspend, unsuspend
 from provisioner.steps import Plan
 
 

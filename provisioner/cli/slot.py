@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from provisioner import lifecycle
+from provisioner import operations
 from provisioner import slots as slot_ops
 from provisioner.cli import fleet
 from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
@@ -65,7 +65,7 @@ def create(username: str, email: str, country: str, quota: str | None, payment_r
              "payment_ref": payment_ref, "strict": True})], check=dry_run), check=dry_run)
         return
     ctx = Context()
-    result = lifecycle.create(ctx, username, email, country, plan=plan_name, quota=quota,
+    result = operations.create(ctx, username, email, country, plan=plan_name, quota=quota,
                               payment_ref=payment_ref, dry_run=dry_run, apps=apps)  # under the slot's lock
     if isinstance(result, Plan):
         _plan_out(result, True)
@@ -97,7 +97,7 @@ def _created_out(result: Created, app_creds: list[dict[str, Any]] | None = None)
 @json_option
 def show(username: str) -> None:
     """Show slot USERNAME: store record, live disk usage, plan and suspension."""
-    from provisioner.lifecycle import slot_status
+    from provisioner.operations import slot_status
 
     ctx = Context()
     data = slot_status(ctx, username)
@@ -136,7 +136,7 @@ def remove(username: str, keep_data: bool, dry_run: bool) -> None:
         return
     ctx = Context()
     # Through lifecycle: under the slot's lock, so it never interleaves with an API request.
-    plan = lifecycle.terminate(ctx, username, keep_data=keep_data, dry_run=dry_run)
+    plan = operations.terminate(ctx, username, keep_data=keep_data, dry_run=dry_run)
     if dry_run:
         _plan_out(plan, True)
     else:
@@ -162,7 +162,7 @@ def _removed_out(c: Console, username: str, results: dict[str, Any]) -> None:
 def passwd(username: str) -> None:
     """Give slot USERNAME a new generated password, shown once (a suspended slot stays locked)."""
     ctx = Context()
-    password = lifecycle.change_password(ctx, username)  # under the slot's lock, like the API
+    password = operations.change_password(ctx, username)  # under the slot's lock, like the API
     emit({"username": username, "password": password},
          lambda c: c.print(f"new password for {username}: {password}\n(shown once, not stored)"))
 
@@ -207,7 +207,7 @@ def remove_many(names: tuple[str, ...], keep_data: bool) -> None:
         raise BadInput("no slot names given")
     ctx = Context()
     with err_console.status(f"removing {len(wanted)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
-        outcomes = lifecycle.terminate_many(ctx, wanted, keep_data=keep_data)
+        outcomes = operations.terminate_many(ctx, wanted, keep_data=keep_data)
     results: list[dict[str, Any]] = []
     for name, out in zip(wanted, outcomes, strict=True):
         if isinstance(out, slot_ops.Removed):

@@ -133,18 +133,18 @@ def _batchable(ctx: Context, changes: list[SlotChange]) -> list[int]:
 
 def _locked(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOutcome:
     """One change under the slot's lock, like every other front door (check mode takes none)."""
-    from provisioner import lifecycle
+    from provisioner import slotlock
 
     def one() -> SlotOutcome:
         return _absent(ctx, change, host, check) if change.state == "absent" else _present(ctx, change, host, check)
 
-    lifecycle.check_name_shape(change.username)
+    slotlock.check_name_shape(change.username)
     if check or (change.state == "absent" and ctx.store.get_slot(change.username) is None):
         return one()  # nothing to change: no lock file for a name that is no slot
-    with lifecycle.slot_lock(ctx, change.username):
+    with slotlock.slot_lock(ctx, change.username):
         out = one()
         if change.state == "absent" and out.changed:
-            lifecycle.drop_lock_file(ctx, change.username)
+            slotlock.drop_lock_file(ctx, change.username)
     return out
 
 

@@ -239,7 +239,7 @@ class Bridge:
         """Every slot with its state and usage, the guard's locks, the audit's tail."""
         s = self._session(ctx, req, "staff")
         from provisioner.guard import guard_config, guard_request
-        from provisioner.lifecycle import get_lifecycle
+        from provisioner.lifecycle_records import get_lifecycle
         from provisioner.metrics import collect
 
         usage = {m.slot: m for m in collect(ctx, None, sample=0.0, refresh_facts=False)}
@@ -419,7 +419,7 @@ class Bridge:
         """The slot's apps (state, running, URL) and the catalog's apps its plan allows."""
         s = self._session(ctx, req)
         from provisioner import apps as apps_
-        from provisioner.lifecycle import check_app_install
+        from provisioner.planchange import check_app_install
 
         rows = apps_.app_status(ctx, s.username)
         installed = {r["app"] for r in rows}
@@ -495,7 +495,7 @@ class Bridge:
         s = self._session(ctx, req)
         from provisioner import accounts
         from provisioner.hub.passwords import password_problem
-        from provisioner.lifecycle import slot_lock
+        from provisioner.slotlock import slot_lock
 
         current = _text(req, "current", MAX_PASSWORD)
         new = _text(req, "new", MAX_PASSWORD)
@@ -594,7 +594,7 @@ class Bridge:
 
 def _active_slot(ctx: Context, username: str) -> bool:
     """USERNAME is a slot that may log in now (exists, active, not suspended)."""
-    from provisioner.lifecycle import get_lifecycle
+    from provisioner.lifecycle_records import get_lifecycle
 
     rec = ctx.store.get_slot(username)
     if rec is None or rec.state != "active":

@@ -191,7 +191,7 @@ def _ports(lab: AppLab, username: str) -> list[int]:
 def test_suspend_stops_apps_unsuspend_brings_them_back_retention_keeps_creds(lab: AppLab) -> None:
     from provisioner.apps import app_status
     from provisioner.datareport import data_report
-    from provisioner.lifecycle import suspend, unsuspend
+    from provisioner.operations import suspend, unsuspend
     from provisioner.retention import run_retention
 
     name = lab.new_slot()
