@@ -85,8 +85,8 @@ def bench_pairs(host: SlotHost, api: ApiServer, n: int) -> dict[str, dict[str, f
         ctx = host.ctx()
         try:
             name = new_name()
-            assert isinstance(operations.create(ctx, name, "b@example.com", "DE", plan="small"), Created)
-            operations.terminate(ctx, name)
+            assert isinstance(operations.create_slot(ctx, name, "b@example.com", "DE", plan="small"), Created)
+            operations.remove_slot(ctx, name)
         finally:
             ctx.close()
 

@@ -118,9 +118,9 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {p: {"app": [], "login": []} for p in ("idle", "off", "on")}
     try:
         ctx = host.ctx()
-        a_on = operations.create(ctx, host.name(), "a@example.org", "DE", plan="capped")
-        a_off = operations.create(ctx, host.name(), "o@example.org", "DE", plan="open")
-        b = operations.create(ctx, host.name(), "b@example.org", "DE", plan="open")
+        a_on = operations.create_slot(ctx, host.name(), "a@example.org", "DE", plan="capped")
+        a_off = operations.create_slot(ctx, host.name(), "o@example.org", "DE", plan="open")
+        b = operations.create_slot(ctx, host.name(), "b@example.org", "DE", plan="open")
         assert isinstance(a_on, Created) and isinstance(a_off, Created) and isinstance(b, Created)
         sup = supervisor_for(ctx)
         port = 41000 + secrets.randbelow(900)

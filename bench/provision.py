@@ -35,7 +35,7 @@ from provisioner.accounts import generate_password
 from provisioner.config import load_config
 from provisioner.context import Context
 from provisioner.host import host_init, parse_host_request
-from provisioner.slots import BatchRow, Created, Removed, create_many, create_slot, remove_many, remove_slot
+from provisioner.operations import BatchRow, Created, Removed, create_many, create_slot, remove_many, remove_slot
 
 
 def sh(*argv: str, stdin: str | None = None) -> None:

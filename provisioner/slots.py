@@ -1,7 +1,9 @@
 """Slots: plan and apply creation, removal and password resets.
 
 ``plan_create_slot(request, facts, ...)`` and ``plan_remove_slot(...)`` decide from facts and
-touch nothing; :func:`create_slot` / :func:`remove_slot` gather the facts, plan, and apply.
+touch nothing; :func:`apply_create_slot` / :func:`apply_remove_slot` gather the facts, plan, and apply.
+Every ``apply_*`` function expects its caller to hold the slots' locks: call them through the
+front door, :mod:`provisioner.operations`, never directly.
 A create interrupted at any point (even ``kill -9``) leaves a store row in state
 ``creating``: running the same create again finishes it, and ``slot remove`` cleans it.
 """
@@ -242,7 +244,7 @@ def slot_id_range(ctx: Context) -> tuple[int, int]:
     return lowest, highest
 
 
-def create_slot(
+def apply_create_slot(
     ctx: Context,
     username: str,
     email: str,
@@ -396,12 +398,12 @@ class BatchRow:
     payment_ref: str | None = None
 
 
-def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> list[Created | SlotError]:
+def apply_create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> list[Created | SlotError]:
     """Create a slot per row; one result per row, in order. A failing row never stops the rest.
 
     Rows whose name is fresh go through :func:`plan_create_batch` in chunks of BATCH_SIZE; if a
     chunk fails as a whole it is undone and its rows are retried one by one, so a bad row only
-    fails itself. Rows that resume an interrupted create go through :func:`create_slot`.
+    fails itself. Rows that resume an interrupted create go through :func:`apply_create_slot`.
     """
     id_range = slot_id_range(ctx)
     reserved = reserved_names(ctx)
@@ -449,12 +451,12 @@ def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> li
                 assert rec is not None
                 results[i] = Created(rec, passwords[req.username])
             except SlotError as exc:
-                remove_slot(ctx, req.username)
+                apply_remove_slot(ctx, req.username)
                 results[i] = exc
     for i in sorted(single):
         row = rows[i]
         try:
-            out = create_slot(ctx, row.username, row.email, row.country, row.quota, row.payment_ref)
+            out = apply_create_slot(ctx, row.username, row.email, row.country, row.quota, row.payment_ref)
             assert isinstance(out, Created)
             results[i] = out
         except SlotError as exc:
@@ -589,7 +591,7 @@ def sweep_scope(ctx: Context, max_age: float) -> sweep.SweepScope:
                             ctx.config.state_dir / "sweep-places.json", max_age)
 
 
-def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:
+def apply_remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:
     """Remove slot USERNAME (exact name). Returns the plan (applied unless DRY_RUN)."""
     if not isinstance(username, str) or not username:
         raise BadInput("username is empty")
@@ -621,17 +623,17 @@ class Removed:
         return {"username": self.username, "uid": self.uid, "sweep": self.sweep, "kept": self.kept}
 
 
-def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
+def apply_remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
                 batch_size: int = 200, fresh_walk: bool = True) -> list[Removed | SlotError]:
     """Remove many slots; one result per name, in order. A failing name never stops the rest.
 
-    Every slot gets what :func:`remove_slot` does (locked and expired first, every process
+    Every slot gets what :func:`apply_remove_slot` does (locked and expired first, every process
     stopped, its removal extensions, the sweep, home and quota, account, store rows, audit),
     but each expensive part once per chunk of BATCH_SIZE: one rewrite of the account files to
     lock them and one to delete them, one /proc scan a round for all their processes, one
     filesystem walk for the sweep (for the first chunk, unless FRESH_WALK is false; later
     chunks reuse it), one btrfs commit for all the homes. The caller holds the slots' locks
-    (:func:`provisioner.operations.terminate_many`).
+    (:func:`provisioner.operations.remove_many`).
     """
     results: list[Removed | SlotError | None] = [None] * len(usernames)
     seen: set[str] = set()
@@ -670,7 +672,7 @@ def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
 
 def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: bool,
                   walk_age: float) -> dict[int, Removed | SlotError]:
-    """Remove the slots of CHUNK (index, facts); see :func:`remove_many`."""
+    """Remove the slots of CHUNK (index, facts); see :func:`apply_remove_many`."""
     store, quota, root = ctx.store, ctx.quota, ctx.settings.slots_root
     actor = current_actor()
     out: dict[int, Removed | SlotError] = {}
@@ -737,7 +739,7 @@ def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: b
     return out
 
 
-def reset_password(ctx: Context, username: str) -> str:
+def apply_reset_password(ctx: Context, username: str) -> str:
     """Give slot USERNAME a new generated password (shown once, only the hash is kept)."""
     rec = ctx.store.get_slot(username) if username else None
     if rec is None or rec.state == "creating":

@@ -371,7 +371,7 @@ def create_app(config: Config) -> FastAPI:
             if body.payment_ref is not None:
                 _field("payment_ref", lambda: validate_payment_ref(body.payment_ref))
             try:
-                out = operations.create(ctx, body.username, body.email, body.country, plan=body.plan,
+                out = operations.create_slot(ctx, body.username, body.email, body.country, plan=body.plan,
                                        quota=body.quota, payment_ref=body.payment_ref)
             except BadInput as exc:
                 raise ApiError(400, str(exc), _FIELD_WORDS.get(str(exc).split(" ", 1)[0], "quota")) from None
@@ -443,7 +443,7 @@ def create_app(config: Config) -> FastAPI:
     def terminate(request: Request, username: Username, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            operations.terminate(ctx, username)
+            operations.remove_slot(ctx, username)
             return 200, {"username": username, "removed": True}
 
         return _run(config, request, "terminate", username, idempotency_key, None, work)

@@ -3,13 +3,12 @@
 An app is a module here defining ``APP``, an instance of an :class:`App` subclass: adding an
 app touches nothing else. The framework is :mod:`provisioner.apps.framework`; the slot hooks
 (``slot create --app``, removal, reserved names, the app control) :mod:`provisioner.apps.extension`.
-This package's face re-exports the framework:
+This package's face re-exports the framework's reading side (changes of a slot's apps go through
+the front door, :mod:`provisioner.operations`: ``install_app``, ``uninstall_app``, ``rotate_app``,
+each under the slot's lock):
 
     catalog()                               every app, one module per app in this package
-    install_app(ctx, username, app)         -> AppCredentials (also: slot create --app)
-    uninstall_app(ctx, username, app)       stops it and removes everything it had
     app_credentials(ctx, username, app)     reveal (audited)
-    rotate_app(ctx, username, app)          new credentials, applied to the running app
     app_status(ctx, username)               each app: running?, pid, port, since
 """
 
@@ -27,14 +26,11 @@ from provisioner.apps.framework import (
     catalog,
     frontdoor_url,
     get_app,
-    install_app,
     plan_install,
     plan_uninstall,
     registry_of,
-    rotate_app,
     settings_of,
     stop_leftovers,
-    uninstall_app,
     wait_closed,
     wait_listening,
 )
@@ -51,14 +47,11 @@ __all__ = [
     "catalog",
     "frontdoor_url",
     "get_app",
-    "install_app",
     "plan_install",
     "plan_uninstall",
     "registry_of",
-    "rotate_app",
     "settings_of",
     "stop_leftovers",
-    "uninstall_app",
     "wait_closed",
     "wait_listening",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from provisioner.apps.control import SupervisedApps
-from provisioner.apps.framework import _uninstall, catalog, get_app, install_app, registry_of
+from provisioner.apps.framework import catalog, get_app, install, registry_of, uninstall
 from provisioner.context import Context
 from provisioner.extensions import Hooks
 from provisioner.steps import Step
@@ -32,12 +32,12 @@ def _creation_steps(ctx: Context, req: SlotRequest) -> list[Step]:
 
 def _install_quiet(ctx: Context, username: str, app_name: str) -> None:
     if registry_of(ctx).get(username, app_name) is None:  # a resumed create keeps what it had
-        install_app(ctx, username, app_name, creating=True)
+        install(ctx, username, app_name, creating=True)
 
 
 def _uninstall_if_there(ctx: Context, username: str, app_name: str) -> None:
     if registry_of(ctx).get(username, app_name) is not None:
-        _uninstall(ctx, username, app_name)
+        uninstall(ctx, username, app_name)
 
 
 def _removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:

@@ -21,7 +21,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from provisioner import planchange, slotlock
 from provisioner.apps import homefiles
 from provisioner.apps.registry import AppRegistry, InstallRecord
 from provisioner.apps.vault import KEY_FILE_NAME, Vault, generate_secret
@@ -415,21 +414,14 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
     return Plan(f"install {app.name} in {name}", steps), state
 
 
-def install_app(ctx: Context, username: str, app_name: str, *, creating: bool = False) -> AppCredentials:
-    """Install APP_NAME into slot USERNAME; returns the generated credentials.
+def install(ctx: Context, username: str, app_name: str, *, creating: bool = False) -> AppCredentials:
+    """Install APP_NAME into slot USERNAME; returns the generated credentials. The caller holds the
+    slot's lock and checked its plan (:func:`provisioner.operations.install_app`).
 
-    On failure everything done so far is undone and StepFailed says which step and why. The
-    slot's plan must allow the app (BadInput naming the plan otherwise); the check and the install
-    run under the slot's lock, so concurrent installs cannot exceed the plan's number of apps.
-    CREATING: called by ``slot create --app``, which checked the plan and holds the lock already.
+    On failure everything done so far is undone and StepFailed says which step and why.
+    CREATING: for ``slot create --app`` (the slot is still being created).
     """
-    app = get_app(app_name)
-    if creating:
-        return _install(ctx, username, app, creating=True)
-
-    with slotlock.slot_lock(ctx, username):
-        planchange.check_app_install(ctx, username, app.name)
-        return _install(ctx, username, app, creating=False)
+    return _install(ctx, username, get_app(app_name), creating=creating)
 
 
 def _install(ctx: Context, username: str, app: App, *, creating: bool) -> AppCredentials:
@@ -493,15 +485,8 @@ def plan_uninstall(ctx: Context, username: str, app_name: str) -> Plan:
     ])
 
 
-def uninstall_app(ctx: Context, username: str, app_name: str) -> Plan:
-    """Uninstall APP_NAME from slot USERNAME under the slot's lock; returns the applied plan."""
-
-    with slotlock.slot_lock(ctx, username):
-        return _uninstall(ctx, username, app_name)
-
-
-def _uninstall(ctx: Context, username: str, app_name: str) -> Plan:
-    """Uninstall, for callers that hold the slot's lock (slot removal, an undone create)."""
+def uninstall(ctx: Context, username: str, app_name: str) -> Plan:
+    """Uninstall APP_NAME from slot USERNAME; returns the applied plan. The caller holds the slot's lock."""
     plan = plan_uninstall(ctx, username, app_name)
     apply(plan)
     return plan
@@ -517,16 +502,8 @@ def app_credentials(ctx: Context, username: str, app_name: str) -> AppCredential
     return _credentials(app, inst, secrets_)
 
 
-def rotate_app(ctx: Context, username: str, app_name: str) -> AppCredentials:
-    """New credentials for an installed app, applied to the running app; the old ones stop working.
-
-    Runs under the slot's lock, so it cannot interleave with an uninstall or a removal."""
-
-    with slotlock.slot_lock(ctx, username):
-        return _rotate(ctx, username, app_name)
-
-
-def _rotate(ctx: Context, username: str, app_name: str) -> AppCredentials:
+def rotate(ctx: Context, username: str, app_name: str) -> AppCredentials:
+    """New credentials for an installed app, applied to the running app. The caller holds the slot's lock."""
     app, rec, inst = _existing(ctx, username, app_name)
     if rec.state != "installed":
         raise SlotError(f"{app.name} in slot {username} is {rec.state}, not installed")

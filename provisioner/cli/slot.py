@@ -17,7 +17,6 @@ from rich.table import Table
 from rich.text import Text
 
 from provisioner import operations
-from provisioner import slots as slot_ops
 from provisioner.cli import fleet
 from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
 from provisioner.context import Context
@@ -25,7 +24,7 @@ from provisioner.doctor import enforce_quotas, find_drift
 from provisioner.errors import BadInput
 from provisioner.executors import SlotChange
 from provisioner.names import format_size
-from provisioner.slots import BatchRow, Created
+from provisioner.operations import BatchRow, Created, Removed
 from provisioner.steps import Plan
 
 
@@ -65,7 +64,7 @@ def create(username: str, email: str, country: str, quota: str | None, payment_r
              "payment_ref": payment_ref, "strict": True})], check=dry_run), check=dry_run)
         return
     ctx = Context()
-    result = operations.create(ctx, username, email, country, plan=plan_name, quota=quota,
+    result = operations.create_slot(ctx, username, email, country, plan=plan_name, quota=quota,
                               payment_ref=payment_ref, dry_run=dry_run, apps=apps)  # under the slot's lock
     if isinstance(result, Plan):
         _plan_out(result, True)
@@ -135,8 +134,8 @@ def remove(username: str, keep_data: bool, dry_run: bool) -> None:
             check=dry_run), check=dry_run)
         return
     ctx = Context()
-    # Through lifecycle: under the slot's lock, so it never interleaves with an API request.
-    plan = operations.terminate(ctx, username, keep_data=keep_data, dry_run=dry_run)
+    # Under the slot's lock, so it never interleaves with an API request.
+    plan = operations.remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
     if dry_run:
         _plan_out(plan, True)
     else:
@@ -207,10 +206,10 @@ def remove_many(names: tuple[str, ...], keep_data: bool) -> None:
         raise BadInput("no slot names given")
     ctx = Context()
     with err_console.status(f"removing {len(wanted)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
-        outcomes = operations.terminate_many(ctx, wanted, keep_data=keep_data)
+        outcomes = operations.remove_many(ctx, wanted, keep_data=keep_data)
     results: list[dict[str, Any]] = []
     for name, out in zip(wanted, outcomes, strict=True):
-        if isinstance(out, slot_ops.Removed):
+        if isinstance(out, Removed):
             results.append({"ok": True, **out.as_dict()})
         else:
             results.append({"ok": False, "username": name, "error": str(out)})
@@ -267,7 +266,7 @@ def create_many(csv_file: Path) -> None:
     batch = [BatchRow(r["username"], r["email"], r["country"], r.get("quota") or None, r.get("payment_ref") or None)
              for r in rows]
     with err_console.status(f"creating {len(batch)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
-        outcomes = slot_ops.create_many(ctx, batch)
+        outcomes = operations.create_many(ctx, batch)  # each slot under its lock
     results: list[dict[str, Any]] = []
     for line, row, out in zip(range(2, len(rows) + 2), rows, outcomes, strict=True):
         if isinstance(out, Created):

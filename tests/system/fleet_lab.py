@@ -22,7 +22,7 @@ from provisioner.config import load_config
 from provisioner.context import Context
 from provisioner.executors import SlotChange
 from provisioner.executors.ansible import AnsibleExecutor
-from provisioner.slots import remove_slot
+from provisioner.operations import remove_slot
 
 with warnings.catch_warnings():  # verifying a password against its shadow hash; in 3.11's stdlib
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -41,7 +41,7 @@ from provisioner.config import Config, load_config
 from provisioner.context import Context
 from provisioner.extensions import AppControl, Extension, load_extensions
 from provisioner.host import host_init, parse_host_request
-from provisioner.slots import remove_slot
+from provisioner.operations import remove_slot
 from tests.system.lab import stop_process
 
 PLANS_TOML = """

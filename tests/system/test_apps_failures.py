@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from provisioner import steps as plan_mod
-from provisioner.apps import install_app, uninstall_app
 from provisioner.apps.registry import listening_ports
 from provisioner.errors import SlotError, StepFailed
+from provisioner.operations import install_app, uninstall_app
 from tests.system.apps_lab import AppLab, make_lab, wait_for
 
 pytestmark = pytest.mark.root

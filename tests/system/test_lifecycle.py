@@ -70,7 +70,7 @@ def _create(host: SlotHost, plan_name: str | None = "small") -> tuple[str, str]:
     name = new_name()
     ctx = host.ctx()
     try:
-        out = operations.create(ctx, name, "owner@example.com", "DE", plan=plan_name)
+        out = operations.create_slot(ctx, name, "owner@example.com", "DE", plan=plan_name)
     finally:
         ctx.close()
     assert isinstance(out, Created)
@@ -81,7 +81,7 @@ def _remove(host: SlotHost, name: str) -> None:
     ctx = host.ctx()
     try:
         if ctx.store.get_slot(name) is not None:
-            operations.terminate(ctx, name)
+            operations.remove_slot(ctx, name)
     finally:
         ctx.close()
 
@@ -148,7 +148,7 @@ def test_suspend_stops_a_real_app_and_unsuspend_starts_it_again(host: SlotHost) 
     name = new_name()
     ctx = host.ctx()
     try:
-        out = operations.create(ctx, name, "owner@example.com", "DE", plan="small", apps=("transmission",))
+        out = operations.create_slot(ctx, name, "owner@example.com", "DE", plan="small", apps=("transmission",))
         assert isinstance(out, Created)
 
         def status() -> dict[str, object]:
@@ -302,7 +302,7 @@ def test_remove_a_suspended_slot_leaves_no_trace(host: SlotHost) -> None:
     ctx = host.ctx()
     try:
         operations.suspend(ctx, name, "cancelled")
-        operations.terminate(ctx, name)
+        operations.remove_slot(ctx, name)
         assert accounts.lookup_user(name) is None
         assert ctx.store.get_slot(name) is None
         assert lifecycle_records.get_lifecycle(ctx.store, name) is None

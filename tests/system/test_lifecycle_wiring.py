@@ -55,7 +55,7 @@ def _create(host: SlotHost, plan: str) -> tuple[str, str]:
     name = new_name(PREFIX)
     ctx = host.ctx()
     try:
-        out = operations.create(ctx, name, f"{name}@example.com", "DE", plan=plan)
+        out = operations.create_slot(ctx, name, f"{name}@example.com", "DE", plan=plan)
     finally:
         ctx.close()
     assert isinstance(out, Created)
@@ -164,7 +164,7 @@ def test_app_install_without_a_plan_is_not_limited(host: SlotHost) -> None:
     ctx = host.ctx()
     name = new_name(PREFIX)
     try:
-        out = operations.create(ctx, name, f"{name}@example.com", "DE")
+        out = operations.create_slot(ctx, name, f"{name}@example.com", "DE")
         assert isinstance(out, Created)
         planchange.check_app_install(ctx, name, "wordpress")  # no plan: nothing to refuse
     finally:
@@ -284,7 +284,7 @@ def test_a_slot_over_its_quota_can_be_upgraded_and_terminated(host: SlotHost, th
     name = new_name(PREFIX)
     ctx = host.ctx()
     try:
-        out = operations.create(ctx, name, f"{name}@example.com", "DE", plan="small", quota="1K")
+        out = operations.create_slot(ctx, name, f"{name}@example.com", "DE", plan="small", quota="1K")
         assert isinstance(out, Created)
         home = Path(out.record.home)
         usage = ctx.quota.usage(name, home)
@@ -292,7 +292,7 @@ def test_a_slot_over_its_quota_can_be_upgraded_and_terminated(host: SlotHost, th
         if then == "upgrade":
             operations.change_plan(ctx, name, "large")
             assert ctx.quota.usage(name, home).limit_bytes == 256 << 20
-        operations.terminate(ctx, name)
+        operations.remove_slot(ctx, name)
         assert accounts.lookup_user(name) is None and not _in_store(host, name) and not home.exists()
     finally:
         ctx.close()

@@ -108,8 +108,8 @@ def lab() -> Iterator[Lab]:
     host = make_slot_host(world_traversable_tmpdir("limits"), prefix, extra_config=PLANS)
     try:
         ctx = host.ctx()
-        a = operations.create(ctx, host.name(), "a@example.org", "DE", plan="capped")
-        b = operations.create(ctx, host.name(), "b@example.org", "DE", plan="roomy")
+        a = operations.create_slot(ctx, host.name(), "a@example.org", "DE", plan="capped")
+        b = operations.create_slot(ctx, host.name(), "b@example.org", "DE", plan="roomy")
         ctx.close()
         assert isinstance(a, Created) and isinstance(b, Created)
         port = 2300 + secrets.randbelow(90)
@@ -303,12 +303,12 @@ def test_a_vanished_cgroup_is_reported_and_remove_lifts_everything(lab: Lab) -> 
     ctx = lab.host.ctx()
     try:
         name = lab.host.name()
-        c = operations.create(ctx, name, "d@example.org", "DE", plan="capped")
+        c = operations.create_slot(ctx, name, "d@example.org", "DE", plan="capped")
         assert isinstance(c, Created)
         (lab.cg("pids", name)).rmdir()
         problems = [d.problem for d in find_drift(ctx) if d.subject == name]
         assert any("cgroup is gone" in p for p in problems), problems
-        operations.terminate(ctx, name)
+        operations.remove_slot(ctx, name)
         for ctrl in ("memory", "cpu", "cpuacct", "pids", "blkio"):
             assert not lab.cg(ctrl, name).exists()
         assert LimitRecords(ctx.store).get(name) is None
