@@ -1,6 +1,6 @@
 """The provisioning API application (FastAPI): routes, authentication, audit, errors.
 
-Every route calls the provisioner functions the CLI calls (:mod:`provisioner.lifecycle`), in a
+Every route calls the operations the CLI calls (:mod:`provisioner.operations`), in a
 worker thread with its own store connection. Around every request, a middleware checks the
 bearer token (401 otherwise, before anything else is looked at) and writes one audit entry:
 token name, operation, slot, status. Errors are JSON ``{"ok": false, "error", "field"}``:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,9 +29,6 @@ from tests.system.lifecycle_env import ApiServer, SlotHost, api_server, new_name
 pytestmark = pytest.mark.root  # not root: the session fixture in conftest.py fails the run
 
 PREFIX = "tf"
-# How long the lock is held while every entry point has been started: long enough for an
-# unlocked change to have happened (each takes well under a second), never a timing assertion.
-HELD = 3.0
 
 IMPORT_ORDERS = [
     [],
@@ -106,6 +102,17 @@ class LockHolder:
             self.proc.wait(timeout=30)
 
 
+def _waiters(host: SlotHost, username: str) -> int:
+    """How many processes wait in flock for USERNAME's lock file (its '->' lines in /proc/locks)."""
+    inode = (host.config.state_dir / "locks" / f"{username}.lock").stat().st_ino
+    count = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and any(t.count(":") == 2 and t.rsplit(":", 1)[1] == str(inode) for t in fields):
+            count += 1
+    return count
+
+
 def _slotctl(host: SlotHost, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([str(host.slotctl_path()), "--json", *args], env=host.env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -164,8 +171,9 @@ def test_every_entry_point_waits_for_the_slot_lock_then_changes_run_one_at_a_tim
                 ctx.close()
 
         futures: list[Future[object]] = [pool.submit(through_api), pool.submit(through_module)]  # type: ignore[list-item]
-        time.sleep(HELD)
-        # Nothing ran: every entry point is waiting for the lock.
+        # Every entry point is waiting for the lock (seen in /proc/locks, never by timing): the
+        # CLI, the API server and the executor for NAME, create-many for FRESH; nothing ran.
+        assert wait_for(lambda: _waiters(host, name) == 3 and _waiters(host, fresh) == 1, timeout=120)
         assert cli.poll() is None and many.poll() is None and not any(f.done() for f in futures)
         assert _audit(host, name) == before
         assert accounts.lookup_user(fresh) is None
@@ -201,7 +209,7 @@ def test_app_rotate_against_app_uninstall_serialize_and_leave_no_drift(host: Slo
     try:
         rotate = _slotctl(host, "app", "rotate", name, "transmission")
         uninstall = _slotctl(host, "app", "uninstall", name, "transmission")
-        time.sleep(HELD)
+        assert wait_for(lambda: _waiters(host, name) == 2, timeout=120)  # both wait for the lock
         assert rotate.poll() is None and uninstall.poll() is None
         assert _audit(host, name).count("app.rotate") == 0
         holder.release()

@@ -1,7 +1,7 @@
 """Lifecycle wired into the rest, for real: the data report, ``app install`` and the slot lock.
 
 - ``data_report`` lists the plan and the suspension even in a program that never imported
-  :mod:`provisioner.lifecycle` (it loads the extension packages itself);
+  :mod:`provisioner.lifecycle` (the Context loads the extensions itself);
 - ``slotctl app install`` respects the slot's plan: an app outside it, or one app too many, is
   refused with one line naming the plan, and nothing is installed;
 - ``slotctl slot passwd`` and ``slot remove`` take the slot's lock, like the API: while the lock
