@@ -15,21 +15,9 @@ from provisioner.extensions import EXTENSIONS, Extension, Extensions, Hooks, loa
 from provisioner.steps import Step
 
 
-class Control:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def installed(self, ctx: Any, username: str) -> list[str]:
-        return []
-
-    def running(self, ctx: Any, username: str) -> list[str]:
-        return []
-
-    def stop(self, ctx: Any, username: str, app: str) -> None:
-        pass
-
-    def start(self, ctx: Any, username: str, app: str) -> None:
-        pass
+def Control(name: str) -> Any:
+    """A stand-in app control: only its name is asked."""
+    return SimpleNamespace(name=name)
 
 
 def _step(name: str) -> Step:
