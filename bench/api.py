@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provisioner import lifecycle
+from provisioner import operations
 from provisioner.slots import Created
 from tests.system.lifecycle_env import ApiServer, SlotHost, api_server, new_name, slot_host
 
@@ -59,7 +59,7 @@ def bench_usage(host: SlotHost, api: ApiServer, names: list[str], n: int) -> dic
     def direct(i: int) -> None:
         ctx = host.ctx()
         try:
-            lifecycle.slot_status(ctx, names[i % len(names)])
+            operations.slot_status(ctx, names[i % len(names)])
         finally:
             ctx.close()
 
@@ -85,8 +85,8 @@ def bench_pairs(host: SlotHost, api: ApiServer, n: int) -> dict[str, dict[str, f
         ctx = host.ctx()
         try:
             name = new_name()
-            assert isinstance(lifecycle.create(ctx, name, "b@example.com", "DE", plan="small"), Created)
-            lifecycle.terminate(ctx, name)
+            assert isinstance(operations.create_slot(ctx, name, "b@example.com", "DE", plan="small"), Created)
+            operations.remove_slot(ctx, name)
         finally:
             ctx.close()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provisioner.accounts import pids_of
-from provisioner.apps import install_app, uninstall_app
+from provisioner.operations import install_app, uninstall_app
 from provisioner.supervisor import Program
 from tests.system.apps_lab import make_lab
 

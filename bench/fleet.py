@@ -39,7 +39,7 @@ from provisioner.context import Context
 from provisioner.executors import SlotChange
 from provisioner.executors.ansible import AnsibleExecutor
 from provisioner.executors.local import LocalExecutor
-from provisioner.slots import remove_slot
+from provisioner.operations import remove_slot
 
 TOP = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provisioner import accounts, lifecycle
+from provisioner import accounts, operations
 from provisioner.limits import place
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
@@ -118,9 +118,9 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {p: {"app": [], "login": []} for p in ("idle", "off", "on")}
     try:
         ctx = host.ctx()
-        a_on = lifecycle.create(ctx, host.name(), "a@example.org", "DE", plan="capped")
-        a_off = lifecycle.create(ctx, host.name(), "o@example.org", "DE", plan="open")
-        b = lifecycle.create(ctx, host.name(), "b@example.org", "DE", plan="open")
+        a_on = operations.create_slot(ctx, host.name(), "a@example.org", "DE", plan="capped")
+        a_off = operations.create_slot(ctx, host.name(), "o@example.org", "DE", plan="open")
+        b = operations.create_slot(ctx, host.name(), "b@example.org", "DE", plan="open")
         assert isinstance(a_on, Created) and isinstance(a_off, Created) and isinstance(b, Created)
         sup = supervisor_for(ctx)
         port = 41000 + secrets.randbelow(900)

@@ -15,6 +15,10 @@ Side by side, ``--one-by-one K`` bulk-creates K more slots and removes them one 
 ``remove_slot`` (what ``slot remove`` does), the baseline of the batch removal.
 
     sudo .venv/bin/python bench/provision.py --n 200 --rounds 4 --bulk 1000 --one-by-one 100
+
+``--front-door M`` prices the front door itself: M slots through :func:`provisioner.create_many`
+(a lock per slot) against M through ``slots.apply_create_many`` (the same work, no lock), in two
+alternating rounds.
 """
 
 from __future__ import annotations
@@ -28,14 +32,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provisioner import slots
 from provisioner.accounts import generate_password
 from provisioner.config import load_config
 from provisioner.context import Context
 from provisioner.host import host_init, parse_host_request
-from provisioner.slots import BatchRow, Created, Removed, create_many, create_slot, remove_many, remove_slot
+from provisioner.operations import BatchRow, Created, Removed, create_many, create_slot, remove_many, remove_slot
 
 
 def sh(*argv: str, stdin: str | None = None) -> None:
@@ -57,6 +63,27 @@ def floor_remove(root: Path, name: str) -> None:
     sh("userdel", name)
 
 
+def front_door(ctx: Context, tag: str, m: int, made: list[str]) -> dict[str, Any]:
+    """The front door's own cost: create_many (locks) against the unlocked apply_create_many, side by side."""
+    times: dict[str, list[float]] = {"front_door": [], "unlocked": []}
+    half = m // 2
+    for r in range(2):
+        for side in (("front_door", "unlocked") if r == 0 else ("unlocked", "front_door")):
+            prefix = "bd" if side == "front_door" else "bu"
+            rows = [BatchRow(f"{prefix}{tag}{r}{i:05d}", "bench@example.com", "DE", "64M") for i in range(half)]
+            t0 = time.perf_counter()
+            out = create_many(ctx, rows) if side == "front_door" else slots.apply_create_many(ctx, rows)
+            times[side].append(time.perf_counter() - t0)
+            made += [row.username for row in rows]
+            assert all(isinstance(o, Created) for o in out)
+        gone = remove_many(ctx, list(made))
+        assert all(isinstance(o, Removed) for o in gone)
+        made.clear()
+    return {"n": 2 * half, **{k: round(sum(v), 2) for k, v in times.items()},
+            "ratio": round(sum(times["front_door"]) / sum(times["unlocked"]), 3),
+            "ratio_per_round": [round(a / b, 3) for a, b in zip(times["front_door"], times["unlocked"], strict=True)]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="slots per side")
@@ -64,6 +91,9 @@ def main() -> int:
     ap.add_argument("--size", default="8G", help="loop image size")
     ap.add_argument("--bulk", type=int, default=0, help="then create this many slots with create_many")
     ap.add_argument("--one-by-one", type=int, default=0, help="bulk-create this many and remove them one by one")
+    ap.add_argument("--front-door", type=int, default=0,
+                    help="create this many through the front door (create_many, a lock per slot) and as many "
+                         "through slots.apply_create_many (no locks), alternating in 2 rounds")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="slotwarden-bench-", dir="/tmp"))
     base.chmod(0o755)
@@ -122,6 +152,8 @@ def main() -> int:
             one = time.perf_counter() - t0
             bulk["one_by_one"] = {"n": args.one_by_one, "remove_s": round(one, 2),
                                   "per_slot_ms": round(1000 * one / args.one_by_one, 1)}
+        if args.front_door:
+            bulk["front_door"] = front_door(ctx, tag, args.front_door, ours_names)
     finally:
         for n in ours_names:
             try:

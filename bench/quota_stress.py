@@ -6,7 +6,7 @@ Two phases on one fresh btrfs host (a loop image under /tmp/swl-*, removed at th
   remove (4 quota operations a cycle) next to three bystander homes whose groups and limits
   must come out untouched (``tests/system/quota_stress.py``; the bounded twin is
   ``tests/system/test_quota_stress.py``);
-- ``slots``: PAIRS full ``lifecycle.create`` + ``lifecycle.terminate`` pairs on CLIENTS threads
+- ``slots``: PAIRS full ``operations.create_slot`` + ``operations.remove_slot`` pairs on CLIENTS threads
   (what ``bench/api.py``'s direct side does), every failure counted.
 
 Each phase runs twice side by side: with the slot-scoped backend (``provisioner.quota.btrfs``)
@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provisioner import lifecycle
+from provisioner import operations
 from provisioner.errors import CommandFailed, SlotError
 from provisioner.quota import Usage, mount_of
 from provisioner.quota.btrfs import BtrfsQuota
@@ -88,13 +88,13 @@ def slot_pairs(host: Any, pairs: int, clients: int) -> dict[str, Any]:
         ctx = host.ctx()
         name = new_name("tq")
         try:
-            lifecycle.create(ctx, name, "q@example.com", "DE", plan="small")
-            lifecycle.terminate(ctx, name)
+            operations.create_slot(ctx, name, "q@example.com", "DE", plan="small")
+            operations.remove_slot(ctx, name)
         except (SlotError, CommandFailed) as exc:
             with lock:
                 errors.append(f"{name}: {exc}")
             try:
-                lifecycle.terminate(ctx, name)
+                operations.remove_slot(ctx, name)
             except SlotError:
                 pass
         finally:

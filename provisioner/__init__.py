@@ -1,16 +1,52 @@
 """slotwarden's provisioner: turn a purchase into a slot on this host, and undo it.
 
-The front door, used by the CLI, the Ansible module and the tests alike::
+The front door, :mod:`provisioner.operations` re-exported here, used by the CLI, the API, the
+Hub bridge, the Ansible module and the tests alike; every change runs under the slot's lock::
 
     from provisioner import Context, create_slot, remove_slot
     ctx = Context()
     created = create_slot(ctx, "alice", "alice@example.com", "DE", "5G")
     remove_slot(ctx, "alice")
+
+The operations are imported on first use, so ``import provisioner.names`` (the Hub's web
+process, the guard's tools) stays light.
 """
 
 from __future__ import annotations
 
-from provisioner.context import Context
-from provisioner.slots import create_slot, get_slot, remove_slot, reset_password
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Context", "create_slot", "get_slot", "remove_slot", "reset_password"]
+from provisioner.context import Context
+
+if TYPE_CHECKING:
+    from provisioner.operations import (
+        app_credentials,
+        app_status,
+        change_password,
+        change_plan,
+        create_many,
+        create_slot,
+        get_slot,
+        install_app,
+        remove_many,
+        remove_slot,
+        rotate_app,
+        set_password,
+        slot_status,
+        suspend,
+        uninstall_app,
+        unsuspend,
+        update_slot,
+    )
+
+__all__ = ["Context", "app_credentials", "app_status", "change_password", "change_plan", "create_many",
+           "create_slot", "get_slot", "install_app", "remove_many", "remove_slot", "rotate_app", "set_password",
+           "slot_status", "suspend", "uninstall_app", "unsuspend", "update_slot"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from provisioner import operations
+
+        return getattr(operations, name)
+    raise AttributeError(f"module 'provisioner' has no attribute {name!r}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from provisioner.config import Config, load_config
 from provisioner.errors import SlotError
+from provisioner.extensions import Extension, Extensions, load_extensions
 from provisioner.quota import QuotaBackend, load_backend
 from provisioner.store import Store, open_store
 
@@ -23,10 +25,20 @@ class HostSettings:
 
 
 class Context:
-    """Configuration + store, opened once per command (or per API request)."""
+    """Configuration + store, opened once per command (or per API request).
 
-    def __init__(self, config: Config | None = None) -> None:
+    EXTENSIONS: the extensions every operation runs (default: all of
+    :data:`provisioner.extensions.EXTENSIONS`, loaded on first use); a test passes its own.
+    """
+
+    def __init__(self, config: Config | None = None, *, extensions: Iterable[Extension] | None = None) -> None:
         self.config = config or load_config()
+        if extensions is not None:
+            self.__dict__["extensions"] = Extensions(tuple(extensions))
+
+    @cached_property
+    def extensions(self) -> Extensions:
+        return load_extensions()
 
     @cached_property
     def store(self) -> Store:

@@ -5,9 +5,9 @@ long — filled with this user's value. Secrets never appear: for the slot passw
 a shadow hash exists, for app credentials only whether they exist. A name that is not a slot
 (someone typed it at a login prompt) gets its login records only (failed attempts, known origins).
 
-Another package adds rows by appending to :data:`SOURCES` (a function of the context and the
-username returning rows) when imported; :func:`data_report` imports every such package first
-(:data:`provisioner.slots.EXTENSION_MODULES`).
+The built-in rows come from :data:`SOURCES`; the extensions' rows (plan and suspension, limits,
+support grants, notices, the Hub's) follow, from each extension's ``data_items`` in the order of
+:data:`provisioner.extensions.EXTENSIONS`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from provisioner import accounts, hostlogs, slots
+from provisioner import accounts, hostlogs
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.metrics.kernel import human, tree_usage
@@ -182,17 +182,15 @@ def _supervisor_log_dir(ctx: Context) -> Path | None:
     return log_dir if isinstance(log_dir, Path) else None
 
 
-SOURCES: list[Source] = [_slot_items, _attempt_items, _log_items, _tail_items]
+SOURCES: tuple[Source, ...] = (_slot_items, _attempt_items, _log_items, _tail_items)
 
 
 def data_report(ctx: Context, username: str) -> dict[str, Any]:
     """Everything held about USERNAME; a non-slot name gets its login records only."""
     if not isinstance(username, str) or not username or "\x00" in username or len(username) > 256:
         raise BadInput("username is empty or invalid")
-    # The packages that append rows (lifecycle: plan, suspension) register when imported; a
-    # caller that never imported them must still get their rows.
-    slots._load_extensions()
     rec = ctx.store.get_slot(username)
     items = [item for source in SOURCES for item in source(ctx, username, rec)]
+    items += ctx.extensions.data_items(ctx, username, rec)
     return {"username": username, "is_slot": rec is not None, "generated_at": time.time(),
             "items": [i.as_dict() for i in items]}

@@ -8,7 +8,6 @@ hidepid) or refuses with the reason (a different slots root or backend while slo
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,11 @@ from provisioner import accounts
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.names import format_size, parse_size
-from provisioner.plan import Plan, Step, apply
 from provisioner.quota import detect_backend, load_backend, mount_of
 from provisioner.runner import run
+from provisioner.steps import Plan, Step, apply
 from provisioner.store import current_actor
 
-# Other packages (guard, apps supervisor) add their host-preparation steps here.
-HOST_INIT_EXTENSIONS: list[Callable[[Context, HostRequest], list[Step]]] = []
 FSTAB = Path("/etc/fstab")
 
 
@@ -262,11 +259,7 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
             ctx.store.audit(current_actor(), "host.init", None, wanted)
 
         steps.append(Step("settings", f"record host settings {wanted}", record))
-    from provisioner.slots import _load_extensions
-
-    _load_extensions()  # packages register their host steps when imported
-    for ext in HOST_INIT_EXTENSIONS:
-        steps.extend(ext(ctx, req))
+    steps.extend(ctx.extensions.host_steps(ctx, req))  # limits, supervisor, metrics, support, hub
     return Plan("host init", steps)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from provisioner.config import InboxConfig
 from provisioner.context import Context
 from provisioner.errors import BadInput
-from provisioner.plan import Step
+from provisioner.steps import Step
 
 MAX_ANSWER = 4096
 MAX_ANSWERS = 100  # answers read per slot and sync; the rest are removed unread

@@ -34,9 +34,10 @@ from provisioner import inbox
 from provisioner.config import NoticesConfig
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
+from provisioner.extensions import Hooks
 from provisioner.names import validate_username
-from provisioner.plan import Step
 from provisioner.runner import run
+from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store, current_actor
 
 log = logging.getLogger("slotwarden.notices")
@@ -383,15 +384,5 @@ def removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
                  lambda: _drop_quarantined(ctx, rec.username))]
 
 
-def _register() -> None:
-    from provisioner import datareport, retention, slots
 
-    if removal_steps not in slots.REMOVAL_EXTENSIONS:
-        slots.REMOVAL_EXTENSIONS.append(removal_steps)
-    if data_items not in datareport.SOURCES:
-        datareport.SOURCES.append(data_items)
-    if quarantine_due not in retention.RULES:
-        retention.RULES.append(quarantine_due)
-
-
-_register()
+EXTENSION = Hooks("notices", removal=removal_steps, data=data_items, rules=(quarantine_due,))

@@ -1,7 +1,7 @@
 """The plans an operator sells, from ``[plans.NAME]`` tables in the configuration.
 
 A plan names a disk quota, the apps a slot on it may install (all when unset) and its limits.
-Which plan a slot is on is kept by :mod:`provisioner.lifecycle`; this module only reads the
+Which plan a slot is on is kept by :mod:`provisioner.lifecycle_records`; this module only reads the
 configuration and answers questions about it.
 
 >>> from provisioner.config import load_config_text

@@ -2,8 +2,8 @@
 
 :data:`RULES` holds one function per rule; ``slotctl retention run`` applies them all and says
 what each removed. A rule only removes what is past its period, so running it from cron every
-few minutes is safe and a second run removes nothing. Another package adds a rule by appending
-to :data:`RULES`.
+few minutes is safe and a second run removes nothing. The extensions' rules
+(:meth:`provisioner.extensions.Extension.retention_rules`) run after the built-in ones.
 
 Built-in rules: failed-attempt records older than ``retention.attempts`` [24 h] (the guard's
 attempt store), credentials of apps no longer installed (the apps store), homes kept with
@@ -230,16 +230,13 @@ def drop_orphaned_app_logs(ctx: Context, now: float, dry_run: bool) -> RuleResul
     return RuleResult("app-logs", desc, removed)
 
 
-RULES: list[Rule] = [expire_attempts, drop_orphaned_credentials, remove_kept_homes, drop_orphaned_app_logs]
+RULES: tuple[Rule, ...] = (expire_attempts, drop_orphaned_credentials, remove_kept_homes, drop_orphaned_app_logs)
 
 
 def run_retention(ctx: Context, *, dry_run: bool = False, now: float | None = None) -> list[RuleResult]:
     """Apply every rule (or say what each would remove); audits what was removed."""
     now = time.time() if now is None else now
-    from provisioner import slots
-
-    slots._load_extensions()  # support and notices add their rules when imported
-    results = [rule(ctx, now, dry_run) for rule in RULES]
+    results = [rule(ctx, now, dry_run) for rule in (*RULES, *ctx.extensions.retention_rules())]
     if not dry_run and any(r.removed for r in results):
         ctx.store.audit(current_actor(), "retention.run", None,
                         {r.rule: len(r.removed) for r in results if r.removed})

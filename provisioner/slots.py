@@ -1,7 +1,9 @@
 """Slots: plan and apply creation, removal and password resets.
 
 ``plan_create_slot(request, facts, ...)`` and ``plan_remove_slot(...)`` decide from facts and
-touch nothing; :func:`create_slot` / :func:`remove_slot` gather the facts, plan, and apply.
+touch nothing; :func:`apply_create_slot` / :func:`apply_remove_slot` gather the facts, plan, and apply.
+Every ``apply_*`` function expects its caller to hold the slots' locks: call them through the
+front door, :mod:`provisioner.operations`, never directly.
 A create interrupted at any point (even ``kill -9``) leaves a store row in state
 ``creating``: running the same create again finishes it, and ``slot remove`` cleans it.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,45 +29,15 @@ from provisioner.names import (
     validate_payment_ref,
     validate_username,
 )
-from provisioner.plan import Plan, Step, apply
 from provisioner.quota import QuotaBackend
 from provisioner.runner import run
+from provisioner.steps import Plan, Step, apply
 from provisioner.store import SlotRecord, Store, current_actor
 
-# Other packages (apps, metrics, lifecycle) add steps to slot changes here. A creation extension
-# gets the context and the request and returns steps run after the password is set, before the
-# slot is marked active; a removal extension gets the context and the slot record and returns
-# steps run after the slot's processes are stopped, before the home and the user go.
-CREATION_EXTENSIONS: list[Callable[[Context, SlotRequest], list[Step]]] = []
-REMOVAL_EXTENSIONS: list[Callable[[Context, SlotRecord], list[Step]]] = []
-# Extra fields of `slot show` (the limits package: the limits the slot is held to).
-DETAIL_SOURCES: list[Callable[[Context, SlotRecord], dict[str, Any]]] = []
-# Names other packages reserve (the app catalog): callables returning a set of names.
-RESERVED_NAME_SOURCES: list[Callable[[], frozenset[str]]] = []
 
-
-# Packages that register extensions when imported; a package that is absent is skipped.
-EXTENSION_MODULES: list[str] = ["provisioner.supervisor", "provisioner.limits", "provisioner.apps",
-                                "provisioner.metrics", "provisioner.lifecycle", "provisioner.support",
-                                "provisioner.notices", "provisioner.hub.hostinit"]
-
-
-def _load_extensions() -> None:
-    """Import the optional packages that register extensions (absent ones are fine)."""
-    for module in EXTENSION_MODULES:
-        try:
-            __import__(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-def reserved_names() -> frozenset[str]:
-    _load_extensions()
-    names: frozenset[str] = frozenset()
-    for source in RESERVED_NAME_SOURCES:
-        names |= source()
-    return names
+def reserved_names(ctx: Context) -> frozenset[str]:
+    """Names no slot may take beyond :data:`provisioner.names.RESERVED_NAMES` (the extensions')."""
+    return ctx.extensions.reserved_names()
 
 
 @dataclass(frozen=True)
@@ -78,7 +49,8 @@ class SlotRequest:
     country: str
     quota_bytes: int | None
     payment_ref: str | None = None
-    apps: tuple[str, ...] = ()  # installed by the apps package's creation extension
+    apps: tuple[str, ...] = ()  # installed by the apps extension
+    plan: str | None = None  # the plan sold (a [plans] name): the limits and lifecycle extensions read it
 
     @classmethod
     def parse(
@@ -89,15 +61,19 @@ class SlotRequest:
         quota: str | int | None = None,
         payment_ref: str | None = None,
         apps: tuple[str, ...] = (),
+        *,
+        plan: str | None = None,
+        reserved: frozenset[str] = frozenset(),
     ) -> SlotRequest:
-        """Validate every field; raises BadInput naming the first bad one."""
+        """Validate every field; raises BadInput naming the first bad one. RESERVED: names refused too."""
         return cls(
-            username=validate_username(username, reserved_names()),
+            username=validate_username(username, reserved),
             email=validate_email(email),
             country=validate_country(country),
             quota_bytes=None if quota is None else parse_size(quota),
             payment_ref=None if payment_ref is None else validate_payment_ref(payment_ref),
             apps=tuple(dict.fromkeys(apps)),
+            plan=plan,
         )
 
 
@@ -268,7 +244,7 @@ def slot_id_range(ctx: Context) -> tuple[int, int]:
     return lowest, highest
 
 
-def create_slot(
+def apply_create_slot(
     ctx: Context,
     username: str,
     email: str,
@@ -278,28 +254,29 @@ def create_slot(
     *,
     dry_run: bool = False,
     apps: tuple[str, ...] = (),
+    plan: str | None = None,
 ) -> Created | Plan:
-    """Create (or finish creating) a slot. Returns the plan when DRY_RUN.
+    """Create (or finish creating) a slot on PLAN (a name the caller checked). Returns the plan when DRY_RUN.
 
     On failure every step already done is undone and :class:`StepFailed` names the step.
     """
     if quota is None and ctx.settings.quota_backend != "none":
         quota = ctx.config.slots.default_quota
-    req = SlotRequest.parse(username, email, country, quota, payment_ref, tuple(apps))
-    _load_extensions()
+    req = SlotRequest.parse(username, email, country, quota, payment_ref, tuple(apps), plan=plan,
+                            reserved=reserved_names(ctx))
     facts = SlotFacts.gather(ctx, req.username)
     if facts.account is not None and facts.account.uid < facts.uid_min:
         raise BadInput(f"username {req.username!r} is reserved (system account)")
     password = accounts.generate_password(ctx.config.slots.password_length)
     id_range = slot_id_range(ctx)
-    plan = plan_create_slot(
+    steps = plan_create_slot(
         req, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
         shell=ctx.config.slots.shell, skeleton=ctx.config.slots.skeleton, password=password,
-        extensions=[s for ext in CREATION_EXTENSIONS for s in ext(ctx, req)], id_range=id_range,
+        extensions=ctx.extensions.creation_steps(ctx, req), id_range=id_range,
     )
     if dry_run:
-        return plan
-    apply(plan)
+        return steps
+    apply(steps)
     record = ctx.store.get_slot(req.username)
     assert record is not None
     return Created(record, password, resumed=facts.record is not None)
@@ -421,15 +398,15 @@ class BatchRow:
     payment_ref: str | None = None
 
 
-def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> list[Created | SlotError]:
+def apply_create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> list[Created | SlotError]:
     """Create a slot per row; one result per row, in order. A failing row never stops the rest.
 
     Rows whose name is fresh go through :func:`plan_create_batch` in chunks of BATCH_SIZE; if a
     chunk fails as a whole it is undone and its rows are retried one by one, so a bad row only
-    fails itself. Rows that resume an interrupted create go through :func:`create_slot`.
+    fails itself. Rows that resume an interrupted create go through :func:`apply_create_slot`.
     """
-    _load_extensions()
     id_range = slot_id_range(ctx)
+    reserved = reserved_names(ctx)
     results: list[Created | SlotError | None] = [None] * len(rows)
     fresh: list[tuple[int, SlotRequest]] = []
     single: list[int] = []
@@ -438,7 +415,8 @@ def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> li
     for i, row in enumerate(rows):
         try:
             req = SlotRequest.parse(row.username, row.email, row.country,
-                                    row.quota if row.quota is not None else default_quota, row.payment_ref)
+                                    row.quota if row.quota is not None else default_quota, row.payment_ref,
+                                    reserved=reserved)
         except SlotError as exc:
             results[i] = exc
             continue
@@ -465,7 +443,7 @@ def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> li
             single.extend(i for i, _ in chunk)
             continue
         for i, req in chunk:
-            ext = [s for e in CREATION_EXTENSIONS for s in e(ctx, req)]
+            ext = ctx.extensions.creation_steps(ctx, req)
             try:
                 if ext:
                     apply(Plan(f"finish slot {req.username}", ext))
@@ -473,12 +451,12 @@ def create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200) -> li
                 assert rec is not None
                 results[i] = Created(rec, passwords[req.username])
             except SlotError as exc:
-                remove_slot(ctx, req.username)
+                apply_remove_slot(ctx, req.username)
                 results[i] = exc
     for i in sorted(single):
         row = rows[i]
         try:
-            out = create_slot(ctx, row.username, row.email, row.country, row.quota, row.payment_ref)
+            out = apply_create_slot(ctx, row.username, row.email, row.country, row.quota, row.payment_ref)
             assert isinstance(out, Created)
             results[i] = out
         except SlotError as exc:
@@ -613,7 +591,7 @@ def sweep_scope(ctx: Context, max_age: float) -> sweep.SweepScope:
                             ctx.config.state_dir / "sweep-places.json", max_age)
 
 
-def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:
+def apply_remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run: bool = False) -> Plan:
     """Remove slot USERNAME (exact name). Returns the plan (applied unless DRY_RUN)."""
     if not isinstance(username, str) or not username:
         raise BadInput("username is empty")
@@ -621,8 +599,7 @@ def remove_slot(ctx: Context, username: str, *, keep_data: bool = False, dry_run
         raise BadInput(f"username {username!r} is invalid")
     facts = SlotFacts.gather(ctx, username)
     rec = facts.record
-    _load_extensions()
-    extensions = [s for ext in REMOVAL_EXTENSIONS for s in ext(ctx, rec)] if rec else []
+    extensions = ctx.extensions.removal_steps(ctx, rec) if rec else []
     plan = plan_remove_slot(
         username, facts, slots_root=ctx.settings.slots_root, quota=ctx.quota, store=ctx.store,
         keep_data=keep_data, extensions=extensions, kept_dir=ctx.settings.slots_root / ".kept",
@@ -646,19 +623,18 @@ class Removed:
         return {"username": self.username, "uid": self.uid, "sweep": self.sweep, "kept": self.kept}
 
 
-def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
+def apply_remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
                 batch_size: int = 200, fresh_walk: bool = True) -> list[Removed | SlotError]:
     """Remove many slots; one result per name, in order. A failing name never stops the rest.
 
-    Every slot gets what :func:`remove_slot` does (locked and expired first, every process
+    Every slot gets what :func:`apply_remove_slot` does (locked and expired first, every process
     stopped, its removal extensions, the sweep, home and quota, account, store rows, audit),
     but each expensive part once per chunk of BATCH_SIZE: one rewrite of the account files to
     lock them and one to delete them, one /proc scan a round for all their processes, one
     filesystem walk for the sweep (for the first chunk, unless FRESH_WALK is false; later
     chunks reuse it), one btrfs commit for all the homes. The caller holds the slots' locks
-    (:func:`provisioner.lifecycle.terminate_many`).
+    (:func:`provisioner.operations.remove_many`).
     """
-    _load_extensions()
     results: list[Removed | SlotError | None] = [None] * len(usernames)
     seen: set[str] = set()
     todo: list[tuple[int, SlotFacts]] = []
@@ -696,7 +672,7 @@ def remove_many(ctx: Context, usernames: list[str], *, keep_data: bool = False,
 
 def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: bool,
                   walk_age: float) -> dict[int, Removed | SlotError]:
-    """Remove the slots of CHUNK (index, facts); see :func:`remove_many`."""
+    """Remove the slots of CHUNK (index, facts); see :func:`apply_remove_many`."""
     store, quota, root = ctx.store, ctx.quota, ctx.settings.slots_root
     actor = current_actor()
     out: dict[int, Removed | SlotError] = {}
@@ -716,7 +692,7 @@ def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: b
     for i in list(live):
         rec = live[i].record
         assert rec is not None
-        ext = [s for e in REMOVAL_EXTENSIONS for s in e(ctx, rec)]
+        ext = ctx.extensions.removal_steps(ctx, rec)
         try:
             if ext:
                 apply(Plan(f"remove slot {rec.username}: extensions", ext))
@@ -763,7 +739,7 @@ def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: b
     return out
 
 
-def reset_password(ctx: Context, username: str) -> str:
+def apply_reset_password(ctx: Context, username: str) -> str:
     """Give slot USERNAME a new generated password (shown once, only the hash is kept)."""
     rec = ctx.store.get_slot(username) if username else None
     if rec is None or rec.state == "creating":
@@ -792,7 +768,5 @@ def slot_details(ctx: Context, rec: SlotRecord) -> dict[str, Any]:
         usage = None
     out["used_bytes"] = usage.used_bytes if usage else None
     out["enforced_limit_bytes"] = usage.limit_bytes if usage else None
-    _load_extensions()
-    for source in DETAIL_SOURCES:
-        out.update(source(ctx, rec))
+    out.update(ctx.extensions.slot_fields(ctx, rec))
     return out

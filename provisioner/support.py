@@ -40,8 +40,9 @@ from provisioner import idmapped, inbox
 from provisioner.config import SupportConfig, parse_duration
 from provisioner.context import Context
 from provisioner.errors import BadInput, ConfigError, SlotError
+from provisioner.extensions import Hooks
 from provisioner.names import validate_username
-from provisioner.plan import Step
+from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store, current_actor
 
 OPEN_STATES = ("requested", "active")
@@ -445,19 +446,7 @@ def suspension_steps(ctx: Context, username: str) -> list[Step]:
     return _revoke_steps(ctx, username, "slot suspended")
 
 
-def _register() -> None:
-    from provisioner import datareport, host, lifecycle, retention, slots
 
-    if inbox.host_steps not in host.HOST_INIT_EXTENSIONS:
-        host.HOST_INIT_EXTENSIONS.append(inbox.host_steps)
-    if removal_steps not in slots.REMOVAL_EXTENSIONS:
-        slots.REMOVAL_EXTENSIONS.append(removal_steps)
-    if suspension_steps not in lifecycle.SUSPEND_EXTENSIONS:
-        lifecycle.SUSPEND_EXTENSIONS.append(suspension_steps)
-    if data_items not in datareport.SOURCES:
-        datareport.SOURCES.append(data_items)
-    if expire_grants not in retention.RULES:
-        retention.RULES.append(expire_grants)
-
-
-_register()
+# Grants end with the slot (removal, suspension); the inbox is made by host init.
+EXTENSION = Hooks("support", host=inbox.host_steps, removal=removal_steps, suspension=suspension_steps,
+                  data=data_items, rules=(expire_grants,))

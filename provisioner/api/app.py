@@ -1,6 +1,6 @@
 """The provisioning API application (FastAPI): routes, authentication, audit, errors.
 
-Every route calls the provisioner functions the CLI calls (:mod:`provisioner.lifecycle`), in a
+Every route calls the operations the CLI calls (:mod:`provisioner.operations`), in a
 worker thread with its own store connection. Around every request, a middleware checks the
 bearer token (401 otherwise, before anything else is looked at) and writes one audit entry:
 token name, operation, slot, status. Errors are JSON ``{"ok": false, "error", "field"}``:
@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from provisioner import lifecycle, slots
+from provisioner import operations, slots, suspension
 from provisioner.api import idempotency
 from provisioner.api.ratelimit import AnonymousAudit, SourceLimiter
 from provisioner.api.tokens import verify_token
@@ -83,7 +83,7 @@ class CreateSlot(BaseModel):
 
 class Suspend(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=lifecycle.MAX_REASON)
+    reason: str = Field(min_length=1, max_length=suspension.MAX_REASON)
 
 
 class ChangePlan(BaseModel):
@@ -227,7 +227,7 @@ def _audit(config: Config, actor: str, action: str, slot: str | None, detail: di
 
 def check_create(ctx: Context, body: CreateSlot) -> None:
     """Refuse a purchase with a bad field (400 naming it) before anything is done."""
-    _field("username", lambda: validate_username(body.username, slots.reserved_names()))
+    _field("username", lambda: validate_username(body.username, slots.reserved_names(ctx)))
     _field("email", lambda: validate_email(body.email))
     _field("country", lambda: validate_country(body.country))
     if body.plan is not None:
@@ -358,7 +358,7 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             check_create(ctx, body)
             try:
-                out = lifecycle.create(ctx, body.username, body.email, body.country, plan=body.plan,
+                out = operations.create_slot(ctx, body.username, body.email, body.country, plan=body.plan,
                                        quota=body.quota, payment_ref=body.payment_ref)
             except BadInput as exc:
                 raise ApiError(400, str(exc), _FIELD_WORDS.get(str(exc).split(" ", 1)[0], "quota")) from None
@@ -371,7 +371,7 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
     def show(request: Request, username: Username, _auth: Auth) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            return 200, lifecycle.slot_status(ctx, username)
+            return 200, operations.slot_status(ctx, username)
 
         return _run(config, request, "show", username, None, None, work)
 
@@ -379,7 +379,7 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
     def usage(request: Request, username: Username, _auth: Auth) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            st = lifecycle.slot_status(ctx, username)
+            st = operations.slot_status(ctx, username)
             return 200, {"username": username, "state": st["state"], "plan": st["plan"],
                          "used_bytes": st["used_bytes"], "quota_bytes": st["quota_bytes"],
                          "enforced_limit_bytes": st["enforced_limit_bytes"], "bandwidth_bytes": None}
@@ -391,8 +391,8 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
                 idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            reason = _field("reason", lambda: lifecycle.validate_reason(body.reason))
-            plan = lifecycle.suspend(ctx, username, reason, actor=_actor(request))
+            reason = _field("reason", lambda: suspension.validate_reason(body.reason))
+            plan = operations.suspend(ctx, username, reason, actor=_actor(request))
             return 200, {"username": username, "state": "suspended", "changed": bool(plan.steps)}
 
         return _run(config, request, "suspend", username, idempotency_key, body.model_dump(), work)
@@ -401,7 +401,7 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
     def unsuspend(request: Request, username: Username, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            plan = lifecycle.unsuspend(ctx, username, actor=_actor(request))
+            plan = operations.unsuspend(ctx, username, actor=_actor(request))
             return 200, {"username": username, "state": "active", "changed": bool(plan.steps)}
 
         return _run(config, request, "unsuspend", username, idempotency_key, None, work)
@@ -410,7 +410,7 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
     def password(request: Request, username: Username, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            return 200, {"username": username, "password": lifecycle.change_password(ctx, username)}
+            return 200, {"username": username, "password": operations.change_password(ctx, username)}
 
         return _run(config, request, "password", username, idempotency_key, None, work)
 
@@ -420,7 +420,7 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
             new = _field("plan", lambda: get_plan(ctx.config, body.plan))
-            plan = lifecycle.change_plan(ctx, username, new.name, actor=_actor(request))
+            plan = operations.change_plan(ctx, username, new.name, actor=_actor(request))
             return 200, {"username": username, "plan": new.name, "quota_bytes": new.quota,
                          "changed": bool(plan.steps)}
 
@@ -430,7 +430,7 @@ def create_app(config: Config, *, fleet: bool = False) -> FastAPI:
     def terminate(request: Request, username: Username, _auth: Auth, idempotency_key: IdemKey = None) -> JSONResponse:
         def work(ctx: Context) -> tuple[int, dict[str, Any]]:
             _existing(ctx, username)
-            lifecycle.terminate(ctx, username)
+            operations.remove_slot(ctx, username)
             return 200, {"username": username, "removed": True}
 
         return _run(config, request, "terminate", username, idempotency_key, None, work)

@@ -30,8 +30,8 @@ from provisioner.apps import App, AppSettings, Installation
 from provisioner.as_tenant import TenantAccount, run_as_tenant
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
-from provisioner.plan import Step
 from provisioner.runner import run
+from provisioner.steps import Step
 from provisioner.supervisor import Program, SupervisorBackend
 
 WP_ROOT = Path("/usr/share/wordpress")

@@ -6,19 +6,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from provisioner.apps import (
-    app_credentials,
-    app_status,
-    catalog,
-    install_app,
-    rotate_app,
-    settings_of,
-    uninstall_app,
-)
+from provisioner.apps import catalog, settings_of
 from provisioner.cli import fleet
 from provisioner.cli.output import emit, json_option, kv_table
 from provisioner.context import Context
 from provisioner.executors import SlotChange
+from provisioner.operations import app_credentials, app_status, install_app, rotate_app, uninstall_app
 
 
 @click.group()

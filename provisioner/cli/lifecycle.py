@@ -12,8 +12,8 @@ from rich.console import Console
 from provisioner.cli.output import emit, json_option
 from provisioner.cli.slot import slot
 from provisioner.context import Context
-from provisioner.lifecycle import change_plan, suspend, unsuspend
-from provisioner.plan import Plan
+from provisioner.operations import change_plan, suspend, unsuspend
+from provisioner.steps import Plan
 
 
 def _result(plan: Plan, dry_run: bool, done: str, unchanged: str, **extra: object) -> None:

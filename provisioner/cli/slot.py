@@ -16,8 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from provisioner import lifecycle
-from provisioner import slots as slot_ops
+from provisioner import operations
 from provisioner.cli import fleet
 from provisioner.cli.output import emit, err_console, json_option, kv_table, wants_json
 from provisioner.context import Context
@@ -25,8 +24,8 @@ from provisioner.doctor import enforce_quotas, find_drift
 from provisioner.errors import BadInput
 from provisioner.executors import SlotChange
 from provisioner.names import format_size
-from provisioner.plan import Plan
-from provisioner.slots import BatchRow, Created
+from provisioner.operations import BatchRow, Created, Removed
+from provisioner.steps import Plan
 
 
 @click.group()
@@ -65,7 +64,7 @@ def create(username: str, email: str, country: str, quota: str | None, payment_r
              "payment_ref": payment_ref, "strict": True})], check=dry_run), check=dry_run)
         return
     ctx = Context()
-    result = lifecycle.create(ctx, username, email, country, plan=plan_name, quota=quota,
+    result = operations.create_slot(ctx, username, email, country, plan=plan_name, quota=quota,
                               payment_ref=payment_ref, dry_run=dry_run, apps=apps)  # under the slot's lock
     if isinstance(result, Plan):
         _plan_out(result, True)
@@ -97,7 +96,7 @@ def _created_out(result: Created, app_creds: list[dict[str, Any]] | None = None)
 @json_option
 def show(username: str) -> None:
     """Show slot USERNAME: store record, live disk usage, plan and suspension."""
-    from provisioner.lifecycle import slot_status
+    from provisioner.operations import slot_status
 
     ctx = Context()
     data = slot_status(ctx, username)
@@ -135,8 +134,8 @@ def remove(username: str, keep_data: bool, dry_run: bool) -> None:
             check=dry_run), check=dry_run)
         return
     ctx = Context()
-    # Through lifecycle: under the slot's lock, so it never interleaves with an API request.
-    plan = lifecycle.terminate(ctx, username, keep_data=keep_data, dry_run=dry_run)
+    # Under the slot's lock, so it never interleaves with an API request.
+    plan = operations.remove_slot(ctx, username, keep_data=keep_data, dry_run=dry_run)
     if dry_run:
         _plan_out(plan, True)
     else:
@@ -162,7 +161,7 @@ def _removed_out(c: Console, username: str, results: dict[str, Any]) -> None:
 def passwd(username: str) -> None:
     """Give slot USERNAME a new generated password, shown once (a suspended slot stays locked)."""
     ctx = Context()
-    password = lifecycle.change_password(ctx, username)  # under the slot's lock, like the API
+    password = operations.change_password(ctx, username)  # under the slot's lock, like the API
     emit({"username": username, "password": password},
          lambda c: c.print(f"new password for {username}: {password}\n(shown once, not stored)"))
 
@@ -207,10 +206,10 @@ def remove_many(names: tuple[str, ...], keep_data: bool) -> None:
         raise BadInput("no slot names given")
     ctx = Context()
     with err_console.status(f"removing {len(wanted)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
-        outcomes = lifecycle.terminate_many(ctx, wanted, keep_data=keep_data)
+        outcomes = operations.remove_many(ctx, wanted, keep_data=keep_data)
     results: list[dict[str, Any]] = []
     for name, out in zip(wanted, outcomes, strict=True):
-        if isinstance(out, slot_ops.Removed):
+        if isinstance(out, Removed):
             results.append({"ok": True, **out.as_dict()})
         else:
             results.append({"ok": False, "username": name, "error": str(out)})
@@ -267,7 +266,7 @@ def create_many(csv_file: Path) -> None:
     batch = [BatchRow(r["username"], r["email"], r["country"], r.get("quota") or None, r.get("payment_ref") or None)
              for r in rows]
     with err_console.status(f"creating {len(batch)} slots", spinner="dots") if sys.stderr.isatty() else nullcontext():
-        outcomes = slot_ops.create_many(ctx, batch)
+        outcomes = operations.create_many(ctx, batch)  # each slot under its lock
     results: list[dict[str, Any]] = []
     for line, row, out in zip(range(2, len(rows) + 2), rows, outcomes, strict=True):
         if isinstance(out, Created):

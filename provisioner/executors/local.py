@@ -18,9 +18,18 @@ from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.executors import SlotChange, SlotOutcome
 from provisioner.names import parse_size, validate_country, validate_email, validate_payment_ref
-from provisioner.plan import Plan
-from provisioner.slots import BatchRow, Created, create_many, create_slot, remove_slot
-from provisioner.store import SlotRecord, current_actor
+from provisioner.operations import (
+    BatchRow,
+    Created,
+    app_credentials,
+    create_many,
+    create_slot,
+    install_app,
+    remove_slot,
+    update_slot,
+)
+from provisioner.steps import Plan
+from provisioner.store import SlotRecord
 
 # Fields of a live slot that a `present` change may update in place.
 _UPDATABLE = ("email", "country", "payment_ref", "quota_bytes")
@@ -40,23 +49,7 @@ def _wanted(ctx: Context, change: SlotChange, rec: SlotRecord) -> dict[str, Any]
     return {k: v for k, v in want.items() if getattr(rec, k) != v}
 
 
-def _update(ctx: Context, rec: SlotRecord, diff: dict[str, Any]) -> None:
-    """Bring a live slot's record (and its kernel quota) to DIFF."""
-    if "quota_bytes" in diff:
-        from pathlib import Path
-
-        if ctx.quota.name == "none":
-            raise BadInput("the quota backend is 'none': this host cannot enforce a quota")
-        ctx.quota.set_limit(rec.username, Path(rec.home), diff["quota_bytes"])
-    with ctx.store.transaction():
-        ctx.store.update_slot(rec.username, **diff)
-        ctx.store.audit(current_actor(), "slot.update", rec.username,
-                        {k: v for k, v in diff.items() if k != "email"})
-
-
 def _app_creds(ctx: Context, name: str, apps: tuple[str, ...]) -> list[dict[str, Any]]:
-    from provisioner.apps import app_credentials
-
     return [app_credentials(ctx, name, a).as_dict() for a in dict.fromkeys(apps)]
 
 
@@ -73,8 +66,6 @@ def _install_missing(ctx: Context, rec: SlotRecord, apps: tuple[str, ...], check
     steps += [{"step": "app", "detail": f"install {a}"} for a in missing]
     creds: list[dict[str, Any]] = []
     if missing and not check:
-        from provisioner.apps import install_app
-
         creds = [install_app(ctx, rec.username, a).as_dict() for a in missing]
     changed = bool(diff or missing)
     return SlotOutcome(host, rec.username, "updated" if changed else "unchanged", changed,
@@ -92,8 +83,7 @@ def _present(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOu
         diff = _wanted(ctx, change, rec)
         before = rec
         if diff and not check:
-            _update(ctx, rec, diff)
-            rec = ctx.store.get_slot(name) or rec
+            rec = update_slot(ctx, name, diff)
         return _install_missing(ctx, rec, change.apps, check, host, diff, before)
     if change.email is None or change.country is None:
         if rec is None and not change.strict:
@@ -132,26 +122,26 @@ def _batchable(ctx: Context, changes: list[SlotChange]) -> list[int]:
 
 
 def _locked(ctx: Context, change: SlotChange, host: str, check: bool) -> SlotOutcome:
-    """One change under the slot's lock, like every other front door (check mode takes none)."""
-    from provisioner import lifecycle
+    """One change under the slot's lock, held across its reads and its operations (check mode takes none)."""
+    from provisioner import slotlock
 
     def one() -> SlotOutcome:
         return _absent(ctx, change, host, check) if change.state == "absent" else _present(ctx, change, host, check)
 
-    lifecycle.check_name_shape(change.username)
+    slotlock.check_name_shape(change.username)
     if check or (change.state == "absent" and ctx.store.get_slot(change.username) is None):
         return one()  # nothing to change: no lock file for a name that is no slot
-    with lifecycle.slot_lock(ctx, change.username):
+    with slotlock.slot_lock(ctx, change.username):
         out = one()
         if change.state == "absent" and out.changed:
-            lifecycle.drop_lock_file(ctx, change.username)
+            slotlock.drop_lock_file(ctx, change.username)
     return out
 
 
 def apply_changes(ctx: Context, changes: list[SlotChange], *, check: bool = False,
                   host: str | None = None) -> list[SlotOutcome]:
     """Apply CHANGES on this host; one outcome per change, in order. A failing change is
-    reported and the rest go on; a failed creation is undone (see :func:`provisioner.plan.apply`).
+    reported and the rest go on; a failed creation is undone (see :func:`provisioner.steps.apply`).
     """
     host = host or socket.gethostname()
     outcomes: dict[int, SlotOutcome] = {}

@@ -239,7 +239,7 @@ class Bridge:
         """Every slot with its state and usage, the guard's locks, the audit's tail."""
         s = self._session(ctx, req, "staff")
         from provisioner.guard import guard_config, guard_request
-        from provisioner.lifecycle import get_lifecycle
+        from provisioner.lifecycle_records import get_lifecycle
         from provisioner.metrics import collect
 
         usage = {m.slot: m for m in collect(ctx, None, sample=0.0, refresh_facts=False)}
@@ -418,7 +418,7 @@ class Bridge:
         """The slot's apps (state, running, URL) and the catalog's apps its plan allows."""
         s = self._session(ctx, req)
         from provisioner import apps as apps_
-        from provisioner.lifecycle import check_app_install
+        from provisioner.planchange import check_app_install
 
         rows = apps_.app_status(ctx, s.username)
         installed = {r["app"] for r in rows}
@@ -438,16 +438,16 @@ class Bridge:
     def _app_change(self, ctx: Context, req: dict[str, Any], action: str) -> dict[str, Any]:
         """install / uninstall / creds / rotate one app of the session's slot (audited as the tenant)."""
         s = self._session(ctx, req)
-        from provisioner import apps as apps_
+        from provisioner import operations
 
         name = self._app_name(req)
         actions: dict[str, Callable[[Context, str, str], Any]] = {
-            "install": apps_.install_app, "uninstall": apps_.uninstall_app,
-            "creds-reveal": apps_.app_credentials, "rotate": apps_.rotate_app}
+            "install": operations.install_app, "uninstall": operations.uninstall_app,
+            "creds-reveal": operations.app_credentials, "rotate": operations.rotate_app}
         fn = actions[action]
-        result = fn(ctx, s.username, name)
+        result = fn(ctx, s.username, name)  # the front door: under the slot's lock
         ctx.store.audit(f"hub:{s.username}", f"hub.app-{action}", s.username, {"app": name})
-        if isinstance(result, apps_.AppCredentials):
+        if isinstance(result, operations.AppCredentials):
             return {"credentials": result.as_dict()}
         return {}
 
@@ -492,9 +492,8 @@ class Bridge:
         """The current password checked through PAM (the guard counts it), the new one by the rule."""
         started = time.monotonic()
         s = self._session(ctx, req)
-        from provisioner import accounts
+        from provisioner import operations
         from provisioner.hub.passwords import password_problem
-        from provisioner.lifecycle import slot_lock
 
         current = _text(req, "current", MAX_PASSWORD)
         new = _text(req, "new", MAX_PASSWORD)
@@ -506,8 +505,7 @@ class Bridge:
             self._sessions(ctx).record_login(s.username, address, False, "password change")
             self._floor(started)
             raise BridgeRefused("the current password is wrong")
-        with slot_lock(ctx, s.username):
-            accounts.set_password(s.username, new)
+        operations.set_password(ctx, s.username, new)  # under the slot's lock
         ended = self._sessions(ctx).end_others(s.username, req["token"])
         ctx.store.audit(f"hub:{s.username}", "hub.password-change", s.username, {"other_sessions_ended": ended})
         return {"other_sessions_ended": ended}
@@ -593,7 +591,7 @@ class Bridge:
 
 def _active_slot(ctx: Context, username: str) -> bool:
     """USERNAME is a slot that may log in now (exists, active, not suspended)."""
-    from provisioner.lifecycle import get_lifecycle
+    from provisioner.lifecycle_records import get_lifecycle
 
     rec = ctx.store.get_slot(username)
     if rec is None or rec.state != "active":

@@ -1,22 +1,26 @@
 """The Hub's extensions: ``host init`` (its user, a TLS certificate), slot removal, the data report.
 
-Importing this module registers :func:`host_steps` with :mod:`provisioner.host`, a removal
-step (no session, login event, second factor or history row of a removed slot stays) and the
-Hub's rows of ``slotctl data report`` (listed in :data:`provisioner.slots.EXTENSION_MODULES`);
-it imports nothing heavier than the provisioner.
+Its :data:`EXTENSION` (``hub`` in :data:`provisioner.extensions.EXTENSIONS`) adds
+:func:`host_steps` to ``host init``, a removal step (no session, login event, second factor or
+history row of a removed slot stays) and the Hub's rows of ``slotctl data report``; it imports
+nothing heavier than the provisioner.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioner import accounts
 from provisioner.context import Context
+from provisioner.extensions import Hooks
 from provisioner.hub.config import hub_config
 from provisioner.hub.tls import make_self_signed
-from provisioner.plan import Step
 from provisioner.runner import run
+from provisioner.steps import Step
 from provisioner.store import SlotRecord
+
+if TYPE_CHECKING:
+    pass
 
 
 def host_steps(ctx: Context, _req: object) -> list[Step]:
@@ -83,15 +87,5 @@ def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Any]
     ]
 
 
-def _register() -> None:
-    from provisioner import datareport, host, slots
 
-    if host_steps not in host.HOST_INIT_EXTENSIONS:
-        host.HOST_INIT_EXTENSIONS.append(host_steps)
-    if removal_steps not in slots.REMOVAL_EXTENSIONS:
-        slots.REMOVAL_EXTENSIONS.append(removal_steps)
-    if data_items not in datareport.SOURCES:
-        datareport.SOURCES.append(data_items)
-
-
-_register()
+EXTENSION = Hooks("hub", host=host_steps, removal=removal_steps, data=data_items)

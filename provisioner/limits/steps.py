@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from provisioner import accounts
 from provisioner.config import PlanConfig, ResourceLimits
 from provisioner.context import Context
+from provisioner.extensions import Hooks
 from provisioner.limits.enforcement import (
     LimitsBackend,
     LimitsError,
@@ -29,10 +30,11 @@ from provisioner.limits.enforcement import (
     host_capacity,
     kernel_units_differ,
 )
-from provisioner.plan import Step
+from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store
 
 if TYPE_CHECKING:
+    from provisioner.slots import SlotRequest
     from provisioner.supervisor import Program
 
 BACKENDS: dict[str, str] = {
@@ -170,17 +172,10 @@ def check_enforceable(backend: LimitsBackend, limits: ResourceLimits, target: Sl
 # --- steps -------------------------------------------------------------------------------------------
 
 
-def _pending_plan(ctx: Context) -> PlanConfig | None:
-    from provisioner import lifecycle
-
-    name = lifecycle._PENDING_PLAN.get()
-    return ctx.config.plans.get(name) if name else None
-
-
-def creation_steps(ctx: Context, req: Any) -> list[Step]:
-    """Make the slot's cgroup (or slice) with its plan's limits, before its apps start."""
+def creation_steps(ctx: Context, req: SlotRequest) -> list[Step]:
+    """Make the slot's cgroup (or slice) with its plan's limits (REQ's plan), before its apps start."""
     backend = load_limits_backend(ctx)
-    plan = _pending_plan(ctx)
+    plan = ctx.config.plans.get(req.plan) if req.plan else None
     limits = plan.limits if plan else ResourceLimits()
     name = req.username
     check_enforceable(backend, limits, target_of(ctx, name), plan.name if plan else "(none)")
@@ -356,3 +351,9 @@ def place(ctx: Context, program: Program) -> Program:
         records.put(program.user, limits, backend.name)
     where = backend.placement(target)
     return replace(program, cgroups=where.cgroups, slice=where.slice)
+
+
+# First in the list: the slot's cgroup and limits exist before any app of it starts, and
+# ``host init`` prepares them before the supervisor starts apps.
+EXTENSION = Hooks("limits", creation=creation_steps, removal=removal_steps, host=host_steps,
+                  fields=slot_fields, data=data_items)

@@ -6,9 +6,9 @@ figure carries the source it came from (``cgroup-v1``, ``cgroup-v2``, ``systemd`
 ``processes`` through psutil).
 
 One accounting backend per file, picked through :data:`BACKENDS` (``[metrics] backend`` in
-the configuration, ``auto`` by default). Importing this package registers a creation step
-(make the slot's cgroup and its facts file) and a removal step (remove both) with
-:mod:`provisioner.slots`.
+the configuration, ``auto`` by default). Its :data:`EXTENSION` adds a creation step (make the
+slot's cgroup and its facts file), a removal step (remove both) and the ``host init`` step that
+installs ``slotwarden-me``.
 
 >>> sorted(BACKENDS)
 ['cgroup-v1', 'cgroup-v2', 'processes', 'systemd']
@@ -25,16 +25,20 @@ import pwd
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from provisioner import accounts, slots
+from provisioner import accounts
 from provisioner.config import MetricsConfig as MetricsConfig
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
+from provisioner.extensions import Hooks
 from provisioner.metrics.kernel import CgroupFigures, Proc, SlotMetrics, disk_space, from_cgroup, loadavg
-from provisioner.plan import Step
 from provisioner.quota import Usage
+from provisioner.steps import Step
 from provisioner.store import SlotRecord
+
+if TYPE_CHECKING:
+    from provisioner.slots import SlotRequest
 
 log = logging.getLogger("slotwarden.metrics")
 
@@ -138,7 +142,7 @@ def remove_facts(cfg: MetricsConfig, username: str) -> None:
 # --- slot creation and removal steps ----------------------------------------------------------
 
 
-def creation_steps(ctx: Context, req: slots.SlotRequest) -> list[Step]:
+def creation_steps(ctx: Context, req: SlotRequest) -> list[Step]:
     """Make the slot's cgroup and its facts file (after the user exists)."""
     cfg = metrics_config(ctx)
     backend = load_backend(cfg)
@@ -178,10 +182,6 @@ def removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
         remove_facts(cfg, name)
 
     return [Step("metrics", f"remove the accounting unit of {name} ({backend.name}) and its facts file", do)]
-
-
-slots.CREATION_EXTENSIONS.append(creation_steps)
-slots.REMOVAL_EXTENSIONS.append(removal_steps)
 
 
 # --- collection -------------------------------------------------------------------------------
@@ -415,11 +415,5 @@ def host_steps(ctx: Context, _req: object) -> list[Step]:
                  lambda: install_me(cfg, inbox_dir))]
 
 
-def _register_host_step() -> None:
-    from provisioner import host
 
-    if host_steps not in host.HOST_INIT_EXTENSIONS:
-        host.HOST_INIT_EXTENSIONS.append(host_steps)
-
-
-_register_host_step()
+EXTENSION = Hooks("metrics", creation=creation_steps, removal=removal_steps, host=host_steps)

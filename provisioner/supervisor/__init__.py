@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from provisioner.errors import BadInput, SlotError
-from provisioner.plan import Step
+from provisioner.extensions import Hooks
+from provisioner.steps import Step
 
 if TYPE_CHECKING:
     from provisioner.context import Context
@@ -192,11 +193,5 @@ def plan_host_supervisor(ctx: Context, _req: object) -> list[Step]:
     return steps
 
 
-def _register() -> None:
-    from provisioner import host
 
-    if plan_host_supervisor not in host.HOST_INIT_EXTENSIONS:
-        host.HOST_INIT_EXTENSIONS.append(plan_host_supervisor)
-
-
-_register()
+EXTENSION = Hooks("supervisor", host=plan_host_supervisor)  # host init records and starts it

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import plan as plan_mod
+from provisioner import steps as plan_mod
 from provisioner.config import load_config_text
 from provisioner.context import Context
 from provisioner.host import HostRequest, host_init, proc_hidepid
-from provisioner.slots import create_slot, remove_slot
+from provisioner.operations import create_slot, remove_slot
 from provisioner.supervisor.supervisord import Supervisord
 from tests.system.lab import stop_process
 

@@ -90,7 +90,7 @@ def make_slot_host(base: Path, prefix: str, size: str = "1G", extra_config: str 
 def teardown_slot_host(host: SlotHost) -> None:
     """Remove every slot and account this host made, then unmount and delete the filesystem."""
     from provisioner import accounts
-    from provisioner.slots import remove_slot
+    from provisioner.operations import remove_slot
 
     ctx = host.ctx()
     errors = []

@@ -36,7 +36,7 @@ from provisioner.config import load_config
 from provisioner.context import Context
 from provisioner.executors import SlotChange
 from provisioner.executors.ansible import AnsibleExecutor
-from provisioner.slots import remove_slot
+from provisioner.operations import remove_slot
 from tests.system.conftest import SLOTCTL, SlotHost, make_slot_host, teardown_slot_host
 from tests.system.lab import LabHost as NetnsHost
 from tests.system.lab import LabNet, stop_process, wait_for

@@ -9,7 +9,7 @@
   reusable ``tests/system/lab.py``; this one stays minimal until the two are merged.
 - :func:`ssh_password` / :func:`ssh_key` / :func:`su_password` / :func:`su_from_root` — one login
   attempt each, returning whether it got a shell. Passwords travel through pipes and a pty, never argv.
-- :class:`ProcessApps` — an :class:`~provisioner.lifecycle.AppControl` whose "app" is a real
+- :class:`ProcessApps` — an :class:`~provisioner.extensions.AppControl` whose "app" is a real
   process of the slot user listening on a port (stands in for the apps package).
 
 Name prefixes: users ``tl`` + random, netns ``swl-``, ports 2500-2599.
@@ -39,8 +39,9 @@ import httpx
 from provisioner import accounts
 from provisioner.config import Config, load_config
 from provisioner.context import Context
+from provisioner.extensions import AppControl, Extension, load_extensions
 from provisioner.host import host_init, parse_host_request
-from provisioner.slots import remove_slot
+from provisioner.operations import remove_slot
 from tests.system.lab import stop_process
 
 PLANS_TOML = """
@@ -77,6 +78,18 @@ def wait_for(pred: object, timeout: float = 15.0, step: float = 0.05) -> bool:
         time.sleep(step)
 
 
+class ControlOnly(Extension):
+    """An extension that contributes a test's app control and nothing else."""
+
+    name = "test-apps"
+
+    def __init__(self, control: AppControl) -> None:
+        self.control = control
+
+    def app_control(self) -> AppControl:
+        return self.control
+
+
 @dataclass
 class SlotHost:
     """A prepared slots host with its own config and state dir."""
@@ -85,8 +98,12 @@ class SlotHost:
     config_path: Path
     config: Config
 
-    def ctx(self) -> Context:
-        return Context(self.config)
+    def ctx(self, app_control: AppControl | None = None) -> Context:
+        """A Context on this host; APP_CONTROL (a fake) replaces the apps extension, passed through it."""
+        if app_control is None:
+            return Context(self.config)
+        others = [e for e in load_extensions() if e.name != "apps"]
+        return Context(self.config, extensions=[*others, ControlOnly(app_control)])
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "SLOTWARDEN_CONFIG": str(self.config_path)}

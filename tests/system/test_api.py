@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from provisioner import accounts, lifecycle
+from provisioner import accounts, loginstate
 from tests.system.lab import stop_process
 from tests.system.lifecycle_env import (
     ApiServer,
@@ -227,7 +227,7 @@ def test_concurrent_requests_on_one_slot_are_serialized(api: ApiServer) -> None:
         assert [r.status_code for r in results] == [200] * 8
         # One request did the work; the others, serialized behind it, found it done.
         assert sorted(r.json()["changed"] for r in results) == [False] * 7 + [True]
-        assert lifecycle.login_state(name).suspended
+        assert loginstate.login_state(name).suspended
     finally:
         _terminate(api, name)
 

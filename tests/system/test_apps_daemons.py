@@ -16,16 +16,9 @@ from pathlib import Path
 import pytest
 
 from provisioner.accounts import pids_of
-from provisioner.apps import (
-    CREDENTIALS_FILE,
-    AppCredentials,
-    app_credentials,
-    app_status,
-    install_app,
-    rotate_app,
-    uninstall_app,
-)
+from provisioner.apps import CREDENTIALS_FILE, AppCredentials, app_credentials, app_status
 from provisioner.apps.registry import listening_ports
+from provisioner.operations import install_app, rotate_app, uninstall_app
 from tests.system.apps_lab import AppLab, all_cmdlines, as_user, http, make_lab, wait_for
 
 pytestmark = pytest.mark.root

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import plan as plan_mod
-from provisioner.apps import install_app, uninstall_app
+from provisioner import steps as plan_mod
 from provisioner.apps.registry import listening_ports
 from provisioner.errors import SlotError, StepFailed
+from provisioner.operations import install_app, uninstall_app
 from tests.system.apps_lab import AppLab, make_lab, wait_for
 
 pytestmark = pytest.mark.root
@@ -191,7 +191,7 @@ def _ports(lab: AppLab, username: str) -> list[int]:
 def test_suspend_stops_apps_unsuspend_brings_them_back_retention_keeps_creds(lab: AppLab) -> None:
     from provisioner.apps import app_status
     from provisioner.datareport import data_report
-    from provisioner.lifecycle import suspend, unsuspend
+    from provisioner.operations import suspend, unsuspend
     from provisioner.retention import run_retention
 
     name = lab.new_slot()

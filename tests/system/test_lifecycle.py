@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import accounts, lifecycle, plan
+from provisioner import accounts, config, lifecycle_records, loginstate, operations
+from provisioner import steps as plan
 from provisioner.errors import SlotError, StepFailed
 from provisioner.slots import Created
 from tests.system.lifecycle_env import (
@@ -49,11 +50,9 @@ def sshd() -> Iterator[LabSshd]:
 @pytest.fixture
 def apps() -> Iterator[ProcessApps]:
     control = ProcessApps(ports={})
-    lifecycle.APP_CONTROLS.append(control)
     try:
-        yield control
+        yield control  # passed through the Context: host.ctx(app_control=control)
     finally:
-        lifecycle.APP_CONTROLS.remove(control)
         for username, app in list(control.procs):
             control.stop(None, username, app)  # type: ignore[arg-type]
 
@@ -71,7 +70,7 @@ def _create(host: SlotHost, plan_name: str | None = "small") -> tuple[str, str]:
     name = new_name()
     ctx = host.ctx()
     try:
-        out = lifecycle.create(ctx, name, "owner@example.com", "DE", plan=plan_name)
+        out = operations.create_slot(ctx, name, "owner@example.com", "DE", plan=plan_name)
     finally:
         ctx.close()
     assert isinstance(out, Created)
@@ -82,7 +81,7 @@ def _remove(host: SlotHost, name: str) -> None:
     ctx = host.ctx()
     try:
         if ctx.store.get_slot(name) is not None:
-            lifecycle.terminate(ctx, name)
+            operations.remove_slot(ctx, name)
     finally:
         ctx.close()
 
@@ -100,13 +99,13 @@ def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restor
         os.chown(data, *(lambda a: (a.uid, a.gid))(accounts.lookup_user(name)))  # type: ignore[union-attr]
         port = 2560 + secrets.randbelow(30)
         apps.ports[name] = port
-        ctx = host.ctx()
+        ctx = host.ctx(app_control=apps)
         apps.start(ctx, name, "web")
         before = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
                   "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
         assert before == {"password": True, "key": True, "su": True, "su-root": True, "app": True}
 
-        plan_done = lifecycle.suspend(ctx, name, "invoice 42 unpaid")
+        plan_done = operations.suspend(ctx, name, "invoice 42 unpaid")
         assert [s.name for s in plan_done.steps] == ["record", "expire", "lock", "stop-app:web", "processes", "mark"]
 
         after = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
@@ -117,24 +116,24 @@ def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restor
         assert (home / ".ssh" / "authorized_keys").exists()
         # The key login was refused by the PAM account phase (sshd skips the auth stack for keys).
         assert f"Access denied for user {name} by PAM account configuration" in sshd.log.read_text()
-        status = lifecycle.slot_status(ctx, name)
+        status = operations.slot_status(ctx, name)
         assert status["state"] == "suspended"
         assert status["suspended_reason"] == "invoice 42 unpaid"
         assert status["suspended_at"] is not None and status["plan"] == "small"
         assert [e["detail"] for e in ctx.store.audit_entries(name) if e["action"] == "slot.suspend"] == [
             {"reason": "invoice 42 unpaid"}]
 
-        assert lifecycle.suspend(ctx, name, "again").steps == []  # idempotent
+        assert operations.suspend(ctx, name, "again").steps == []  # idempotent
 
-        plan_back = lifecycle.unsuspend(ctx, name)
+        plan_back = operations.unsuspend(ctx, name)
         assert [s.name for s in plan_back.steps] == ["unlock", "expire", "start-app:web", "mark"]
         assert wait_for(lambda: port_open(port))
         again = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
                  "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
         assert again == before
-        assert lifecycle.login_state(name) == lifecycle.LoginState(expire="", locked=False)
-        assert lifecycle.unsuspend(ctx, name).steps == []  # idempotent
-        status = lifecycle.slot_status(ctx, name)
+        assert loginstate.login_state(name) == loginstate.LoginState(expire="", locked=False)
+        assert operations.unsuspend(ctx, name).steps == []  # idempotent
+        status = operations.slot_status(ctx, name)
         assert status["state"] == "active" and status["suspended_at"] is None and status["plan"] == "small"
         ctx.close()
     finally:
@@ -149,7 +148,7 @@ def test_suspend_stops_a_real_app_and_unsuspend_starts_it_again(host: SlotHost) 
     name = new_name()
     ctx = host.ctx()
     try:
-        out = lifecycle.create(ctx, name, "owner@example.com", "DE", plan="small", apps=("transmission",))
+        out = operations.create_slot(ctx, name, "owner@example.com", "DE", plan="small", apps=("transmission",))
         assert isinstance(out, Created)
 
         def status() -> dict[str, object]:
@@ -160,13 +159,13 @@ def test_suspend_stops_a_real_app_and_unsuspend_starts_it_again(host: SlotHost) 
         settings = Path(out.record.home) / "apps" / "transmission" / "config" / "settings.json"
         before = settings.read_bytes()
 
-        steps = [s.name for s in lifecycle.suspend(ctx, name, "unpaid").steps]
+        steps = [s.name for s in operations.suspend(ctx, name, "unpaid").steps]
         assert "stop-app:transmission" in steps
         assert not status()["running"] and not port_open(port)
         assert settings.read_bytes() == before
         assert accounts.pids_of(out.record.uid or -1) == []
 
-        steps = [s.name for s in lifecycle.unsuspend(ctx, name).steps]
+        steps = [s.name for s in operations.unsuspend(ctx, name).steps]
         assert "start-app:transmission" in steps
         assert status()["running"] and wait_for(lambda: port_open(port))
     finally:
@@ -194,7 +193,7 @@ def test_cli_suspend_unsuspend_su_and_password(host: SlotHost) -> None:
         assert json.loads(again.stdout)["changed"] is False
         # A new password for a suspended slot does not unlock it.
         ctx = host.ctx()
-        new_password = lifecycle.change_password(ctx, name)
+        new_password = operations.change_password(ctx, name)
         ctx.close()
         assert not su_password(name, new_password)
         out = host.slotctl("slot", "unsuspend", name, "--json")
@@ -211,11 +210,11 @@ def test_suspend_that_fails_midway_is_undone(host: SlotHost) -> None:
     try:
         plan.fail_at_step = "mark"
         with pytest.raises(StepFailed):
-            lifecycle.suspend(ctx, name, "test")
+            operations.suspend(ctx, name, "test")
         plan.fail_at_step = None
-        assert lifecycle.login_state(name) == lifecycle.LoginState(expire="", locked=False)
+        assert loginstate.login_state(name) == loginstate.LoginState(expire="", locked=False)
         assert ctx.store.get_slot(name).state == "active"  # type: ignore[union-attr]
-        assert lifecycle.get_lifecycle(ctx.store, name) == lifecycle.LifecycleRecord(name, "small")
+        assert lifecycle_records.get_lifecycle(ctx.store, name) == lifecycle_records.LifecycleRecord(name, "small")
         assert su_password(name, password)
     finally:
         plan.fail_at_step = None
@@ -227,13 +226,13 @@ def test_suspend_keeps_a_lock_an_operator_had_set(host: SlotHost) -> None:
     name, _password = _create(host)
     ctx = host.ctx()
     try:
-        lifecycle.lock_password(name)
-        lifecycle.set_expire(name, "2999-01-01")
-        before = lifecycle.login_state(name)
-        lifecycle.suspend(ctx, name, "test")
-        assert lifecycle.login_state(name).suspended
-        lifecycle.unsuspend(ctx, name)
-        assert lifecycle.login_state(name) == before
+        loginstate.lock_password(name)
+        loginstate.set_expire(name, "2999-01-01")
+        before = loginstate.login_state(name)
+        operations.suspend(ctx, name, "test")
+        assert loginstate.login_state(name).suspended
+        operations.unsuspend(ctx, name)
+        assert loginstate.login_state(name) == before
     finally:
         ctx.close()
         _remove(host, name)
@@ -262,7 +261,7 @@ def test_change_plan_applies_the_quota_and_refuses_one_below_the_data(host: Slot
         assert refused.returncode == 1
         assert "plan small" in refused.stderr and "67108864 bytes (64M)" in refused.stderr
         assert ctx.quota.usage(name, home).limit_bytes == 256 << 20  # nothing changed
-        assert lifecycle.get_lifecycle(ctx.store, name).plan == "large"  # type: ignore[union-attr]
+        assert lifecycle_records.get_lifecycle(ctx.store, name).plan == "large"  # type: ignore[union-attr]
         # Unknown plan: bad input, exit 2, names the known ones.
         unknown = host.slotctl("slot", "change-plan", name, "gold")
         assert unknown.returncode == 2 and "large, medium, small" in unknown.stderr
@@ -276,12 +275,12 @@ def test_change_plan_applies_the_quota_and_refuses_one_below_the_data(host: Slot
 def test_change_plan_refuses_a_plan_without_the_installed_app(host: SlotHost, apps: ProcessApps) -> None:
     name, _password = _create(host, plan_name="large")
     apps.ports[name] = 2590 + secrets.randbelow(9)
-    ctx = host.ctx()
+    ctx = host.ctx(app_control=apps)
     try:
-        ctx.config.plans["narrow"] = lifecycle.PlanConfig(name="narrow", quota=256 << 20, apps=("other",))
+        ctx.config.plans["narrow"] = config.PlanConfig(name="narrow", quota=256 << 20, apps=("other",))
         with pytest.raises(SlotError, match="does not allow the app"):
-            lifecycle.change_plan(ctx, name, "narrow")
-        assert lifecycle.change_plan(ctx, name, "medium").steps  # medium allows web
+            operations.change_plan(ctx, name, "narrow")
+        assert operations.change_plan(ctx, name, "medium").steps  # medium allows web
     finally:
         ctx.config.plans.pop("narrow", None)
         ctx.close()
@@ -302,11 +301,11 @@ def test_remove_a_suspended_slot_leaves_no_trace(host: SlotHost) -> None:
     name, _password = _create(host)
     ctx = host.ctx()
     try:
-        lifecycle.suspend(ctx, name, "cancelled")
-        lifecycle.terminate(ctx, name)
+        operations.suspend(ctx, name, "cancelled")
+        operations.remove_slot(ctx, name)
         assert accounts.lookup_user(name) is None
         assert ctx.store.get_slot(name) is None
-        assert lifecycle.get_lifecycle(ctx.store, name) is None
+        assert lifecycle_records.get_lifecycle(ctx.store, name) is None
         assert any(e["action"] == "slot.suspend" for e in ctx.store.audit_entries(name))  # audit stays
     finally:
         ctx.close()

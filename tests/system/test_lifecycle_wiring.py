@@ -1,7 +1,7 @@
 """Lifecycle wired into the rest, for real: the data report, ``app install`` and the slot lock.
 
 - ``data_report`` lists the plan and the suspension even in a program that never imported
-  :mod:`provisioner.lifecycle` (it loads the extension packages itself);
+  :mod:`provisioner.lifecycle` (the Context loads the extensions itself);
 - ``slotctl app install`` respects the slot's plan: an app outside it, or one app too many, is
   refused with one line naming the plan, and nothing is installed;
 - ``slotctl slot passwd`` and ``slot remove`` take the slot's lock, like the API: while the lock
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import accounts, lifecycle
+from provisioner import accounts, loginstate, operations, planchange, slotlock
 from provisioner.apps import registry_of
 from provisioner.slots import Created
 from tests.system.lifecycle_env import SlotHost, new_name, slot_host, su_password, wait_for
@@ -55,7 +55,7 @@ def _create(host: SlotHost, plan: str) -> tuple[str, str]:
     name = new_name(PREFIX)
     ctx = host.ctx()
     try:
-        out = lifecycle.create(ctx, name, f"{name}@example.com", "DE", plan=plan)
+        out = operations.create_slot(ctx, name, f"{name}@example.com", "DE", plan=plan)
     finally:
         ctx.close()
     assert isinstance(out, Created)
@@ -92,7 +92,7 @@ def test_data_report_has_plan_and_suspension_without_importing_lifecycle(host: S
     try:
         ctx = host.ctx()
         try:
-            lifecycle.suspend(ctx, name, "invoice 9 unpaid", actor="tests")
+            operations.suspend(ctx, name, "invoice 9 unpaid", actor="tests")
         finally:
             ctx.close()
         out = subprocess.run([sys.executable, "-c", REPORT, name], env=host.env(), capture_output=True, text=True,
@@ -148,9 +148,8 @@ def test_app_install_respects_the_slots_plan(host: SlotHost) -> None:
 def test_max_apps_two_allows_two_apps(host: SlotHost) -> None:
     """The bug: two app controls both named "apps" were added up, so with max_apps = 2 and one
     app installed the second was refused ("plan tktwo allows 2 app(s)")."""
-    import provisioner.apps  # noqa: F401 - both modules loaded, as in slotctl
-
-    assert [c.name for c in lifecycle.APP_CONTROLS] == ["apps"]
+    control = host.ctx().extensions.app_control  # exactly one, or the Context refuses
+    assert control is not None and control.name == "apps"
     name, _password = _create(host, "tktwo")
     try:
         for app in ("transmission", "jupyterlab"):
@@ -165,9 +164,9 @@ def test_app_install_without_a_plan_is_not_limited(host: SlotHost) -> None:
     ctx = host.ctx()
     name = new_name(PREFIX)
     try:
-        out = lifecycle.create(ctx, name, f"{name}@example.com", "DE")
+        out = operations.create_slot(ctx, name, f"{name}@example.com", "DE")
         assert isinstance(out, Created)
-        lifecycle.check_app_install(ctx, name, "wordpress")  # no plan: nothing to refuse
+        planchange.check_app_install(ctx, name, "wordpress")  # no plan: nothing to refuse
     finally:
         ctx.close()
         _remove(host, name)
@@ -210,7 +209,7 @@ def _run_while_locked(host: SlotHost, name: str, *args: str,
             return accounts.lookup_user(name) is not None and _shadow_hash(name) == before
     ctx = host.ctx()
     try:
-        with lifecycle.slot_lock(ctx, name):
+        with slotlock.slot_lock(ctx, name):
             inode = os.stat(host.config.state_dir / "locks" / f"{name}.lock").st_ino
             proc = subprocess.Popen([str(host.slotctl_path()), *args], env=host.env(), text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -232,7 +231,7 @@ def test_cli_passwd_waits_for_the_slot_lock_and_keeps_a_suspended_slot_locked(ho
     try:
         ctx = host.ctx()
         try:
-            lifecycle.suspend(ctx, name, "chargeback", actor="tests")
+            operations.suspend(ctx, name, "chargeback", actor="tests")
         finally:
             ctx.close()
         before = _shadow_hash(name)
@@ -241,7 +240,7 @@ def test_cli_passwd_waits_for_the_slot_lock_and_keeps_a_suspended_slot_locked(ho
         assert out.returncode == 0, out.stderr
         new_password = json.loads(out.stdout)["password"]
         assert new_password != password and _shadow_hash(name) != before
-        assert lifecycle.login_state(name).suspended  # still locked and expired
+        assert loginstate.login_state(name).suspended  # still locked and expired
         assert not su_password(name, new_password)
     finally:
         _remove(host, name)
@@ -285,15 +284,15 @@ def test_a_slot_over_its_quota_can_be_upgraded_and_terminated(host: SlotHost, th
     name = new_name(PREFIX)
     ctx = host.ctx()
     try:
-        out = lifecycle.create(ctx, name, f"{name}@example.com", "DE", plan="small", quota="1K")
+        out = operations.create_slot(ctx, name, f"{name}@example.com", "DE", plan="small", quota="1K")
         assert isinstance(out, Created)
         home = Path(out.record.home)
         usage = ctx.quota.usage(name, home)
         assert usage.limit_bytes == 1024
         if then == "upgrade":
-            lifecycle.change_plan(ctx, name, "large")
+            operations.change_plan(ctx, name, "large")
             assert ctx.quota.usage(name, home).limit_bytes == 256 << 20
-        lifecycle.terminate(ctx, name)
+        operations.remove_slot(ctx, name)
         assert accounts.lookup_user(name) is None and not _in_store(host, name) and not home.exists()
     finally:
         ctx.close()

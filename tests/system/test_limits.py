@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import accounts, lifecycle
+from provisioner import accounts, lifecycle_records, operations
 from provisioner.doctor import find_drift
 from provisioner.limits import LimitRecords, place
 from provisioner.slots import Created
@@ -109,8 +109,8 @@ def lab() -> Iterator[Lab]:
     host = make_slot_host(world_traversable_tmpdir("limits"), prefix, extra_config=PLANS)
     try:
         ctx = host.ctx()
-        a = lifecycle.create(ctx, host.name(), "a@example.org", "DE", plan="capped")
-        b = lifecycle.create(ctx, host.name(), "b@example.org", "DE", plan="roomy")
+        a = operations.create_slot(ctx, host.name(), "a@example.org", "DE", plan="capped")
+        b = operations.create_slot(ctx, host.name(), "b@example.org", "DE", plan="roomy")
         ctx.close()
         assert isinstance(a, Created) and isinstance(b, Created)
         port = 2300 + secrets.randbelow(90)
@@ -295,7 +295,7 @@ def test_change_plan_applies_new_limits_and_doctor_reports_drift(lab: Lab) -> No
         assert any("pids/pids.max: kernel has 999, store says 24" in p for p in problems), problems
         r = lab.host.slotctl("doctor")
         assert r.returncode == 1 and "pids.max" in r.stdout
-        lifecycle.change_plan(ctx, b, "roomy")
+        operations.change_plan(ctx, b, "roomy")
         assert _read(lab.cg("pids", b) / "pids.max") == "48"
         assert not [d for d in find_drift(ctx) if d.subject == b]
     finally:
@@ -316,7 +316,7 @@ def test_a_limit_the_host_cannot_enforce_is_refused_in_one_line_and_nothing_is_m
     ctx = lab.host.ctx()
     try:
         with pytest.raises(Exception, match="tmp_size"):
-            lifecycle.change_plan(ctx, lab.b.record.username, "tmpfs")
+            operations.change_plan(ctx, lab.b.record.username, "tmpfs")
         assert _read(lab.cg("pids", lab.b.record.username) / "pids.max") != "max"
     finally:
         ctx.close()
@@ -326,12 +326,12 @@ def test_a_vanished_cgroup_is_reported_and_remove_lifts_everything(lab: Lab) -> 
     ctx = lab.host.ctx()
     try:
         name = lab.host.name()
-        c = lifecycle.create(ctx, name, "d@example.org", "DE", plan="capped")
+        c = operations.create_slot(ctx, name, "d@example.org", "DE", plan="capped")
         assert isinstance(c, Created)
         (lab.cg("pids", name)).rmdir()
         problems = [d.problem for d in find_drift(ctx) if d.subject == name]
         assert any("cgroup is gone" in p for p in problems), problems
-        lifecycle.terminate(ctx, name)
+        operations.remove_slot(ctx, name)
         for ctrl in ("memory", "cpu", "cpuacct", "pids", "blkio"):
             assert not lab.cg(ctrl, name).exists()
         assert LimitRecords(ctx.store).get(name) is None
@@ -427,7 +427,7 @@ def test_a_plan_the_slot_already_exceeds_is_refused_and_undone_whole(lab: Lab) -
         assert _read(lab.cg("pids", b.username) / "pids.max") == before_pids
         assert int(_read(lab.cg("memory", b.username) / "memory.limit_in_bytes")) == 160 << 20
         assert LimitRecords(ctx.store).get(b.username).limits == before_limits.limits  # type: ignore[union-attr]
-        assert lifecycle.get_lifecycle(ctx.store, b.username).plan == "roomy"  # type: ignore[union-attr]
+        assert lifecycle_records.get_lifecycle(ctx.store, b.username).plan == "roomy"  # type: ignore[union-attr]
     finally:
         holder.kill()
         holder.wait()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import plan as plan_mod
+from provisioner import steps as plan_mod
 from provisioner.errors import StepFailed
+from provisioner.operations import create_slot
 from provisioner.quota.btrfs import qgroup_ids
-from provisioner.slots import create_slot
 from tests.system.conftest import REPO, SlotHost, as_user
 
 pytestmark = pytest.mark.root
@@ -204,10 +204,10 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from provisioner import plan
+    from provisioner import steps as plan
     from provisioner.config import load_config
     from provisioner.context import Context
-    from provisioner.slots import create_slot
+    from provisioner.operations import create_slot
     def kill(step):
         if step == {step!r}:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -324,7 +324,7 @@ def test_doctor_reports_drift(slot_host: SlotHost) -> None:
 
 
 def test_batch_failure_is_undone_whole_then_rows_fail_alone(slot_host: SlotHost) -> None:
-    from provisioner.slots import BatchRow, create_many
+    from provisioner.operations import BatchRow, create_many
 
     before = qgroup_ids(slot_host.slots_root)
     names = [slot_host.name() for _ in range(3)]
@@ -341,7 +341,7 @@ def test_batch_failure_is_undone_whole_then_rows_fail_alone(slot_host: SlotHost)
 
 
 def test_batch_creates_real_slots_with_working_passwords(slot_host: SlotHost) -> None:
-    from provisioner.slots import BatchRow, Created, create_many
+    from provisioner.operations import BatchRow, Created, create_many
 
     names = [slot_host.name() for _ in range(5)]
     ctx = slot_host.ctx()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.apps import install_app, uninstall_app
 from provisioner.as_tenant import TenantAccount, run_as_tenant
+from provisioner.operations import install_app, uninstall_app
 from tests.system.apps_lab import SLOTCTL, AppLab, as_user, make_lab
 
 pytestmark = pytest.mark.root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,10 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provisioner import lifecycle
+from provisioner import lifecycle_records, loginstate, planchange, slotlock, suspension
 from provisioner.config import PlanConfig, load_config_text
 from provisioner.errors import BadInput, ConfigError, SlotError
-from provisioner.lifecycle import LifecycleFacts, LifecycleRecord, LoginState
+from provisioner.extensions import Extension, Extensions
+from provisioner.lifecycle_facts import LifecycleFacts
+from provisioner.lifecycle_records import LifecycleRecord
+from provisioner.loginstate import LoginState
 from provisioner.plans import allows_app, get_plan, list_plans, plan_as_dict
 from provisioner.quota import Usage
 from provisioner.store import SlotRecord, Store
@@ -41,12 +43,16 @@ class FakeApps:
         pass
 
 
-@pytest.fixture(autouse=True)
-def fake_apps() -> Iterator[None]:
-    control = FakeApps()
-    lifecycle.APP_CONTROLS.append(control)
-    yield
-    lifecycle.APP_CONTROLS.remove(control)
+class FakeAppsExtension(Extension):
+    """Passed through the Context: the fake app control, no module global touched."""
+
+    name = "fake"
+
+    def app_control(self) -> FakeApps:
+        return FakeApps()
+
+
+EXTENSIONS = Extensions((FakeAppsExtension(),))
 
 
 def _facts(state: str = "active", login: LoginState = FRESH, life: LifecycleRecord | None = None,
@@ -56,7 +62,7 @@ def _facts(state: str = "active", login: LoginState = FRESH, life: LifecycleReco
     return LifecycleFacts(rec, life, 1500, login, running or {}, installed or {}, procs)
 
 
-CTX: Any = SimpleNamespace(store=None, quota=SimpleNamespace(name="btrfs"))
+CTX: Any = SimpleNamespace(store=None, quota=SimpleNamespace(name="btrfs"), extensions=EXTENSIONS)
 
 SUSPEND_CASES = [
     # (id, facts, expected steps)
@@ -78,7 +84,7 @@ SUSPEND_CASES = [
 
 @pytest.mark.parametrize(("facts", "expected"), [c[1:] for c in SUSPEND_CASES], ids=[c[0] for c in SUSPEND_CASES])
 def test_plan_suspend(facts: LifecycleFacts, expected: list[str]) -> None:
-    plan = lifecycle.plan_suspend("tlx", "unpaid", facts, ctx=CTX, actor="root", now=5.0)
+    plan = suspension.plan_suspend("tlx", "unpaid", facts, ctx=CTX, actor="root", now=5.0)
     assert [s.name for s in plan.steps] == expected
 
 
@@ -99,14 +105,14 @@ UNSUSPEND_CASES = [
 def test_plan_unsuspend(facts: LifecycleFacts, saved: dict[str, Any] | None, expected: list[str]) -> None:
     life = LifecycleRecord("tlx", "small", 1.0, "r", "root", saved) if saved is not None else None
     facts = LifecycleFacts(facts.record, life, facts.uid, facts.login, facts.running_apps, {}, False)
-    plan = lifecycle.plan_unsuspend("tlx", facts, ctx=CTX, actor="root")
+    plan = suspension.plan_unsuspend("tlx", facts, ctx=CTX, actor="root")
     assert [s.name for s in plan.steps] == expected
 
 
 def test_unsuspend_refuses_apps_it_cannot_start() -> None:
     life = LifecycleRecord("tlx", None, 1.0, "r", "root", {"expire": "", "locked": False, "apps": {"gone": ["x"]}})
     with pytest.raises(SlotError, match="cannot start"):
-        lifecycle.plan_unsuspend("tlx", _facts("suspended", SUSPENDED, life), ctx=CTX, actor="root")
+        suspension.plan_unsuspend("tlx", _facts("suspended", SUSPENDED, life), ctx=CTX, actor="root")
 
 
 SMALL = PlanConfig(name="small", quota=64 << 20)
@@ -126,7 +132,7 @@ CHANGE_CASES = [
 @pytest.mark.parametrize(("new", "facts", "usage", "expected"), [c[1:] for c in CHANGE_CASES],
                          ids=[c[0] for c in CHANGE_CASES])
 def test_plan_change_plan(new: PlanConfig, facts: LifecycleFacts, usage: Usage | None, expected: list[str]) -> None:
-    plan = lifecycle.plan_change_plan("tlx", new, facts, usage, ctx=CTX, actor="root")
+    plan = planchange.plan_change_plan("tlx", new, facts, usage, ctx=CTX, actor="root")
     assert [s.name for s in plan.steps] == expected
 
 
@@ -139,43 +145,43 @@ def test_plan_change_plan(new: PlanConfig, facts: LifecycleFacts, usage: Usage |
 ], ids=["data-too-big", "app-not-allowed", "too-many-apps"])
 def test_plan_change_plan_refusals(new: PlanConfig, facts: LifecycleFacts, usage: Usage | None, message: str) -> None:
     with pytest.raises(SlotError) as exc:
-        lifecycle.plan_change_plan("tlx", new, facts, usage, ctx=CTX, actor="root")
+        planchange.plan_change_plan("tlx", new, facts, usage, ctx=CTX, actor="root")
     assert message in str(exc.value)
 
 
 def test_lifecycle_record_round_trip_and_step_undo() -> None:
     store = Store(Path(tempfile.mkdtemp()) / "t.db")
-    assert lifecycle.get_lifecycle(store, "tlx") is None
+    assert lifecycle_records.get_lifecycle(store, "tlx") is None
     rec = LifecycleRecord("tlx", "small", 3.0, "unpaid", "api:billing", SAVED_WEB)
-    lifecycle.put_lifecycle(store, rec)
-    assert lifecycle.get_lifecycle(store, "tlx") == rec
-    ctx: Any = SimpleNamespace(store=store)
-    plan = lifecycle.plan_suspend("tlx", "again", _facts("active", FRESH, LifecycleRecord("tlx", "small")),
+    lifecycle_records.put_lifecycle(store, rec)
+    assert lifecycle_records.get_lifecycle(store, "tlx") == rec
+    ctx: Any = SimpleNamespace(store=store, extensions=EXTENSIONS)
+    plan = suspension.plan_suspend("tlx", "again", _facts("active", FRESH, LifecycleRecord("tlx", "small")),
                                   ctx=ctx, actor="root", now=9.0)
     record = plan.steps[0]
     record.do()
-    got = lifecycle.get_lifecycle(store, "tlx")
+    got = lifecycle_records.get_lifecycle(store, "tlx")
     assert got is not None and got.suspended_reason == "again" and got.saved == {
         "expire": "", "locked": False, "apps": {}}
     assert record.undo is not None
     record.undo()
-    assert lifecycle.get_lifecycle(store, "tlx") == LifecycleRecord("tlx", "small")
+    assert lifecycle_records.get_lifecycle(store, "tlx") == LifecycleRecord("tlx", "small")
 
 
 def test_login_state_reads_the_shadow_fields(tmp_path: Path) -> None:
     shadow = tmp_path / "shadow"
     shadow.write_text("tla:!$y$hash:20000:0:99999:7::1:\ntlb:$y$hash:20000:0:99999:7:::\n")
-    assert lifecycle.login_state("tla", shadow) == LoginState("1", True)
-    assert lifecycle.login_state("tlb", shadow) == LoginState("", False)
-    assert lifecycle.login_state("tla", shadow).suspended
+    assert loginstate.login_state("tla", shadow) == LoginState("1", True)
+    assert loginstate.login_state("tlb", shadow) == LoginState("", False)
+    assert loginstate.login_state("tla", shadow).suspended
     with pytest.raises(SlotError):
-        lifecycle.login_state("tlc", shadow)
+        loginstate.login_state("tlc", shadow)
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "a\nb", "x" * 501, 5])
 def test_bad_reasons(reason: object) -> None:
     with pytest.raises(BadInput):
-        lifecycle.validate_reason(reason)
+        suspension.validate_reason(reason)
 
 
 # --- [plans.NAME] ------------------------------------------------------------------------------
@@ -250,10 +256,10 @@ def test_any_plan_table_parses_or_names_its_key(name: str, table: dict[str, obje
 ])
 def test_check_apps_allowed(plan: PlanConfig, apps: list[str], installed: int, message: str | None) -> None:
     if message is None:
-        lifecycle.check_apps_allowed(plan, apps, installed)
+        planchange.check_apps_allowed(plan, apps, installed)
     else:
         with pytest.raises(BadInput) as exc:
-            lifecycle.check_apps_allowed(plan, apps, installed)
+            planchange.check_apps_allowed(plan, apps, installed)
         assert str(exc.value) == message
 
 
@@ -266,7 +272,7 @@ def test_slot_lock_serializes_and_survives_removal_of_its_file(tmp_path: Path) -
 
     def worker(i: int) -> None:
         for _ in range(20):
-            with lifecycle.slot_lock(ctx, "tlx"):
+            with slotlock.slot_lock(ctx, "tlx"):
                 inside.append(i)
                 if len(inside) > 1:
                     overlaps.append(i)
@@ -274,7 +280,7 @@ def test_slot_lock_serializes_and_survives_removal_of_its_file(tmp_path: Path) -
                 if i == 0:
                     # As terminate does: the last thing under the lock (the slot is gone by then),
                     # so a newcomer that locks the new file overlaps nothing of the work.
-                    lifecycle.drop_lock_file(ctx, "tlx")
+                    slotlock.drop_lock_file(ctx, "tlx")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     for t in threads:
@@ -283,7 +289,7 @@ def test_slot_lock_serializes_and_survives_removal_of_its_file(tmp_path: Path) -
         t.join()
     assert overlaps == []
     with pytest.raises(BadInput):
-        with lifecycle.slot_lock(ctx, "../etc"):
+        with slotlock.slot_lock(ctx, "../etc"):
             pass
 
 
@@ -294,10 +300,10 @@ def test_slot_lock_is_reentrant_in_its_thread_and_exclusive_across_threads(tmp_p
 
     ctx: Any = SimpleNamespace(config=SimpleNamespace(state_dir=tmp_path))
     entered = threading.Event()
-    with lifecycle.slot_lock(ctx, "tlx"):
-        with lifecycle.slot_lock(ctx, "tlx"):  # no self-deadlock
+    with slotlock.slot_lock(ctx, "tlx"):
+        with slotlock.slot_lock(ctx, "tlx"):  # no self-deadlock
             pass
-        other = threading.Thread(target=lambda: (lifecycle.slot_lock(ctx, "tlx").__enter__(), entered.set()))
+        other = threading.Thread(target=lambda: (slotlock.slot_lock(ctx, "tlx").__enter__(), entered.set()))
         other.start()
         assert not entered.wait(0.3)  # blocked while this thread holds it
     assert entered.wait(10)

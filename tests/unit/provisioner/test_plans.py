@@ -13,9 +13,9 @@ import pytest
 
 from provisioner.accounts import Account
 from provisioner.errors import BadInput, SlotError, StepFailed
-from provisioner.plan import Plan, Step, apply
 from provisioner.quota import Usage
 from provisioner.slots import SlotFacts, SlotRequest, plan_create_slot, plan_remove_slot
+from provisioner.steps import Plan, Step, apply
 from provisioner.store import SlotRecord, Store
 
 ROOT = Path("/srv/slots")

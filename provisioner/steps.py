@@ -1,4 +1,6 @@
-"""Plans: a slot change computed as a list of steps, each with its undo, then applied.
+"""Steps with undo: a slot change computed as a :class:`Plan` of steps, each with its undo, then applied.
+
+(Not the plans sold to customers: those are :mod:`provisioner.plans`.)
 
 Deciding is separated from doing (pyinfra's lesson): ``plan_*`` functions look at *facts* and
 return a :class:`Plan` without touching the system, so they are tested as data; an executor
@@ -19,7 +21,7 @@ from typing import Any
 
 from provisioner.errors import SlotError, StepFailed
 
-log = logging.getLogger("slotwarden.plan")
+log = logging.getLogger("slotwarden.steps")
 
 Action = Callable[[], object]  # the return value is ignored
 

@@ -1,0 +1,60 @@
+"""The ``slot_lifecycle`` rows: each slot's plan and, while suspended, when/why/by whom and what to
+restore (the table is made by :mod:`provisioner.db.migrations`).
+
+>>> LifecycleRecord("alice", "small").as_dict()["plan"]
+'small'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from provisioner.store import Store
+
+
+@dataclass(frozen=True)
+class LifecycleRecord:
+    """The lifecycle row of a slot: its plan and, while suspended, when/why and what to restore."""
+
+    username: str
+    plan: str | None = None
+    suspended_at: float | None = None
+    suspended_reason: str | None = None
+    suspended_by: str | None = None
+    saved: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan, "suspended_at": self.suspended_at,
+                "suspended_reason": self.suspended_reason, "suspended_by": self.suspended_by}
+
+
+def get_lifecycle(store: Store, username: str) -> LifecycleRecord | None:
+    row = store.db.execute("SELECT * FROM slot_lifecycle WHERE username = ?", (username,)).fetchone()
+    if row is None:
+        return None
+    values = dict(row)
+    values["saved"] = json.loads(values["saved"]) if values["saved"] else None
+    return LifecycleRecord(**values)
+
+
+def put_lifecycle(store: Store, rec: LifecycleRecord) -> None:
+    store.db.execute(
+        "INSERT INTO slot_lifecycle VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+        "plan = excluded.plan, suspended_at = excluded.suspended_at, suspended_reason = excluded.suspended_reason, "
+        "suspended_by = excluded.suspended_by, saved = excluded.saved",
+        (rec.username, rec.plan, rec.suspended_at, rec.suspended_reason, rec.suspended_by,
+         json.dumps(rec.saved, sort_keys=True) if rec.saved is not None else None),
+    )
+
+
+def delete_lifecycle(store: Store, username: str) -> None:
+    store.db.execute("DELETE FROM slot_lifecycle WHERE username = ?", (username,))
+
+
+def restore_lifecycle(store: Store, username: str, previous: LifecycleRecord | None) -> None:
+    if previous is None:
+        delete_lifecycle(store, username)
+    else:
+        put_lifecycle(store, previous)
