@@ -125,12 +125,12 @@ def test_supervisord_places_a_program_before_it_drops_to_the_user() -> None:
     prog = Program(app="demo", user="alice", argv=["/bin/sleep", "9"], cwd="/srv/slots/alice",
                    cgroups=("/sys/fs/cgroup/memory/sw/alice", "/sys/fs/cgroup/pids/sw/alice"))
     text = render_program(prog, Path("/l"))
-    assert "\nuser=" not in text  # root until setpriv, which becomes alice
+    assert "\nuser=" not in text  # root until the seccomp wrapper, which becomes alice
     command = next(ln for ln in text.splitlines() if ln.startswith("command="))
-    assert "/sys/fs/cgroup/memory/sw/alice /sys/fs/cgroup/pids/sw/alice /usr/bin/setpriv --reuid=alice" in command
-    assert command.endswith("--init-groups -- /bin/sleep 9")
+    assert ("/sys/fs/cgroup/memory/sw/alice /sys/fs/cgroup/pids/sw/alice "
+            "/usr/libexec/slotwarden/slotwarden-confine --user alice -- /bin/sleep 9") in command
     plain = render_program(Program(app="demo", user="alice", argv=["/bin/sleep", "9"], cwd="/"), Path("/l"))
-    assert "\nuser=alice\n" in plain and "setpriv" not in plain
+    assert "\nuser=" not in plain and "command=/usr/libexec/slotwarden/slotwarden-confine --user alice --" in plain
 
 
 def test_systemd_units_join_the_slot_slice() -> None:
