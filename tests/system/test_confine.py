@@ -192,11 +192,12 @@ def test_a_cron_job_cannot_make_a_subvolume(lab: Lab) -> None:
         out = lab.home / ".swc-cron.out"
         job = f"* * * * * {lab.attack} > {shlex.quote(str(out))} 2>&1\n"
         # /run of its own: cron's pid file (/run/crond.pid) never lands on the machine's /run.
-        binds = {"/run": ns / "run", "/var/spool/cron/crontabs": spool, "/etc/cron.d": ns / "cron.d", "/etc/crontab": ns / "crontab",
-                 "/etc/pam.d/su": lab.pam_dir / "su",
+        binds = {"/run": ns / "run", "/var/spool/cron/crontabs": spool, "/etc/cron.d": ns / "cron.d",
+                 "/etc/crontab": ns / "crontab", "/etc/pam.d/su": lab.pam_dir / "su",
                  "/etc/pam.d/cron": lab.pam_dir / "cron"}
-        install = (f"su -s /bin/sh {shlex.quote(lab.name)} -c {shlex.quote(f'printf %s {shlex.quote(job)} | crontab -')}"
-                   " || exit 3; timeout -k 5 150 cron -f -L 0 & "
+        as_tenant = f"printf %s {shlex.quote(job)} | crontab -"
+        install = (f"su -s /bin/sh {shlex.quote(lab.name)} -c {shlex.quote(as_tenant)} || exit 3; "
+                   "timeout -k 5 150 cron -f -L 0 & "
                    f"i=0; while ! grep -qs NoNewPrivs {shlex.quote(str(out))} && [ $i -lt 140 ]; do sleep 1; "
                    "i=$((i+1)); done; kill $!; wait")
         r = lab.in_pam_namespace(install, binds, timeout=200)
