@@ -3,7 +3,7 @@
  * (limits) and its seccomp filter (no btrfs subvolumes of its own).
  *
  *   session required pam_slotwarden_session.so [cgroup_root=/sys/fs/cgroup] [parent=slotwarden]
- *                                               [uids=65536-99999]
+ *                                               [uids=65536-99999] [private_tmp=yes|no]
  *
  * Both act on the process that opens the session, before anything of the tenant's runs: sshd's
  * privileged monitor (whose unprivileged child and the tenant's shell are forked after), su's
@@ -28,9 +28,16 @@
  * session. A slot whose filter cannot be installed is refused (PAM_SESSION_ERR). Root, staff
  * and system users (outside the range, no slot cgroup) are left alone (PAM_IGNORE).
  *
+ * The private /tmp (slot_tmp.h; private_tmp=no turns it off): the same process gets a mount
+ * namespace of its own in which /tmp and /var/tmp are the slot's instance directories inside its
+ * home (HOME/.slot-tmp/tmp and var-tmp, root's, 1777), under the slot's quota and invisible to
+ * every other slot. A slot whose private /tmp cannot be set up is refused (PAM_SESSION_ERR); a
+ * home that itself lies under /tmp or /var/tmp (test hosts) gets none, as the mount would hide it.
+ *
  * PAM_USER is data: it must have a slot name's shape ([a-z][a-z0-9_-]{0,31}) before it becomes
  * part of a path, and it is never logged as given.
  */
+#define _GNU_SOURCE
 #define PAM_SM_SESSION
 #include <errno.h>
 #include <fcntl.h>
@@ -47,6 +54,7 @@
 #include <security/pam_modules.h>
 
 #include "slot_confine.h"
+#include "slot_tmp.h"
 
 #define NAME_MAX_LEN 32
 
@@ -56,6 +64,7 @@ struct options {
     const char *root;
     const char *parent;
     unsigned long uid_min, uid_max;
+    int private_tmp;
 };
 
 /* "MIN-MAX", both decimal, 1000 <= MIN < MAX < 2^31 (the provisioner's own rule for the range). */
@@ -105,6 +114,7 @@ static int parse_options(pam_handle_t *pamh, int argc, const char **argv, struct
     o->parent = "slotwarden";
     o->uid_min = 65536;
     o->uid_max = 99999;
+    o->private_tmp = 1;
     for (int i = 0; i < argc; i++) {
         if (strncmp(argv[i], "cgroup_root=", 12) == 0)
             o->root = argv[i] + 12;
@@ -115,6 +125,8 @@ static int parse_options(pam_handle_t *pamh, int argc, const char **argv, struct
                 pam_syslog(pamh, LOG_ERR, "uids= must be MIN-MAX with 1000 <= MIN < MAX");
                 return -1;
             }
+        } else if (strcmp(argv[i], "private_tmp=yes") == 0 || strcmp(argv[i], "private_tmp=no") == 0) {
+            o->private_tmp = argv[i][12] == 'y';
         } else {
             pam_syslog(pamh, LOG_ERR, "unknown option (ignored)");
         }
@@ -165,13 +177,15 @@ static void try_join(pam_handle_t *pamh, const char *dir, int *found, int *faile
     }
 }
 
-/* 1 if USER's uid is in the slot range, 0 if not (or no such user). */
-static int slot_uid(const struct options *o, const char *user) {
+/* USER's uid and home; 0 if there is no such user. */
+static int lookup(const char *user, uid_t *uid, char *home, size_t homelen) {
     struct passwd pw, *res = NULL;
     char buf[4096];
     if (getpwnam_r(user, &pw, buf, sizeof buf, &res) != 0 || res == NULL)
         return 0;
-    return pw.pw_uid >= o->uid_min && pw.pw_uid <= o->uid_max;
+    *uid = pw.pw_uid;
+    snprintf(home, homelen, "%s", pw.pw_dir);
+    return 1;
 }
 
 PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv) {
@@ -204,7 +218,10 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
                 unjoined++;
         }
     }
-    int slot = found > 0 || slot_uid(&o, user);
+    uid_t uid = 0;
+    char home[PATH_MAX];
+    int known = lookup(user, &uid, home, sizeof home);
+    int slot = found > 0 || (known && uid >= o.uid_min && uid <= o.uid_max);
     if (!slot)
         return PAM_IGNORE; /* not a slot (root, staff): nothing to hold it to */
     if (failed > 0) {
@@ -214,6 +231,16 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
     if (found > 0 && unjoined > 0)
         pam_syslog(pamh, LOG_WARNING, "slot %s has no cgroup in %d hierarchies (run slotctl doctor)", user,
                    unjoined);
+    if (o.private_tmp && known && !slot_tmp_applies(home)) {
+        pam_syslog(pamh, LOG_NOTICE, "slot %s: home under a shared tmp dir; no private /tmp", user);
+    } else if (o.private_tmp) {
+        const char *what = "look the slot up";
+        if (!known || uid == 0 || home[0] != '/' || slot_tmp_enter(home, uid, &what) != 0) {
+            pam_syslog(pamh, LOG_ERR, "slot %s: no private /tmp (cannot %s: %s); session refused", user, what,
+                       strerror(errno));
+            return PAM_SESSION_ERR;
+        }
+    }
     int nnp = 0;
     if (slot_confine_install(&nnp) != 0) {
         pam_syslog(pamh, LOG_ERR, "slot %s: cannot install the seccomp filter (%s); session refused", user,

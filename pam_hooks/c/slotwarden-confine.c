@@ -1,15 +1,16 @@
 /*
  * slotwarden-confine - run a slot's program under the slot's seccomp filter (slot_confine.h).
  *
- *   slotwarden-confine --user NAME -- PROGRAM [ARG...]   (as root: filter, then become NAME)
+ *   slotwarden-confine --user NAME -- PROGRAM [ARG...]   (as root: private /tmp, filter, become NAME)
  *   slotwarden-confine -- PROGRAM [ARG...]               (as the slot user already: filter)
  *
  * Apps reach the tenant's code without a PAM session: supervisord starts each program through
  * this wrapper as root (after the program joined its slot's cgroups), which installs the
  * filter while it still holds CAP_SYS_ADMIN (no no_new_privs: setuid programs keep working),
- * then drops to NAME's uid, gid and supplementary groups (initgroups) and execs PROGRAM.
+ * gives it the slot's private /tmp and /var/tmp (slot_tmp.h, the same instances as the slot's
+ * logins), then drops to NAME's uid, gid and supplementary groups (initgroups) and execs PROGRAM.
  * systemd units run it as User= with NoNewPrivileges=yes: the filter is installed with
- * no_new_privs. NAME must not be root or have gid 0. PROGRAM is looked up on PATH only when it
+ * no_new_privs (and systemd's PrivateTmp=). NAME must not be root or have gid 0. PROGRAM is looked up on PATH only when it
  * has no slash. Nothing of NAME's is read or executed before the drop.
  *
  * Exit status: 2 on a usage error, 1 when the filter or the drop fails, 126/127 when PROGRAM
@@ -24,6 +25,7 @@
 #include <unistd.h>
 
 #include "slot_confine.h"
+#include "slot_tmp.h"
 
 static int usage(void) {
     fputs("usage: slotwarden-confine [--user NAME] -- PROGRAM [ARG...]\n", stderr);
@@ -33,6 +35,7 @@ static int usage(void) {
 static int drop_to(const char *name) {
     errno = 0;
     struct passwd *pw = getpwnam(name);
+    const char *what = NULL;
     if (pw == NULL) {
         fprintf(stderr, "slotwarden-confine: no such user (%s)\n", errno ? strerror(errno) : "unknown name");
         return -1;
@@ -43,6 +46,12 @@ static int drop_to(const char *name) {
     }
     uid_t uid = pw->pw_uid;
     gid_t gid = pw->pw_gid;
+    if (pw->pw_dir == NULL || pw->pw_dir[0] != '/' ||
+        (slot_tmp_applies(pw->pw_dir) && slot_tmp_enter(pw->pw_dir, uid, &what) != 0)) {
+        fprintf(stderr, "slotwarden-confine: no private /tmp (cannot %s: %s)\n", what ? what : "find the home",
+                strerror(errno));
+        return -1;
+    }
     if (initgroups(pw->pw_name, gid) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0) {
         fprintf(stderr, "slotwarden-confine: cannot become the slot user: %s\n", strerror(errno));
         return -1;

@@ -7,6 +7,7 @@ family of attacks; the root-side halves (root's operations racing the tenant) ar
 
 from __future__ import annotations
 
+import secrets
 import shlex
 from typing import Any
 
@@ -232,3 +233,35 @@ class TestNoSubvolumeOfItsOwn:
         finally:
             as_tenant(host, slot, f"crontab -r; rm -f {out_file} {out_file}.tmp {script}")
             clean_subvolume_attack(host, slot)
+
+
+@pytest.mark.confine
+class TestPrivateTmp:
+    """Identity and quota (issue 12): a slot's /tmp and /var/tmp are its own, inside its quota.
+
+    Each session of a slot (and each of its apps) gets the instances in its home
+    (``~/.slot-tmp/tmp``, ``var-tmp``) mounted on /tmp and /var/tmp: nothing a tenant leaves
+    there is seen by another slot or left behind in the host's shared directories.
+    """
+
+    def test_another_slot_never_sees_them(self, host: Any, pairs: list[tuple[Slot, Slot]]) -> None:
+        a, b = pairs[0]
+        name = f".swv-private-{secrets.token_hex(4)}"
+        assert as_tenant(host, a, f"echo mine > /tmp/{name} && echo mine > /var/tmp/{name}").rc == 0
+        try:
+            out = as_tenant(host, b, f"ls /tmp/{name} /var/tmp/{name} 2>&1; true").stdout
+            assert out.count("No such file") == 2, out
+            # Root (no slot) sees the host's own /tmp, where nothing of A's is.
+            assert not host.file(f"/tmp/{name}").exists and not host.file(f"/var/tmp/{name}").exists
+            assert as_tenant(host, a, f"cat /tmp/{name} /var/tmp/{name}").stdout.split() == ["mine", "mine"]
+        finally:
+            as_tenant(host, a, f"rm -f /tmp/{name} /var/tmp/{name}")
+
+    def test_they_count_against_its_quota(self, host: Any, slots: list[Slot],
+                                          request: pytest.FixtureRequest) -> None:
+        quota_mib = request.config.getoption("quota_mib")
+        out = as_tenant(host, slots[0], f"dd if=/dev/zero of=/tmp/.swv-fill bs=1M count={quota_mib + 8} "
+                                        "conv=fsync 2>&1; stat -c size=%s /tmp/.swv-fill; rm -f /tmp/.swv-fill")
+        assert "Disk quota exceeded" in out.stdout, out.stdout
+        size = int(out.stdout.split("size=")[1].split()[0])
+        assert size <= (quota_mib + 1) * MiB

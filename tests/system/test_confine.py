@@ -29,7 +29,7 @@ import pytest
 from provisioner import lifecycle
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
-from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
+from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host
 from tests.system.lab import LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
 from tests.system.test_quota_escape import SUBVOL_WITH_INHERIT
 
@@ -59,6 +59,7 @@ class Lab:
     client: LabHost
     sshd: LabSshd
     slot: Created
+    other: Created  # a second slot, B
     pam_dir: Path  # copies of su and cron with the session module
 
     @property
@@ -74,13 +75,14 @@ class Lab:
         """The command that runs ATTACK as whoever runs it (the script is the tenant's own file)."""
         return f"/bin/sh {shlex.quote(str(self.home / ATTACK_FILE))}"
 
-    def ssh(self, command: str) -> subprocess.CompletedProcess[str]:
+    def ssh(self, command: str, who: Created | None = None) -> subprocess.CompletedProcess[str]:
+        who = who or self.slot
         r, w = os.pipe()
-        os.write(w, self.slot.password.encode() + b"\n")
+        os.write(w, who.password.encode() + b"\n")
         os.close(w)
         try:
             argv = self.client.cmd(["sshpass", "-d", str(r), "ssh", *_SSH_OPTS, "-p", str(self.sshd.port),
-                                    f"{self.name}@{self.sshd.addr}", command])
+                                    f"{who.record.username}@{self.sshd.addr}", command])
             return subprocess.run(argv, pass_fds=(r,), capture_output=True, text=True, timeout=120)
         finally:
             os.close(r)
@@ -108,15 +110,20 @@ def _with_module(service: str, dest: Path, prefix: str) -> None:
 def lab() -> Iterator[Lab]:
     assert SESSION_MODULE.exists(), "run 'make pam' first (builds pam_slotwarden_session.so)"
     prefix = f"tc{secrets.token_hex(2)}"
-    host = make_slot_host(world_traversable_tmpdir("confine"), prefix)
+    # Not under /tmp (where world_traversable_tmpdir puts other tests' hosts): a private /tmp
+    # mounted over the slots root would hide the homes, so the module gives none there.
+    base = Path(tempfile.mkdtemp(prefix="slotwarden-confine-", dir="/var/lib"))
+    base.chmod(0o755)
+    host = make_slot_host(base, prefix)
     pam_dir = Path(tempfile.mkdtemp(prefix="swc-pam-"))
     try:
         for service in ("su", "cron"):
             _with_module(service, pam_dir / service, prefix)
         ctx = host.ctx()
         slot = lifecycle.create(ctx, host.name(), "c@example.org", "DE", quota="64M")
+        other = lifecycle.create(ctx, host.name(), "d@example.org", "DE", quota="64M")
         ctx.close()
-        assert isinstance(slot, Created)
+        assert isinstance(slot, Created) and isinstance(other, Created)
         script = host.slots_root / slot.record.username / ATTACK_FILE
         script.write_text(ATTACK + "\n")
         pw = pwd.getpwnam(slot.record.username)
@@ -129,7 +136,7 @@ def lab() -> Iterator[Lab]:
                          pam_service=f"slotwarden-test-conf-{prefix}") as sshd:
                 with sshd.pam_file.open("a") as f:
                     f.write(f"session required {SESSION_MODULE} parent=slotwarden-{prefix}\n")
-                yield Lab(host, client, sshd, slot, pam_dir)
+                yield Lab(host, client, sshd, slot, other, pam_dir)
     finally:
         teardown_slot_host(host)
         shutil.rmtree(pam_dir, ignore_errors=True)
@@ -241,3 +248,90 @@ def test_bad_calls_of_the_wrapper_are_one_line_errors() -> None:
         r = subprocess.run([wrapper, *argv], capture_output=True, text=True, timeout=30)
         assert r.returncode == code, (argv, r.returncode, r.stderr)
         assert r.stderr.count("\n") == 1, r.stderr
+
+
+# --- the private /tmp and /var/tmp ---------------------------------------------------------------
+
+
+def test_tmp_is_the_slots_own_invisible_to_another_slot_and_to_the_host(lab: Lab) -> None:
+    tag = secrets.token_hex(4)
+    a = lab.ssh(f"echo secret > /tmp/swc-{tag} && echo secret > /var/tmp/swc-{tag} && ls /tmp/swc-{tag}")
+    assert a.returncode == 0, a.stdout + a.stderr
+    try:
+        # B, through its own door (su) and A's (ssh), finds nothing of A's in its /tmp.
+        b = lab.su(lab.other.record.username, f"ls /tmp/swc-{tag} /var/tmp/swc-{tag} 2>&1; true")
+        assert b.stdout.count("No such file") == 2, b.stdout + b.stderr
+        b = lab.ssh(f"ls /tmp/swc-{tag} 2>&1; true", who=lab.other)
+        assert "No such file" in b.stdout, b.stdout + b.stderr
+        assert not Path(f"/tmp/swc-{tag}").exists() and not Path(f"/var/tmp/swc-{tag}").exists()
+        # A's next session, through another door, sees its own.
+        again = lab.su(lab.name, f"cat /tmp/swc-{tag} /var/tmp/swc-{tag}")
+        assert again.stdout.split() == ["secret", "secret"], again.stdout + again.stderr
+        inst = lab.home / ".slot-tmp"
+        st = inst.stat()
+        assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o711)
+        assert (inst / "tmp" / f"swc-{tag}").exists() and (inst / "var-tmp" / f"swc-{tag}").exists()
+    finally:
+        lab.ssh(f"rm -f /tmp/swc-{tag} /var/tmp/swc-{tag}")
+
+
+def test_tmp_counts_against_the_slots_quota(lab: Lab) -> None:
+    r = lab.ssh("dd if=/dev/zero of=/tmp/swc-fill bs=1M count=96 conv=fsync 2>&1; echo rc=$?; "
+                "stat -c size=%s /tmp/swc-fill; rm -f /tmp/swc-fill")
+    assert "Disk quota exceeded" in r.stdout, r.stdout + r.stderr
+    size = int(r.stdout.split("size=")[1].split()[0])
+    assert size <= 65 << 20, f"{size} bytes in /tmp behind a 64 MiB quota"
+
+
+def test_an_app_shares_its_slots_tmp(lab: Lab) -> None:
+    tag = secrets.token_hex(4)
+    ctx = lab.host.ctx()
+    try:
+        sup = supervisor_for(ctx)
+        prog = Program(app="swctmp", user=lab.name, cwd=str(lab.home), startsecs=0, autorestart=False,
+                       argv=["/bin/sh", "-c", f"echo from-app > /tmp/swc-app-{tag}; exec sleep 600"])
+        sup.ensure_program(prog)
+        try:
+            r = lab.ssh(f"i=0; while [ ! -s /tmp/swc-app-{tag} ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; "
+                        f"cat /tmp/swc-app-{tag}")
+            assert r.stdout.strip() == "from-app", r.stdout + r.stderr
+            assert (lab.home / ".slot-tmp" / "tmp" / f"swc-app-{tag}").exists()
+            assert not Path(f"/tmp/swc-app-{tag}").exists()
+        finally:
+            sup.remove_program(prog.name)
+            Path(f"/tmp/swc-app-{tag}").unlink(missing_ok=True)  # before the fix: the host's /tmp
+            lab.ssh(f"rm -f /tmp/swc-app-{tag}")
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize("plant", ["ln -s {other} .slot-tmp", "ln -s /etc .slot-tmp", "mkfifo .slot-tmp",
+                                   "mkdir -p .slot-tmp/tmp .slot-tmp/var-tmp && chmod 777 .slot-tmp"])
+def test_a_planted_slot_tmp_is_set_aside_never_followed(lab: Lab, plant: str) -> None:
+    tag = secrets.token_hex(4)
+    other_home = lab.host.slots_root / lab.other.record.username
+    # The tenant moves its instances away and plants something of its own under the name.
+    script = (f"cd $HOME && mv .slot-tmp .swc-old-{tag} && " + plant.format(other=shlex.quote(str(other_home)))
+              + " && echo planted")
+    r = lab.su(lab.name, script)
+    assert "planted" in r.stdout, r.stdout + r.stderr
+    try:
+        r = lab.ssh(f"echo mine > /tmp/swc-{tag}; grep -E ' /tmp ' /proc/self/mountinfo")
+        assert r.returncode == 0, r.stdout + r.stderr
+        inst = lab.home / ".slot-tmp"
+        st = inst.lstat()
+        assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o711) and inst.is_dir() and not inst.is_symlink()
+        assert (inst / "tmp" / f"swc-{tag}").read_text() == "mine\n"
+        # Nothing made where a planted link pointed (this machine's /etc changes under other tests).
+        assert not any((Path("/etc") / n).exists() for n in ("tmp", "var-tmp", f"swc-{tag}"))
+        assert not (other_home / "tmp").exists() and not (other_home / f"swc-{tag}").exists()
+        assert any(p.name.startswith(".slot-tmp.moved-") for p in lab.home.iterdir())
+    finally:
+        # Root clears the scene: what was set aside, and the old instances (root's, 0711).
+        for p in lab.home.iterdir():
+            if p.name.startswith((".slot-tmp.moved-", f".swc-old-{tag}")):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        (lab.home / ".slot-tmp" / "tmp" / f"swc-{tag}").unlink(missing_ok=True)

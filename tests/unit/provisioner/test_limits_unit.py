@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from provisioner.config import LIMIT_KEYS, ConfigError, ResourceLimits, load_config_text, parse_limits
 from provisioner.errors import BadInput
 from provisioner.limits.cgroup_v1 import CgroupV1Limits, expected_v1
-from provisioner.limits.enforcement import SlotTarget, beyond_host, kernel_units_differ
+from provisioner.limits.enforcement import TMP_SIZE_REFUSED, SlotTarget, beyond_host, kernel_units_differ
 from provisioner.limits.systemd import expected_v2, properties
 from provisioner.supervisor import Program
 from provisioner.supervisor.supervisord import render_program
@@ -117,7 +117,7 @@ def test_v1_refuses_what_it_cannot_enforce(tmp_path: Path) -> None:
         "swap_max: the memory controller has no swap accounting (boot with swapaccount=1)",
         f"max_processes: the pids cgroup controller is not mounted under {tmp_path}",
         f"io_read_bps: the blkio cgroup controller is not mounted under {tmp_path}",
-        "tmp_size: this host has no per-slot /tmp to size (the limits backend cgroup-v1 enforces no tmpfs)",
+        TMP_SIZE_REFUSED,
     ]
 
 
