@@ -32,7 +32,8 @@
  * namespace of its own in which /tmp and /var/tmp are the slot's instance directories inside its
  * home (HOME/.slot-tmp/tmp and var-tmp, root's, 1777), under the slot's quota and invisible to
  * every other slot. A slot whose private /tmp cannot be set up is refused (PAM_SESSION_ERR); a
- * home that itself lies under /tmp or /var/tmp (test hosts) gets none, as the mount would hide it.
+ * slot without a home directory of its own, or whose home lies under /tmp or /var/tmp (test
+ * hosts: the mount would hide it), gets none.
  *
  * PAM_USER is data: it must have a slot name's shape ([a-z][a-z0-9_-]{0,31}) before it becomes
  * part of a path, and it is never logged as given.
@@ -231,11 +232,12 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
     if (found > 0 && unjoined > 0)
         pam_syslog(pamh, LOG_WARNING, "slot %s has no cgroup in %d hierarchies (run slotctl doctor)", user,
                    unjoined);
-    if (o.private_tmp && known && !slot_tmp_applies(home)) {
-        pam_syslog(pamh, LOG_NOTICE, "slot %s: home under a shared tmp dir; no private /tmp", user);
+    if (o.private_tmp && !(known && uid != 0 && slot_tmp_applies(home, uid))) {
+        pam_syslog(pamh, LOG_NOTICE, "slot %s: no home of its own outside the shared tmp dirs; no private /tmp",
+                   user);
     } else if (o.private_tmp) {
         const char *what = "look the slot up";
-        if (!known || uid == 0 || home[0] != '/' || slot_tmp_enter(home, uid, &what) != 0) {
+        if (slot_tmp_enter(home, uid, &what) != 0) {
             pam_syslog(pamh, LOG_ERR, "slot %s: no private /tmp (cannot %s: %s); session refused", user, what,
                        strerror(errno));
             return PAM_SESSION_ERR;

@@ -88,10 +88,16 @@ static int slot_tmp_root_dir(int dirfd, const char *name, mode_t mode, dev_t dev
 }
 
 /*
- * 0 when HOME lies under /tmp or /var/tmp itself (a test host's slots root, never a production
- * one): a private /tmp mounted over it would hide the home from its own session.
+ * 1 when HOME should get a private /tmp: a directory owned by UID (what every slot's home is;
+ * the tenant cannot change that, the home's entry is in the root-owned slots root) that does not
+ * lie under /tmp or /var/tmp itself (a test host's slots root, never a production one: a private
+ * /tmp mounted over it would hide the home from its own session). A user without such a home
+ * (a system user running a program, a home being removed) gets none.
  */
-static int slot_tmp_applies(const char *home) {
+static int slot_tmp_applies(const char *home, uid_t uid) {
+    struct stat st;
+    if (home == NULL || home[0] != '/' || lstat(home, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != uid)
+        return 0;
     for (int i = 0; i < SLOT_TMP_N; i++) {
         size_t n = strlen(SLOT_TMP_TARGETS[i]);
         if (strncmp(home, SLOT_TMP_TARGETS[i], n) == 0 && (home[n] == '/' || home[n] == '\0'))

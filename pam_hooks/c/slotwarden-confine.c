@@ -10,7 +10,8 @@
  * gives it the slot's private /tmp and /var/tmp (slot_tmp.h, the same instances as the slot's
  * logins), then drops to NAME's uid, gid and supplementary groups (initgroups) and execs PROGRAM.
  * systemd units run it as User= with NoNewPrivileges=yes: the filter is installed with
- * no_new_privs (and systemd's PrivateTmp=). NAME must not be root or have gid 0. PROGRAM is looked up on PATH only when it
+ * no_new_privs (and systemd's PrivateTmp=). A user without a home directory of its own (see
+ * slot_tmp_applies) gets no private /tmp. NAME must not be root or have gid 0. PROGRAM is looked up on PATH only when it
  * has no slash. Nothing of NAME's is read or executed before the drop.
  *
  * Exit status: 2 on a usage error, 1 when the filter or the drop fails, 126/127 when PROGRAM
@@ -35,7 +36,7 @@ static int usage(void) {
 static int drop_to(const char *name) {
     errno = 0;
     struct passwd *pw = getpwnam(name);
-    const char *what = NULL;
+    const char *what = "set up the private /tmp";
     if (pw == NULL) {
         fprintf(stderr, "slotwarden-confine: no such user (%s)\n", errno ? strerror(errno) : "unknown name");
         return -1;
@@ -46,10 +47,8 @@ static int drop_to(const char *name) {
     }
     uid_t uid = pw->pw_uid;
     gid_t gid = pw->pw_gid;
-    if (pw->pw_dir == NULL || pw->pw_dir[0] != '/' ||
-        (slot_tmp_applies(pw->pw_dir) && slot_tmp_enter(pw->pw_dir, uid, &what) != 0)) {
-        fprintf(stderr, "slotwarden-confine: no private /tmp (cannot %s: %s)\n", what ? what : "find the home",
-                strerror(errno));
+    if (slot_tmp_applies(pw->pw_dir, uid) && slot_tmp_enter(pw->pw_dir, uid, &what) != 0) {
+        fprintf(stderr, "slotwarden-confine: no private /tmp (cannot %s: %s)\n", what, strerror(errno));
         return -1;
     }
     if (initgroups(pw->pw_name, gid) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0) {
