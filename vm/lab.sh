@@ -201,7 +201,7 @@ inner() {
   log "isolation suite"
   local rc=0
   timeout -k 20 900 "$top/.venv/bin/python" -m pytest -p no:cacheprovider "$top/tests/infra" \
-    --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo --guard=yes \
+    --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo --guard=yes --confine=yes \
     --client-host=ssh://client --server-address=198.51.100.10 \
     --slots="$SLOTWARDEN_SLOTS" --quota-mib="$SLOTWARDEN_SLOT_QUOTA_MIB" -ra "$@" || rc=$?
   log "isolation suite: $((SECONDS - t0)) s (rc=$rc)"

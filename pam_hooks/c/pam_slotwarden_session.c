@@ -1,29 +1,51 @@
 /*
- * pam_slotwarden_session.so - place each login of a slot in the slot's cgroup at session open.
- *
- * On hosts without systemd (cgroup v1, or a v2 tree systemd does not own) nothing else puts a
- * login into the cgroup that carries its slot's limits: sshd, su and cron start the session as
- * root and everything the tenant runs inherits the cgroup of that process. This module moves the
- * process opening the session into the slot's cgroup in every hierarchy, so the shell and all
- * its children are held to the slot's memory, CPU, process and I/O limits from the first fork.
+ * pam_slotwarden_session.so - hold each login of a slot to the slot at session open: its cgroup
+ * (limits) and its seccomp filter (no btrfs subvolumes of its own).
  *
  *   session required pam_slotwarden_session.so [cgroup_root=/sys/fs/cgroup] [parent=slotwarden]
+ *                                               [uids=65536-99999] [private_tmp=yes|no]
  *
+ * Both act on the process that opens the session, before anything of the tenant's runs: sshd's
+ * privileged monitor (whose unprivileged child and the tenant's shell are forked after), su's
+ * and runuser's parent (the shell is forked after), cron's and atd's job child, systemd's
+ * user@.service child before it becomes the user. Everything the tenant runs inherits both.
+ *
+ * The cgroup. On hosts without systemd (cgroup v1, or a v2 tree systemd does not own) nothing
+ * else puts a login into the cgroup that carries its slot's limits. This module moves the
+ * process opening the session into the slot's cgroup in every hierarchy, so the shell and all
+ * its children are held to the slot's memory, CPU, process and I/O limits from the first fork.
  * The slot's cgroup is <root>/<controller>/<parent>/<user> (v1: memory, cpu, cpuacct, pids,
  * blkio) or <root>/<parent>/<user> (v2). It is made by the provisioner, root-owned: a tenant
- * cannot create one, and a user without one (root, staff) is left alone (PAM_IGNORE). A slot
- * whose cgroup exists but cannot be joined is refused (PAM_SESSION_ERR): a login that escapes
- * its limits must not open. A hierarchy where the slot has no directory (a slot made before the
- * limits existed) is logged and skipped; `slotctl doctor` reports it.
+ * cannot create one. A slot whose cgroup exists but cannot be joined is refused
+ * (PAM_SESSION_ERR): a login that escapes its limits must not open. A hierarchy where the slot
+ * has no directory (a slot made before the limits existed, or a systemd host where pam_systemd
+ * places logins in the slot's slice) is logged and skipped; `slotctl doctor` reports it.
+ *
+ * The seccomp filter (slot_confine.h): a user is a slot when its uid is in uids= (the
+ * provisioner's [slots] uid_min-uid_max; keep them in step) or it has a slot cgroup. Its
+ * session gets the filter refusing btrfs subvolume and snapshot creation with EPERM, installed
+ * without no_new_privs (the opener is root), so su, sudo and passwd keep working inside the
+ * session. A slot whose filter cannot be installed is refused (PAM_SESSION_ERR). Root, staff
+ * and system users (outside the range, no slot cgroup) are left alone (PAM_IGNORE).
+ *
+ * The private /tmp (slot_tmp.h; private_tmp=no turns it off): the same process gets a mount
+ * namespace of its own in which /tmp and /var/tmp are the slot's instance directories inside its
+ * home (HOME/.slot-tmp/tmp and var-tmp, root's, 1777), under the slot's quota and invisible to
+ * every other slot. A slot whose private /tmp cannot be set up is refused (PAM_SESSION_ERR); a
+ * slot without a home directory of its own, or whose home lies under /tmp or /var/tmp (test
+ * hosts: the mount would hide it), gets none.
  *
  * PAM_USER is data: it must have a slot name's shape ([a-z][a-z0-9_-]{0,31}) before it becomes
  * part of a path, and it is never logged as given.
  */
+#define _GNU_SOURCE
 #define PAM_SM_SESSION
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <syslog.h>
@@ -32,6 +54,9 @@
 #include <security/pam_ext.h>
 #include <security/pam_modules.h>
 
+#include "slot_confine.h"
+#include "slot_tmp.h"
+
 #define NAME_MAX_LEN 32
 
 static const char *const CONTROLLERS[] = {"memory", "cpu", "cpuacct", "pids", "blkio", NULL};
@@ -39,7 +64,24 @@ static const char *const CONTROLLERS[] = {"memory", "cpu", "cpuacct", "pids", "b
 struct options {
     const char *root;
     const char *parent;
+    unsigned long uid_min, uid_max;
+    int private_tmp;
 };
+
+/* "MIN-MAX", both decimal, 1000 <= MIN < MAX < 2^31 (the provisioner's own rule for the range). */
+static int parse_uids(const char *s, unsigned long *lo, unsigned long *hi) {
+    char *end;
+    if (s[0] < '0' || s[0] > '9')
+        return -1;
+    errno = 0;
+    *lo = strtoul(s, &end, 10);
+    if (errno != 0 || *end != '-' || end[1] < '0' || end[1] > '9')
+        return -1;
+    *hi = strtoul(end + 1, &end, 10);
+    if (errno != 0 || *end != '\0' || *lo < 1000 || *hi <= *lo || *hi > 0x7fffffffUL)
+        return -1;
+    return 0;
+}
 
 static int slot_name_ok(const char *s) {
     size_t n = 0;
@@ -71,12 +113,22 @@ static int path_arg_ok(const char *s, int absolute) {
 static int parse_options(pam_handle_t *pamh, int argc, const char **argv, struct options *o) {
     o->root = "/sys/fs/cgroup";
     o->parent = "slotwarden";
+    o->uid_min = 65536;
+    o->uid_max = 99999;
+    o->private_tmp = 1;
     for (int i = 0; i < argc; i++) {
         if (strncmp(argv[i], "cgroup_root=", 12) == 0)
             o->root = argv[i] + 12;
         else if (strncmp(argv[i], "parent=", 7) == 0)
             o->parent = argv[i] + 7;
-        else {
+        else if (strncmp(argv[i], "uids=", 5) == 0) {
+            if (parse_uids(argv[i] + 5, &o->uid_min, &o->uid_max) != 0) {
+                pam_syslog(pamh, LOG_ERR, "uids= must be MIN-MAX with 1000 <= MIN < MAX");
+                return -1;
+            }
+        } else if (strcmp(argv[i], "private_tmp=yes") == 0 || strcmp(argv[i], "private_tmp=no") == 0) {
+            o->private_tmp = argv[i][12] == 'y';
+        } else {
             pam_syslog(pamh, LOG_ERR, "unknown option (ignored)");
         }
     }
@@ -126,6 +178,17 @@ static void try_join(pam_handle_t *pamh, const char *dir, int *found, int *faile
     }
 }
 
+/* USER's uid and home; 0 if there is no such user. */
+static int lookup(const char *user, uid_t *uid, char *home, size_t homelen) {
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+    if (getpwnam_r(user, &pw, buf, sizeof buf, &res) != 0 || res == NULL)
+        return 0;
+    *uid = pw.pw_uid;
+    snprintf(home, homelen, "%s", pw.pw_dir);
+    return 1;
+}
+
 PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv) {
     (void)flags;
     struct options o;
@@ -156,15 +219,39 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
                 unjoined++;
         }
     }
-    if (found == 0)
+    uid_t uid = 0;
+    char home[PATH_MAX];
+    int known = lookup(user, &uid, home, sizeof home);
+    int slot = found > 0 || (known && uid >= o.uid_min && uid <= o.uid_max);
+    if (!slot)
         return PAM_IGNORE; /* not a slot (root, staff): nothing to hold it to */
     if (failed > 0) {
         pam_syslog(pamh, LOG_ERR, "slot %s: %d cgroup(s) could not be joined; session refused", user, failed);
         return PAM_SESSION_ERR;
     }
-    if (unjoined > 0)
+    if (found > 0 && unjoined > 0)
         pam_syslog(pamh, LOG_WARNING, "slot %s has no cgroup in %d hierarchies (run slotctl doctor)", user,
                    unjoined);
+    if (o.private_tmp && !(known && uid != 0 && slot_tmp_applies(home, uid))) {
+        pam_syslog(pamh, LOG_NOTICE, "slot %s: no home of its own outside the shared tmp dirs; no private /tmp",
+                   user);
+    } else if (o.private_tmp) {
+        const char *what = "look the slot up";
+        if (slot_tmp_enter(home, uid, &what) != 0) {
+            pam_syslog(pamh, LOG_ERR, "slot %s: no private /tmp (cannot %s: %s); session refused", user, what,
+                       strerror(errno));
+            return PAM_SESSION_ERR;
+        }
+    }
+    int nnp = 0;
+    if (slot_confine_install(&nnp) != 0) {
+        pam_syslog(pamh, LOG_ERR, "slot %s: cannot install the seccomp filter (%s); session refused", user,
+                   strerror(errno));
+        return PAM_SESSION_ERR;
+    }
+    if (nnp)
+        pam_syslog(pamh, LOG_NOTICE, "slot %s: session opened without CAP_SYS_ADMIN; filter set with no_new_privs",
+                   user);
     return PAM_SUCCESS;
 }
 

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from provisioner.config import ResourceLimits
-from provisioner.limits.enforcement import LimitsError, Placement, SlotTarget, io_scheduler
+from provisioner.limits.enforcement import TMP_SIZE_REFUSED, LimitsError, Placement, SlotTarget, io_scheduler
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
 PERIOD_US = 100_000
@@ -100,8 +100,7 @@ class CgroupV1Limits:
         for key in limits.set_keys():
             ctrl = need.get(key)
             if key == "tmp_size":
-                out.append("tmp_size: this host has no per-slot /tmp to size (the limits backend "
-                           f"{self.name} enforces no tmpfs)")
+                out.append(TMP_SIZE_REFUSED)
             elif ctrl not in have:
                 out.append(f"{key}: the {ctrl} cgroup controller is not mounted under {self.root}")
             elif key == "swap_max" and not (self.root / "memory" / "memory.memsw.limit_in_bytes").exists():

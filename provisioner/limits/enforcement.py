@@ -20,6 +20,10 @@ from typing import Protocol
 from provisioner.config import ResourceLimits
 from provisioner.errors import SlotError
 
+# Why a plan's tmp_size is refused on every backend: the private /tmp is part of the home.
+TMP_SIZE_REFUSED = ("tmp_size: a slot's private /tmp and /var/tmp live in its home and share its disk quota; "
+                    "no separate size is enforced (sell a larger quota instead)")
+
 
 class LimitsError(SlotError):
     """The host cannot enforce a limit, or the kernel refused one (exit code 1)."""

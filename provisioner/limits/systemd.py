@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from provisioner.config import ResourceLimits
-from provisioner.limits.enforcement import LimitsError, Placement, SlotTarget
+from provisioner.limits.enforcement import TMP_SIZE_REFUSED, LimitsError, Placement, SlotTarget
 from provisioner.runner import run
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -153,8 +153,7 @@ class SystemdSliceLimits:
         out = []
         for key in limits.set_keys():
             if key == "tmp_size":
-                out.append("tmp_size: this host has no per-slot /tmp to size (the systemd backend sets "
-                           "no tmpfs on the slice)")
+                out.append(TMP_SIZE_REFUSED)
             elif need[key] not in have:
                 out.append(f"{key}: the {need[key]} cgroup v2 controller is not available at {self.root}")
             elif key in ("io_read_bps", "io_write_bps") and target.device is None:

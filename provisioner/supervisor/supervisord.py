@@ -37,12 +37,13 @@ from typing import Any
 from provisioner.errors import SlotError
 from provisioner.runner import run
 from provisioner.supervisor import Program, ProgramStatus, SupervisorError
+from provisioner.supervisor.confine import INSTALLED, confine_argv, confine_wrapper
 
 SUPERVISORD = "/usr/bin/supervisord"
-SETPRIV = "/usr/bin/setpriv"
-# Run by supervisord as root: join each cgroup given ($1 = how many), then become the slot user.
-# Everything in it is root's (sh, setpriv, the cgroup files); the program itself runs only after
-# setpriv, as the user, so a tenant's file is never executed by root.
+# Run by supervisord as root: join each cgroup given ($1 = how many), then exec the confine
+# wrapper, which becomes the slot user. Everything in it is root's (sh, the wrapper, the cgroup
+# files); the program itself runs only after the drop, as the user, so a tenant's file is never
+# executed by root.
 JOIN_CGROUPS = ('n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 97; '
                 'shift; n=$((n-1)); done; exec "$@"')
 # supervisord fault codes (supervisor.xmlrpc.Faults) we treat as "already so".
@@ -77,27 +78,31 @@ def _escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def render_program(program: Program, log_dir: Path) -> str:
-    """The ``[program:NAME]`` section for PROGRAM (pure; tested as data)."""
+def render_program(program: Program, log_dir: Path, confine: str = str(INSTALLED)) -> str:
+    """The ``[program:NAME]`` section for PROGRAM (pure; tested as data).
+
+    A slot's program (any user but root) starts as root through CONFINE, the seccomp wrapper,
+    which drops to the slot user itself (what supervisord's ``user=`` does: uid, gid,
+    supplementary groups) after installing the filter; before that it joins its cgroups.
+    """
     env = {"HOME": program.cwd, **program.environment}
-    env_line = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(env.items()) if '"' not in v)
-    command = shlex.join(program.argv)
+    inner = list(program.argv)
     if program.env_file is not None:
         # supervisord has no env-file option: a tiny exec wrapper reads it as the user would.
-        command = shlex.join(["/bin/sh", "-c", 'set -a; . "$0"; set +a; exec "$@"',
-                              program.env_file, *program.argv])
+        inner = ["/bin/sh", "-c", 'set -a; . "$0"; set +a; exec "$@"', program.env_file, *program.argv]
     log = log_dir / f"{program.name}.log"
     user_line = [f"user={program.user}"]
-    if program.cgroups:
-        # supervisord cannot place a child in a cgroup: the child does it as root, then drops to
-        # the user with setpriv (what supervisord's user= does: uid, gid, supplementary groups).
+    command = shlex.join(inner)
+    if program.user != "root":
         env = {**env, "USER": program.user, "LOGNAME": program.user}
-        env_line = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(env.items()) if '"' not in v)
-        drop = [SETPRIV, f"--reuid={program.user}", f"--regid={program.user}", "--init-groups", "--"]
-        command = shlex.join(["/bin/sh", "-c", JOIN_CGROUPS, "slotwarden-join", str(len(program.cgroups)),
-                              *program.cgroups, *drop]) + " " + (
-            command if program.env_file is not None else shlex.join(program.argv))
+        confined = confine_argv(confine, program.user, inner)
+        command = shlex.join(confined)
+        if program.cgroups:
+            # supervisord cannot place a child in a cgroup: the child does it as root first.
+            command = shlex.join(["/bin/sh", "-c", JOIN_CGROUPS, "slotwarden-join", str(len(program.cgroups)),
+                                  *program.cgroups, *confined])
         user_line = []
+    env_line = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(env.items()) if '"' not in v)
     lines = [
         f"[program:{program.name}]",
         f"command={_escape(command)}",
@@ -255,7 +260,8 @@ class Supervisord:
     def ensure_program(self, program: Program) -> None:
         self.ensure_running()
         path = self._conf_of(program.name)
-        text = render_program(program, self.log_dir)
+        text = render_program(program, self.log_dir,
+                              confine_wrapper() if program.user != "root" else str(INSTALLED))
         try:
             changed = path.read_text() != text
         except FileNotFoundError:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from provisioner.runner import run
 from provisioner.supervisor import Program, ProgramStatus, SupervisorError
+from provisioner.supervisor.confine import INSTALLED, confine_argv, confine_wrapper
 
 UNIT_DIR = Path("/etc/systemd/system")
 
@@ -55,13 +56,17 @@ def _quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
-def render_dropin(program: Program) -> str:
-    """The per-instance drop-in: command line, directory, environment (never a secret)."""
+def render_dropin(program: Program, confine: str = str(INSTALLED)) -> str:
+    """The per-instance drop-in: command line, directory, environment (never a secret).
+
+    The command starts through CONFINE, the seccomp wrapper, as the unit's ``User=`` (the
+    template's ``NoNewPrivileges=yes`` holds anyway).
+    """
     env = {"HOME": program.cwd, **program.environment}
     lines = [
         "[Service]",
         "ExecStart=",
-        "ExecStart=" + " ".join(_quote(a) for a in program.argv),
+        "ExecStart=" + " ".join(_quote(a) for a in confine_argv(confine, None, program.argv)),
         f"WorkingDirectory={program.cwd}",
         f"Restart={'always' if program.autorestart else 'no'}",
         f"KillSignal=SIG{program.stopsignal}",
@@ -105,7 +110,7 @@ class Systemd:
     def ensure_program(self, program: Program) -> None:
         changed = False
         for path, text in ((self._template_path(program.app), render_template(program.app)),
-                           (self._dropin(program.name), render_dropin(program))):
+                           (self._dropin(program.name), render_dropin(program, confine_wrapper()))):
             try:
                 same = path.read_text() == text
             except FileNotFoundError:

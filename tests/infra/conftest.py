@@ -14,7 +14,9 @@ passes after making a btrfs loop host and two slots)::
 Markers select what only some hosts have; the run says what it left out and why:
 ``guard`` needs the login guard in the host's sshd PAM stack (``--guard=yes`` requires it,
 as the VM lab does; ``auto`` looks for it),
-``client`` needs a second machine (``--client-host``) to log in from.
+``client`` needs a second machine (``--client-host``) to log in from,
+``confine`` the slot session module in the host's common session stack (``--confine=yes``
+requires it, as the VM lab does), ``cron`` a cron daemon.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--guard", choices=("auto", "yes", "no"), default="auto",
                     help="run the guard checks: yes (the host must have it), no, or auto (where "
                          "pam_slotwarden.so is in sshd's PAM stack; default)")
+    group.addoption("--confine", choices=("auto", "yes", "no"), default="auto",
+                    help="run the seccomp checks: yes (the host must have pam_slotwarden_session.so in its "
+                         "common session stack, as the package sets it up), no, or auto (where it is; default)")
     group.addoption("--client-host", default=None,
                     help="testinfra host spec of a second machine that logs in to the host")
     group.addoption("--server-address", default=None,
@@ -52,6 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "guard: needs the slotwarden login guard on the host")
     config.addinivalue_line("markers", "client: needs --client-host (a second machine)")
     config.addinivalue_line("markers", "usrquota: needs slot homes on a usrquota (ext4/xfs) filesystem")
+    config.addinivalue_line("markers", "confine: needs the slot session module (seccomp filter) in the host's "
+                                       "common session stack")
+    config.addinivalue_line("markers", "cron: needs a cron daemon running on the host")
     config._swv_left_out = []  # type: ignore[attr-defined]
 
 
@@ -82,6 +90,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         stack = "/etc/pam.d/sshd /etc/pam.d/common-auth /etc/pam.d/common-account"
         if _probe_host(config).run(f"grep -qs pam_slotwarden.so {stack}").rc != 0:
             reasons["guard"] = "the login guard is not in this host's sshd PAM stack (--guard=yes requires it)"
+    confine = config.getoption("confine")
+    if confine == "no":
+        reasons["confine"] = "--confine=no"
+    elif confine == "auto" and any(item.get_closest_marker("confine") for item in suite):
+        stack = "/etc/pam.d/common-session /etc/pam.d/common-session-noninteractive"
+        if _probe_host(config).run(f"grep -qs pam_slotwarden_session.so {stack}").rc != 0:
+            reasons["confine"] = ("the slot session module is not in this host's common session stack "
+                                  "(tests/system/test_confine.py covers this machine; --confine=yes requires it)")
+    if any(item.get_closest_marker("cron") for item in suite):
+        if _probe_host(config).run("pgrep -x cron >/dev/null || pgrep -x crond >/dev/null").rc != 0:
+            reasons["cron"] = "no cron daemon runs on this host"
     if any(item.get_closest_marker("usrquota") for item in suite):
         first = config.getoption("slots").split(",")[0]
         probe = _probe_host(config)

@@ -7,6 +7,7 @@ family of attacks; the root-side halves (root's operations racing the tenant) ar
 
 from __future__ import annotations
 
+import secrets
 import shlex
 from typing import Any
 
@@ -92,7 +93,8 @@ class TestQuotaEscapeThroughSubvolumes:
         try:
             if made.rc != 0:
                 # Not btrfs (usrquota homes): no subvolume at all, and the cap covers every file.
-                assert _filesystem(host, slot) != "btrfs", made.stdout
+                # On btrfs only the slot's seccomp filter may refuse it (TestNoSubvolumeOfItsOwn).
+                assert _filesystem(host, slot) != "btrfs" or "Operation not permitted" in made.stdout, made.stdout
                 as_tenant(host, slot, f"mkdir -p {path}")
             out = self._write_past(host, slot, quota_mib, path)
             assert "Disk quota exceeded" in out.stdout, out.stdout
@@ -119,3 +121,147 @@ class TestInodeCap:
         made = int(out.stdout.split("made=")[1].split()[0])
         assert made < 200000, "no inode cap: 200,000 empty files made"
         assert "Disk quota exceeded" in out.stdout, out.stdout
+
+
+# Run as the tenant (python3 -I -c, argv: a directory, a name prefix): every ioctl that makes a
+# btrfs subvolume, straight at the kernel — the _V2 ones with an explicit, empty qgroup-inherit
+# list (join no group: no cap). Prints one "NAME errno-name" line each ("NAME MADE" if it worked).
+# seccomp answers before the kernel looks at the descriptor, so a filtered ioctl is EPERM on any
+# filesystem, where an unfiltered one makes a subvolume (btrfs) or is ENOTTY (ext4, xfs).
+RAW_SUBVOLUME_IOCTLS = r"""
+import ctypes, errno, fcntl, os, struct, sys
+where, prefix = sys.argv[1], sys.argv[2]
+fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+inherit = ctypes.create_string_buffer(struct.pack("=9Q", 0, 0, 0, 0, 0, 0, 0, 0, 0), 72)
+def v1(name, src):
+    return bytearray(struct.pack("=q", src) + name.encode().ljust(4088, b"\0"))
+def v2(name, src):
+    head = struct.pack("=qQQQQ16x", src, 0, 1 << 2, 72, ctypes.addressof(inherit))
+    return bytearray(head + name.encode().ljust(4040, b"\0"))
+for label, cmd, build, src in (("SNAP_CREATE", 0x50009401, v1, fd), ("SUBVOL_CREATE", 0x5000940E, v1, 0),
+                               ("SNAP_CREATE_V2", 0x50009417, v2, fd), ("SUBVOL_CREATE_V2", 0x50009418, v2, 0)):
+    try:
+        fcntl.ioctl(fd, cmd, build(prefix + label.lower(), src))
+        print(label, "MADE")
+    except OSError as e:
+        print(label, errno.errorcode.get(e.errno, str(e.errno)))
+"""
+SUBVOLUME_IOCTLS = ("SNAP_CREATE", "SUBVOL_CREATE", "SNAP_CREATE_V2", "SUBVOL_CREATE_V2")
+PREFIX = ".swv-raw-"
+
+
+def subvolume_attack() -> str:
+    """The tenant's whole attempt (sh): the btrfs tool, then the raw ioctls, then its own status."""
+    return ("btrfs subvolume create $HOME/.swv-tool 2>&1; echo tool=$?; "
+            f"python3 -I -c {shlex.quote(RAW_SUBVOLUME_IOCTLS)} $HOME {PREFIX}; "
+            "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status")
+
+
+def assert_refused(out: str, fs: str) -> None:
+    """Every ioctl refused by the filter (EPERM), the tool too where it reaches one (btrfs)."""
+    answers = dict(line.split(" ", 1) for line in out.splitlines() if line.split(" ", 1)[0] in SUBVOLUME_IOCTLS)
+    assert answers == dict.fromkeys(SUBVOLUME_IOCTLS, "EPERM"), out
+    assert "tool=0" not in out, out
+    if fs == "btrfs":
+        assert "Operation not permitted" in out, out
+    # Without no_new_privs: setuid programs (su, sudo, passwd) keep working in the session.
+    assert "Seccomp:\t2" in out and "NoNewPrivs:\t0" in out, out
+
+
+def clean_subvolume_attack(host: Any, slot: Slot) -> None:
+    """What the attack made before the filter existed (an empty subvolume: rmdir by its owner)."""
+    as_tenant(host, slot, f"rmdir $HOME/.swv-tool $HOME/{PREFIX}* 2>/dev/null; rm -rf $HOME/.swv-tool; true")
+
+
+@pytest.mark.confine
+class TestNoSubvolumeOfItsOwn:
+    """Quota (issue 12): no door into a slot lets the tenant make a subvolume (the seccomp filter).
+
+    The doors: sudo (how this suite becomes the tenant: a PAM session of service sudo), su run by
+    root, an SSH login the tenant makes with a key of its own, a cron job the tenant installs.
+    """
+
+    def test_through_sudo(self, host: Any, slots: list[Slot]) -> None:
+        slot = slots[0]
+        try:
+            assert_refused(as_tenant(host, slot, subvolume_attack()).stdout, _filesystem(host, slot))
+        finally:
+            clean_subvolume_attack(host, slot)
+
+    def test_through_su(self, host: Any, slots: list[Slot]) -> None:
+        slot = slots[0]
+        script = f"cd $HOME && {subvolume_attack()}"
+        try:
+            out = host.run(f"su -s /bin/sh {shlex.quote(slot.name)} -c {shlex.quote(script)}")
+            assert_refused(out.stdout, _filesystem(host, slot))
+        finally:
+            clean_subvolume_attack(host, slot)
+
+    def test_through_an_ssh_login_with_its_own_key(self, host: Any, slots: list[Slot]) -> None:
+        slot = slots[0]
+        key = "$HOME/.ssh/swv-confine"
+        setup = (f"mkdir -p -m 700 $HOME/.ssh && rm -f {key} {key}.pub && ssh-keygen -q -t ed25519 -N '' "
+                 f"-C swv-confine -f {key} && cat {key}.pub >> $HOME/.ssh/authorized_keys && "
+                 "chmod 600 $HOME/.ssh/authorized_keys")
+        assert as_tenant(host, slot, setup).rc == 0
+        try:
+            login = (f"ssh -F /dev/null -i {key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                     "-o BatchMode=yes -o LogLevel=ERROR -o PasswordAuthentication=no "
+                     f"{shlex.quote(slot.name)}@127.0.0.1 {shlex.quote(subvolume_attack())}")
+            out = as_tenant(host, slot, login)
+            assert "Seccomp:" in out.stdout, out.stdout + out.stderr
+            assert_refused(out.stdout, _filesystem(host, slot))
+        finally:
+            as_tenant(host, slot, f"sed -i '/ swv-confine$/d' $HOME/.ssh/authorized_keys; rm -f {key} {key}.pub")
+            clean_subvolume_attack(host, slot)
+
+    @pytest.mark.cron
+    def test_through_a_cron_job(self, host: Any, slots: list[Slot]) -> None:
+        slot = slots[0]
+        out_file = "$HOME/.swv-cron.out"
+        # The attack as a script of the tenant's own (a crontab line holds no newline, and % is one).
+        script = "$HOME/.swv-attack"
+        job = f"* * * * * cd $HOME && /bin/sh {script} > {out_file}.tmp 2>&1; mv {out_file}.tmp {out_file}"
+        plant = (f"rm -f {out_file}; cat > {script} <<'SWV-EOF'\n{subvolume_attack()}\nSWV-EOF\n"
+                 f"printf '%s\\n' {shlex.quote(job)} | crontab -")
+        assert as_tenant(host, slot, plant).rc == 0
+        try:
+            waited = as_tenant(host, slot, f"i=0; while [ ! -s {out_file} ] && [ $i -lt 150 ]; do sleep 1; "
+                                           f"i=$((i+1)); done; cat {out_file}")
+            assert "Seccomp:" in waited.stdout, "the cron job did not run within 150 s: " + waited.stdout
+            assert_refused(waited.stdout, _filesystem(host, slot))
+        finally:
+            as_tenant(host, slot, f"crontab -r; rm -f {out_file} {out_file}.tmp {script}")
+            clean_subvolume_attack(host, slot)
+
+
+@pytest.mark.confine
+class TestPrivateTmp:
+    """Identity and quota (issue 12): a slot's /tmp and /var/tmp are its own, inside its quota.
+
+    Each session of a slot (and each of its apps) gets the instances in its home
+    (``~/.slot-tmp/tmp``, ``var-tmp``) mounted on /tmp and /var/tmp: nothing a tenant leaves
+    there is seen by another slot or left behind in the host's shared directories.
+    """
+
+    def test_another_slot_never_sees_them(self, host: Any, pairs: list[tuple[Slot, Slot]]) -> None:
+        a, b = pairs[0]
+        name = f".swv-private-{secrets.token_hex(4)}"
+        assert as_tenant(host, a, f"echo mine > /tmp/{name} && echo mine > /var/tmp/{name}").rc == 0
+        try:
+            out = as_tenant(host, b, f"ls /tmp/{name} /var/tmp/{name} 2>&1; true").stdout
+            assert out.count("No such file") == 2, out
+            # Root (no slot) sees the host's own /tmp, where nothing of A's is.
+            assert not host.file(f"/tmp/{name}").exists and not host.file(f"/var/tmp/{name}").exists
+            assert as_tenant(host, a, f"cat /tmp/{name} /var/tmp/{name}").stdout.split() == ["mine", "mine"]
+        finally:
+            as_tenant(host, a, f"rm -f /tmp/{name} /var/tmp/{name}")
+
+    def test_they_count_against_its_quota(self, host: Any, slots: list[Slot],
+                                          request: pytest.FixtureRequest) -> None:
+        quota_mib = request.config.getoption("quota_mib")
+        out = as_tenant(host, slots[0], f"dd if=/dev/zero of=/tmp/.swv-fill bs=1M count={quota_mib + 8} "
+                                        "conv=fsync 2>&1; stat -c size=%s /tmp/.swv-fill; rm -f /tmp/.swv-fill")
+        assert "Disk quota exceeded" in out.stdout, out.stdout
+        size = int(out.stdout.split("size=")[1].split()[0])
+        assert size <= (quota_mib + 1) * MiB

@@ -141,6 +141,23 @@ def test_apps_run_under_systemd_in_the_slot_slice_and_open_with_their_credential
         assert app_answers(server, s) == ("401", "409")  # 409: Transmission's session handshake = logged in
 
 
+def test_a_login_and_an_app_make_no_subvolume_of_their_own(server: Any, slots: list[Slot],
+                                                            request: pytest.FixtureRequest) -> None:
+    """Issue 12: the slot's seccomp filter holds a password login and the app under systemd."""
+    from tests.infra.test_hostile import assert_refused, subvolume_attack
+
+    a = slots[0]
+    r = ssh(request, a, f"cd $HOME && {subvolume_attack()}")
+    assert "Seccomp:" in r.stdout, r.stdout + r.stderr
+    assert_refused(r.stdout, "ext4")
+    # The app: started through slotwarden-confine as its unit's User= (NoNewPrivileges=yes there).
+    pid = server.check_output(f"systemctl show -p MainPID --value {unit(a)}").strip()
+    status = server.check_output(f"grep -E '^(Seccomp|Seccomp_filters|NoNewPrivs):' /proc/{pid}/status")
+    assert "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status, status
+    exe = server.check_output(f"systemctl show -p ExecStart --value {unit(a)}")
+    assert "/usr/libexec/slotwarden/slotwarden-confine" in exe, exe
+
+
 def test_slots_get_their_plan_limits_on_their_slice(server: Any, slots: list[Slot]) -> None:
     a, b = slots
     assert cat(server, f"{a.slice}/pids.max") == "32"

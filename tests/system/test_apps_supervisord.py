@@ -107,13 +107,14 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     """The template and drop-in as systemd itself parses them (no systemd PID 1 needed)."""
     import subprocess
 
+    from provisioner.supervisor.confine import confine_wrapper
     from provisioner.supervisor.systemd import render_dropin, render_template
 
     prog = Program(app="transmission", user="daemon", cwd="/tmp", environment={"PCT": "100%"},
                    argv=["/usr/bin/transmission-daemon", "--foreground", "--config-dir", "/tmp/a b"])
     (tmp_path / "slotwarden-transmission@.service").write_text(render_template("transmission"))
     (tmp_path / f"{prog.name}.service.d").mkdir()
-    (tmp_path / f"{prog.name}.service.d" / "slotwarden.conf").write_text(render_dropin(prog))
+    (tmp_path / f"{prog.name}.service.d" / "slotwarden.conf").write_text(render_dropin(prog, confine_wrapper()))
     out = subprocess.run(["systemd-analyze", "verify", f"{prog.name}.service"], capture_output=True, text=True,
                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -125,6 +125,11 @@ def test_install_reinstall_purge_leaves_the_tree_as_it_was(tree: Path) -> None:
     assert auth.index(ours[1]) > next(i for i, ln in enumerate(auth) if "pam_deny.so" in ln)
     assert "pam_slotwarden.so" in (tree / "etc/pam.d/common-account").read_text()
     assert (tree / "lib/x86_64-linux-gnu/security/pam_slotwarden.so").is_file()
+    # every slot session under the slot's seccomp filter and private /tmp; apps through the wrapper
+    for name in ("common-session", "common-session-noninteractive"):
+        assert "required\tpam_slotwarden_session.so" in (tree / "etc/pam.d" / name).read_text(), name
+    assert (tree / "lib/x86_64-linux-gnu/security/pam_slotwarden_session.so").is_file()
+    assert os.access(tree / "usr/libexec/slotwarden/slotwarden-confine", os.X_OK)
     # started at boot: the guard's socket and service, the retention timer; the API and metrics on request
     wants = tree / "etc/systemd/system"
     assert (wants / "sockets.target.wants/slotwarden-guard.socket").is_symlink()

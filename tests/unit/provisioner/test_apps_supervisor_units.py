@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 
 from provisioner.errors import BadInput
 from provisioner.supervisor import Program, load_supervisor
+from provisioner.supervisor.confine import INSTALLED
 from provisioner.supervisor.supervisord import Supervisord, render_program
 from provisioner.supervisor.systemd import parse_status, render_dropin, render_template
+
+CONFINE = str(INSTALLED)
 
 
 def _prog(**kw: object) -> Program:
@@ -41,8 +44,10 @@ def test_supervisord_section_parses_back() -> None:
     cp = configparser.RawConfigParser()
     cp.read_string(text)
     sec = cp["program:slotwarden-transmission@alice"]
-    assert sec["user"] == "alice"
-    assert shlex.split(sec["command"]) == ["/usr/bin/x", "-f", "a b"]
+    # Started as root through the seccomp wrapper, which drops to alice after the filter.
+    assert "user" not in sec
+    assert shlex.split(sec["command"]) == [CONFINE, "--user", "alice", "--", "/usr/bin/x", "-f", "a b"]
+    assert 'USER="alice"' in sec["environment"] and 'LOGNAME="alice"' in sec["environment"]
     assert sec["autorestart"] == "true"
     assert 'PCT="50%%"' in sec["environment"]  # supervisord would expand a bare %
     assert sec["stdout_logfile"] == "/s/logs/slotwarden-transmission@alice.log"
@@ -51,7 +56,9 @@ def test_supervisord_section_parses_back() -> None:
 def test_supervisord_env_file_is_read_by_a_wrapper_not_put_on_the_command_line() -> None:
     text = render_program(_prog(env_file="/home/alice/.env"), Path("/l"))
     command = next(line for line in text.splitlines() if line.startswith("command="))
-    assert "/home/alice/.env" in command and command.startswith("command=/bin/sh -c")
+    # The env file is read by a shell that runs as alice (after the wrapper's drop), never by root.
+    assert "/home/alice/.env" in command
+    assert command.startswith(f"command={CONFINE} --user alice -- /bin/sh -c")
 
 
 @given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n\r"),
@@ -61,7 +68,7 @@ def test_supervisord_command_round_trips(args: list[str]) -> None:
     cp = configparser.RawConfigParser()
     cp.read_string(text)
     command = cp["program:slotwarden-transmission@alice"]["command"].replace("%%", "%")
-    assert shlex.split(command) == ["/bin/echo", *args]
+    assert shlex.split(command) == [CONFINE, "--user", "alice", "--", "/bin/echo", *args]
 
 
 def test_long_state_dir_gets_a_short_socket() -> None:
@@ -74,7 +81,7 @@ def test_systemd_units() -> None:
     tmpl = render_template("jupyterlab")
     assert "User=%i" in tmpl and "Restart=always" in tmpl and "WantedBy=multi-user.target" in tmpl
     drop = render_dropin(_prog(argv=["/opt/x", "100%"], environment={"A": 'q"uote'}))
-    assert 'ExecStart="/opt/x" "100%%"' in drop
+    assert f'ExecStart="{CONFINE}" "--" "/opt/x" "100%%"' in drop  # User= runs the wrapper
     assert 'Environment="A=q\\"uote"' in drop
     assert "ExecStart=\n" in drop  # resets the template's (empty) ExecStart
 
@@ -95,3 +102,11 @@ def test_systemd_status(props: dict[str, str], running: bool, pid: int | None, s
 def test_unknown_backend_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BadInput):
         load_supervisor("runit", tmp_path)
+
+
+def test_root_programs_start_without_the_wrapper() -> None:
+    text = render_program(_prog(user="root", argv=["/usr/bin/python3", "-m", "x"]), Path("/l"))
+    cp = configparser.RawConfigParser()
+    cp.read_string(text)
+    sec = cp["program:slotwarden-transmission@root"]
+    assert sec["user"] == "root" and shlex.split(sec["command"]) == ["/usr/bin/python3", "-m", "x"]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from provisioner.config import LIMIT_KEYS, ConfigError, ResourceLimits, load_config_text, parse_limits
 from provisioner.errors import BadInput
 from provisioner.limits.cgroup_v1 import CgroupV1Limits, expected_v1
-from provisioner.limits.enforcement import SlotTarget, beyond_host, kernel_units_differ
+from provisioner.limits.enforcement import TMP_SIZE_REFUSED, SlotTarget, beyond_host, kernel_units_differ
 from provisioner.limits.systemd import expected_v2, properties
 from provisioner.supervisor import Program
 from provisioner.supervisor.supervisord import render_program
@@ -117,7 +117,7 @@ def test_v1_refuses_what_it_cannot_enforce(tmp_path: Path) -> None:
         "swap_max: the memory controller has no swap accounting (boot with swapaccount=1)",
         f"max_processes: the pids cgroup controller is not mounted under {tmp_path}",
         f"io_read_bps: the blkio cgroup controller is not mounted under {tmp_path}",
-        "tmp_size: this host has no per-slot /tmp to size (the limits backend cgroup-v1 enforces no tmpfs)",
+        TMP_SIZE_REFUSED,
     ]
 
 
@@ -125,12 +125,12 @@ def test_supervisord_places_a_program_before_it_drops_to_the_user() -> None:
     prog = Program(app="demo", user="alice", argv=["/bin/sleep", "9"], cwd="/srv/slots/alice",
                    cgroups=("/sys/fs/cgroup/memory/sw/alice", "/sys/fs/cgroup/pids/sw/alice"))
     text = render_program(prog, Path("/l"))
-    assert "\nuser=" not in text  # root until setpriv, which becomes alice
+    assert "\nuser=" not in text  # root until the seccomp wrapper, which becomes alice
     command = next(ln for ln in text.splitlines() if ln.startswith("command="))
-    assert "/sys/fs/cgroup/memory/sw/alice /sys/fs/cgroup/pids/sw/alice /usr/bin/setpriv --reuid=alice" in command
-    assert command.endswith("--init-groups -- /bin/sleep 9")
+    assert ("/sys/fs/cgroup/memory/sw/alice /sys/fs/cgroup/pids/sw/alice "
+            "/usr/libexec/slotwarden/slotwarden-confine --user alice -- /bin/sleep 9") in command
     plain = render_program(Program(app="demo", user="alice", argv=["/bin/sleep", "9"], cwd="/"), Path("/l"))
-    assert "\nuser=alice\n" in plain and "setpriv" not in plain
+    assert "\nuser=" not in plain and "command=/usr/libexec/slotwarden/slotwarden-confine --user alice --" in plain
 
 
 def test_systemd_units_join_the_slot_slice() -> None:
