@@ -49,7 +49,8 @@ class AppLab:
         return self.root / "slotwarden.toml"
 
     def toml(self, **apps_overrides: str) -> str:
-        keys = {"port_min": str(self.port_min), "port_max": str(self.port_max), **apps_overrides}
+        keys = {"port_min": str(self.port_min), "port_max": str(self.port_max),
+                "socket_dir": f'"{self.root / "appsock"}"', **apps_overrides}
         lines = [f'state_dir = "{self.root / "state"}"', "[apps]", *(f"{k} = {v}" for k, v in keys.items())]
         lines.append("")
         return "\n".join(lines) + "\n" + self.extra_toml
