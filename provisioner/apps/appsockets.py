@@ -160,6 +160,18 @@ def check_socket(socket_dir: Path, slot: str, app: str, uid: int) -> None:
         _check_listener(fd, str(socket_path(socket_dir, slot, app)), uid)
 
 
+def refuse_squatter(socket_dir: Path, slot: str, app: str, uid: int) -> None:
+    """Before (re)starting the app: refuse if its socket's name holds a stranger's socket or a symlink.
+
+    Nothing there, or the slot's own socket (live or left by the stopped app), is fine: the app
+    replaces it when it binds.
+    """
+    try:
+        check_socket(socket_dir, slot, app, uid)
+    except SocketNotReady:
+        return
+
+
 def wait_socket(socket_dir: Path, slot: str, app: str, uid: int, timeout: float) -> None:
     """Wait until the slot's own process listens on its socket; a stranger's or a symlink fails at once."""
     deadline = time.monotonic() + timeout

@@ -16,12 +16,12 @@ import json
 from pathlib import Path
 
 from provisioner.apps import App, AppSettings, Installation, frontdoor_url
-from provisioner.apps.appsockets import install_step, teardown
+from provisioner.apps.appsockets import install_step, refuse_squatter, teardown
 from provisioner.context import Context
 from provisioner.errors import SlotError
 from provisioner.plan import Step
 from provisioner.runner import run
-from provisioner.supervisor import Program
+from provisioner.supervisor import Program, SupervisorBackend
 
 # Hash on the shared install's own (root-owned) Python, the password read from stdin (never
 # argv). Isolated (-I): neither the working directory nor PYTHON* variables nor a user site
@@ -100,6 +100,16 @@ class JupyterLab(App):
 
     def uninstall(self, ctx: Context, inst: Installation) -> None:
         teardown(ctx, inst)
+
+    def rotate(self, ctx: Context, inst: Installation, old: dict[str, str], new: dict[str, str],
+               supervisor: SupervisorBackend) -> None:
+        """Stop, rewrite the password's hash, start; a stranger on the socket's name is refused first."""
+        for prog in self.programs(ctx, inst):
+            supervisor.stop(prog.name)
+        refuse_squatter(inst.settings.socket_dir, inst.username, inst.app, inst.uid)
+        self.configure(ctx, inst, new)
+        for prog in self.programs(ctx, inst):
+            supervisor.start(prog.name)
 
     def programs(self, ctx: Context, inst: Installation) -> list[Program]:
         d = inst.app_dir

@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from provisioner.apps import App, AppSettings, Installation, frontdoor_url
@@ -139,6 +140,8 @@ http {{
             fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
             fastcgi_param WORDPRESS_CONFIG {config_name(inst.username)};
             fastcgi_param HTTPS on;  # the front door is TLS; only it can connect here
+            # Debian's fastcgi_params drop the port from HTTP_HOST; WordPress builds redirects on it.
+            fastcgi_param HTTP_HOST {urllib.parse.urlsplit(site_url(inst)).netloc};
             fastcgi_pass unix:{d}/run/php-fpm.sock;
         }}
     }}

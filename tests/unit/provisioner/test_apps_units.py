@@ -230,6 +230,7 @@ def test_wordpress_config_and_server(tmp_path: Path) -> None:
     assert "listen unix:/var/lib/sw-apps/alice/wordpress/http.sock;" in conf and "127.0.0.1" not in conf
     assert f"WORDPRESS_CONFIG {config_name('alice')};" in conf and "fastcgi_param HTTPS on;" in conf
     assert "rewrite ^/apps/alice/wordpress(/.*)$ $1 last;" in conf
+    assert "fastcgi_param HTTP_HOST hub.example:8443;" in conf
     assert "master_process off;" in conf
 
 
