@@ -338,6 +338,15 @@ def test_jupyterlab_in_the_browser_its_login_then_the_lab(hub: HubLab, owner: st
     page.wait_for_selector(".jp-Launcher", timeout=90000)
     assert page.url.startswith(f"{hub.url}/apps/{owner}/jupyterlab/lab")
     shot(page, "jupyterlab-through-front-door")
+    # a notebook's kernel talks over a WebSocket through the front door too
+    page.click('.jp-LauncherCard[data-category="Notebook"]')
+    page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=90000)
+    page.wait_for_selector("text=Python 3 (ipykernel) | Idle", timeout=120000)  # connected over its WebSocket
+    page.click(".jp-Notebook .jp-Cell .cm-content")
+    page.keyboard.type("print(6 * 7)")
+    page.keyboard.press("Shift+Enter")
+    page.wait_for_selector(".jp-OutputArea-output >> text=42", timeout=120000)
+    shot(page, "jupyterlab-notebook-through-front-door")
 
 
 def test_wordpress_in_the_browser_its_login_then_the_dashboard(hub: HubLab, owner: str, page: Any) -> None:
