@@ -87,6 +87,9 @@ def prepare(socket_dir: Path, slot: str, app: str, uid: int, gid: int, hub_gid: 
     following it; if the tenant plants something again meanwhile, the walk refuses it.
     """
     _root_dir(socket_dir)
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(socket_dir / slot).st_uid != uid:  # left by an earlier slot of that name: not this one's
+            homefiles.remove_tree(socket_dir, slot)
     homefiles.make_dirs(socket_dir, slot, uid, gid, 0o700)
     homefiles.remove_tree(socket_dir, f"{slot}/{app}")
     homefiles.make_dirs(socket_dir, f"{slot}/{app}", uid, hub_gid, 0o2700)

@@ -97,3 +97,17 @@ def test_a_dead_socket_is_not_ready(tree: Path) -> None:
 def test_link_names_never_collide(s1: str, a1: str, s2: str, a2: str) -> None:
     assert (link_name(s1, a1) == link_name(s2, a2)) == ((s1, a1) == (s2, a2))
     assert "/" not in link_name(s1, a1) and not link_name(s1, a1).startswith(".")
+
+
+@pytest.mark.skipif(UID != 0, reason="chown to another UID needs root")
+def test_prepare_replaces_what_an_earlier_slot_of_the_name_left(tmp_path: Path) -> None:
+    root = tmp_path / "appsock"
+    (root / "alice" / "wordpress").mkdir(parents=True)
+    os.chown(root / "alice", 4242, 4242)
+    (root / "alice" / "leftover").write_text("x")
+    sock = appsockets.prepare(root, "alice", "jupyterlab", 1234, 1234, 999)
+    assert sock == root / "alice" / "jupyterlab" / "http.sock" and not (root / "alice" / "leftover").exists()
+    st_slot, st_app = (root / "alice").stat(), (root / "alice" / "jupyterlab").stat()
+    assert (st_slot.st_uid, oct(st_slot.st_mode & 0o7777)) == (1234, "0o700")
+    assert (st_app.st_uid, st_app.st_gid, oct(st_app.st_mode & 0o7777)) == (1234, 999, "0o2700")
+    assert (root.stat().st_uid, oct(root.stat().st_mode & 0o777)) == (0, "0o711")
