@@ -417,7 +417,7 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
     steps = [
         Step("app-check", f"check that {app.name} can run here ({', '.join(app.needs)})", check),
         Step("app-record", f"record {app.name} as being installed in {name}", record, unrecord),
-        Step("app-ports", f"allocate {', '.join(app.port_purposes)} port(s) in "
+        Step("app-ports", f"allocate {', '.join(app.port_purposes) or 'no'} port(s) in "
                           f"{settings.port_min}-{settings.port_max}", ports,
              lambda: reg.release_ports(name, app.name)),
         Step("app-credentials", f"generate {', '.join(app.secret_names)} (sealed AES-GCM in the store)",
