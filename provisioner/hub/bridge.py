@@ -476,7 +476,7 @@ class Bridge:
         import pwd
 
         from provisioner.apps import catalog, registry_of, settings_of
-        from provisioner.apps.appsockets import front_door_link, hub_gid
+        from provisioner.apps.appsockets import SocketNotReady, front_door_link, hub_gid
         from provisioner.apps.listeners import ListenerRefused, check_owner
 
         slot, name = req.get("slot"), self._app_name(req)
@@ -496,6 +496,9 @@ class Bridge:
             if port is None:
                 raise BridgeRefused("app not installed")
             check_owner(port, uid)
+        except SocketNotReady as exc:  # the app is down: nothing to report, and no audit row per request
+            log.info("front door: %s/%s not running: %s", s.username, name, exc)
+            raise BridgeRefused("the app is not running") from None
         except ListenerRefused as exc:
             log.warning("front door refused %s/%s: %s", s.username, name, exc)
             ctx.store.audit("hub", "hub.frontdoor-refused", s.username, {"app": name, "reason": str(exc)})

@@ -208,6 +208,11 @@ def test_a_squatted_socket_is_refused_and_reported_and_rotate_will_not_trust_it(
     prog = program_name("jupyterlab", owner)
     d = sock_dir(hub, owner, "jupyterlab")
     sup.stop(prog)
+    seen = len(refusals(hub, owner))
+    with hub.logged_in(owner) as c:  # an app that is down: not answered, and not reported as an attack
+        # 502: the link still names its (dead) socket, nobody can bind that inode again; 403: gone
+        assert c.get(f"/apps/{owner}/jupyterlab/login").status_code in (403, 502)
+    assert len(refusals(hub, owner)) == seen
     # the owner opened its directories to everyone (its own choice); another tenant binds the path
     d.parent.chmod(0o777)
     d.chmod(0o2777)
