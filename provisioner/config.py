@@ -586,6 +586,8 @@ class AppsConfig:
     port_max: _Port = Field(default=40999, description="...to (inclusive)")
     shared_dir: AbsPath = Field(default=Path("/opt/slotwarden/apps"),
         description="shared read-only installs (JupyterLab's venv)")
+    socket_dir: AbsPath = Field(default=Path("/var/lib/slotwarden-apps"),
+        description="apps that listen on Unix sockets (JupyterLab, WordPress) bind them under <dir>/<slot>/<app>/")
     ready_timeout: Annotated[int, PlainValidator(_int(1, 65535)), Kind("seconds")] = Field(
         default=120, description="seconds an app may take to answer on its port after install")
     transmission: TransmissionSettings = Field(default_factory=TransmissionSettings)

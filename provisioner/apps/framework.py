@@ -43,6 +43,8 @@ class AppSettings:
     port_min: int = 40000
     port_max: int = 40999
     shared_dir: Path = Path("/opt/slotwarden/apps")
+    # Apps that listen on Unix sockets bind them under here (see provisioner.apps.appsockets).
+    socket_dir: Path = Path("/var/lib/slotwarden-apps")
     ready_timeout: int = 120
     per_app: dict[str, dict[str, Any]] = field(default_factory=dict)
     frontdoor_base: str = ""  # https://HOST[:PORT] of the Hub's front door ([hub] listen / public_url)
@@ -59,7 +61,7 @@ class AppSettings:
     def from_config(cls, section: AppsConfig) -> AppSettings:
         """From the validated ``[apps]`` section (:class:`provisioner.config.AppsConfig`)."""
         return cls(port_min=section.port_min, port_max=section.port_max, shared_dir=section.shared_dir,
-                   ready_timeout=section.ready_timeout, per_app=section.per_app())
+                   socket_dir=section.socket_dir, ready_timeout=section.ready_timeout, per_app=section.per_app())
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,13 @@ class Installation:
     def port(self) -> int:
         return self.ports["http"]
 
+    @property
+    def socket(self) -> Path:
+        """Where an app that listens on a Unix socket binds it (``App.unix_socket``)."""
+        from provisioner.apps.appsockets import socket_path
+
+        return socket_path(self.settings.socket_dir, self.username, self.app)
+
     def write(self, rel: str, data: str | bytes, mode: int = 0o600) -> Path:
         """Write ``~/apps/<app>/REL`` as the slot user would own it (0600 by default)."""
         return homefiles.write_file(self.home, f"{self.rel_dir}/{rel}", data, self.uid, self.gid, mode)
@@ -106,6 +115,8 @@ class App:
     port_purposes: tuple[str, ...] = ("http",)
     # Secrets generated per install; "password" is the login password.
     secret_names: tuple[str, ...] = ("password",)
+    # Listens on Installation.socket (no TCP port; served under /apps/<slot>/<app>/ unstripped).
+    unix_socket: bool = False
 
     def version(self, settings: AppSettings) -> str | None:
         """The version that would be installed, or None if it is not installed on this host."""
@@ -142,6 +153,15 @@ class App:
     def programs(self, ctx: Context, inst: Installation) -> list[Program]:
         """The long-running programs (the first is the app's own)."""
         raise NotImplementedError
+
+    def wait_ready(self, inst: Installation, timeout: float) -> None:
+        """Wait until the app's own listener answers; a stranger's listener (a squatter) fails at once."""
+        if self.unix_socket:
+            from provisioner.apps.appsockets import wait_socket
+
+            wait_socket(inst.settings.socket_dir, inst.username, inst.app, inst.uid, timeout)
+        else:
+            wait_listening(inst.port, timeout, inst.uid)
 
     def url(self, inst: Installation) -> str:
         return f"http://127.0.0.1:{inst.port}/"
@@ -359,7 +379,7 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
             wait_closed(list(inst().ports.values()))
 
     def ready() -> None:
-        wait_listening(inst().port, settings.ready_timeout, inst().uid)
+        app.wait_ready(inst(), settings.ready_timeout)
         app.after_start(ctx, inst(), state["secrets"])
 
     def activate() -> None:
@@ -371,7 +391,7 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
     steps = [
         Step("app-check", f"check that {app.name} can run here ({', '.join(app.needs)})", check),
         Step("app-record", f"record {app.name} as being installed in {name}", record, unrecord),
-        Step("app-ports", f"allocate {', '.join(app.port_purposes)} port(s) in "
+        Step("app-ports", f"allocate {', '.join(app.port_purposes) or 'no'} port(s) in "
                           f"{settings.port_min}-{settings.port_max}", ports,
              lambda: reg.release_ports(name, app.name)),
         Step("app-credentials", f"generate {', '.join(app.secret_names)} (sealed AES-GCM in the store)",
@@ -393,7 +413,7 @@ def plan_install(ctx: Context, rec: SlotRecord, app: App) -> tuple[Plan, dict[st
         Step("app-owner-copy", f"write the owner's copy {rec.home}/{APPS_DIR}/{app.name}/{CREDENTIALS_FILE} (0600)",
              lambda: _write_owner_copy(app, inst(), state["secrets"])),
         Step("app-programs", f"run {app.name} as {name} under {sup.name}", programs, remove_programs),
-        Step("app-ready", f"wait for {app.name} to answer on its port", ready),
+        Step("app-ready", f"wait for {app.name} to answer on its {'socket' if app.unix_socket else 'port'}", ready),
         Step("app-activate", f"mark {app.name} installed in {name}", activate),
     ]
     return Plan(f"install {app.name} in {name}", steps), state
@@ -500,7 +520,7 @@ def rotate(ctx: Context, username: str, app_name: str) -> AppCredentials:
 
     def apply_new() -> None:
         app.rotate(ctx, inst, old, new, sup)
-        wait_listening(inst.port, settings.ready_timeout, inst.uid)
+        app.wait_ready(inst, settings.ready_timeout)
 
     def restore_old() -> None:
         app.rotate(ctx, inst, new, old, sup)

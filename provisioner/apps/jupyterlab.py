@@ -4,7 +4,10 @@ The shared install is ``<apps.shared_dir>/jupyterlab`` (default
 ``/opt/slotwarden/apps/jupyterlab``, root-owned, ``make apps-shared`` creates it). Per slot,
 everything is under ``~/apps/jupyterlab``: ``config/jupyter_server_config.json`` (0600: the
 argon2 hash of the password, never the password), ``notebooks/`` (the server's root),
-``data/`` and ``runtime/``. Token login is off; password login only; bound to 127.0.0.1.
+``data/`` and ``runtime/``. Token login is off; password login only. No TCP port: the server
+listens on the slot's private Unix socket (:mod:`provisioner.apps.appsockets`, mode 0660, group
+the Hub's) with ``base_url`` ``/apps/<slot>/jupyterlab/``, so it is reached only through the
+Hub's front door at ``https://HOST/apps/<slot>/jupyterlab/``, whose links it builds itself.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from provisioner.apps import App, AppSettings, Installation
+from provisioner.apps import App, AppSettings, Installation, frontdoor_url
+from provisioner.apps.appsockets import install_step, refuse_squatter, teardown
 from provisioner.context import Context
 from provisioner.errors import SlotError
 from provisioner.runner import run
-from provisioner.supervisor import Program
+from provisioner.steps import Step
+from provisioner.supervisor import Program, SupervisorBackend
 
 # Hash on the shared install's own (root-owned) Python, the password read from stdin (never
 # argv). Isolated (-I): neither the working directory nor PYTHON* variables nor a user site
@@ -30,16 +35,25 @@ def hash_argv(venv: Path) -> list[str]:
     return [str(venv / "bin" / "python"), "-I", "-c", _HASH]
 
 
+def base_url(inst: Installation) -> str:
+    """The path the front door serves the app under (unstripped: the app builds its links on it)."""
+    return f"/apps/{inst.username}/{inst.app}/"
+
+
 def server_config(inst: Installation, hashed_password: str) -> dict[str, object]:
     """jupyter_server settings for INST (pure; tested as data)."""
     return {
         "ServerApp": {
-            "ip": "127.0.0.1",
-            "port": inst.port,
-            "port_retries": 0,
+            "sock": str(inst.socket),
+            # The socket's directory admits only its slot; the front door reaches the inode
+            # through root's link, as the Hub's group.
+            "sock_mode": "0660",
+            "base_url": base_url(inst),
             "open_browser": False,
             "root_dir": str(inst.app_dir / "notebooks"),
-            "allow_remote_access": False,
+            # Requests arrive with the front door's Host (a public name): only the front door
+            # can connect at all, so the loopback-name check has nothing left to protect.
+            "allow_remote_access": True,
             "quit_button": False,
         },
         "IdentityProvider": {"token": ""},
@@ -54,6 +68,8 @@ class JupyterLab(App):
     title = "JupyterLab"
     description = "Notebooks in the browser (PyPI jupyterlab in a shared venv), password login"
     needs = ("jupyterlab in <apps.shared_dir>/jupyterlab (make apps-shared)",)
+    port_purposes = ()
+    unix_socket = True
 
     def venv(self, settings: AppSettings) -> Path:
         return settings.shared_dir / "jupyterlab"
@@ -79,6 +95,22 @@ class JupyterLab(App):
         cfg = server_config(inst, self._hash(inst, creds["password"]))
         inst.write("config/jupyter_server_config.json", json.dumps(cfg, indent=2) + "\n")
 
+    def install_steps(self, ctx: Context, inst: Installation, creds: dict[str, str]) -> list[Step]:
+        return [install_step(ctx, inst)]
+
+    def uninstall(self, ctx: Context, inst: Installation) -> None:
+        teardown(ctx, inst)
+
+    def rotate(self, ctx: Context, inst: Installation, old: dict[str, str], new: dict[str, str],
+               supervisor: SupervisorBackend) -> None:
+        """Stop, rewrite the password's hash, start; a stranger on the socket's name is refused first."""
+        for prog in self.programs(ctx, inst):
+            supervisor.stop(prog.name)
+        refuse_squatter(inst.settings.socket_dir, inst.username, inst.app, inst.uid)
+        self.configure(ctx, inst, new)
+        for prog in self.programs(ctx, inst):
+            supervisor.start(prog.name)
+
     def programs(self, ctx: Context, inst: Installation) -> list[Program]:
         d = inst.app_dir
         return [Program(app=self.name, user=inst.username, cwd=str(d),
@@ -90,7 +122,7 @@ class JupyterLab(App):
                         startsecs=2)]
 
     def url(self, inst: Installation) -> str:
-        return f"http://127.0.0.1:{inst.port}/lab"
+        return frontdoor_url(inst) + "lab"
 
 
 APP = JupyterLab()

@@ -3,8 +3,11 @@
 Per slot, under ``~/apps/wordpress``: ``wp-config.php`` (0600: the database password and the
 salts), ``wp-content/`` (uploads; themes and plugins link to Debian's), a PHP-FPM master and
 pool running as the slot user (``php-fpm.conf``, socket in ``run/``), and an nginx running as
-the slot user on 127.0.0.1:<port> that serves Debian's ``/usr/share/wordpress`` and passes PHP
-to that pool. Debian's ``wp-config.php`` picks the site's config by the ``WORDPRESS_CONFIG``
+the slot user on the slot's private Unix socket (:mod:`provisioner.apps.appsockets`; no TCP
+port) that serves Debian's ``/usr/share/wordpress`` and passes PHP to that pool. WordPress's
+address (``WP_HOME``, ``WP_SITEURL``) is its front-door URL, ``https://HOST/apps/<slot>/wordpress``:
+nginx takes the prefix off to find files, PHP sees the full ``REQUEST_URI`` and ``HTTPS=on``.
+Debian's ``wp-config.php`` picks the site's config by the ``WORDPRESS_CONFIG``
 FastCGI parameter: ``/etc/wordpress/config-sw-<hex of username>.php`` is a root-made link to
 the slot's own file. WordPress's install and password changes run through ``wordpress.php``
 with the php CLI as the slot user (:func:`~provisioner.as_tenant.run_as_tenant`: its own
@@ -15,7 +18,7 @@ drop-ins): the tenant's code never runs in an operator's command.
 The database server is the host's MariaDB (``[apps.wordpress] mysql_socket``), administered as
 root over its unix socket (``unix_socket`` authentication: no admin password anywhere).
 
-Log in: ``http://127.0.0.1:PORT/wp-login.php`` with the slot's username.
+Log in: ``https://HOST/apps/<slot>/wordpress/wp-login.php`` with the slot's username.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import json
 import os
 import secrets
 import tempfile
+import urllib.parse
 from pathlib import Path
 
-from provisioner.apps import App, AppSettings, Installation
+from provisioner.apps import App, AppSettings, Installation, frontdoor_url
+from provisioner.apps.appsockets import install_step, teardown
 from provisioner.as_tenant import TenantAccount, run_as_tenant
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
@@ -59,9 +64,14 @@ def _php(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def site_url(inst: Installation) -> str:
+    """WordPress's address: its front-door URL, without the trailing slash WordPress adds itself."""
+    return frontdoor_url(inst).rstrip("/")
+
+
 def wp_config(inst: Installation, db_password: str, socket: str, salts: dict[str, str]) -> str:
     """The slot's wp-config.php (pure; tested as data)."""
-    url = f"http://127.0.0.1:{inst.port}"
+    url = site_url(inst)
     consts = {
         "DB_NAME": db_name(inst.username),
         "DB_USER": db_name(inst.username),
@@ -97,7 +107,8 @@ def fpm_config(inst: Installation) -> str:
 def nginx_config(inst: Installation) -> str:
     d = inst.app_dir
     temp = "\n".join(f"    {k}_temp_path {d}/tmp/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""# written by slotwarden: nginx as the slot user, WordPress on 127.0.0.1:{inst.port}
+    prefix = f"/apps/{inst.username}/{inst.app}"
+    return f"""# written by slotwarden: nginx as the slot user, WordPress on {inst.socket}
 daemon off;
 # One process, no master: killed, it leaves no orphaned worker holding the port, so the
 # supervisor's restart can bind it again.
@@ -112,9 +123,12 @@ http {{
     client_max_body_size 32m;
 {temp}
     server {{
-        listen 127.0.0.1:{inst.port};
+        listen unix:{inst.socket};
         root {WP_ROOT};
         index index.php;
+        # The front door passes {prefix}/... unstripped (WordPress's links carry it): files are
+        # found without it, PHP still gets the whole REQUEST_URI.
+        rewrite ^{prefix}(/.*)$ $1 last;
         location ^~ /wp-content/ {{
             alias {d}/wp-content/;
             location ~ \\.php$ {{ deny all; }}
@@ -125,6 +139,9 @@ http {{
             include /etc/nginx/fastcgi_params;
             fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
             fastcgi_param WORDPRESS_CONFIG {config_name(inst.username)};
+            fastcgi_param HTTPS on;  # the front door is TLS; only it can connect here
+            # Debian's fastcgi_params drop the port from HTTP_HOST; WordPress builds redirects on it.
+            fastcgi_param HTTP_HOST {urllib.parse.urlsplit(site_url(inst)).netloc};
             fastcgi_pass unix:{d}/run/php-fpm.sock;
         }}
     }}
@@ -148,6 +165,8 @@ class WordPress(App):
     description = "Blog/CMS (Debian's wordpress) with its own MariaDB database, PHP-FPM and nginx as the slot user"
     needs = ("wordpress, php-fpm, php-mysql, nginx, mariadb (Debian)", "a running MariaDB")
     secret_names = ("password", "db_password")
+    port_purposes = ()
+    unix_socket = True
 
     def _socket(self, settings: AppSettings) -> str:
         value = settings.of(self.name).get("mysql_socket", "/run/mysqld/mysqld.sock")
@@ -207,7 +226,8 @@ class WordPress(App):
                                      f"CREATE USER {user} IDENTIFIED BY '{creds['db_password']}';\n"
                                      f"GRANT ALL PRIVILEGES ON `{grant_db}`.* TO {user};\n")
 
-        return [Step("wp-database", f"create MariaDB database {db} and user {db}", create,
+        return [install_step(ctx, inst),
+                Step("wp-database", f"create MariaDB database {db} and user {db}", create,
                      lambda: self._drop(inst))]
 
     def _drop(self, inst: Installation) -> None:
@@ -222,7 +242,7 @@ class WordPress(App):
         # An empty directory root makes for this run stands in for wp-content: 0700 root, so the
         # tenant's PHP finds nothing in it and can put nothing there.
         with tempfile.TemporaryDirectory(prefix="slotwarden-wp-cli-") as content:
-            run_as_tenant(account, wp_cli_argv(action, f"http://127.0.0.1:{inst.port}", content),
+            run_as_tenant(account, wp_cli_argv(action, site_url(inst), content),
                           stdin=json.dumps({**payload, "db": db}))
 
     def after_start(self, ctx: Context, inst: Installation, creds: dict[str, str]) -> None:
@@ -238,6 +258,7 @@ class WordPress(App):
         self._wp(inst, "passwd", new["db_password"], {"user": inst.username, "password": new["password"]})
 
     def uninstall(self, ctx: Context, inst: Installation) -> None:
+        teardown(ctx, inst)
         (CONFIG_DIR / f"config-{config_name(inst.username)}.php").unlink(missing_ok=True)
         sock = self._socket(inst.settings)
         if not Path(sock).exists():
@@ -250,14 +271,16 @@ class WordPress(App):
         d = str(inst.app_dir)
         env = {"USER": inst.username, "LOGNAME": inst.username, "TMPDIR": f"{d}/tmp"}
         return [
+            # A socket left by a killed nginx would make the next bind fail: removed first (as the slot).
             Program(app=self.name, user=inst.username, cwd=d, environment=env,
-                    argv=[NGINX, "-p", f"{d}/", "-e", f"{d}/logs/nginx-error.log", "-c", f"{d}/nginx.conf"]),
+                    argv=["/bin/sh", "-c", '/bin/rm -f -- "$0" && exec "$@"', str(inst.socket),
+                          NGINX, "-p", f"{d}/", "-e", f"{d}/logs/nginx-error.log", "-c", f"{d}/nginx.conf"]),
             Program(app=f"{self.name}-fpm", user=inst.username, cwd=d, environment=env, stopsignal="QUIT",
                     argv=[PHP_FPM, "--nodaemonize", "--fpm-config", f"{d}/php-fpm.conf"]),
         ]
 
     def url(self, inst: Installation) -> str:
-        return f"http://127.0.0.1:{inst.port}/wp-login.php"
+        return frontdoor_url(inst) + "wp-login.php"
 
 
 APP = WordPress()

@@ -465,26 +465,44 @@ class Bridge:
         return self._app_change(ctx, req, "rotate")
 
     def frontdoor(self, ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-        """Admit ``/apps/SLOT/APP/`` for a session of SLOT whose app's port the slot's UID holds."""
+        """Admit ``/apps/SLOT/APP/`` for a session of SLOT whose app's listener the slot's UID holds.
+
+        A socket app: its socket checked by descriptor and hard-linked for nginx
+        (:func:`~provisioner.apps.appsockets.front_door_link`), the prefix kept. A TCP app: its
+        port's owner in the kernel's socket table, the prefix stripped. Either refused: audited.
+        """
         s = self._session(ctx, req)
         import pwd
 
-        from provisioner.apps import registry_of
+        from provisioner.apps import catalog, registry_of, settings_of
+        from provisioner.apps.appsockets import SocketNotReady, front_door_link, hub_gid
         from provisioner.apps.listeners import ListenerRefused, check_owner
 
         slot, name = req.get("slot"), self._app_name(req)
         if slot != s.username:
             raise BridgeRefused("not your slot")
-        port = registry_of(ctx).ports(s.username, name).get("http")
-        if port is None:
+        app = catalog().get(name)
+        reg = registry_of(ctx)
+        installed = reg.get(s.username, name)
+        if app is None or installed is None or installed.state != "installed":
             raise BridgeRefused("app not installed")
+        uid = pwd.getpwnam(s.username).pw_uid
+        port = reg.ports(s.username, name).get("http")
         try:
-            check_owner(port, pwd.getpwnam(s.username).pw_uid)
+            if app.unix_socket:
+                link = front_door_link(settings_of(ctx).socket_dir, s.username, name, uid, hub_gid(ctx))
+                return {"upstream": f"unix:{link}:", "strip": False}
+            if port is None:
+                raise BridgeRefused("app not installed")
+            check_owner(port, uid)
+        except SocketNotReady as exc:  # the app is down: nothing to report, and no audit row per request
+            log.info("front door: %s/%s not running: %s", s.username, name, exc)
+            raise BridgeRefused("the app is not running") from None
         except ListenerRefused as exc:
             log.warning("front door refused %s/%s: %s", s.username, name, exc)
             ctx.store.audit("hub", "hub.frontdoor-refused", s.username, {"app": name, "reason": str(exc)})
-            raise BridgeRefused("the app's port is not held by the slot") from None
-        return {"upstream": f"127.0.0.1:{port}"}
+            raise BridgeRefused("the app's listener is not the slot's") from None
+        return {"upstream": f"127.0.0.1:{port}", "strip": True}
 
     # --- the slot password -------------------------------------------------------------------------
 

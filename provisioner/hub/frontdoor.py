@@ -5,9 +5,11 @@
 Hub pages to the Hub's web process on a Unix socket only that user can open, with the client's
 address in ``X-Real-IP`` (the web process believes it because nothing else can connect). For
 an app URL nginx first asks the Hub (``auth_request``): the bridge admits it only for a live
-session *of that slot*, checks in the kernel's socket table that the app's port is held by the
-slot's UID (a squatted port is refused and audited, never proxied) and names the upstream; the
-Hub's cookies are stripped before the request reaches the app, whose own login stays.
+session *of that slot*, checks that the app's listener is the slot's — a socket app's socket by
+descriptor, hard-linked for nginx by root (:mod:`provisioner.apps.appsockets`), a TCP app's port
+in the kernel's socket table; a symlink, a squatted socket or port is refused and audited, never
+proxied — and names the upstream and the URI; the Hub's cookies are stripped before the request
+reaches the app, whose own login stays.
 
 >>> "auth_request /_frontdoor/auth;" in nginx_conf(HubConfig(), Path("/var/lib/sw/hub"), "hub", "hub")
 True
@@ -96,10 +98,12 @@ http {{
         location ~ "^/apps/[a-z][a-z0-9_-]{{0,30}}/[a-z][a-z0-9_-]{{0,30}}/" {{
             auth_request /_frontdoor/auth;
             auth_request_set $sw_upstream $upstream_http_x_slotwarden_upstream;
+            auth_request_set $sw_uri $upstream_http_x_slotwarden_uri;
             error_page 401 = @sw_login;
-            rewrite ^/apps/[^/]+/[^/]+(/.*)$ $1 break;
-            proxy_pass http://$sw_upstream;
-            proxy_set_header Host $host;
+            # The Hub names the upstream (a checked socket link, or a checked port) and the URI:
+            # the request's own for socket apps (they serve under the prefix), stripped for the rest.
+            proxy_pass http://$sw_upstream$sw_uri;
+            proxy_set_header Host $http_host;
             proxy_set_header Cookie $sw_app_cookie;
             proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-Proto https;

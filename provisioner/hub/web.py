@@ -382,7 +382,11 @@ def create_app(client: BridgeClient, behind_front_door: bool = False) -> Starlet
             return Response(status_code=401)
         reply = await bridge("frontdoor", token=token, slot=target[0], app=target[1])
         if reply.get("ok"):
-            return Response(status_code=200, headers={"X-Slotwarden-Upstream": reply["upstream"]})
+            uri = request.headers.get("x-original-uri", "")
+            if reply.get("strip"):  # the app is served at / (a TCP app that cannot be told its prefix)
+                uri = uri[len(f"/apps/{target[0]}/{target[1]}"):]
+            return Response(status_code=200, headers={"X-Slotwarden-Upstream": reply["upstream"],
+                                                      "X-Slotwarden-Uri": uri})
         return Response(status_code=401 if reply.get("error") == "no session" else 403)
 
     async def unavailable(request: Request, exc: Exception) -> Response:

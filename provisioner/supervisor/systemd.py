@@ -51,9 +51,11 @@ def render_template(app: str) -> str:
     ])
 
 
-def _quote(arg: str) -> str:
-    # systemd unit quoting: double quotes, backslash escapes, and % doubled (specifiers).
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+def _quote(arg: str, command: bool = False) -> str:
+    # systemd unit quoting: double quotes, backslash escapes, % doubled (specifiers); in a
+    # command line $ doubled too (ExecStart= expands $NAME, Environment= does not).
+    out = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return '"' + (out.replace("$", "$$") if command else out) + '"'
 
 
 def render_dropin(program: Program, confine: str = str(INSTALLED)) -> str:
@@ -66,7 +68,7 @@ def render_dropin(program: Program, confine: str = str(INSTALLED)) -> str:
     lines = [
         "[Service]",
         "ExecStart=",
-        "ExecStart=" + " ".join(_quote(a) for a in confine_argv(confine, None, program.argv)),
+        "ExecStart=" + " ".join(_quote(a, command=True) for a in confine_argv(confine, None, program.argv)),
         f"WorkingDirectory={program.cwd}",
         f"Restart={'always' if program.autorestart else 'no'}",
         f"KillSignal=SIG{program.stopsignal}",

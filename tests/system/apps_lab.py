@@ -7,10 +7,12 @@ deletes the directories, even when the test failed.
 
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -49,7 +51,8 @@ class AppLab:
         return self.root / "slotwarden.toml"
 
     def toml(self, **apps_overrides: str) -> str:
-        keys = {"port_min": str(self.port_min), "port_max": str(self.port_max), **apps_overrides}
+        keys = {"port_min": str(self.port_min), "port_max": str(self.port_max),
+                "socket_dir": f'"{self.root / "appsock"}"', **apps_overrides}
         lines = [f'state_dir = "{self.root / "state"}"', "[apps]", *(f"{k} = {v}" for k, v in keys.items())]
         lines.append("")
         return "\n".join(lines) + "\n" + self.extra_toml
@@ -156,9 +159,56 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (an app's private listener), as the front door speaks it."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class _Received:
+    def __init__(self, msg: http.client.HTTPMessage) -> None:
+        self.msg = msg
+
+    def info(self) -> http.client.HTTPMessage:
+        return self.msg
+
+
+def _http_unix(uds: str, url: str, body: bytes | None, headers: dict[str, str],
+               jar: http.cookiejar.CookieJar | None) -> tuple[int, dict[str, str], str]:
+    """One request to URL (its host sent as Host, as the front door does) over the socket UDS."""
+    req = urllib.request.Request(url, data=body, headers=headers)
+    if jar is not None:
+        jar.add_cookie_header(req)
+    parts = urllib.parse.urlsplit(url)
+    sent = {**dict(req.header_items()), "Host": parts.netloc}
+    if body is not None:
+        sent.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    conn = _UnixConnection(uds, 30)
+    try:
+        conn.request("POST" if body is not None else "GET",
+                     parts.path + (f"?{parts.query}" if parts.query else ""), body, sent)
+        r = conn.getresponse()
+        text = r.read().decode(errors="replace")
+        if jar is not None:
+            jar.extract_cookies(_Received(r.msg), req)  # type: ignore[arg-type]
+        return r.status, dict(r.headers), text
+    finally:
+        conn.close()
+
+
 def http(url: str, *, data: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-         jar: http.cookiejar.CookieJar | None = None) -> tuple[int, dict[str, str], str]:
-    """(status, headers, body) of one request; redirects are not followed."""
+         jar: http.cookiejar.CookieJar | None = None, uds: str | None = None) -> tuple[int, dict[str, str], str]:
+    """(status, headers, body) of one request; redirects are not followed. UDS: over that socket."""
+    if uds is not None:
+        return _http_unix(uds, url, urllib.parse.urlencode(data).encode() if data is not None else None,
+                          headers or {}, jar)
     handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
     if jar is not None:
         handlers.append(urllib.request.HTTPCookieProcessor(jar))

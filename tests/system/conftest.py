@@ -74,8 +74,10 @@ def make_slot_host(base: Path, prefix: str, size: str = "1G", extra_config: str 
     # and a guard socket nobody else serves.
     # host init makes the Hub's system user: a per-run name, removed at teardown.
     hub = "" if "[hub]" in extra_config else f'[hub]\nuser = "{prefix}hub"\n'
+    # App sockets (and the front door's links to them) per run: each lab's Hub group is its own.
+    apps = "" if "[apps]" in extra_config else f'[apps]\nsocket_dir = "{base / "appsock"}"\n'
     cfg.write_text(
-        f'state_dir = "{base / "state"}"\n{extra_config}\n{hub}'
+        f'state_dir = "{base / "state"}"\n{extra_config}\n{hub}{apps}'
         f'[metrics]\ncgroup_parent = "slotwarden-{prefix}"\nfacts_dir = "{base / "facts"}"\n'
         f'me_path = "{base / "bin" / "slotwarden-me"}"\n'
         + ("" if "[guard]" in extra_config else f'[guard]\nsocket = "{base / "guard.sock"}"\n')

@@ -8,15 +8,17 @@ import json
 import os
 import signal
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from provisioner.accounts import pids_of
-from provisioner.apps import CREDENTIALS_FILE, AppCredentials, app_credentials, app_status
+from provisioner.apps import CREDENTIALS_FILE, AppCredentials, app_credentials, app_status, get_app
 from provisioner.apps.registry import listening_ports
 from provisioner.operations import install_app, rotate_app, uninstall_app
 from tests.system.apps_lab import AppLab, all_cmdlines, as_user, http, make_lab, wait_for
@@ -25,11 +27,22 @@ pytestmark = pytest.mark.root
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where an app answers: BASE (its URL without the trailing slash) and, for a socket app, UDS."""
+
+    base: str
+    uds: str | None = None
+
+    def get(self, path: str, **kw: Any) -> tuple[int, dict[str, str], str]:
+        return http(self.base + path, uds=self.uds, **kw)
+
+
+@dataclass(frozen=True)
 class Probe:
     """How to log in to one app over HTTP, and which of its files hold a secret."""
 
-    login: Callable[[int, str, str], bool]
-    anonymous_refused: Callable[[int], bool]
+    login: Callable[[Target, str, str], bool]
+    anonymous_refused: Callable[[Target], bool]
     secret_files: tuple[str, ...]
     # What the app keeps outside its directory (a database...), to prove uninstall removes it.
     leftovers: Callable[[AppLab, str], list[str]] = lambda _lab, _user: []
@@ -39,44 +52,44 @@ def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def transmission_login(port: int, user: str, password: str) -> bool:
-    status, _h, _b = http(f"http://127.0.0.1:{port}/transmission/rpc", headers=_basic(user, password))
+def transmission_login(t: Target, user: str, password: str) -> bool:
+    status, _h, _b = t.get("/transmission/rpc", headers=_basic(user, password))
     return status == 409 or status == 200  # 409 = authenticated, asks for the session id
 
 
-def transmission_anonymous(port: int) -> bool:
-    return http(f"http://127.0.0.1:{port}/transmission/rpc")[0] == 401
+def transmission_anonymous(t: Target) -> bool:
+    return t.get("/transmission/rpc")[0] == 401
 
 
-def jupyter_login(port: int, _user: str, password: str) -> bool:
+def jupyter_login(t: Target, _user: str, password: str) -> bool:
     jar = CookieJar()
-    http(f"http://127.0.0.1:{port}/login", jar=jar)
+    t.get("/login", jar=jar)
     xsrf = next(c.value for c in jar if c.name == "_xsrf")
-    status, _h, _ = http(f"http://127.0.0.1:{port}/login?next=%2Flab", data={"password": password, "_xsrf": xsrf},
-                              jar=jar)
+    nxt = urllib.parse.quote(urllib.parse.urlsplit(t.base).path + "/lab", safe="")
+    status, _h, _ = t.get(f"/login?next={nxt}", data={"password": password, "_xsrf": xsrf}, jar=jar)
     if status != 302:
         return False
-    return http(f"http://127.0.0.1:{port}/api/status", jar=jar)[0] == 200
+    return t.get("/api/status", jar=jar)[0] == 200
 
 
-def jupyter_anonymous(port: int) -> bool:
-    return http(f"http://127.0.0.1:{port}/api/status")[0] == 403
+def jupyter_anonymous(t: Target) -> bool:
+    return t.get("/api/status")[0] == 403
 
 
-def wordpress_login(port: int, user: str, password: str) -> bool:
+def wordpress_login(t: Target, user: str, password: str) -> bool:
     jar = CookieJar()
-    base = f"http://127.0.0.1:{port}"
-    http(f"{base}/wp-login.php", jar=jar)  # sets the test cookie
-    status, headers, _ = http(f"{base}/wp-login.php", jar=jar, data={
-        "log": user, "pwd": password, "wp-submit": "Log In", "redirect_to": f"{base}/wp-admin/", "testcookie": "1"})
+    t.get("/wp-login.php", jar=jar)  # sets the test cookie
+    status, headers, _ = t.get("/wp-login.php", jar=jar, data={
+        "log": user, "pwd": password, "wp-submit": "Log In", "redirect_to": f"{t.base}/wp-admin/",
+        "testcookie": "1"})
     if status != 302 or "/wp-admin" not in headers.get("Location", ""):
         return False
-    status, _h, body = http(f"{base}/wp-admin/", jar=jar)
+    status, _h, body = t.get("/wp-admin/", jar=jar)
     return status == 200 and "Dashboard" in body
 
 
-def wordpress_anonymous(port: int) -> bool:
-    status, headers, _ = http(f"http://127.0.0.1:{port}/wp-admin/")
+def wordpress_anonymous(t: Target) -> bool:
+    status, headers, _ = t.get("/wp-admin/")
     return status == 302 and "wp-login.php" in headers.get("Location", "")
 
 
@@ -125,15 +138,23 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     creds = install_app(ctx, owner, app)
     assert isinstance(creds, AppCredentials)
     assert len(creds.password) >= 22 and creds.username == owner
-    port = int(creds.url.split(":")[2].split("/")[0])
-    assert lab.port_min <= port <= lab.port_max
     app_dir = Path(lab.root / "homes" / owner / "apps" / app)
+    sock_dir = lab.root / "appsock" / owner / app
+    if get_app(app).unix_socket:  # no TCP port at all: its private socket, its front-door URL
+        port = None
+        assert creds.frontdoor_url.endswith(f"/apps/{owner}/{app}/") and creds.url.startswith(creds.frontdoor_url)
+        assert _rows(lab, owner)["app_ports"] == 0
+        target = Target(creds.frontdoor_url.rstrip("/"), str(sock_dir / "http.sock"))
+    else:
+        port = int(creds.url.split(":")[2].split("/")[0])
+        assert lab.port_min <= port <= lab.port_max
+        target = Target(f"http://127.0.0.1:{port}")
     assert probe.leftovers(lab, owner) or app != "wordpress"
 
     # Log in with the generated credentials; wrong or none are refused.
-    assert probe.login(port, owner, creds.password)
-    assert not probe.login(port, owner, creds.password[:-1] + ("x" if creds.password[-1] != "x" else "y"))
-    assert probe.anonymous_refused(port)
+    assert probe.login(target, owner, creds.password)
+    assert not probe.login(target, owner, creds.password[:-1] + ("x" if creds.password[-1] != "x" else "y"))
+    assert probe.anonymous_refused(target)
 
     # The CLI reveals the same credentials (audited), with url/username/password.
     out = lab.slotctl("app", "creds", owner, app, "--json")
@@ -156,6 +177,15 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     # Runs as the slot user, bound to loopback.
     pid = _pid(lab, owner, app)
     assert os.stat(f"/proc/{pid}").st_uid == owner_uid
+    if port is None:  # its socket's directory: the slot's alone; another tenant cannot connect
+        st = sock_dir.stat()
+        assert (st.st_uid, oct(st.st_mode & 0o7777)) == (owner_uid, "0o2700")
+        probe_py = ("import socket, sys\ntry:\n    socket.socket(socket.AF_UNIX).connect(sys.argv[1])\n"
+                    "except OSError as e:\n    print(type(e).__name__)\nelse:\n    print('connected')\n")
+        assert as_user(other, "/usr/bin/python3", "-c", probe_py, str(sock_dir / "http.sock")
+                       ).stdout.strip() == "PermissionError"
+        assert as_user(owner, "/usr/bin/python3", "-c", probe_py, str(sock_dir / "http.sock")
+                       ).stdout.strip() == "connected"
 
     # Never a secret on a command line, in the supervisor's logs, or in the audit log.
     cmdlines = all_cmdlines()
@@ -171,13 +201,13 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: any(r["running"] and r["pid"] not in (None, pid) for r in app_status(lab.context(), owner)),
              what=f"{app} to be restarted")
-    wait_for(lambda: probe.login(port, owner, creds.password), what=f"{app} to accept logins again")
+    wait_for(lambda: probe.login(target, owner, creds.password), what=f"{app} to accept logins again")
 
     # Rotate: old credentials refused, new ones accepted, the owner's copy follows.
     new = rotate_app(lab.context(), owner, app)
     assert new.password != creds.password
-    wait_for(lambda: probe.login(port, owner, new.password), what="the new password to work")
-    assert not probe.login(port, owner, creds.password)
+    wait_for(lambda: probe.login(target, owner, new.password), what="the new password to work")
+    assert not probe.login(target, owner, creds.password)
     assert json.loads((app_dir / CREDENTIALS_FILE).read_text())["password"] == new.password
     assert app_credentials(lab.context(), owner, app).password == new.password
 
@@ -195,6 +225,6 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     # The app's logs go too, wherever it wrote them: its directory (above) and the supervisor's.
     assert not list((lab.root / "state" / "supervisor").rglob(app_logs))
     assert _rows(lab, owner) == {"app_installs": 0, "app_ports": 0, "app_credentials": 0}
-    assert port not in listening_ports()
+    assert port not in listening_ports() and not sock_dir.parent.exists()
     assert app_status(lab.context(), owner) == []
     assert probe.leftovers(lab, owner) == []

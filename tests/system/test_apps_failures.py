@@ -36,11 +36,12 @@ def _leftovers(lab: AppLab, username: str) -> dict[str, object]:
     programs = sorted(p.name for p in (lab.root / "state" / "supervisor" / "programs").glob(f"*@{username}.conf"))
     home = lab.root / "homes" / username
     return {**rows, "programs": programs, "apps_dir": (home / "apps").exists(),
+            "sockets": (lab.root / "appsock" / username).exists(),
             "listening": sorted(p for p in listening_ports() if lab.port_min <= p <= lab.port_max)}
 
 
 CLEAN = {"app_installs": 0, "app_ports": 0, "app_credentials": 0, "programs": [], "apps_dir": False,
-         "listening": []}
+         "sockets": False, "listening": []}
 
 
 def test_port_range_exhausted(lab: AppLab) -> None:
@@ -76,19 +77,22 @@ def test_package_or_service_missing(lab: AppLab, tmp_path: Path, app: str, toml:
     assert _leftovers(lab, name) == CLEAN
 
 
-@pytest.mark.parametrize("step", ["app-setup", "app-programs", "app-ready", "app-activate"])
-def test_failure_late_in_the_install_is_undone(lab: AppLab, step: str) -> None:
+@pytest.mark.parametrize(("app", "step"), [
+    *(("transmission", s) for s in ("app-setup", "app-programs", "app-ready", "app-activate")),
+    ("jupyterlab", "app-activate"),  # a socket app: its socket directory goes with the rest
+])
+def test_failure_late_in_the_install_is_undone(lab: AppLab, app: str, step: str) -> None:
     name = lab.new_slot()
     plan_mod.fail_at_step = step
     try:
         with pytest.raises(StepFailed) as err:
-            install_app(lab.context(), name, "transmission")
+            install_app(lab.context(), name, app)
     finally:
         plan_mod.fail_at_step = None
     assert err.value.step == step and not err.value.undo_errors
     assert _leftovers(lab, name) == CLEAN
-    install_app(lab.context(), name, "transmission")  # and the slot can install it afterwards
-    uninstall_app(lab.context(), name, "transmission")
+    install_app(lab.context(), name, app)  # and the slot can install it afterwards
+    uninstall_app(lab.context(), name, app)
     assert _leftovers(lab, name) == CLEAN
 
 
@@ -118,7 +122,9 @@ def test_slot_create_with_apps_and_remove(lab: AppLab) -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert sorted(a["app"] for a in data["apps"]) == ["jupyterlab", "transmission"]
-    assert all(a["password"] and a["url"].startswith("http://127.0.0.1:") for a in data["apps"])
+    urls = {a["app"]: a["url"] for a in data["apps"] if a["password"]}
+    assert urls["transmission"].startswith("http://127.0.0.1:")
+    assert urls["jupyterlab"].endswith(f"/apps/{name}/jupyterlab/lab")  # its socket, through the front door
     status = json.loads(lab.slotctl("app", "status", name, "--json").stdout)
     assert all(r["running"] for r in status) and len(status) == 2
     pids = [r["pid"] for r in status]

@@ -103,15 +103,20 @@ def test_supervisord_exits_when_its_state_dir_is_removed(tmp_path: Path) -> None
         sd.shutdown()
 
 
-def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv", [
+    ["/usr/bin/transmission-daemon", "--foreground", "--config-dir", "/tmp/a b"],
+    # WordPress's nginx: a shell removes a stale socket first ($0, $@ must stay the shell's)
+    ["/bin/sh", "-c", '/bin/rm -f -- "$0" && exec "$@"', "/var/lib/slotwarden-apps/a/wordpress/http.sock",
+     "/usr/sbin/nginx", "-c", "/tmp/nginx.conf"],
+])
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path, argv: list[str]) -> None:
     """The template and drop-in as systemd itself parses them (no systemd PID 1 needed)."""
     import subprocess
 
     from provisioner.supervisor.confine import confine_wrapper
     from provisioner.supervisor.systemd import render_dropin, render_template
 
-    prog = Program(app="transmission", user="daemon", cwd="/tmp", environment={"PCT": "100%"},
-                   argv=["/usr/bin/transmission-daemon", "--foreground", "--config-dir", "/tmp/a b"])
+    prog = Program(app="transmission", user="daemon", cwd="/tmp", environment={"PCT": "100%"}, argv=argv)
     (tmp_path / "slotwarden-transmission@.service").write_text(render_template("transmission"))
     (tmp_path / f"{prog.name}.service.d").mkdir()
     (tmp_path / f"{prog.name}.service.d" / "slotwarden.conf").write_text(render_dropin(prog, confine_wrapper()))

@@ -84,6 +84,10 @@ def test_systemd_units() -> None:
     assert f'ExecStart="{CONFINE}" "--" "/opt/x" "100%%"' in drop  # User= runs the wrapper
     assert 'Environment="A=q\\"uote"' in drop
     assert "ExecStart=\n" in drop  # resets the template's (empty) ExecStart
+    # ExecStart= expands $NAME itself: a shell's "$0"/"$@" must reach the shell as written;
+    # Environment= expands nothing, so its $ stays single.
+    drop = render_dropin(_prog(argv=["/bin/sh", "-c", 'exec "$@"', "$HOME"], environment={"B": "a$b"}))
+    assert f'ExecStart="{CONFINE}" "--" "/bin/sh" "-c" "exec \\"$$@\\"" "$$HOME"' in drop and 'Environment="B=a$b"' in drop
 
 
 @pytest.mark.parametrize(("props", "running", "pid", "since", "state"), [

@@ -28,7 +28,8 @@ ME_UID, ME_GID = os.getuid(), os.getgid()
 def _inst(tmp_path: Path, app: str = "demo", ports: dict[str, int] | None = None) -> Installation:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    return Installation("alice", app, home, ME_UID, ME_GID, ports or {"http": 20001, "peer": 20002}, AppSettings())
+    settings = AppSettings(socket_dir=Path("/var/lib/sw-apps"), frontdoor_base="https://hub.example:8443")
+    return Installation("alice", app, home, ME_UID, ME_GID, ports or {"http": 20001, "peer": 20002}, settings)
 
 
 # --- catalog -----------------------------------------------------------------------------------
@@ -39,7 +40,10 @@ def test_catalog_has_the_three_apps_one_module_each() -> None:
     assert {"wordpress", "transmission", "jupyterlab"} <= set(apps)
     for name, app in apps.items():
         assert type(app).__module__ == f"provisioner.apps.{name}"  # one file per app
-        assert "password" in app.secret_names and "http" in app.port_purposes
+        assert "password" in app.secret_names
+        # an app listens on its private socket, or on a registry port (checked for its owner)
+        assert app.unix_socket != ("http" in app.port_purposes), name
+    assert {n for n, a in apps.items() if a.unix_socket} >= {"jupyterlab", "wordpress"}
 
 
 def test_unknown_app_is_bad_input() -> None:
@@ -56,6 +60,7 @@ def test_unknown_app_is_bad_input() -> None:
     ({"port_min": "1"}, "apps.port_min"),
     ({"port_min": 30000, "port_max": 20000}, "apps.port_min"),
     ({"shared_dir": "relative"}, "apps.shared_dir"),
+    ({"socket_dir": "run/x"}, "apps.socket_dir"),
     ({"bogus": 1}, "apps.bogus"),
 ])
 def test_settings_errors_name_the_key(table: dict[str, object], message: str) -> None:
@@ -212,7 +217,10 @@ def test_transmission_settings(tmp_path: Path) -> None:
 def test_jupyter_config_holds_only_the_hash(tmp_path: Path) -> None:
     c = server_config(_inst(tmp_path, "jupyterlab"), "argon2:$hash")
     text = json.dumps(c)
-    assert c["ServerApp"]["ip"] == "127.0.0.1" and c["ServerApp"]["port_retries"] == 0  # type: ignore[index]
+    server = c["ServerApp"]
+    assert server["sock"] == "/var/lib/sw-apps/alice/jupyterlab/http.sock"  # type: ignore[index]
+    assert "port" not in server and "ip" not in server  # type: ignore[operator]
+    assert server["base_url"] == "/apps/alice/jupyterlab/" and server["sock_mode"] == "0660"  # type: ignore[index]
     assert c["IdentityProvider"] == {"token": ""} and "argon2:$hash" in text
 
 
@@ -220,9 +228,13 @@ def test_wordpress_config_and_server(tmp_path: Path) -> None:
     inst = _inst(tmp_path, "wordpress")
     php = wp_config(inst, "dbpw'x", "/run/mysqld/mysqld.sock", {"AUTH_KEY": "k"})
     assert "define('DB_PASSWORD', 'dbpw\\'x');" in php and "'localhost:/run/mysqld/mysqld.sock'" in php
-    assert "define('DB_NAME', 'wp_alice');" in php and "define('WP_HOME', 'http://127.0.0.1:20001');" in php
+    assert "define('DB_NAME', 'wp_alice');" in php
+    assert "define('WP_HOME', 'https://hub.example:8443/apps/alice/wordpress');" in php
     conf = nginx_config(inst)
-    assert "listen 127.0.0.1:20001;" in conf and f"WORDPRESS_CONFIG {config_name('alice')};" in conf
+    assert "listen unix:/var/lib/sw-apps/alice/wordpress/http.sock;" in conf and "127.0.0.1" not in conf
+    assert f"WORDPRESS_CONFIG {config_name('alice')};" in conf and "fastcgi_param HTTPS on;" in conf
+    assert "rewrite ^/apps/alice/wordpress(/.*)$ $1 last;" in conf
+    assert "fastcgi_param HTTP_HOST hub.example:8443;" in conf
     assert "master_process off;" in conf
 
 
