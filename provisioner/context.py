@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -10,6 +10,7 @@ from pathlib import Path
 from provisioner.config import Config, load_config
 from provisioner.errors import SlotError
 from provisioner.extensions import Extension, Extensions, load_extensions
+from provisioner.quota import BACKENDS as QUOTA_BACKENDS
 from provisioner.quota import QuotaBackend, load_backend
 from provisioner.store import Store, open_store
 
@@ -29,10 +30,14 @@ class Context:
 
     EXTENSIONS: the extensions every operation runs (default: all of
     :data:`provisioner.extensions.EXTENSIONS`, loaded on first use); a test passes its own.
+    QUOTA_BACKENDS is the map of quota backends this context picks from (tests pass one with a
+    fake backend added; nothing else names a backend).
     """
 
-    def __init__(self, config: Config | None = None, *, extensions: Iterable[Extension] | None = None) -> None:
+    def __init__(self, config: Config | None = None, *, extensions: Iterable[Extension] | None = None,
+                 quota_backends: Mapping[str, str] = QUOTA_BACKENDS) -> None:
         self.config = config or load_config()
+        self.quota_backends = quota_backends
         if extensions is not None:
             self.__dict__["extensions"] = Extensions(tuple(extensions))
 
@@ -59,7 +64,7 @@ class Context:
     @cached_property
     def quota(self) -> QuotaBackend:
         return load_backend(self.settings.quota_backend, self.settings.slots_root,
-                            bytes_per_inode=self.config.slots.bytes_per_inode)
+                            bytes_per_inode=self.config.slots.bytes_per_inode, backends=self.quota_backends)
 
     def close(self) -> None:
         if "store" in self.__dict__:

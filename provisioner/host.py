@@ -15,7 +15,7 @@ from provisioner import accounts
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.names import format_size, parse_size
-from provisioner.quota import detect_backend, load_backend, mount_of
+from provisioner.quota import QuotaBackend, backend_choices, detect_backend, load_backend, loopback_backends, mount_of
 from provisioner.runner import run
 from provisioner.steps import Plan, Step, apply
 from provisioner.store import current_actor
@@ -41,10 +41,6 @@ def proc_hidepid() -> tuple[str | None, str | None]:
     hide = next((o.split("=", 1)[1] for o in opts if o.startswith("hidepid=")), None)
     gid = next((o.split("=", 1)[1] for o in opts if o.startswith("gid=")), None)
     return hide, gid
-
-
-def _btrfs_quota_on(root: Path) -> bool:
-    return run(["btrfs", "qgroup", "show", str(root)], check=False).returncode == 0
 
 
 def _fstab_has(mountpoint: str) -> bool:
@@ -136,7 +132,7 @@ def parse_host_request(
         raise BadInput("--loopback-size needs --loopback-image")
     size = parse_size(loopback_size) if loopback_size is not None else None
     if size is not None and size < 128 << 20:
-        raise BadInput("--loopback-size must be at least 128M (btrfs needs room for metadata)")
+        raise BadInput("--loopback-size must be at least 128M (the filesystem needs room for metadata)")
     if slots_root:
         root = Path(slots_root)
     elif image is not None:
@@ -146,10 +142,16 @@ def parse_host_request(
     if not root.is_absolute() or root == Path("/"):
         raise BadInput("--slots-root must be an absolute path other than /")
     backend = quota_backend or ctx.config.host.quota_backend
-    if backend not in {"auto", "btrfs", "usrquota", "none"}:
-        raise BadInput("--quota-backend must be auto, btrfs, usrquota or none")
-    if image is not None and backend not in {"auto", "btrfs"}:
-        raise BadInput("--loopback-image makes a btrfs filesystem: use --quota-backend btrfs or auto")
+    backends = ctx.quota_backends
+    if backend != "auto" and backend not in backends:
+        raise BadInput(f"--quota-backend must be {backend_choices(backends)}")
+    makers = loopback_backends(backends)
+    if image is not None and not makers:
+        raise BadInput("--loopback-image: no quota backend makes a loopback filesystem")
+    if image is not None and backend not in {"auto", *makers}:
+        fstypes = "/".join(sorted({str(load_backend(n, root, backends=backends).loopback_fstype) for n in makers}))
+        raise BadInput(f"--loopback-image makes a {fstypes} filesystem: "
+                       f"use --quota-backend {', '.join(makers)} or auto")
     return HostRequest(root, backend, image, size, ctx.config.host.hidepid if hidepid is None else hidepid, persist)
 
 
@@ -159,13 +161,22 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
     current = ctx.store.host_settings()
     root = req.slots_root
     admin = ctx.config.host.admin_group
+    backends = ctx.quota_backends
+
+    def quota_backend(name: str) -> QuotaBackend:
+        return load_backend(name, root, bytes_per_inode=ctx.config.slots.bytes_per_inode, backends=backends)
+
+    # The backend that makes the loopback filesystem (and then caps the slots on it).
+    maker = None
+    if req.loopback_image is not None:
+        maker = quota_backend(loopback_backends(backends)[0] if req.quota_backend == "auto" else req.quota_backend)
 
     if not accounts.group_exists(admin):
         steps.append(Step("admin-group", f"create system group {admin} (sees all processes)",
                           lambda: run(["groupadd", "--system", admin])))
 
-    if req.loopback_image is not None:
-        image = req.loopback_image
+    if req.loopback_image is not None and maker is not None:
+        image, fstype = req.loopback_image, maker.loopback_fstype
         size = req.loopback_size or (4 << 30)
         if not image.exists():
             def make_image() -> None:
@@ -173,15 +184,15 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
                 with open(image, "wb") as f:
                     os.fchmod(f.fileno(), 0o600)
                     f.truncate(size)
-                run(["mkfs.btrfs", "-q", str(image)])
+                maker.make_loopback(image)
 
-            steps.append(Step("image", f"create a {format_size(size)} btrfs image {image}", make_image,
+            steps.append(Step("image", f"create a {format_size(size)} {fstype} image {image}", make_image,
                               lambda: image.unlink(missing_ok=True)))
         elif req.loopback_size is not None and image.stat().st_size != size:
             if size < image.stat().st_size:
                 raise SlotError(f"{image} is {format_size(image.stat().st_size)}; shrinking it is not supported")
             steps.append(Step("grow", f"grow {image} to {format_size(size)}",
-                              lambda: _grow_image(image, size, root)))
+                              lambda: _grow_image(image, size, maker)))
         mnt = mount_of(root)[0] if root.exists() else None
         if mnt != str(root):
             def mount() -> None:
@@ -190,7 +201,7 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
 
             steps.append(Step("mount", f"mount {image} on {root} ({SLOTS_MOUNT_OPTIONS})", mount,
                               lambda: run(["umount", str(root)], check=False)))
-        line = f"{image} {root} btrfs loop,nofail,{SLOTS_MOUNT_OPTIONS} 0 0 # slotwarden"
+        line = f"{image} {root} {fstype} loop,nofail,{SLOTS_MOUNT_OPTIONS} 0 0 # slotwarden"
         existing = _fstab_line(str(root))
         if req.persist and existing is None:
             steps.append(Step("fstab", f"add {root} to {FSTAB}", lambda: _fstab_set(str(root), line)))
@@ -208,14 +219,16 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
 
     # The loopback branch above writes its own fstab line with the options.
     steps += _mount_option_steps(root, req.persist and req.loopback_image is None)
-    will_be_btrfs = req.loopback_image is not None
-    backend = req.quota_backend
-    if backend == "auto":
-        backend = "btrfs" if will_be_btrfs else detect_backend(root)
-    elif backend == "btrfs" and not will_be_btrfs and detect_backend(root) != "btrfs":
-        raise SlotError(f"{root} is not on btrfs: use --loopback-image or another --quota-backend")
-    elif backend == "usrquota" and detect_backend(root) != "usrquota":
-        raise SlotError(f"{root} is not on an ext4/xfs filesystem mounted with usrquota")
+    if maker is not None:
+        quota = maker
+    elif req.quota_backend == "auto":
+        quota = quota_backend(detect_backend(root, backends))
+    else:
+        quota = quota_backend(req.quota_backend)
+        if not quota.suits():
+            hint = ": use --loopback-image or another --quota-backend" if quota.loopback_fstype else ""
+            raise SlotError(f"{root} is not {quota.requirement}{hint}")
+    backend = quota.name
 
     slots = ctx.store.list_slots()
     if slots and current.get("slots_root") not in (None, str(root)):
@@ -225,13 +238,7 @@ def plan_host_init(ctx: Context, req: HostRequest) -> Plan:
         raise SlotError(f"{len(slots)} slots use quota backend {current['quota_backend']}; "
                         f"remove them before switching to {backend}")
 
-    if backend == "btrfs" and (will_be_btrfs or not _btrfs_quota_on(root)):
-        if not (root.exists() and mount_of(root)[1] == "btrfs" and _btrfs_quota_on(root)):
-            steps.append(Step("quota", f"enable btrfs quota accounting on {root}",
-                              lambda: load_backend("btrfs", root).enable()))
-    elif backend == "usrquota":
-        steps.append(Step("quota", f"turn on user quotas for {root}",
-                          lambda: load_backend("usrquota", root).enable()))
+    steps += quota.host_steps()
 
     hide, gid = proc_hidepid()
     if req.hidepid:
@@ -269,13 +276,10 @@ def _gid(group: str) -> int:
     return grp.getgrnam(group).gr_gid
 
 
-def _grow_image(image: Path, size: int, root: Path) -> None:
+def _grow_image(image: Path, size: int, maker: QuotaBackend) -> None:
     with open(image, "r+b") as f:
         f.truncate(size)
-    loops = run(["losetup", "-j", str(image)]).stdout.split(":", 1)[0]
-    if loops:
-        run(["losetup", "-c", loops])
-        run(["btrfs", "filesystem", "resize", "max", str(root)])
+    maker.grow_loopback(image)
 
 
 def host_init(ctx: Context, req: HostRequest, *, dry_run: bool = False) -> Plan:

@@ -1,7 +1,8 @@
 """``--inventory FILE`` / ``--host NAME``: run a slot command on fleet hosts instead of this one.
 
 ``slotctl --inventory fleet.ini slot create alice --host web1 ...`` runs the same change through
-``playbooks/slot.yml`` and ansible-runner (:class:`~provisioner.executors.ansible.AnsibleExecutor`),
+the fleet executor of :data:`~provisioner.executors.EXECUTORS` (``playbooks/slot.yml`` and
+ansible-runner; a caller may hand the root command another map as ``obj={"executors": {...}}``),
 shows progress from the runner's events on stderr, and prints one result per host — in the
 same shape as a local run, plus ``host``/``ok``/``action``. A failing host is reported for its
 own slots and exits 1 after the others' results are printed. A generated password is printed
@@ -20,7 +21,7 @@ from rich.console import Console
 
 from provisioner.cli.output import emit, err_console, kv_table, wants_json
 from provisioner.errors import BadInput
-from provisioner.executors import SlotChange, SlotOutcome
+from provisioner.executors import EXECUTORS, FLEET_EXECUTOR, SlotChange, SlotOutcome, load_executor
 from provisioner.names import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,14 +103,14 @@ def _progress(line: str) -> None:
 
 
 def run_changes(changes: list[SlotChange], *, check: bool = False) -> list[SlotOutcome]:
-    """Apply CHANGES on the hosts given by --inventory/--host; progress on stderr."""
-    from provisioner.executors.ansible import AnsibleExecutor
-
+    """Apply CHANGES on the hosts given by --inventory/--host through the fleet executor; progress on stderr."""
     inventory, hosts = _target()
     show = None if wants_json() and not sys.stderr.isatty() else _progress
-    executor = AnsibleExecutor(inventory, hosts, progress=show)
+    obj = click.get_current_context().find_root().obj or {}
+    executor = load_executor(FLEET_EXECUTOR, executors=obj.get("executors", EXECUTORS), inventory=inventory,
+                             hosts=hosts, progress=show)
     if sys.stderr.isatty():
-        with err_console.status(f"running on {', '.join(hosts)} through ansible-runner"):
+        with err_console.status(f"running on {', '.join(hosts)} through {FLEET_EXECUTOR}"):
             return executor.apply(changes, check=check)
     return executor.apply(changes, check=check)
 

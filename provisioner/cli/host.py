@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
+from provisioner.cli.backends import QUOTA_BACKEND, quota_backends
 from provisioner.cli.output import emit, json_option
 from provisioner.context import Context
 from provisioner.host import host_init, parse_host_request
@@ -20,10 +21,10 @@ def host() -> None:
 @host.command("init")
 @click.option("--slots-root", metavar="DIR",
               help="Where homes live [default: /home; /srv/slots with --loopback-image].")
-@click.option("--quota-backend", type=click.Choice(["auto", "btrfs", "usrquota", "none"]),
+@click.option("--quota-backend", type=QUOTA_BACKEND,
               help="How quotas are enforced [default: auto, from the slots-root filesystem].")
-@click.option("--loopback-image", metavar="FILE", help="Create and mount a btrfs image as the slots root "
-              "(for kernels without classic quota support).")
+@click.option("--loopback-image", metavar="FILE", help="Create and mount a filesystem image as the slots root, made "
+              "by the quota backend (for kernels without classic quota support).")
 @click.option("--loopback-size", metavar="SIZE", help="Size of the image, e.g. 4G [default: 4G].")
 @click.option("--hidepid/--no-hidepid", default=None, help="Remount /proc hidepid=invisible [default: on].")
 @click.option("--persist/--no-persist", default=True, help="Write the mounts to /etc/fstab [default: on].")
@@ -32,7 +33,7 @@ def host() -> None:
 def init(slots_root: str | None, quota_backend: str | None, loopback_image: str | None,
          loopback_size: str | None, hidepid: bool | None, persist: bool, dry_run: bool) -> None:
     """Prepare this host (idempotent: a second run with the same options changes nothing)."""
-    ctx = Context()
+    ctx = Context(quota_backends=quota_backends())
     if not dry_run:
         upgrade_store(ctx.config)  # a store made by an older slotwarden keeps its rows
     req = parse_host_request(ctx, slots_root, quota_backend, loopback_image, loopback_size, hidepid, persist)

@@ -29,6 +29,8 @@ EXECUTORS: dict[str, str] = {
     "local": "provisioner.executors.local:LocalExecutor",
     "ansible": "provisioner.executors.ansible:AnsibleExecutor",
 }
+# The executor behind ``--inventory FILE --host NAME`` (it takes ``inventory``, ``hosts``, ``progress``).
+FLEET_EXECUTOR = "ansible"
 
 _CHANGE_KEYS = frozenset({"username", "state", "email", "country", "quota", "payment_ref", "keep_data",
                           "apps", "strict"})
@@ -141,11 +143,11 @@ class Executor(Protocol):
         """Apply CHANGES (in order; a failing change does not stop the others)."""
 
 
-def load_executor(name: str, **options: Any) -> Executor:
-    """Instantiate the executor NAME with OPTIONS (e.g. ``inventory``/``hosts`` for ansible)."""
-    if name not in EXECUTORS:
-        raise BadInput(f"unknown executor {name!r}; choose one of {', '.join(sorted(EXECUTORS))}")
-    module_name, _, cls_name = EXECUTORS[name].partition(":")
+def load_executor(name: str, *, executors: Mapping[str, str] = EXECUTORS, **options: Any) -> Executor:
+    """Instantiate the executor NAME of EXECUTORS with OPTIONS (e.g. ``inventory``/``hosts`` for ansible)."""
+    if name not in executors:
+        raise BadInput(f"unknown executor {name!r}; choose one of {', '.join(sorted(executors))}")
+    module_name, _, cls_name = executors[name].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     executor: Executor = cls(**options)
     return executor

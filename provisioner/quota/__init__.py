@@ -8,20 +8,36 @@ A backend owns how a slot's home comes into being and how its size is capped:
   capped by ``setquota`` (production hosts);
 - ``none``: a plain directory, no cap (refuses ``--quota``).
 
+Each backend also owns what the rest of the provisioner must not know by name: whether the
+filesystem under the slots root suits it (:func:`detect_backend` asks them in map order, the
+first that fits wins), the steps ``host init`` needs for it (:meth:`QuotaBackend.host_steps`),
+whether it can build a loopback filesystem for ``--loopback-image``, and every slot's usage in
+one pass for the metrics (:meth:`QuotaBackend.bulk_usage`). A new backend is a new file and
+one line in :data:`BACKENDS`; callers that take a map (``backends=``) let tests add a fake one.
+
 >>> sorted(BACKENDS)
 ['btrfs', 'none', 'usrquota']
+>>> loopback_backends()
+['btrfs']
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from provisioner.errors import BadInput
 
+if TYPE_CHECKING:
+    from provisioner.steps import Step
+    from provisioner.store import SlotRecord
+
+# name -> "module:Class", imported on first use. Order is detection order: ``none`` fits any
+# filesystem, so it comes last.
 BACKENDS: dict[str, str] = {
     "btrfs": "provisioner.quota.btrfs:BtrfsQuota",
     "usrquota": "provisioner.quota.usrquota:UserQuota",
@@ -41,6 +57,28 @@ class QuotaBackend(Protocol):
     """What every quota backend provides. Every method is idempotent."""
 
     name: str
+    # What the slots root's filesystem must be, for errors: "{root} is not <requirement>".
+    requirement: str
+    # The filesystem ``host init --loopback-image`` makes for this backend (None: it cannot).
+    loopback_fstype: str | None
+    # Where a figure from :meth:`usage` comes from, as the metrics label it.
+    usage_source: str
+
+    def suits(self) -> bool:
+        """Whether the filesystem under the slots root lets this backend cap slots (no change)."""
+
+    def host_steps(self) -> list[Step]:
+        """What ``host init`` must do so the backend can cap slots under its root (empty: ready)."""
+
+    def make_loopback(self, image: Path) -> None:
+        """Make the backend's filesystem in the (sized, empty) file IMAGE (``loopback_fstype``)."""
+
+    def grow_loopback(self, image: Path) -> None:
+        """Let the filesystem mounted on the slots root from IMAGE use the image's new size."""
+
+    def bulk_usage(self, records: Sequence[SlotRecord], fresh: bool) -> dict[str, tuple[Usage | None, str]]:
+        """{username: (usage, source)} for as many RECORDS as one pass over the filesystem gives
+        (the caller asks :meth:`usage` for the rest); FRESH commits pending writes first."""
 
     def enable(self) -> None:
         """Prepare the filesystem for caps (idempotent); called by ``host init``."""
@@ -68,18 +106,38 @@ class QuotaBackend(Protocol):
         """Whatever lets the slot's usage escape its limit, one line each (for ``doctor``)."""
 
 
-def load_backend(name: str, slots_root: Path, *, bytes_per_inode: int = 16384) -> QuotaBackend:
-    """Instantiate the backend NAME for SLOTS_ROOT.
+def _backend_class(name: str, backends: Mapping[str, str]) -> type:
+    if name not in backends:
+        raise BadInput(f"unknown quota backend {name!r}; choose one of {', '.join(sorted(backends))}")
+    module_name, _, cls_name = backends[name].partition(":")
+    cls: type = getattr(importlib.import_module(module_name), cls_name)
+    return cls
+
+
+def load_backend(name: str, slots_root: Path, *, bytes_per_inode: int = 16384,
+                 backends: Mapping[str, str] = BACKENDS) -> QuotaBackend:
+    """Instantiate the backend NAME of BACKENDS for SLOTS_ROOT (no I/O).
 
     BYTES_PER_INODE (``[slots] bytes_per_inode``): backends that cap files as well as bytes
     (usrquota) allow one inode per that many bytes of quota.
     """
-    if name not in BACKENDS:
-        raise BadInput(f"unknown quota backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}")
-    module_name, _, cls_name = BACKENDS[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: QuotaBackend = cls(slots_root, bytes_per_inode=bytes_per_inode)
+    backend: QuotaBackend = _backend_class(name, backends)(slots_root, bytes_per_inode=bytes_per_inode)
     return backend
+
+
+def backend_choices(backends: Mapping[str, str] = BACKENDS) -> str:
+    """What an operator may name, for errors.
+
+    >>> backend_choices({"btrfs": "", "none": ""})
+    'auto, btrfs or none'
+    """
+    names = ["auto", *backends]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def loopback_backends(backends: Mapping[str, str] = BACKENDS) -> list[str]:
+    """The backends that can make their own filesystem in a loopback image, in map order."""
+    return [n for n in backends if getattr(_backend_class(n, backends), "loopback_fstype", None)]
 
 
 def mount_of(path: Path) -> tuple[str, str, set[str]]:
@@ -96,17 +154,20 @@ def mount_of(path: Path) -> tuple[str, str, set[str]]:
     return best
 
 
-def detect_backend(slots_root: Path) -> str:
-    """The backend the filesystem under SLOTS_ROOT supports: btrfs, usrquota, or none."""
-    probe = slots_root
+def filesystem_of(path: Path) -> tuple[str, str, set[str]]:
+    """:func:`mount_of` the nearest existing ancestor of PATH (a slots root not made yet)."""
+    probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    _mnt, fstype, opts = mount_of(probe)
-    if fstype == "btrfs":
-        return "btrfs"
-    if fstype in {"ext4", "xfs"} and opts & {"usrquota", "quota", "uquota", "usrjquota=aquota.user"}:
-        return "usrquota"
-    return "none"
+    return mount_of(probe)
+
+
+def detect_backend(slots_root: Path, backends: Mapping[str, str] = BACKENDS) -> str:
+    """The first backend of BACKENDS that the filesystem under SLOTS_ROOT suits."""
+    for name in backends:
+        if load_backend(name, slots_root, backends=backends).suits():
+            return name
+    raise BadInput(f"no quota backend suits the filesystem under {slots_root}")
 
 
 def same_filesystem(a: Path, b: Path) -> bool:

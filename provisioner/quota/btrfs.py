@@ -31,10 +31,12 @@ import errno
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner.errors import SlotError
-from provisioner.quota import Usage, mount_of
+from provisioner.quota import Usage, filesystem_of, mount_of
 from provisioner.quota.btrfs_tree import (
     NO_LIMIT,
     QuotaFacts,
@@ -45,17 +47,25 @@ from provisioner.quota.btrfs_tree import (
     qgroup_name,
     qgroupid,
     quota_mode,
+    read_facts,
     read_slot_facts,
     simple_quota_supported,
     subvolume_id,
 )
 from provisioner.runner import run
 
+if TYPE_CHECKING:
+    from provisioner.steps import Step
+    from provisioner.store import SlotRecord
+
 
 class BtrfsQuota:
     """Subvolume-per-slot homes, capped by a level-1 qgroup per slot."""
 
     name = "btrfs"
+    requirement = "on btrfs"
+    loopback_fstype = "btrfs"
+    usage_source = "btrfs quota"
 
     def __init__(self, slots_root: Path, **_options: object) -> None:
         self.slots_root = slots_root
@@ -70,6 +80,57 @@ class BtrfsQuota:
         if quota_mode(mnt) != "disabled":
             return
         enable_quota(mnt, simple=simple_quota_supported())
+
+    def suits(self) -> bool:
+        return filesystem_of(self.slots_root)[1] == "btrfs"
+
+    def quota_on(self) -> bool:
+        """The slots root is a btrfs filesystem with quota accounting on."""
+        root = self.slots_root
+        return (root.exists() and mount_of(root)[1] == "btrfs"
+                and run(["btrfs", "qgroup", "show", str(root)], check=False).returncode == 0)
+
+    def host_steps(self) -> list[Step]:
+        from provisioner.steps import Step
+
+        if self.quota_on():
+            return []
+        return [Step("quota", f"enable btrfs quota accounting on {self.slots_root}", self.enable)]
+
+    def make_loopback(self, image: Path) -> None:
+        run(["mkfs.btrfs", "-q", str(image)])
+
+    def grow_loopback(self, image: Path) -> None:
+        loops = run(["losetup", "-j", str(image)]).stdout.split(":", 1)[0]
+        if loops:
+            run(["losetup", "-c", loops])
+            run(["btrfs", "filesystem", "resize", "max", str(self.slots_root)])
+
+    def bulk_usage(self, records: Sequence[SlotRecord], fresh: bool) -> dict[str, tuple[Usage | None, str]]:
+        """Every slot's qgroup from one read of the quota tree; no command per slot."""
+        mnt = self.mountpoint
+        if fresh:
+            # qgroup figures move at transaction commit (every 30 s by default): commit now, so a
+            # file just written shows up.
+            run(["btrfs", "filesystem", "sync", mnt], check=False)
+        # Numbers from the kernel's trees, and each home's subvolume id by ioctl on the home
+        # itself: never `subvolume list`, whose paths tenants name (a newline forges a line).
+        facts = read_facts(Path(mnt))
+        out: dict[str, tuple[Usage | None, str]] = {}
+        for rec in records:
+            try:
+                sid = subvolume_id(Path(rec.home)) if is_subvolume_root(Path(rec.home)) else None
+            except SlotError:
+                sid = None
+            if sid is None:
+                continue
+            for level in (1, 0):  # the slot's group carries the cap; a home from before groups, its own
+                q = qgroupid(level, sid)
+                if q in facts.referenced:
+                    out[rec.username] = (Usage(facts.referenced[q], facts.max_referenced.get(q)),
+                                         f"btrfs qgroup {level}/{sid}")
+                    break
+        return out
 
     def is_subvolume(self, home: Path) -> bool:
         return is_subvolume_root(home)

@@ -4,22 +4,46 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner.errors import BadInput
 from provisioner.quota import Usage
+
+if TYPE_CHECKING:
+    from provisioner.steps import Step
+    from provisioner.store import SlotRecord
 
 
 class NoQuota:
     """Plain directories, no cap."""
 
     name = "none"
+    requirement = "anywhere"  # any filesystem will do
+    loopback_fstype = None
+    usage_source = "walk of the home (allocated blocks)"
 
     def __init__(self, slots_root: Path, **_options: object) -> None:
         self.slots_root = slots_root
 
     def enable(self) -> None:
         """Nothing to enable."""
+
+    def suits(self) -> bool:
+        return True
+
+    def host_steps(self) -> list[Step]:
+        return []
+
+    def make_loopback(self, image: Path) -> None:
+        raise BadInput("the quota backend 'none' makes no loopback filesystem")
+
+    def grow_loopback(self, image: Path) -> None:
+        raise BadInput("the quota backend 'none' makes no loopback filesystem")
+
+    def bulk_usage(self, records: Sequence[SlotRecord], fresh: bool) -> dict[str, tuple[Usage | None, str]]:
+        return {}  # no accounting to read: every home is walked by usage()
 
     def make_home(self, home: Path) -> None:
         home.mkdir(mode=0o700, exist_ok=True)

@@ -7,18 +7,39 @@ slot gets 65,536 files), and at least 1,024.
 
 >>> setquota_argv("alice", "/srv", 1 << 30, 16384)
 ['setquota', '-u', 'alice', '0', '1048576', '0', '65536', '/srv']
+>>> parse_repquota("alice     --   20480       0  102400    5 0 0")["alice"]
+Usage(used_bytes=20971520, limit_bytes=104857600)
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from provisioner.errors import SlotError
-from provisioner.quota import Usage, mount_of
+from provisioner.errors import BadInput, SlotError
+from provisioner.quota import Usage, filesystem_of, mount_of
 from provisioner.runner import run
 
+if TYPE_CHECKING:
+    from provisioner.steps import Step
+    from provisioner.store import SlotRecord
+
 MIN_INODES = 1024
+# Mount options that turn user quotas on.
+QUOTA_OPTIONS = frozenset({"usrquota", "quota", "uquota", "usrjquota=aquota.user"})
+
+
+def parse_repquota(text: str) -> dict[str, Usage]:
+    """``repquota -u -p <mnt>`` (KiB blocks) -> {user: Usage}."""
+    out = {}
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) >= 5 and cols[1] in ("--", "+-", "-+", "++") and cols[2].isdigit() and cols[4].isdigit():
+            hard = int(cols[4]) * 1024
+            out[cols[0]] = Usage(used_bytes=int(cols[2]) * 1024, limit_bytes=hard or None)
+    return out
 
 
 def inode_limit(limit_bytes: int, bytes_per_inode: int) -> int:
@@ -37,6 +58,9 @@ class UserQuota:
     """Per-user block limits with the classic quota tools."""
 
     name = "usrquota"
+    requirement = "on an ext4/xfs filesystem mounted with usrquota"
+    loopback_fstype = None
+    usage_source = "usrquota quota"
 
     def __init__(self, slots_root: Path, *, bytes_per_inode: int = 16384, **_options: object) -> None:
         self.slots_root = slots_root
@@ -49,11 +73,32 @@ class UserQuota:
     def enable(self) -> None:
         """Create the quota files if needed and turn quotas on (idempotent)."""
         mnt, fstype, opts = mount_of(self.slots_root)
-        if not opts & {"usrquota", "quota", "uquota", "usrjquota=aquota.user"}:
+        if not opts & QUOTA_OPTIONS:
             raise SlotError(f"{mnt} is not mounted with usrquota")
         if fstype == "ext4" and not Path(mnt, "aquota.user").exists():
             run(["quotacheck", "-cum", mnt], check=False)
         run(["quotaon", "-u", mnt], check=False)
+
+    def suits(self) -> bool:
+        _mnt, fstype, opts = filesystem_of(self.slots_root)
+        return fstype in {"ext4", "xfs"} and bool(opts & QUOTA_OPTIONS)
+
+    def host_steps(self) -> list[Step]:
+        from provisioner.steps import Step
+
+        return [Step("quota", f"turn on user quotas for {self.slots_root}", self.enable)]
+
+    def make_loopback(self, image: Path) -> None:
+        raise BadInput("the quota backend 'usrquota' makes no loopback filesystem")
+
+    def grow_loopback(self, image: Path) -> None:
+        raise BadInput("the quota backend 'usrquota' makes no loopback filesystem")
+
+    def bulk_usage(self, records: Sequence[SlotRecord], fresh: bool) -> dict[str, tuple[Usage | None, str]]:
+        """One ``repquota`` for every slot on the filesystem."""
+        mnt = self.mountpoint
+        table = parse_repquota(run(["repquota", "-u", "-p", mnt], check=False).stdout)
+        return {r.username: (table[r.username], f"user quota on {mnt}") for r in records if r.username in table}
 
     def make_home(self, home: Path) -> None:
         home.mkdir(mode=0o700, exist_ok=True)

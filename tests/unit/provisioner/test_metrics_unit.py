@@ -14,7 +14,6 @@ from provisioner.config import validate_section
 from provisioner.datareport import shadow_state
 from provisioner.errors import ConfigError
 from provisioner.metrics import MetricsConfig, detect_backend, me_script
-from provisioner.metrics.disk import parse_repquota
 from provisioner.metrics.kernel import (
     Proc,
     SlotMetrics,
@@ -27,6 +26,7 @@ from provisioner.metrics.kernel import (
     tree_usage,
 )
 from provisioner.metrics.prometheus import render
+from provisioner.quota.usrquota import parse_repquota
 
 
 def write(root: Path, files: dict[str, str]) -> None:
