@@ -83,6 +83,15 @@ class CgroupV1Limits:
         self.root = root
         self.parent = parent
 
+    @staticmethod
+    def detects(cgroup_root: Path) -> bool:
+        """A v1 memory hierarchy is mounted."""
+        return (cgroup_root / "memory" / "cgroup.procs").exists()
+
+    @classmethod
+    def for_host(cls, cgroup_root: Path, cgroup_parent: str) -> CgroupV1Limits:
+        return cls(cgroup_root, cgroup_parent)
+
     def mounted(self) -> list[str]:
         return [c for c in CONTROLLERS if (self.root / c / "cgroup.procs").exists()]
 

@@ -37,9 +37,12 @@ if TYPE_CHECKING:
     from provisioner.slots import SlotRequest
     from provisioner.supervisor import Program
 
+# name -> "module:Class", imported on first use. Order is detection order (each class's
+# ``detects(cgroup_root)``); ``none`` fits any host, so it comes last. Each class is built by
+# ``for_host(cgroup_root, cgroup_parent)`` (the ``[metrics]`` values).
 BACKENDS: dict[str, str] = {
-    "cgroup-v1": "provisioner.limits.cgroup_v1:CgroupV1Limits",
     "systemd": "provisioner.limits.systemd:SystemdSliceLimits",
+    "cgroup-v1": "provisioner.limits.cgroup_v1:CgroupV1Limits",
     "none": "provisioner.limits.steps:NoLimits",
 }
 
@@ -99,6 +102,14 @@ class NoLimits:
     def __init__(self, *_args: object) -> None:
         pass
 
+    @staticmethod
+    def detects(cgroup_root: Path) -> bool:
+        return True
+
+    @classmethod
+    def for_host(cls, cgroup_root: Path, cgroup_parent: str) -> NoLimits:
+        return cls()
+
     def missing(self, limits: ResourceLimits, target: SlotTarget) -> list[str]:
         return [f"{k}: this host has no cgroup controllers (limits backend none)" for k in limits.set_keys()]
 
@@ -126,28 +137,20 @@ def backend_name(ctx: Context) -> str:
     from provisioner.metrics import metrics_config
 
     root = metrics_config(ctx).cgroup_root
-    if (root / "cgroup.controllers").exists() and Path("/run/systemd/system").is_dir():
-        return "systemd"
-    if (root / "memory" / "cgroup.procs").exists():
-        return "cgroup-v1"
-    return "none"
+    return next(n for n in BACKENDS if _backend_class(n).detects(root))
+
+
+def _backend_class(name: str) -> Any:
+    module, _, cls_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls_name)
 
 
 def load_limits_backend(ctx: Context) -> LimitsBackend:
     """The backend enforcing limits on this host (cgroup root and parent from ``[metrics]``)."""
     from provisioner.metrics import metrics_config
 
-    name = backend_name(ctx)
-    module, _, cls_name = BACKENDS[name].partition(":")
-    cls = getattr(importlib.import_module(module), cls_name)
     cfg = metrics_config(ctx)
-    backend: LimitsBackend
-    if name == "cgroup-v1":
-        backend = cls(cfg.cgroup_root, cfg.cgroup_parent)
-    elif name == "systemd":
-        backend = cls(cfg.cgroup_root)
-    else:
-        backend = cls()
+    backend: LimitsBackend = _backend_class(backend_name(ctx)).for_host(cfg.cgroup_root, cfg.cgroup_parent)
     return backend
 
 

@@ -139,6 +139,15 @@ class SystemdSliceLimits:
     def __init__(self, root: Path = CGROUP_ROOT) -> None:
         self.root = root
 
+    @staticmethod
+    def detects(cgroup_root: Path) -> bool:
+        """The unified hierarchy, and systemd as PID 1 to own the slices."""
+        return (cgroup_root / "cgroup.controllers").exists() and Path("/run/systemd/system").is_dir()
+
+    @classmethod
+    def for_host(cls, cgroup_root: Path, cgroup_parent: str) -> SystemdSliceLimits:
+        return cls(cgroup_root)  # the slices are systemd's: no parent of ours
+
     def path(self, uid: int) -> Path:
         return self.root / "user.slice" / slice_name(uid)
 

@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("slotwarden.metrics")
 
+# name -> "module:Class", imported on first use. Order is detection order (each class's
+# ``detects(cgroup_root)``); ``processes`` works anywhere, so it comes last.
 BACKENDS: dict[str, str] = {
-    "cgroup-v1": "provisioner.metrics.cgroup_v1:CgroupV1",
-    "cgroup-v2": "provisioner.metrics.cgroup_v2:CgroupV2",
     "systemd": "provisioner.metrics.systemd:SystemdSlices",
+    "cgroup-v2": "provisioner.metrics.cgroup_v2:CgroupV2",
+    "cgroup-v1": "provisioner.metrics.cgroup_v1:CgroupV1",
     "processes": "provisioner.metrics.processes:ProcessesOnly",
 }
 
@@ -97,24 +99,23 @@ def metrics_config(ctx: Context) -> MetricsConfig:
 
 
 def detect_backend(cfg: MetricsConfig) -> str:
-    """What this host offers: systemd slices, a v2 or v1 cgroup tree, or nothing."""
-    root = cfg.cgroup_root
-    if (root / "cgroup.controllers").exists():
-        return "systemd" if Path("/run/systemd/system").is_dir() else "cgroup-v2"
-    if all((root / c / "cgroup.procs").exists() for c in ("cpuacct", "memory")):
-        return "cgroup-v1"
-    return "processes"
+    """What this host offers (systemd slices, a v2 or v1 cgroup tree, or nothing): the first
+    backend of :data:`BACKENDS` that detects its tree under the cgroup root."""
+    return next(name for name in BACKENDS if _backend_class(name).detects(cfg.cgroup_root))
+
+
+def _backend_class(name: str) -> Any:
+    if name not in BACKENDS:
+        raise BadInput(f"unknown metrics backend {name!r}")
+    module_name, _, cls_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)
 
 
 def load_backend(cfg: MetricsConfig, name: str | None = None) -> AccountingBackend:
     name = name or cfg.backend
     if name == "auto":
         name = detect_backend(cfg)
-    if name not in BACKENDS:
-        raise BadInput(f"unknown metrics backend {name!r}")
-    module_name, _, cls_name = BACKENDS[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: AccountingBackend = cls(cfg)
+    backend: AccountingBackend = _backend_class(name)(cfg)
     return backend
 
 

@@ -26,6 +26,11 @@ class CgroupV1:
 
     name = "cgroup-v1"
 
+    @staticmethod
+    def detects(cgroup_root: Path) -> bool:
+        """The v1 cpuacct and memory hierarchies are mounted."""
+        return all((cgroup_root / c / "cgroup.procs").exists() for c in ("cpuacct", "memory"))
+
     def __init__(self, cfg: MetricsConfig) -> None:
         self.root = cfg.cgroup_root
         self.parent = cfg.cgroup_parent

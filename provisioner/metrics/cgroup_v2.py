@@ -23,6 +23,11 @@ class CgroupV2:
 
     name = "cgroup-v2"
 
+    @staticmethod
+    def detects(cgroup_root: Path) -> bool:
+        """The unified hierarchy (without systemd: our own parent in it)."""
+        return (cgroup_root / "cgroup.controllers").exists()
+
     def __init__(self, cfg: MetricsConfig) -> None:
         self.root = cfg.cgroup_root
         self.parent = self.root / cfg.cgroup_parent

@@ -6,6 +6,7 @@ A process that has exited no longer counts, so these are lower bounds; the outpu
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner.metrics.kernel import CgroupFigures
@@ -18,6 +19,11 @@ class ProcessesOnly:
     """The fallback: no accounting unit, figures from the process table."""
 
     name = "processes"
+
+    @staticmethod
+    def detects(cgroup_root: Path) -> bool:
+        """Any host: processes are counted from /proc."""
+        return True
 
     def __init__(self, cfg: MetricsConfig) -> None:
         self.cfg = cfg

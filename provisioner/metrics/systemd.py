@@ -21,6 +21,11 @@ class SystemdSlices:
 
     name = "systemd"
 
+    @staticmethod
+    def detects(cgroup_root: Path) -> bool:
+        """The unified hierarchy with systemd as PID 1 (its slices hold the slots)."""
+        return (cgroup_root / "cgroup.controllers").exists() and Path("/run/systemd/system").is_dir()
+
     def __init__(self, cfg: MetricsConfig) -> None:
         self.root = cfg.cgroup_root
 

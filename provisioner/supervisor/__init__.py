@@ -23,7 +23,7 @@ import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from provisioner.errors import BadInput, SlotError
 from provisioner.extensions import Hooks
@@ -31,12 +31,12 @@ from provisioner.steps import Step
 
 if TYPE_CHECKING:
     from provisioner.context import Context
-    from provisioner.supervisor.supervisord import Supervisord
 
-# scheme -> "module:Class", imported on first use (testinfra's BACKENDS map).
+# scheme -> "module:Class", imported on first use (testinfra's BACKENDS map). Order is detection
+# order (each class's ``detects()``): supervisord runs anywhere, so it comes last.
 BACKENDS: dict[str, str] = {
-    "supervisord": "provisioner.supervisor.supervisord:Supervisord",
     "systemd": "provisioner.supervisor.systemd:Systemd",
+    "supervisord": "provisioner.supervisor.supervisord:Supervisord",
 }
 _PART_RE = re.compile(r"[a-z][a-z0-9_-]{0,47}")
 
@@ -115,6 +115,10 @@ class SupervisorBackend(Protocol):
     def ensure_running(self) -> None:
         """Make the supervisor itself ready (start supervisord; nothing for systemd)."""
 
+    def host_steps(self) -> list[Step]:
+        """What ``host init`` must do to make the supervisor ready (empty: ready); refuses a host
+        where this backend cannot work."""
+
     def is_running(self) -> bool:
         """Whether the supervisor answers."""
 
@@ -146,21 +150,25 @@ class SupervisorBackend(Protocol):
         """Stop the supervisor itself if this backend runs one (tests; never on production)."""
 
 
+def _backend_class(name: str) -> Any:
+    target = BACKENDS.get(name)
+    if target is None:
+        raise BadInput(f"supervisor {name!r} is unknown: use one of auto, {', '.join(sorted(BACKENDS))}")
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def detect_backend() -> str:
-    """``systemd`` when PID 1 is systemd (the test systemd itself uses), else ``supervisord``."""
-    return "systemd" if Path("/run/systemd/system").is_dir() else "supervisord"
+    """The first backend of :data:`BACKENDS` that detects it can work here (systemd when PID 1
+    is systemd, else supervisord)."""
+    return next(name for name in BACKENDS if _backend_class(name).detects())
 
 
 def load_supervisor(name: str, state_dir: Path) -> SupervisorBackend:
     """The backend NAME (``auto`` detects), keeping its files under STATE_DIR where it has any."""
     if name == "auto":
         name = detect_backend()
-    target = BACKENDS.get(name)
-    if target is None:
-        raise BadInput(f"supervisor {name!r} is unknown: use one of auto, {', '.join(sorted(BACKENDS))}")
-    module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
-    backend: SupervisorBackend = cls(state_dir)
+    backend: SupervisorBackend = _backend_class(name)(state_dir)
     return backend
 
 
@@ -183,14 +191,7 @@ def plan_host_supervisor(ctx: Context, _req: object) -> list[Step]:
     if ctx.store.host_settings().get("supervisor") != name:
         steps.append(Step("supervisor-choice", f"record process supervisor {name}",
                           lambda: ctx.store.set_host_settings({"supervisor": name})))
-    if name == "supervisord":
-        sd = cast("Supervisord", backend)
-        if not (sd.is_running() and sd.config_ok()):
-            steps.append(Step("supervisor", f"start supervisord with {sd.conf} (programs in {sd.programs_dir})",
-                              backend.ensure_running))
-    else:
-        backend.ensure_running()  # refuses early on a host without systemd
-    return steps
+    return steps + backend.host_steps()
 
 
 

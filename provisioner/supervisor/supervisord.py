@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import SlotError
+from provisioner.plan import Step
 from provisioner.runner import run
 from provisioner.supervisor import Program, ProgramStatus, SupervisorError
 from provisioner.supervisor.confine import INSTALLED, confine_argv, confine_wrapper
@@ -200,6 +201,17 @@ class Supervisord:
             return self.conf.read_text() == self.render_config()
         except OSError:
             return False
+
+    @staticmethod
+    def detects() -> bool:
+        """supervisord runs on any host (it is this project's own)."""
+        return True
+
+    def host_steps(self) -> list[Step]:
+        if self.is_running() and self.config_ok():
+            return []
+        return [Step("supervisor", f"start supervisord with {self.conf} (programs in {self.programs_dir})",
+                     self.ensure_running)]
 
     def ensure_running(self) -> None:
         """Write the configuration and start supervisord unless it already answers (idempotent)."""

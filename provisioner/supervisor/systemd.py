@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from provisioner.plan import Step
 from provisioner.runner import run
 from provisioner.supervisor import Program, ProgramStatus, SupervisorError
 from provisioner.supervisor.confine import INSTALLED, confine_argv, confine_wrapper
@@ -94,9 +95,18 @@ class Systemd:
     def is_running(self) -> bool:
         return Path("/run/systemd/system").is_dir()
 
+    @staticmethod
+    def detects() -> bool:
+        """PID 1 is systemd (the test systemd itself uses)."""
+        return Path("/run/systemd/system").is_dir()
+
     def ensure_running(self) -> None:
         if not self.is_running():
             raise SupervisorError("systemd is not PID 1 on this host: use the supervisord backend")
+
+    def host_steps(self) -> list[Step]:
+        self.ensure_running()  # refuses early on a host without systemd
+        return []
 
     def shutdown(self) -> None:
         """systemd is the host's init: never stopped by us."""
