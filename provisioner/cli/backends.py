@@ -11,14 +11,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import click
 from click.shell_completion import CompletionItem
 
 from provisioner.quota import BACKENDS as QUOTA_BACKENDS
 
+# click 8.2 made ParamType generic; Debian 12's 8.1 (the package's) cannot be subscripted.
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[str]
+else:
+    _ParamType = click.ParamType
 
-class BackendChoice(click.ParamType[str]):
+
+class BackendChoice(_ParamType):
     """``auto`` or a name of the backend map stored under KEY in the root's ``obj`` (else DEFAULT)."""
 
     name = "backend"
@@ -36,7 +43,8 @@ class BackendChoice(click.ParamType[str]):
     def names(self, ctx: click.Context | None) -> list[str]:
         return ["auto", *self.backends(ctx)]
 
-    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        # click 8.1 passes no context: the module's map is shown.
         return f"[{'|'.join(self.names(ctx))}]"
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
