@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.errors import SlotError
-from provisioner.plan import Step
 from provisioner.runner import run
+from provisioner.steps import Step
 from provisioner.supervisor import Program, ProgramStatus, SupervisorError
 from provisioner.supervisor.confine import INSTALLED, confine_argv, confine_wrapper
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from provisioner.plan import Step
 from provisioner.runner import run
+from provisioner.steps import Step
 from provisioner.supervisor import Program, ProgramStatus, SupervisorError
 from provisioner.supervisor.confine import INSTALLED, confine_argv, confine_wrapper
 
