@@ -225,6 +225,18 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
     int slot = found > 0 || (known && uid >= o.uid_min && uid <= o.uid_max);
     if (!slot)
         return PAM_IGNORE; /* not a slot (root, staff): nothing to hold it to */
+    /* The filter first, before anything below can refuse the session: sudo treats
+     * PAM_SESSION_ERR as non-fatal and runs the command anyway, so a refusal must never leave
+     * the process unfiltered (the cgroup join and the mounts below are not syscalls it blocks). */
+    int nnp = 0;
+    if (slot_confine_install(&nnp) != 0) {
+        pam_syslog(pamh, LOG_ERR, "slot %s: cannot install the seccomp filter (%s); session refused", user,
+                   strerror(errno));
+        return PAM_PERM_DENIED; /* fatal for sudo too */
+    }
+    if (nnp)
+        pam_syslog(pamh, LOG_NOTICE, "slot %s: session opened without CAP_SYS_ADMIN; filter set with no_new_privs",
+                   user);
     if (failed > 0) {
         pam_syslog(pamh, LOG_ERR, "slot %s: %d cgroup(s) could not be joined; session refused", user, failed);
         return PAM_SESSION_ERR;
@@ -243,15 +255,6 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
             return PAM_SESSION_ERR;
         }
     }
-    int nnp = 0;
-    if (slot_confine_install(&nnp) != 0) {
-        pam_syslog(pamh, LOG_ERR, "slot %s: cannot install the seccomp filter (%s); session refused", user,
-                   strerror(errno));
-        return PAM_SESSION_ERR;
-    }
-    if (nnp)
-        pam_syslog(pamh, LOG_NOTICE, "slot %s: session opened without CAP_SYS_ADMIN; filter set with no_new_privs",
-                   user);
     return PAM_SUCCESS;
 }
 

@@ -442,7 +442,8 @@ from tests.system.pamclient import PamHandle, _libpam
 _libpam.pam_open_session.argtypes = [ctypes.c_void_p, ctypes.c_int]
 with PamHandle(sys.argv[2], bytes.fromhex(sys.argv[3])) as h:
     rc = _libpam.pam_open_session(h.handle, 0)
-    print(rc, open("/proc/self/cgroup").read().replace("\\n", " "))
+    mode = [ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("Seccomp:")][0]
+    print(rc, f"seccomp={mode}", open("/proc/self/cgroup").read().replace("\\n", " "))
 """
 
 
@@ -474,6 +475,9 @@ def test_the_session_module_places_only_real_slots_and_treats_pam_user_as_data(l
         try:
             rc, cg = _open_session(service, a.encode())
             assert rc != 0 and f"pids:/{lab.parent}/{a}" not in cg, cg
+            # ...and the refusal never leaves the caller unfiltered: sudo treats PAM_SESSION_ERR as
+            # non-fatal and runs the tenant's command anyway, so the filter comes before any refusal.
+            assert "seccomp=2" in cg, cg
         finally:
             os.chown(d, 0, -1)
     finally:
