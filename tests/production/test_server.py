@@ -144,7 +144,7 @@ def test_apps_run_under_systemd_in_the_slot_slice_and_open_with_their_credential
 def test_a_login_and_an_app_make_no_subvolume_of_their_own(server: Any, slots: list[Slot],
                                                             request: pytest.FixtureRequest) -> None:
     """Issue 12: the slot's seccomp filter holds a password login and the app under systemd."""
-    from tests.infra.test_hostile import assert_refused, subvolume_attack
+    from tests.infra.tenants import assert_refused, subvolume_attack
 
     a = slots[0]
     r = ssh(request, a, f"cd $HOME && {subvolume_attack()}")
