@@ -249,6 +249,9 @@ def remove_user(name: str, attempts: int = 50) -> None:
 
 _SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
              "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+# One password try per connection, never a key: a tenant's own SSH login in the lab tests.
+PASSWORD_LOGIN_OPTS = [*_SSH_OPTS, "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
+                       "-o", "NumberOfPasswordPrompts=1"]
 
 
 def ssh_password(client: LabHost, sshd: LabSshd, user: str, password: str, timeout: float = 60,

@@ -30,7 +30,7 @@ from provisioner import operations
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
 from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host
-from tests.system.lab import LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
+from tests.system.lab import PASSWORD_LOGIN_OPTS, LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
 from tests.system.test_quota_escape import SUBVOL_WITH_INHERIT
 
 pytestmark = pytest.mark.root
@@ -47,11 +47,6 @@ ATTACK = (
 )
 
 ATTACK_FILE = ".swc-attack"
-
-_SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-o", "PreferredAuthentications=password",
-             "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1"]
-
 
 @dataclass
 class Lab:
@@ -81,7 +76,7 @@ class Lab:
         os.write(w, who.password.encode() + b"\n")
         os.close(w)
         try:
-            argv = self.client.cmd(["sshpass", "-d", str(r), "ssh", *_SSH_OPTS, "-p", str(self.sshd.port),
+            argv = self.client.cmd(["sshpass", "-d", str(r), "ssh", *PASSWORD_LOGIN_OPTS, "-p", str(self.sshd.port),
                                     f"{who.record.username}@{self.sshd.addr}", command])
             return subprocess.run(argv, pass_fds=(r,), capture_output=True, text=True, timeout=120)
         finally:

@@ -25,7 +25,7 @@ from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
 from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
 from tests.system.doors import lab_cron, run_su, su_stack
-from tests.system.lab import LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
+from tests.system.lab import PASSWORD_LOGIN_OPTS, LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
 
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
 CGROUP = Path("/sys/fs/cgroup")
@@ -56,11 +56,6 @@ memory_max = "32M"
 max_processes = 8
 """
 
-_SSH_OPTS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "-o", "PreferredAuthentications=password",
-             "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1"]
-
-
 @dataclass
 class Lab:
     host: SlotHost
@@ -77,7 +72,7 @@ class Lab:
         return CGROUP / ctrl / self.parent / name
 
     def ssh_argv(self, who: Created, command: str, fd: int) -> list[str]:
-        return self.client.cmd(["sshpass", "-d", str(fd), "ssh", *_SSH_OPTS, "-p", str(self.sshd.port),
+        return self.client.cmd(["sshpass", "-d", str(fd), "ssh", *PASSWORD_LOGIN_OPTS, "-p", str(self.sshd.port),
                                 f"{who.record.username}@{self.sshd.addr}", command])
 
     def ssh(self, who: Created, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
