@@ -318,6 +318,8 @@ def collect(
         m.limits = _limits_of(ctx, rec.username)
         if m.limits is not None:
             m.sources["limits"] = f"store (slot_limits), enforced by {m.limits.get('backend')}"
+            if m.limits.get("tmp_size") is not None:
+                _tmp_of(ctx, m)
         if refresh_facts and os.geteuid() == 0 and uid is not None:
             if gids is None:
                 gids = {pw.pw_name: pw.pw_gid for pw in pwd.getpwall()}  # one pass, not one lookup a slot
@@ -333,6 +335,16 @@ def _limits_of(ctx: Context, username: str) -> dict[str, Any] | None:
     except ModuleNotFoundError:
         return None
     return limits_of(ctx, username)
+
+
+def _tmp_of(ctx: Context, m: SlotMetrics) -> None:
+    """The slot's /tmp tmpfs use against its size (root reads its mount under ``<state_dir>``)."""
+    from provisioner.limits.steps import tmp_use
+
+    use = tmp_use(ctx, m.slot, m.uid)
+    if use is not None:
+        m.tmp_size_bytes, m.tmp_used_bytes = use.size, use.used
+        m.sources["tmp"] = "statvfs of the slot's tmpfs"
 
 
 def _counters(backend: AccountingBackend, records: list[SlotRecord],
