@@ -362,22 +362,29 @@ def _unescape_mount(field: str) -> str:
     return "".join(out)
 
 
-def tmpfs_use(path: str, mountinfo: str | None = None) -> tuple[int, int] | None:
-    """(size, used) bytes of the tmpfs mounted on PATH in this mount namespace, None if the top
-    mount there is not a tmpfs (a slot's /tmp of a plan's ``tmp_size``).
+def mount_fstype(path: str, mountinfo: str) -> str | None:
+    """The filesystem type of the mount on PATH in MOUNTINFO (/proc/self/mountinfo), None if none.
 
-    >>> tmpfs_use("/x/1", "36 25 0:31 / /x/10 rw - tmpfs tmpfs rw\\n") is None
+    >>> mount_fstype("/x/1", "36 25 0:31 / /x/1 rw,nosuid - tmpfs slot-tmp rw,size=8192k\\n")
+    'tmpfs'
+    >>> mount_fstype("/x/1", "36 25 0:31 / /x/10 rw - tmpfs tmpfs rw\\n") is None
     True
     """
-    if mountinfo is None:
-        mountinfo = _read("/proc/self/mountinfo") or ""
-    found = False
-    for line in mountinfo.splitlines():
+    found = None
+    # Split on the kernel's own separators only: a path may hold any other byte (U+0085 too,
+    # which str.split() and splitlines() would take for white space).
+    for line in mountinfo.split("\n"):
         left, sep, right = line.partition(" - ")
-        parts = left.split()
+        parts = left.split(" ")
         if sep and len(parts) >= 5 and _unescape_mount(parts[4]) == path:
-            found = right.split()[:1] == ["tmpfs"]  # the last mount on PATH is the one seen
-    if not found:
+            found = right.split(" ")[0] or None  # the last mount on PATH is the one seen
+    return found
+
+
+def tmpfs_use(path: str) -> tuple[int, int] | None:
+    """(size, used) bytes of the tmpfs mounted on PATH in this mount namespace, None if the top
+    mount there is not a tmpfs (a slot's /tmp of a plan's ``tmp_size``)."""
+    if mount_fstype(path, _read("/proc/self/mountinfo") or "") != "tmpfs":
         return None
     try:
         st = os.statvfs(path)
