@@ -28,8 +28,8 @@ from provisioner.metrics.kernel import tmpfs_use
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
 from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host
-from tests.system.doors import run_su, su_stack
-from tests.system.lab import wait_for
+from tests.system.doors import lab_cron, run_su, su_stack
+from tests.system.lab import PASSWORD_LOGIN_OPTS, LabNet, LabSshd, NetOnlyHost, wait_for
 
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
 MIB = 1 << 20
@@ -56,6 +56,7 @@ class Lab:
     a: Created
     b: Created
     stack: str
+    session_line: str
 
     @property
     def tmp_root(self) -> Path:
@@ -89,7 +90,7 @@ def lab() -> Iterator[Lab]:
         assert isinstance(a, Created) and isinstance(b, Created)
         line = (f"session required {SESSION_MODULE} parent=slotwarden-{prefix} "
                 f"tmpfs_root={base / 'state' / 'slot-tmp'}\n")
-        yield Lab(host, a, b, su_stack(line))
+        yield Lab(host, a, b, su_stack(line), line)
     finally:
         teardown_slot_host(host)
         for ctrl in Path("/sys/fs/cgroup").iterdir():
@@ -138,6 +139,48 @@ def test_the_tenant_gets_enospc_at_its_tmp_size_and_its_quota_is_untouched(lab: 
         assert after - before < MIB, (before, after)
     finally:
         lab.su(lab.a, "rm -f /tmp/fill")
+
+
+FILL = ("stat -f -c fstype=%T /tmp; dd if=/dev/zero of=/tmp/door bs=1M count=20 2>&1; echo rc=$?; "
+        "stat -c size=%s /tmp/door; rm -f /tmp/door")
+
+
+def _assert_filled_at_8m(out: str) -> None:
+    assert "fstype=tmpfs" in out and "No space left on device" in out and "rc=1" in out, out
+    assert 7 * MIB <= _field(out, "size") <= 8 * MIB, out
+
+
+def test_an_ssh_login_gets_the_same_tmpfs(lab: Lab) -> None:
+    port = 2300 + secrets.randbelow(90)
+    with LabNet(f"swt{secrets.token_hex(2)}-") as net:
+        plain = net.host("srv", "198.51.100.1")
+        client = net.host("c", "198.51.100.20")
+        with LabSshd(NetOnlyHost(plain.netns, plain.addr), port=port,
+                     pam_service=f"slotwarden-test-tmp-{lab.host.prefix}") as sshd:
+            with sshd.pam_file.open("a") as f:
+                f.write(lab.session_line)
+            r, w = os.pipe()
+            os.write(w, lab.a.password.encode() + b"\n")
+            os.close(w)
+            try:
+                argv = client.cmd(["sshpass", "-d", str(r), "ssh", *PASSWORD_LOGIN_OPTS, "-p", str(port),
+                                   f"{lab.a.record.username}@{sshd.addr}", FILL])
+                out = subprocess.run(argv, pass_fds=(r,), capture_output=True, text=True, timeout=120)
+            finally:
+                os.close(r)
+    _assert_filled_at_8m(out.stdout + out.stderr)
+
+
+def test_a_cron_job_gets_the_same_tmpfs(lab: Lab) -> None:
+    out = lab.host.slots_root / lab.a.record.username / ".swt-cron.out"
+    command = FILL.replace("%", "\\%")  # crontab(5): an unescaped % ends the command
+    job = f"* * * * * ({command}) > {out}.tmp 2>&1; mv {out}.tmp {out}\n"
+    try:
+        with lab_cron(lab.session_line, {lab.a.record.username: job}):
+            assert wait_for(out.exists, timeout=130, step=1), "the cron job never ran"
+        _assert_filled_at_8m(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
 
 
 def test_tmp_and_var_tmp_share_the_one_size(lab: Lab) -> None:
