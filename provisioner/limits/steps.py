@@ -30,7 +30,7 @@ from provisioner.limits.enforcement import (
     host_capacity,
     kernel_units_differ,
 )
-from provisioner.limits.tmpfs import SlotTmpfs, TmpUse, page_rounded, shrink_refusal
+from provisioner.limits.tmpfs import SlotTmpfs, TmpUse, inode_cap, page_rounded, shrink_refusal
 from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store
 
@@ -165,6 +165,7 @@ def _expected(backend: LimitsBackend, limits: ResourceLimits, target: SlotTarget
     want = backend.expected(limits, target)
     if limits.tmp_size is not None:
         want["tmpfs/size"] = str(page_rounded(limits.tmp_size))
+        want["tmpfs/inodes"] = str(inode_cap(limits.tmp_size))
     return want
 
 
@@ -173,7 +174,7 @@ def _read(backend: LimitsBackend, tmp: SlotTmpfs, target: SlotTarget) -> dict[st
     have = backend.read(target)
     use = tmp.use(target.uid) if have is not None and target.uid > 0 else None
     if have is not None and use is not None:
-        have = {**have, "tmpfs/size": str(use.size)}
+        have = {**have, "tmpfs/size": str(use.size), "tmpfs/inodes": str(use.inodes)}
     return have
 
 
@@ -265,8 +266,9 @@ def change_plan_steps(ctx: Context, username: str, new: PlanConfig) -> list[Step
         return []
     old = previous.limits if previous else ResourceLimits()
     use = tmp.use(target.uid) if target.uid > 0 else None
-    if use is not None and new.limits.tmp_size is not None and use.used > new.limits.tmp_size:
-        raise LimitsError(f"plan {new.name}: {shrink_refusal(username, use.used, new.limits.tmp_size)}")
+    refusal = shrink_refusal(username, use, new.limits.tmp_size) if use and new.limits.tmp_size else None
+    if refusal:
+        raise LimitsError(f"plan {new.name}: {refusal}")
 
     def do() -> None:
         backend.apply(new.limits, target)
@@ -383,7 +385,7 @@ def drift(ctx: Context, records: list[SlotRecord]) -> list[tuple[str, str]]:
             out.append((rec.username, f"{tmp.path(acct.uid)} is left from a /tmp size its plan no longer "
                                       "sells; run 'slotctl slot change-plan' again"))
         for problem in kernel_units_differ(_expected(backend, applied.limits, target), have):
-            if not problem.startswith("tmpfs/size: kernel has nothing"):
+            if not problem.startswith(("tmpfs/size: kernel has nothing", "tmpfs/inodes: kernel has nothing")):
                 out.append((rec.username, f"limit drift: {problem}"))
     return out
 

@@ -16,7 +16,7 @@ directory still there) the slot's logins and apps are refused until ``slotctl ho
 remounts it, rather than run on the home's /tmp.
 
 >>> tmpfs_options(8 << 20)
-'size=8388608,mode=0711,uid=0,gid=0,nosuid,nodev'
+'size=8388608,nr_inodes=3072,mode=0711,uid=0,gid=0,nosuid,nodev'
 >>> page_rounded(1)
 4096
 """
@@ -42,9 +42,20 @@ def page_rounded(size: int) -> int:
     return -(-size // PAGE) * PAGE
 
 
+def inode_cap(size: int) -> int:
+    """The files and directories a slot's tmpfs of SIZE may hold.
+
+    ``size=`` caps only the pages of data: empty files, directories and symlinks take none, and
+    tmpfs's default inode count is half the host's RAM pages, each inode costing kernel memory
+    outside the slot's cgroup. A file with data takes at least a page, so SIZE / page of them fit
+    anyway; 1024 more are for the empty ones.
+    """
+    return size // PAGE + 1024
+
+
 def tmpfs_options(size: int) -> str:
     """The mount options of a slot's tmpfs of SIZE bytes."""
-    return f"size={size},mode=0711,uid=0,gid=0,nosuid,nodev"
+    return f"size={size},nr_inodes={inode_cap(size)},mode=0711,uid=0,gid=0,nosuid,nodev"
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class TmpUse:
 
     size: int
     used: int
+    inodes: int
+    inodes_used: int
 
 
 class SlotTmpfs:
@@ -75,8 +88,12 @@ class SlotTmpfs:
 
     def use(self, uid: int) -> TmpUse | None:
         """Size and use of the slot's tmpfs, None when none is mounted."""
-        figures = tmpfs_use(str(self.path(uid)))
-        return TmpUse(*figures) if figures is not None else None
+        path = str(self.path(uid))
+        figures = tmpfs_use(path)
+        if figures is None:
+            return None
+        st = os.statvfs(path)
+        return TmpUse(*figures, st.f_files, st.f_files - st.f_ffree)
 
     def _root_dir(self) -> None:
         # Root's 0700, never a symlink: the mount point below must not be a path a tenant steers.
@@ -104,10 +121,11 @@ class SlotTmpfs:
         now = self.use(uid)
         if now is None:
             run(["mount", "-t", "tmpfs", "-o", tmpfs_options(size), f"slot-tmp-{username}", str(path)])
-        elif now.size != page_rounded(size):
-            if now.used > size:
-                raise LimitsError(shrink_refusal(username, now.used, size))
-            run(["mount", "-o", f"remount,size={size}", str(path)])
+        elif (now.size, now.inodes) != (page_rounded(size), inode_cap(size)):
+            refusal = shrink_refusal(username, now, size)
+            if refusal:
+                raise LimitsError(refusal)
+            run(["mount", "-o", f"remount,size={size},nr_inodes={inode_cap(size)}", str(path)])
         for name in INSTANCES:
             inst = path / name
             try:
@@ -136,7 +154,12 @@ class SlotTmpfs:
             raise LimitsError(f"tmp_size: cannot remove {path}: {exc.strerror}") from None
 
 
-def shrink_refusal(username: str, used: int, size: int) -> str:
-    """The one line refusing a /tmp smaller than what the slot keeps in it."""
-    return (f"tmp_size: {username} keeps {used} bytes in /tmp and /var/tmp, more than the new size "
-            f"{size}; it must remove files first")
+def shrink_refusal(username: str, now: TmpUse, size: int) -> str | None:
+    """The one line refusing a /tmp smaller than what the slot keeps in it (None: it fits)."""
+    if now.used > size:
+        return (f"tmp_size: {username} keeps {now.used} bytes in /tmp and /var/tmp, more than the new size "
+                f"{size}; it must remove files first")
+    if now.inodes_used > inode_cap(size):
+        return (f"tmp_size: {username} keeps {now.inodes_used} files in /tmp and /var/tmp, more than the "
+                f"{inode_cap(size)} a size of {size} holds; it must remove files first")
+    return None

@@ -192,6 +192,19 @@ def test_tmp_and_var_tmp_share_the_one_size(lab: Lab) -> None:
         lab.su(lab.a, "rm -f /tmp/half /var/tmp/half")
 
 
+def test_empty_files_cannot_fill_the_host_past_the_size(lab: Lab) -> None:
+    # Empty files take no data pages: without an inode cap a tenant makes millions of them in
+    # an 8M tmpfs, each one kernel memory of the host's.
+    r = lab.su(lab.a, "cd /tmp && mkdir many && cd many && i=0; while [ $i -lt 6000 ]; do "
+                      "true > f$i 2>/dev/null || break; i=$((i+1)); done; echo made=$i")
+    try:
+        assert "made=" in r.stdout, r.stdout + r.stderr
+        made = _field(r.stdout, "made")
+        assert 2000 <= made <= 3072, r.stdout + r.stderr
+    finally:
+        lab.su(lab.a, "rm -rf /tmp/many")
+
+
 def test_tmp_pages_are_charged_to_the_slots_memory_cgroup(lab: Lab) -> None:
     memory = Path("/sys/fs/cgroup/memory") / f"slotwarden-{lab.host.prefix}" / lab.a.record.username
     if not (memory / "memory.stat").exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provisioner.limits.tmpfs import page_rounded, shrink_refusal, tmpfs_options
+from provisioner.limits.tmpfs import TmpUse, inode_cap, page_rounded, shrink_refusal, tmpfs_options
 from provisioner.metrics.kernel import mount_fstype
 from provisioner.supervisor import Program
 from provisioner.supervisor.supervisord import render_program
@@ -41,10 +41,18 @@ def test_any_mountinfo_text_reads_without_error(junk: str) -> None:
 
 
 def test_options_and_rounding() -> None:
-    assert tmpfs_options(8 << 20) == "size=8388608,mode=0711,uid=0,gid=0,nosuid,nodev"
+    assert tmpfs_options(8 << 20) == "size=8388608,nr_inodes=3072,mode=0711,uid=0,gid=0,nosuid,nodev"
     assert page_rounded(8 << 20) == 8 << 20 and page_rounded((8 << 20) + 1) == (8 << 20) + page_rounded(1)
-    line = shrink_refusal("alice", 12 << 20, 8 << 20)
-    assert "\n" not in line and "12582912" in line and "8388608" in line
+
+
+@given(size=st.integers(4096, 1 << 40), used=st.integers(0, 1 << 41), files=st.integers(0, 1 << 30))
+def test_a_shrink_is_refused_exactly_when_what_is_stored_does_not_fit(size: int, used: int, files: int) -> None:
+    line = shrink_refusal("alice", TmpUse(size * 2, used, 0, files), size)
+    fits = used <= size and files <= inode_cap(size)
+    assert (line is None) == fits
+    if line is not None:
+        assert "\n" not in line and line.startswith("tmp_size: alice keeps ")
+        assert (str(used) if used > size else str(files)) in line
 
 
 def test_supervisord_tells_the_wrapper_where_the_slot_tmpfs_are() -> None:
