@@ -315,6 +315,13 @@ def test_change_plan_grows_it_live_and_refuses_to_shrink_below_use(lab: Lab) -> 
         lab.su(lab.a, "rm -f /tmp/grown")
         operations.change_plan(ctx, a, "tmp8")
         assert _size(path) == 8 * MIB
+        # A plan without a /tmp size: the tmpfs and its directory go, the next session has the home's.
+        operations.change_plan(ctx, a, "plain")
+        assert not Path(path).exists() and path not in lab.mounts()
+        r = lab.su(lab.a, "stat -f -c fstype=%T /tmp")
+        assert "fstype=btrfs" in r.stdout, r.stdout + r.stderr
+        operations.change_plan(ctx, a, "tmp8")
+        assert _size(path) == 8 * MIB
     finally:
         lab.su(lab.a, "rm -f /tmp/grown")
         ctx.close()
