@@ -60,7 +60,7 @@ def tmpfs_options(size: int) -> str:
 
 @dataclass(frozen=True)
 class TmpUse:
-    """A mounted slot tmpfs: its size and what is stored in it (both bytes)."""
+    """A mounted slot tmpfs: its size and data stored (bytes), its inode cap and inodes in use."""
 
     size: int
     used: int
