@@ -145,7 +145,9 @@ static int slot_tmp_tmpfs(const char *tmpfs_root, uid_t uid, int *top, const cha
         errno = saved;
         return saved == ENOENT ? 0 : -1;
     }
-    int ok = fstat(root_fd, &parent) == 0 && fstat(fd, &st) == 0 && fstatfs(fd, &fs) == 0 &&
+    /* TMPFS_ROOT must be root's and writable by root only, or the name under it could be anyone's. */
+    int ok = fstat(root_fd, &parent) == 0 && parent.st_uid == 0 && (parent.st_mode & 022) == 0 &&
+             fstat(fd, &st) == 0 && fstatfs(fd, &fs) == 0 &&
              fs.f_type == TMPFS_MAGIC && st.st_dev != parent.st_dev && st.st_uid == 0 && st.st_gid == 0 &&
              (st.st_mode & 07777) == 0711;
     close(root_fd);

@@ -32,6 +32,7 @@ from tests.system.doors import lab_cron, run_su, su_stack
 from tests.system.lab import PASSWORD_LOGIN_OPTS, LabNet, LabSshd, NetOnlyHost, wait_for
 
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
+WRAPPER = REPO / "pam_hooks" / "c" / "slotwarden-confine"
 MIB = 1 << 20
 
 PLANS = """
@@ -336,6 +337,10 @@ def test_a_missing_tmpfs_refuses_the_session_doctor_says_so_and_host_init_remoun
         assert path.is_dir() and tmpfs_use(str(path)) is None
         r = lab.su(lab.a, "stat -f -c fstype=%T /tmp")
         assert r.returncode != 0 and "fstype" not in r.stdout, r.stdout + r.stderr
+        # The app wrapper refuses to start the slot's program too, in one line.
+        r = subprocess.run([str(WRAPPER), "--user", lab.a.record.username, "--tmpfs-root", str(lab.tmp_root), "--",
+                            "/bin/true"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and "no private /tmp" in r.stderr and len(r.stderr.splitlines()) == 1, r
         problems = [d.problem for d in find_drift(ctx) if d.subject == lab.a.record.username]
         assert any("/tmp tmpfs is not mounted" in p for p in problems), problems
         for step in host_steps(ctx, None):
@@ -381,6 +386,12 @@ def test_a_bad_tmp_size_is_refused_in_one_line(lab: Lab, value: str, word: str) 
         assert f"plans.bad.{word}" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     finally:
         cfg.unlink()
+
+
+def test_the_wrapper_refuses_a_relative_tmpfs_root(lab: Lab) -> None:
+    r = subprocess.run([str(WRAPPER), "--user", lab.a.record.username, "--tmpfs-root", "state/slot-tmp", "--",
+                        "/bin/true"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.startswith("usage:"), r
 
 
 def test_a_tmp_size_beyond_the_host_is_refused_and_nothing_is_made(lab: Lab) -> None:
