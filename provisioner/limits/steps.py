@@ -242,8 +242,10 @@ def removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
     tmp = slot_tmpfs(ctx)
 
     def do() -> None:
+        uid = acct.uid if acct is not None else rec.uid
+        if uid:
+            tmp.clear(uid)  # its processes are stopped: nothing holds the tmpfs
         if acct is not None:
-            tmp.clear(acct.uid)  # its processes are stopped: nothing holds the tmpfs
             backend.clear(target_of(ctx, name, Path(rec.home), acct))
         records.delete(name)
 
