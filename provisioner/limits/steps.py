@@ -337,11 +337,11 @@ def limits_of(ctx: Context, username: str) -> dict[str, Any] | None:
     return {**applied.limits.as_dict(), "backend": applied.backend}
 
 
-def tmp_use(ctx: Context, username: str, uid: int | None) -> TmpUse | None:
-    """Size and use of the slot's /tmp tmpfs (None: it has none mounted)."""
+def tmp_use(ctx: Context, username: str, uid: int | None, mountinfo: str | None = None) -> TmpUse | None:
+    """Size and use of the slot's /tmp tmpfs (None: it has none mounted; MOUNTINFO: see tmpfs_use)."""
     if uid is None or uid <= 0:
         return None
-    return slot_tmpfs(ctx).use(uid)
+    return slot_tmpfs(ctx).use(uid, mountinfo)
 
 
 def slot_fields(ctx: Context, rec: SlotRecord) -> dict[str, Any]:

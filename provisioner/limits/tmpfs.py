@@ -86,10 +86,10 @@ class SlotTmpfs:
         except FileNotFoundError:
             return False
 
-    def use(self, uid: int) -> TmpUse | None:
-        """Size and use of the slot's tmpfs, None when none is mounted."""
+    def use(self, uid: int, mountinfo: str | None = None) -> TmpUse | None:
+        """Size and use of the slot's tmpfs, None when none is mounted (MOUNTINFO: see tmpfs_use)."""
         path = str(self.path(uid))
-        figures = tmpfs_use(path)
+        figures = tmpfs_use(path, mountinfo)
         if figures is None:
             return None
         st = os.statvfs(path)

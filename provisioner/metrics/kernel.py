@@ -381,10 +381,13 @@ def mount_fstype(path: str, mountinfo: str) -> str | None:
     return found
 
 
-def tmpfs_use(path: str) -> tuple[int, int] | None:
+def tmpfs_use(path: str, mountinfo: str | None = None) -> tuple[int, int] | None:
     """(size, used) bytes of the tmpfs mounted on PATH in this mount namespace, None if the top
-    mount there is not a tmpfs (a slot's /tmp of a plan's ``tmp_size``)."""
-    if mount_fstype(path, _read("/proc/self/mountinfo") or "") != "tmpfs":
+    mount there is not a tmpfs (a slot's /tmp of a plan's ``tmp_size``). MOUNTINFO: a copy of
+    /proc/self/mountinfo already read (one read for many slots), else it is read now."""
+    if mountinfo is None:
+        mountinfo = _read("/proc/self/mountinfo") or ""
+    if mount_fstype(path, mountinfo) != "tmpfs":
         return None
     try:
         st = os.statvfs(path)
