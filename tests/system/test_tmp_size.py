@@ -31,6 +31,8 @@ from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_
 from tests.system.doors import lab_cron, run_su, su_stack
 from tests.system.lab import PASSWORD_LOGIN_OPTS, LabNet, LabSshd, NetOnlyHost, wait_for
 
+pytestmark = [pytest.mark.root, pytest.mark.sshd]
+
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
 WRAPPER = REPO / "pam_hooks" / "c" / "slotwarden-confine"
 MIB = 1 << 20
