@@ -305,11 +305,37 @@ def test_change_plan_grows_it_live_and_refuses_to_shrink_below_use(lab: Lab) -> 
     ctx = lab.host.ctx()
     a = lab.a.record.username
     path = str(lab.tmp_root / str(lab.uid(lab.a)))
+    # A session open before the change: it waits for root's go, then writes 12M.
+    go = Path(path) / "tmp" / "go"
+    with tempfile.TemporaryDirectory(prefix="swt-su-") as tmp:
+        pam = Path(tmp) / "su"
+        pam.write_text(lab.stack)
+        pam.chmod(0o644)
+        script = 'mount --bind "$1" /etc/pam.d/su && shift && exec "$@"'
+        waiting = ("stat -f -c '%b %S' /tmp > /tmp/ready.t && mv /tmp/ready.t /tmp/ready; "
+                   "until [ -e /tmp/go ]; do sleep 0.2; done; "
+                   "dd if=/dev/zero of=/tmp/grown bs=1M count=12 2>&1; echo rc=$?")
+        session = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                                    str(pam), "su", "-s", "/bin/sh", "-c", waiting, a], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        ready = Path(path) / "tmp" / "ready"
+        try:
+            # Open, and seeing 8M, before the change.
+            assert wait_for(ready.exists, timeout=60)
+            blocks, bsize = (int(x) for x in ready.read_text().split())
+            assert blocks * bsize == 8 * MIB, (blocks, bsize)
+            operations.change_plan(ctx, a, "tmp16")
+            assert _size(path) == 16 * MIB
+            go.touch()
+            out, _ = session.communicate(timeout=120)
+            assert "rc=0" in out, out
+        finally:
+            if session.poll() is None:
+                session.kill()
+                session.wait()
+            go.unlink(missing_ok=True)
+            ready.unlink(missing_ok=True)
     try:
-        operations.change_plan(ctx, a, "tmp16")
-        assert _size(path) == 16 * MIB
-        r = lab.su(lab.a, "dd if=/dev/zero of=/tmp/grown bs=1M count=12 2>&1; echo rc=$?")
-        assert "rc=0" in r.stdout, r.stdout + r.stderr
         r = lab.host.slotctl("slot", "change-plan", a, "tmp8")
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r
         assert "tmp_size" in r.stderr and "more than the new size 8388608" in r.stderr, r.stderr
