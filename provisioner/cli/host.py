@@ -50,3 +50,38 @@ def init(slots_root: str | None, quota_backend: str | None, loopback_image: str 
             c.print(f"slots root {settings.get('slots_root')}, quota backend {settings.get('quota_backend')}")
 
     emit(data, render)
+
+
+@host.command("restore")
+@json_option
+def restore() -> None:
+    """Remake what a reboot lost: each slot's /tmp tmpfs and cgroup limits (at boot, before logins and apps).
+
+    What ``host init`` does for the slots, alone: under systemd the package's
+    slotwarden-slot-tmp.service runs it at boot, before sshd, cron, the guard and the app units.
+    A host not initialised yet has nothing to restore (no store is made).
+    """
+    import importlib.util
+
+    from provisioner.steps import Plan, apply
+
+    ctx = Context(quota_backends=quota_backends())
+    plan = Plan("restore the slots' limits and /tmp", [])
+    try:
+        initialised = ctx.config.store.url is not None or ctx.config.db_path.exists()
+        if initialised and importlib.util.find_spec("provisioner.limits") is not None:
+            from provisioner.limits.steps import host_steps
+
+            plan.steps.extend(host_steps(ctx, None))
+            apply(plan)
+    finally:
+        ctx.close()
+    data = {"changed": bool(plan.steps), "steps": plan.describe()}
+
+    def render(c: Console) -> None:
+        if not plan.steps:
+            c.print("host restore: nothing to restore")
+        for s in plan.steps:
+            c.print(f"{s.name}: {s.detail}")
+
+    emit(data, render)

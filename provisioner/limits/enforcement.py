@@ -20,11 +20,6 @@ from typing import Protocol
 from provisioner.config import ResourceLimits
 from provisioner.errors import SlotError
 
-# Why a plan's tmp_size is refused under systemd: app units get systemd's PrivateTmp= on the
-# host's /tmp, not the slot's tmpfs (provisioner.limits.tmpfs), so the size would not hold for them.
-TMP_SIZE_REFUSED = ("tmp_size: app units under systemd run with PrivateTmp= on the host's /tmp, not in the "
-                    "slot's tmpfs; a /tmp size is enforced only with the cgroup-v1 backend (supervisord)")
-
 
 class LimitsError(SlotError):
     """The host cannot enforce a limit, or the kernel refused one (exit code 1)."""

@@ -272,17 +272,48 @@ def change_plan_steps(ctx: Context, username: str, new: PlanConfig) -> list[Step
     if refusal:
         raise LimitsError(f"plan {new.name}: {refusal}")
 
+    # A /tmp size sold or dropped: the slot's running apps keep the /tmp they started with (the
+    # home's, or a tmpfs about to go) until they start again, so they are restarted around it.
+    moves = (old.tmp_size is None) != (new.limits.tmp_size is None)
+    running: list[str] = []
+
     def do() -> None:
         backend.apply(new.limits, target)
+        if moves:
+            running[:] = _stop_apps(ctx, username)
         tmp.apply(new.limits.tmp_size, target.uid, username)
         records.put(username, new.limits, backend.name)
+        _start_apps(ctx, username, running)
 
     def undo() -> None:
         backend.apply(old, target)
+        if moves:
+            _stop_apps(ctx, username)
         tmp.apply(old.tmp_size, target.uid, username)
         records.restore(username, previous)
+        _start_apps(ctx, username, running)
 
-    return [Step("limits", f"apply the limits of plan {new.name} to {username} ({backend.name})", do, undo)]
+    what = f"apply the limits of plan {new.name} to {username} ({backend.name})"
+    return [Step("limits", what + ("; restart its running apps on their new /tmp" if moves else ""), do, undo)]
+
+
+def _stop_apps(ctx: Context, username: str) -> list[str]:
+    """Stop the slot's running apps (through the host's app control); returns which ran."""
+    control = ctx.extensions.app_control
+    if control is None:
+        return []
+    apps = control.running(ctx, username)
+    for app in apps:
+        control.stop(ctx, username, app)
+    return apps
+
+
+def _start_apps(ctx: Context, username: str, apps: list[str]) -> None:
+    control = ctx.extensions.app_control
+    if control is None:
+        return
+    for app in apps:
+        control.start(ctx, username, app)
 
 
 def host_steps(ctx: Context, _req: object) -> list[Step]:

@@ -12,6 +12,14 @@ matter at boot). Only when systemd says the instance it holds is out of date
 (``NeedDaemonReload=yes``: a changed command line of a running app, or a new template after an
 upgrade) is the manager reloaded, once.
 
+The drop-in starts the program through ``slotwarden-confine --user NAME --tmpfs-root DIR`` with
+systemd's ``!`` prefix: systemd applies the template's sandboxing (``NoNewPrivileges=``,
+``ProtectSystem=``, the namespace) but leaves the change of credentials to the wrapper, which
+binds the slot's own /tmp and /var/tmp (its tmpfs when its plan sells a ``tmp_size``, else
+``~/.slot-tmp``, the instances its logins get) and then drops to the slot user. The wrapper
+decides at each start, from the tmpfs directory, so a change of plan that adds or drops a /tmp
+size changes no unit file: a restart of the app is all it takes (no ``daemon-reload``).
+
 >>> print(render_template("demo").splitlines()[0])
 [Unit]
 """
@@ -27,6 +35,8 @@ from provisioner.supervisor import Program, ProgramStatus, SupervisorError
 from provisioner.supervisor.confine import INSTALLED, confine_argv, confine_wrapper
 
 UNIT_DIR = Path("/etc/systemd/system")
+# The package's oneshot that remounts the slots' /tmp tmpfs at boot (``slotctl host restore``).
+BOOT_UNIT = "slotwarden-slot-tmp.service"
 
 
 def render_template(app: str) -> str:
@@ -34,7 +44,8 @@ def render_template(app: str) -> str:
     return "\n".join([
         "[Unit]",
         f"Description=slotwarden app {app} of slot %i",
-        "After=network.target",
+        # The slots' /tmp tmpfs are remounted at boot before any app starts (debian/systemd).
+        f"After=network.target {BOOT_UNIT}",
         "",
         "[Service]",
         "User=%i",
@@ -62,14 +73,20 @@ def _quote(arg: str, command: bool = False) -> str:
 def render_dropin(program: Program, confine: str = str(INSTALLED)) -> str:
     """The per-instance drop-in: command line, directory, environment (never a secret).
 
-    The command starts through CONFINE, the seccomp wrapper, as the unit's ``User=`` (the
-    template's ``NoNewPrivileges=yes`` holds anyway).
+    The command starts through CONFINE, the seccomp wrapper: for a slot user as root (``!``:
+    the template's sandboxing holds, the credentials are the wrapper's to change) with ``--user``
+    and the slots' tmpfs root, so it gives the program the slot's /tmp before the drop; a root
+    program just under the filter. The template's ``NoNewPrivileges=yes`` holds either way.
     """
     env = {"HOME": program.cwd, **program.environment}
+    if program.user == "root":
+        argv, prefix = confine_argv(confine, None, program.argv), ""
+    else:
+        argv, prefix = confine_argv(confine, program.user, program.argv, program.tmpfs_root), "!"
     lines = [
         "[Service]",
         "ExecStart=",
-        "ExecStart=" + " ".join(_quote(a, command=True) for a in confine_argv(confine, None, program.argv)),
+        "ExecStart=" + prefix + " ".join(_quote(a, command=True) for a in argv),
         f"WorkingDirectory={program.cwd}",
         f"Restart={'always' if program.autorestart else 'no'}",
         f"KillSignal=SIG{program.stopsignal}",

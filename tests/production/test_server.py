@@ -1,10 +1,11 @@
 """The production path proven in the server VM: systemd as PID 1, cgroup v2, usrquota.
 
 One module, run in order: two slots on plans with limits, an app under its systemd unit logged
-in to with its generated credentials, limits that hold against a fork bomb and a memory hog
+in to with its generated credentials, a /tmp size that holds for the login and the app alike
+(and comes and goes with change-plan), limits that hold against a fork bomb and a memory hog
 while slot B keeps answering, cgroup v2 metrics that agree with the processes, usrquota usage
 that agrees with ``repquota``, suspend/unsuspend — then a reboot of the server, after which the
-app, the guard's lock, the quotas, the limits and hidepid must all still be there.
+app, the guard's lock, the quotas, the limits, the /tmp tmpfs and hidepid must all still be there.
 """
 
 from __future__ import annotations
@@ -158,6 +159,76 @@ def test_a_login_and_an_app_make_no_subvolume_of_their_own(server: Any, slots: l
     assert "/usr/libexec/slotwarden/slotwarden-confine" in exe, exe
 
 
+MIB = 1 << 20
+# Run by the tenant over SSH: fill /tmp past its size, say what the kernel said and what /tmp is.
+FILL_TMP = ("dd if=/dev/zero of=/tmp/fill bs=1M count=9 2>&1 | tail -n 3; "
+            "stat -f -c 'fs=%T bytes=%b*%S' /tmp; rm -f /tmp/fill")
+
+
+def tmpfs_dir(s: Slot) -> str:
+    return f"/var/lib/slotwarden/slot-tmp/{s.uid}"
+
+
+def app_pid(server: Any, s: Slot) -> str:
+    return str(server.check_output(f"systemctl show -p MainPID --value {unit(s)}")).strip()
+
+
+def app_tmp(server: Any, s: Slot) -> str:
+    """FSTYPE SOURCE of /tmp as the slot's app (its unit's main process) sees it."""
+    return str(server.check_output(f"findmnt -N {app_pid(server, s)} -n -v -o FSTYPE,SOURCE --target /tmp")).strip()
+
+
+def assert_app_shares_the_login_tmp(server: Any, request: pytest.FixtureRequest, s: Slot) -> None:
+    """What S's SSH login writes in /tmp, its app reads there: one /tmp, not the host's nor a unit's own."""
+    r = ssh(request, s, "echo from-ssh > /tmp/seen-by-app")
+    assert r.returncode == 0, r.stderr
+    try:
+        assert cat(server, f"/proc/{app_pid(server, s)}/root/tmp/seen-by-app") == "from-ssh"
+    finally:
+        ssh(request, s, "rm -f /tmp/seen-by-app")
+
+
+def assert_tmp_size(server: Any, request: pytest.FixtureRequest, s: Slot, size: int) -> None:
+    """S's /tmp is its tmpfs of SIZE for its SSH login (ENOSPC past it) and for its app alike."""
+    r = ssh(request, s, FILL_TMP)
+    assert "No space left on device" in r.stdout and f"fs=tmpfs bytes={size // 4096}*4096" in r.stdout, \
+        r.stdout + r.stderr
+    assert app_tmp(server, s) == f"tmpfs slot-tmp-{s.name}"
+    assert_app_shares_the_login_tmp(server, request, s)
+
+
+def test_a_tmp_size_holds_for_the_ssh_login_and_the_systemd_app(server: Any, slots: list[Slot],
+                                                                  request: pytest.FixtureRequest) -> None:
+    """Issue 13: plan capped sells an 8M /tmp; the login and the app under systemd share that tmpfs."""
+    a, b = slots
+    opts = server.check_output(f"findmnt -n -o FSTYPE,OPTIONS {tmpfs_dir(a)}")
+    assert opts.startswith("tmpfs ") and "size=8192k" in opts and "nosuid" in opts, opts
+    assert_tmp_size(server, request, a, 8 * MIB)
+    # Slot b has no /tmp size: its app's /tmp is the home's ~/.slot-tmp, as its logins', not the host's.
+    assert not app_tmp(server, b).startswith("tmpfs"), app_tmp(server, b)
+    assert_app_shares_the_login_tmp(server, request, b)
+    shown = json.loads(server.check_output(f"slotctl --json slot show {a.name}"))
+    assert shown["tmp"]["size_bytes"] == 8 * MIB, shown
+
+
+def test_change_plan_gives_and_takes_a_tmp_size_without_a_manager_reload(server: Any, slots: list[Slot],
+                                                                           request: pytest.FixtureRequest) -> None:
+    b = slots[1]
+    loaded = manager_reloads(server)
+    server.check_output(f"slotctl slot change-plan {b.name} roomytmp")
+    assert server.service(unit(b)).is_running  # restarted onto its new /tmp
+    assert_tmp_size(server, request, b, 4 * MIB)
+    server.check_output(f"slotctl slot change-plan {b.name} roomy")
+    assert server.service(unit(b)).is_running
+    assert not app_tmp(server, b).startswith("tmpfs"), app_tmp(server, b)
+    assert_app_shares_the_login_tmp(server, request, b)
+    assert not server.file(tmpfs_dir(b)).exists
+    r = ssh(request, b, "stat -f -c fs=%T /tmp")
+    assert r.returncode == 0 and "fs=tmpfs" not in r.stdout, r.stdout + r.stderr
+    assert manager_reloads(server) == loaded  # no unit file changed: the wrapper decides at each start
+    assert app_answers(server, b)[1] == "409"
+
+
 def test_slots_get_their_plan_limits_on_their_slice(server: Any, slots: list[Slot]) -> None:
     a, b = slots
     assert cat(server, f"{a.slice}/pids.max") == "32"
@@ -296,6 +367,11 @@ def test_after_a_reboot_everything_holds(server: Any, slots: list[Slot], request
     for s in slots:
         assert server.service(unit(s)).is_running, f"{unit(s)} did not come back"
         assert app_answers(server, s)[1] == "409"
+    # The slot's tmpfs is memory: slotwarden-slot-tmp.service remounted it before sshd and the apps.
+    assert server.check_output("systemctl show -p Result --value slotwarden-slot-tmp.service").strip() == "success"
+    opts = server.check_output(f"findmnt -n -o FSTYPE,OPTIONS {tmpfs_dir(a)}")
+    assert opts.startswith("tmpfs ") and "size=8192k" in opts, opts
+    assert_tmp_size(server, request, a, 8 * MIB)
     assert cat(server, f"{a.slice}/pids.max") == "32" and cat(server, f"{a.slice}/memory.max") == str(64 << 20)
     after = json.loads(server.check_output(f"slotctl --json guard list --locked --user {locked_name}"))
     assert after, "the guard's lock did not survive the reboot"

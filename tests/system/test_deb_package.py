@@ -130,11 +130,14 @@ def test_install_reinstall_purge_leaves_the_tree_as_it_was(tree: Path) -> None:
         assert "required\tpam_slotwarden_session.so" in (tree / "etc/pam.d" / name).read_text(), name
     assert (tree / "lib/x86_64-linux-gnu/security/pam_slotwarden_session.so").is_file()
     assert os.access(tree / "usr/libexec/slotwarden/slotwarden-confine", os.X_OK)
-    # started at boot: the guard's socket and service, the retention timer; the API and metrics on request
+    # started at boot: the guard's socket and service, the retention timer, the /tmp remount; the API and
+    # metrics on request
     wants = tree / "etc/systemd/system"
     assert (wants / "sockets.target.wants/slotwarden-guard.socket").is_symlink()
     assert (wants / "multi-user.target.wants/slotwarden-guard.service").is_symlink()
     assert (wants / "timers.target.wants/slotwarden-retention.timer").is_symlink()
+    # the slots' /tmp tmpfs remounted at boot, before sshd and the app units (enabled, not started)
+    assert (wants / "multi-user.target.wants/slotwarden-slot-tmp.service").is_symlink()
     assert not list(wants.glob("*/slotwarden-api.service")) and not list(wants.glob("*/slotwarden-metrics.service"))
     # the conffile is the defaults; tmpfiles, man pages, completion
     assert "/etc/slotwarden/slotwarden.toml" in inside(tree, "dpkg-query", "-W", "-f=${Conffiles}",

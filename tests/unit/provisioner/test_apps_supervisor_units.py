@@ -80,15 +80,30 @@ def test_long_state_dir_gets_a_short_socket() -> None:
 def test_systemd_units() -> None:
     tmpl = render_template("jupyterlab")
     assert "User=%i" in tmpl and "Restart=always" in tmpl and "WantedBy=multi-user.target" in tmpl
+    assert "After=network.target slotwarden-slot-tmp.service" in tmpl  # the slots' tmpfs are back first
     drop = render_dropin(_prog(argv=["/opt/x", "100%"], environment={"A": 'q"uote'}))
-    assert f'ExecStart="{CONFINE}" "--" "/opt/x" "100%%"' in drop  # User= runs the wrapper
+    # As root ("!": the template's sandboxing holds), the wrapper binds the slot's /tmp and drops to it.
+    assert f'ExecStart=!"{CONFINE}" "--user" "alice" "--" "/opt/x" "100%%"' in drop
     assert 'Environment="A=q\\"uote"' in drop
     assert "ExecStart=\n" in drop  # resets the template's (empty) ExecStart
     # ExecStart= expands $NAME itself: a shell's "$0"/"$@" must reach the shell as written;
     # Environment= expands nothing, so its $ stays single.
     drop = render_dropin(_prog(argv=["/bin/sh", "-c", 'exec "$@"', "$HOME"], environment={"B": "a$b"}))
-    assert f'ExecStart="{CONFINE}" "--" "/bin/sh" "-c" "exec \\"$$@\\"" "$$HOME"' in drop
+    assert f'ExecStart=!"{CONFINE}" "--user" "alice" "--" "/bin/sh" "-c" "exec \\"$$@\\"" "$$HOME"' in drop
     assert 'Environment="B=a$b"' in drop
+
+
+def test_systemd_dropin_names_the_tmpfs_root_and_never_changes_with_the_plan() -> None:
+    """A plan's tmp_size is the wrapper's to find at each start: nothing of it is in the unit (no reload)."""
+    prog = _prog(tmpfs_root="/srv/state/slot-tmp")
+    drop = render_dropin(prog)
+    assert f'ExecStart=!"{CONFINE}" "--user" "alice" "--tmpfs-root" "/srv/state/slot-tmp" "--"' in drop
+    assert "PrivateTmp" not in drop and "BindPaths" not in drop
+
+
+def test_systemd_root_programs_keep_the_wrapper_without_a_user() -> None:
+    drop = render_dropin(_prog(user="root", argv=["/usr/bin/python3", "-m", "x"]))
+    assert f'ExecStart="{CONFINE}" "--" "/usr/bin/python3" "-m" "x"' in drop and "--user" not in drop
 
 
 @pytest.mark.parametrize(("props", "running", "pid", "since", "state"), [
