@@ -23,7 +23,7 @@ import pytest
 from provisioner import operations
 from provisioner.doctor import find_drift
 from provisioner.limits import place
-from provisioner.limits.steps import host_steps, slot_tmpfs
+from provisioner.limits.steps import slot_tmpfs
 from provisioner.metrics.kernel import tmpfs_use
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
@@ -371,9 +371,12 @@ def test_a_missing_tmpfs_refuses_the_session_doctor_says_so_and_host_init_remoun
         assert r.returncode == 1 and "no private /tmp" in r.stderr and len(r.stderr.splitlines()) == 1, r
         problems = [d.problem for d in find_drift(ctx) if d.subject == lab.a.record.username]
         assert any("/tmp tmpfs is not mounted" in p for p in problems), problems
-        for step in host_steps(ctx, None):
-            step.do()
+        # What slotwarden-slot-tmp.service runs at boot under systemd (host init does the same).
+        r = lab.host.slotctl("host", "restore")
+        assert r.returncode == 0 and "slot-limits" in r.stdout, r.stdout + r.stderr
         assert tmpfs_use(str(path)) is not None
+        r = lab.host.slotctl("host", "restore")
+        assert r.returncode == 0 and "nothing to restore" in r.stdout, r.stdout + r.stderr
         r = lab.su(lab.a, "stat -f -c fstype=%T /tmp")
         assert r.returncode == 0 and "fstype=tmpfs" in r.stdout, r.stdout + r.stderr
         assert not [d for d in find_drift(ctx) if d.subject == lab.a.record.username]
