@@ -295,7 +295,7 @@ class ResourceLimits:
     io_write_bps: OptSize = Field(default=None, description="write bandwidth per second on the device holding the home")
     tmp_size: OptSize = Field(default=None,
         description="the slot's /tmp and /var/tmp: a tmpfs of this size, counted in its memory "
-                    "(cgroup-v1 backend; refused under systemd)")
+                    "(for its logins and its apps, under supervisord or systemd)")
 
     @model_validator(mode="after")
     def _high_below_max(self) -> ResourceLimits:

@@ -12,8 +12,10 @@
  * logins; from the slot's tmpfs under DIR, default SLOT_TMPFS_ROOT, when it was sold a /tmp size,
  * refusing to start when that tmpfs is expected but not mounted), then drops to NAME's uid, gid
  * and supplementary groups (initgroups) and execs PROGRAM.
- * systemd units run it as User= with NoNewPrivileges=yes: the filter is installed with
- * no_new_privs (and systemd's PrivateTmp=). A user without a home directory of its own (see
+ * systemd app units run it the same way ("!" in ExecStart=: as root, the unit's User= left to
+ * this wrapper) under the unit's NoNewPrivileges=yes and namespace, so the filter is installed
+ * with no_new_privs there and the slot's /tmp is bound over systemd's PrivateTmp=. Without
+ * --user it only installs the filter, as whoever runs it. A user without a home directory of its own (see
  * slot_tmp_applies) gets no private /tmp. NAME must not be root or have gid 0. PROGRAM is looked up on PATH only when it
  * has no slash. Nothing of NAME's is read or executed before the drop.
  *

@@ -5,7 +5,9 @@ session, so both supervisor backends start a slot's program through ``slotwarden
 (``pam_hooks/c/slotwarden-confine.c``), which installs the same filter (no btrfs subvolume or
 snapshot of the tenant's own: EPERM) before the tenant's code runs. supervisord runs it as root
 with ``--user`` (the filter first, then the drop to the slot user, so setuid programs keep
-working); systemd runs it as the unit's ``User=`` under ``NoNewPrivileges=yes``.
+working); systemd the same way (``ExecStart=!``: as root, the credentials left to the wrapper)
+under the unit's ``NoNewPrivileges=yes``. Both pass ``--tmpfs-root``, so the wrapper gives the
+program the slot's /tmp (its tmpfs of a plan's ``tmp_size``, or ``~/.slot-tmp``) at each start.
 
 The wrapper is the package's (``/usr/libexec/slotwarden``) or, from a checkout, the one
 ``make pam`` builds.

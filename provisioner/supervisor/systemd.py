@@ -54,6 +54,7 @@ def render_template(app: str) -> str:
         "RestartSec=2",
         "KillMode=control-group",
         "NoNewPrivileges=yes",
+        # The wrapper binds the slot's own /tmp over this one; it stays for a user without a home.
         "PrivateTmp=yes",
         "ProtectSystem=full",
         "",
