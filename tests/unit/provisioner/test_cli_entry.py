@@ -89,3 +89,12 @@ def test_bash_completion_answers(words: str, cword: str, expected: set[str]) -> 
     proc = slotctl(env={"_SLOTCTL_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": cword})
     assert proc.returncode == 0
     assert {line.split(",", 1)[1] for line in proc.stdout.split()} == expected
+
+
+def test_host_restore_on_a_host_never_initialised_changes_nothing(tmp_path: Path) -> None:
+    """What slotwarden-slot-tmp.service runs at every boot: on a fresh install, no store is made."""
+    (tmp_path / "slotwarden.toml").write_text(f'state_dir = "{tmp_path}/state"\n')
+    proc = slotctl("--json", "host", "restore", tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["changed"] is False
+    assert not (tmp_path / "state").exists()
