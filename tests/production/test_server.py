@@ -174,8 +174,11 @@ def app_pid(server: Any, s: Slot) -> str:
 
 
 def app_tmp(server: Any, s: Slot) -> str:
-    """FSTYPE SOURCE of /tmp as the slot's app (its unit's main process) sees it."""
-    return str(server.check_output(f"findmnt -N {app_pid(server, s)} -n -v -o FSTYPE,SOURCE --target /tmp")).strip()
+    """FSTYPE SOURCE of /tmp as the slot's app (its unit's main process) sees it: the top mount there."""
+    # mountinfo: ... mount-point options [optional fields] - fstype source super-options; mounts
+    # stacked on one point are listed in the order they were made.
+    script = "awk '$5 == \"/tmp\" {for (i = 7; $i != \"-\"; i++); top = $(i + 1) \" \" $(i + 2)} END {print top}'"
+    return str(server.check_output(f"{script} /proc/{app_pid(server, s)}/mountinfo")).strip()
 
 
 def assert_app_shares_the_login_tmp(server: Any, request: pytest.FixtureRequest, s: Slot) -> None:
