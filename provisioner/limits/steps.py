@@ -30,7 +30,7 @@ from provisioner.limits.enforcement import (
     host_capacity,
     kernel_units_differ,
 )
-from provisioner.limits.tmpfs import SlotTmpfs, TmpUse, inode_cap, page_rounded, shrink_refusal
+from provisioner.limits.tmpfs import SlotTmpfs, TmpUse, inode_cap, login_tmpfs_refusal, page_rounded, shrink_refusal
 from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store
 
@@ -187,9 +187,18 @@ def target_of(ctx: Context, username: str, home: Path | None = None,
     return SlotTarget(username, acct.uid if acct else 0, acct.gid if acct else 0, home, block_device(where))
 
 
-def check_enforceable(backend: LimitsBackend, limits: ResourceLimits, target: SlotTarget, plan: str) -> None:
-    """Refuse (one line) limits this host cannot enforce or that exceed the host itself."""
+def check_enforceable(backend: LimitsBackend, limits: ResourceLimits, target: SlotTarget, plan: str,
+                      tmpfs_root: Path | None = None) -> None:
+    """Refuse (one line) limits this host cannot enforce or that exceed the host itself.
+
+    TMPFS_ROOT (``<state_dir>/slot-tmp``): under systemd the host-wide session lines must look
+    there, or a /tmp size would hold for the slot's apps and not for its logins.
+    """
     problems = backend.missing(limits, target)
+    if limits.tmp_size is not None and backend.name == "systemd" and tmpfs_root is not None:
+        refusal = login_tmpfs_refusal(tmpfs_root)
+        if refusal:
+            problems.append(refusal)
     if not problems:
         problems = beyond_host(limits, *host_capacity())
     if problems:
@@ -205,7 +214,7 @@ def creation_steps(ctx: Context, req: SlotRequest) -> list[Step]:
     plan = ctx.config.plans.get(req.plan) if req.plan else None
     limits = plan.limits if plan else ResourceLimits()
     name = req.username
-    check_enforceable(backend, limits, target_of(ctx, name), plan.name if plan else "(none)")
+    check_enforceable(backend, limits, target_of(ctx, name), plan.name if plan else "(none)", slot_tmpfs(ctx).root)
     if backend.name == "none":
         return []
     records = LimitRecords(ctx.store)
@@ -258,7 +267,7 @@ def change_plan_steps(ctx: Context, username: str, new: PlanConfig) -> list[Step
     records = LimitRecords(ctx.store)
     previous = records.get(username)
     target = target_of(ctx, username)
-    check_enforceable(backend, new.limits, target, new.name)
+    check_enforceable(backend, new.limits, target, new.name, slot_tmpfs(ctx).root)
     tmp = slot_tmpfs(ctx)
     if backend.name == "none":
         return []

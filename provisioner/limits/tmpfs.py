@@ -35,6 +35,50 @@ from provisioner.runner import run
 
 INSTANCES = ("tmp", "var-tmp")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+SESSION_MODULE = "pam_slotwarden_session.so"
+# The module's tmpfs_root= where a line leaves it out (SLOT_TMPFS_ROOT in pam_hooks/c/slot_tmp.h).
+MODULE_TMPFS_ROOT = "/var/lib/slotwarden/slot-tmp"
+# Where the package's pam-auth-update profile (slotwarden-session) puts the module.
+PAM_SESSION_FILES = (Path("/etc/pam.d/common-session"), Path("/etc/pam.d/common-session-noninteractive"))
+
+
+def session_tmpfs_roots(text: str) -> list[str]:
+    """The tmpfs_root= of each session line loading the session module in a PAM file's TEXT.
+
+    >>> session_tmpfs_roots("session required pam_slotwarden_session.so uids=1-9")
+    ['/var/lib/slotwarden/slot-tmp']
+    """
+    out = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words or words[0].lstrip("-") != "session":
+            continue
+        at = next((i for i, w in enumerate(words) if w.rsplit("/", 1)[-1] == SESSION_MODULE), None)
+        if at is None:
+            continue
+        # The module takes the last tmpfs_root= it is given.
+        given = [w.split("=", 1)[1] for w in words[at + 1:] if w.startswith("tmpfs_root=")]
+        out.append(given[-1] if given else MODULE_TMPFS_ROOT)
+    return out
+
+
+def login_tmpfs_refusal(root: Path, files: tuple[Path, ...] = PAM_SESSION_FILES) -> str | None:
+    """The one line refusing a /tmp size the host's logins would not get (None: they look under ROOT).
+
+    The session module in FILES must look for the slots' tmpfs under ROOT (``<state_dir>/slot-tmp``):
+    with another ``state_dir`` and the module's default, a login would get the home's /tmp while the
+    slot's apps get the tmpfs. Files without the module say nothing (it may sit in each service's file).
+    """
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        wrong = [r for r in session_tmpfs_roots(text) if r != str(root)]
+        if wrong:
+            return (f"tmp_size: {SESSION_MODULE} in {path} looks for the slots' tmpfs under {wrong[0]}, not "
+                    f"{root} (<state_dir>/slot-tmp): give it tmpfs_root={root}")
+    return None
 
 
 def page_rounded(size: int) -> int:

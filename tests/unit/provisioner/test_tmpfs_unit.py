@@ -7,7 +7,16 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provisioner.limits.tmpfs import TmpUse, inode_cap, page_rounded, shrink_refusal, tmpfs_options
+from provisioner.limits.tmpfs import (
+    MODULE_TMPFS_ROOT,
+    TmpUse,
+    inode_cap,
+    login_tmpfs_refusal,
+    page_rounded,
+    session_tmpfs_roots,
+    shrink_refusal,
+    tmpfs_options,
+)
 from provisioner.metrics.kernel import mount_fstype
 from provisioner.supervisor import Program
 from provisioner.supervisor.supervisord import render_program
@@ -60,3 +69,42 @@ def test_supervisord_tells_the_wrapper_where_the_slot_tmpfs_are() -> None:
                    tmpfs_root="/var/lib/slotwarden/slot-tmp")
     conf = render_program(prog, log_dir=Path("/var/log/x"), confine="/w")
     assert "command=/w --user alice --tmpfs-root /var/lib/slotwarden/slot-tmp -- /bin/sleep 9" in conf
+
+
+# What pam-auth-update writes into common-session from the package's profile, and variants.
+COMMON_SESSION = """# here are the per-package modules (the "Primary" block)
+session [default=1]\t\t\tpam_permit.so
+session\trequisite\t\t\tpam_deny.so
+session\trequired\t\t\tpam_unix.so
+session\trequired\tpam_slotwarden_session.so
+session optional\tpam_systemd.so
+"""
+
+
+def test_the_package_profile_looks_where_the_default_state_dir_keeps_the_tmpfs(tmp_path: Path) -> None:
+    f = tmp_path / "common-session"
+    f.write_text(COMMON_SESSION)
+    assert session_tmpfs_roots(COMMON_SESSION) == [MODULE_TMPFS_ROOT]
+    assert MODULE_TMPFS_ROOT == str(Path("/var/lib/slotwarden") / "slot-tmp")  # the package's state_dir
+    assert login_tmpfs_refusal(Path(MODULE_TMPFS_ROOT), (f,)) is None
+    # Another state_dir, the module left on its default: its logins would miss the tmpfs.
+    refusal = login_tmpfs_refusal(Path("/srv/state/slot-tmp"), (f,))
+    assert refusal is not None and "\n" not in refusal
+    assert "tmpfs_root=/srv/state/slot-tmp" in refusal and MODULE_TMPFS_ROOT in refusal
+    f.write_text(COMMON_SESSION.replace("pam_slotwarden_session.so", "pam_slotwarden_session.so tmpfs_root=/x "
+                                        "tmpfs_root=/srv/state/slot-tmp"))
+    assert login_tmpfs_refusal(Path("/srv/state/slot-tmp"), (f,)) is None  # the last one given counts
+    # No file, or a file without the module: nothing to say (the module may be in each service's file).
+    assert login_tmpfs_refusal(Path("/srv/state/slot-tmp"), (tmp_path / "absent",)) is None
+    f.write_text("session required pam_unix.so\n# session required pam_slotwarden_session.so\n")
+    assert login_tmpfs_refusal(Path("/srv/state/slot-tmp"), (f,)) is None
+
+
+@given(root=st.from_regex(r"/[a-z0-9/_.-]{1,40}", fullmatch=True),
+       control=st.sampled_from(["required", "requisite", "[success=ok default=bad]", "optional"]),
+       kind=st.sampled_from(["session", "-session", "auth", "account"]),
+       path=st.sampled_from(["", "/lib/x86_64-linux-gnu/security/"]))
+def test_a_session_line_gives_its_tmpfs_root_whatever_its_control(root: str, control: str, kind: str,
+                                                                  path: str) -> None:
+    line = f"{kind} {control} {path}pam_slotwarden_session.so uids=1-9 tmpfs_root={root} parent=x\n"
+    assert session_tmpfs_roots(line) == ([root] if kind.endswith("session") else [])
