@@ -34,8 +34,9 @@ from provisioner import accounts, operations
 from provisioner.limits import place
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
-from tests.system.conftest import make_slot_host, teardown_slot_host, world_traversable_tmpdir
-from tests.system.lab import LabHost, LabNet, LabSshd, NetOnlyHost
+from tests.system.fixtures.hosts import make_slot_host, teardown_slot_host, world_traversable_tmpdir
+from tests.system.fixtures.netns import LabHost, LabNet, NetOnlyHost
+from tests.system.fixtures.sshd import LabSshd
 
 REPO = Path(__file__).resolve().parent.parent
 PLANS = """

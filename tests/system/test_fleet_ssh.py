@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.executors.ansible import AnsibleExecutor
-from tests.system.fleet_lab import LabHost, check_slot_lifecycle, make_lab_host, teardown_lab_host
+from tests.system.fixtures.fleet import LabHost, check_slot_lifecycle, make_lab_host, teardown_lab_host
 
 pytestmark = [pytest.mark.root, pytest.mark.sshd]
 HOST = "sshlab"

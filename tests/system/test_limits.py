@@ -23,9 +23,11 @@ from provisioner.doctor import find_drift
 from provisioner.limits import LimitRecords, place
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
-from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
-from tests.system.doors import lab_cron, run_su, su_stack
-from tests.system.lab import PASSWORD_LOGIN_OPTS, LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
+from tests.system.fixtures.doors import lab_cron, run_su, su_stack
+from tests.system.fixtures.hosts import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
+from tests.system.fixtures.netns import LabHost, LabNet, NetOnlyHost
+from tests.system.fixtures.processes import wait_for
+from tests.system.fixtures.sshd import PASSWORD_LOGIN_OPTS, LabSshd
 
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
 CGROUP = Path("/sys/fs/cgroup")
@@ -190,7 +192,7 @@ def test_su_and_cron_put_what_they_start_in_the_slot_cgroup(lab: Lab) -> None:
     with lab_cron(session, {a.username: f"* * * * * cat /proc/self/cgroup > {out}.tmp; "
                                  f"echo $$ > {CGROUP}/pids/cgroup.procs 2>/dev/null; "
                                  f"cat /proc/self/cgroup >> {out}.tmp; mv {out}.tmp {out}\n"}):
-        assert wait_for(out.exists, timeout=130, step=1), "the cron job never ran"
+        wait_for(out.exists, timeout=130, step=1, what="the cron job never ran")
     text = out.read_text()
     out.unlink()
     assert _cgroup_of(text, "pids") == f"/{lab.parent}/{a.username}", text
@@ -375,7 +377,7 @@ def test_metrics_read_use_against_limit_from_the_same_cgroup(lab: Lab) -> None:
     a = lab.a.record.username
     sleeper = lab.ssh_popen(lab.a, "sleep 30 & sleep 30 & sleep 30")
     try:
-        assert wait_for(lambda: int(_read(lab.cg("pids", a) / "pids.current")) >= 5, timeout=30)
+        wait_for(lambda: int(_read(lab.cg("pids", a) / "pids.current")) >= 5, timeout=30)
         r = lab.host.slotctl("metrics", "show", a, "--format", "json", "--sample", "0")
         assert r.returncode == 0, r.stderr
         data = json.loads(r.stdout)

@@ -36,8 +36,8 @@ from provisioner.metrics.health import store_writable
 from provisioner.notices import Notices
 from provisioner.store import SlotRecord, Store
 from provisioner.support import SupportGrants
+from tests.system.fixtures.netns import LabNet
 from tests.system.fixtures.postgres import PG_ADDR, LabPostgres, PgDatabase
-from tests.system.lab import LabNet
 
 pytestmark = pytest.mark.root
 
