@@ -112,7 +112,7 @@ def _plant_dir(lab: AppLab, owner: str) -> Path:
 
 
 def _ids(lab: AppLab, name: str) -> tuple[int, int]:
-    st = (lab.root / "homes" / name).stat()
+    st = (lab.host.slots_root / name).stat()
     return st.st_uid, st.st_gid
 
 
@@ -145,7 +145,7 @@ def test_run_as_tenant_gives_no_terminal_no_descriptor_no_environment(lab: AppLa
     assert str(root_file) not in seen["fds"].values(), "the leaked root descriptor did not follow"
     assert sorted(seen["fds"]) == ["0", "1", "2"], seen["fds"]  # stdio only
     assert seen["fds"]["0"] == "/dev/null"
-    assert seen["cwd"] == str(lab.root / "homes" / owner)
+    assert seen["cwd"] == str(lab.host.slots_root / owner)
     assert seen["env"] == ["HOME", "LANG", "LOGNAME", "PATH", "SHELL", "USER"]
 
 
@@ -178,7 +178,7 @@ def _plant_python(owner: str, where: Path, marker_dir: Path) -> None:
 def test_jupyterlab_install_never_imports_planted_modules(lab: AppLab, root_file: Path, cwd: str) -> None:
     owner = lab.new_slot()
     markers = _plant_dir(lab, owner)
-    where = markers if cwd == "plant-dir" else lab.root / "homes" / owner
+    where = markers if cwd == "plant-dir" else lab.host.slots_root / owner
     _plant_python(owner, where, markers)
     rc, text = in_operator_terminal([str(SLOTCTL), "app", "install", owner, "jupyterlab", "--json"], root_file,
                                     where, _env(lab))
@@ -204,7 +204,7 @@ def _php_marker(marker: Path) -> str:
 
 def test_wordpress_install_and_rotate_never_load_the_tenants_code(lab: AppLab, root_file: Path) -> None:
     owner = lab.new_slot()
-    home = lab.root / "homes" / owner
+    home = lab.host.slots_root / owner
     marker = home / "wp-marker.json"
     app_dir = home / "apps" / "wordpress"
     # Planted before the install: the install keeps the tenant's directories and files.
@@ -232,7 +232,7 @@ def test_wordpress_install_and_rotate_never_load_the_tenants_code(lab: AppLab, r
 def test_app_files_never_written_through_a_planted_symlink(lab: AppLab, root_file: Path) -> None:
     canary = root_file  # standing in for /etc/shadow: nothing may ever write through to it
     owner, other = lab.new_slot(), lab.new_slot()
-    home, other_home = lab.root / "homes" / owner, lab.root / "homes" / other
+    home, other_home = lab.host.slots_root / owner, lab.host.slots_root / other
     before = canary.read_bytes()
     # ~/apps itself a link to another tenant's home: the install refuses and writes nothing there.
     assert run_as(owner, "ln", "-s", str(other_home), str(home / "apps")).returncode == 0
