@@ -224,7 +224,7 @@ def test_an_app_cannot_make_a_subvolume(lab: Lab) -> None:
                                               "exec sleep 600"])
         sup.ensure_program(prog)
         try:
-            wait_for(out.exists, timeout=60, what="the app wrote nothing")
+            wait_for(out.exists, timeout=60, what="the app to write its output")
             _assert_refused(lab, out.read_text())
         finally:
             sup.remove_program(prog.name)

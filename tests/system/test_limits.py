@@ -189,7 +189,7 @@ def test_su_and_cron_put_what_they_start_in_the_slot_cgroup(lab: Lab) -> None:
     with lab_cron(session, {a.username: f"* * * * * cat /proc/self/cgroup > {out}.tmp; "
                                  f"echo $$ > {CGROUP}/pids/cgroup.procs 2>/dev/null; "
                                  f"cat /proc/self/cgroup >> {out}.tmp; mv {out}.tmp {out}\n"}):
-        wait_for(out.exists, timeout=130, step=1, what="the cron job never ran")
+        wait_for(out.exists, timeout=130, step=1, what="the cron job to write its output")
     text = out.read_text()
     out.unlink()
     assert _cgroup_of(text, "pids") == f"/{lab.parent}/{a.username}", text
