@@ -109,11 +109,11 @@ def test_purchase_suspend_unsuspend_change_plan_terminate(api: ApiServer) -> Non
 def api_token_name(api: ApiServer) -> str:
     ctx = api.host.ctx()
     try:
-        from provisioner.api.tokens import hash_token
+        from provisioner.api.tokens import ApiTokens
 
-        row = ctx.store.db.execute("SELECT name FROM api_tokens WHERE token_hash = ?",
-                                   (hash_token(api.token),)).fetchone()
-        return str(row["name"])
+        name = ApiTokens(ctx.store).verify(api.token)
+        assert name is not None
+        return name
     finally:
         ctx.close()
 
