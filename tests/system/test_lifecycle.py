@@ -213,7 +213,8 @@ def test_suspend_that_fails_midway_is_undone(host: SlotHost) -> None:
         plan.fail_at_step = None
         assert loginstate.login_state(name) == loginstate.LoginState(expire="", locked=False)
         assert ctx.store.get_slot(name).state == "active"  # type: ignore[union-attr]
-        assert lifecycle_records.get_lifecycle(ctx.store, name) == lifecycle_records.LifecycleRecord(name, "small")
+        life = lifecycle_records.LifecycleRecords(ctx.store).get(name)
+        assert life == lifecycle_records.LifecycleRecord(name, "small")
         assert su_password(name, password)
     finally:
         plan.fail_at_step = None
@@ -260,7 +261,7 @@ def test_change_plan_applies_the_quota_and_refuses_one_below_the_data(host: Slot
         assert refused.returncode == 1
         assert "plan small" in refused.stderr and "67108864 bytes (64M)" in refused.stderr
         assert ctx.quota.usage(name, home).limit_bytes == 256 << 20  # nothing changed
-        assert lifecycle_records.get_lifecycle(ctx.store, name).plan == "large"  # type: ignore[union-attr]
+        assert lifecycle_records.LifecycleRecords(ctx.store).get(name).plan == "large"  # type: ignore[union-attr]
         # Unknown plan: bad input, exit 2, names the known ones.
         unknown = host.slotctl("slot", "change-plan", name, "gold")
         assert unknown.returncode == 2 and "large, medium, small" in unknown.stderr
@@ -304,7 +305,7 @@ def test_remove_a_suspended_slot_leaves_no_trace(host: SlotHost) -> None:
         operations.remove_slot(ctx, name)
         assert accounts.lookup_user(name) is None
         assert ctx.store.get_slot(name) is None
-        assert lifecycle_records.get_lifecycle(ctx.store, name) is None
+        assert lifecycle_records.LifecycleRecords(ctx.store).get(name) is None
         assert any(e["action"] == "slot.suspend" for e in ctx.store.audit_entries(name))  # audit stays
     finally:
         ctx.close()

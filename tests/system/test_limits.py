@@ -422,7 +422,7 @@ def test_a_plan_the_slot_already_exceeds_is_refused_and_undone_whole(lab: Lab) -
         assert _read(lab.cg("pids", b.username) / "pids.max") == before_pids
         assert int(_read(lab.cg("memory", b.username) / "memory.limit_in_bytes")) == 160 << 20
         assert LimitRecords(ctx.store).get(b.username).limits == before_limits.limits  # type: ignore[union-attr]
-        assert lifecycle_records.get_lifecycle(ctx.store, b.username).plan == "roomy"  # type: ignore[union-attr]
+        assert lifecycle_records.LifecycleRecords(ctx.store).get(b.username).plan == "roomy"  # type: ignore[union-attr]
     finally:
         holder.kill()
         holder.wait()
