@@ -32,6 +32,7 @@ import http.client
 import os
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -146,6 +147,13 @@ def split(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now (other sessions on this machine run servers too)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def cgroup_of(pid: int, controller: str) -> str:
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, ctrls, path = line.split(":", 2)
@@ -185,7 +193,7 @@ def main() -> None:
         if args.parent_shares:  # e.g. 1024: the kernel's default, the weight before slotwarden set it
             (metrics_config(ctx).cgroup_root / "cpu" / f"slotwarden-{prefix}" / "cpu.shares").write_text(
                 str(args.parent_shares))
-        port = 41000 + secrets.randbelow(900)
+        port = free_port()
         web = place(ctx, Program(app="web", user=b.record.username, cwd=b.record.home,
                                  argv=["/usr/bin/python3", "-m", "http.server", str(port), "--bind", "127.0.0.1"]))
         sup.ensure_program(web)
