@@ -50,7 +50,7 @@ from tests.system.conftest import make_slot_host, teardown_slot_host, world_trav
 from tests.system.lab import LabHost, LabNet, LabSshd, NetOnlyHost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noisy_probe import Probe, wakeup_report
+from noisy_probe import Probe, TaskWatch, wakeup_report
 
 REPO = Path(__file__).resolve().parent.parent
 PLANS = """
@@ -222,8 +222,12 @@ def main() -> None:
                         time.sleep(args.warmup if progs else 0.5)
                         res = results[phase]
                         rec = None
+                        watch = None
                         if args.perf:
                             args.perf.mkdir(parents=True, exist_ok=True)
+                            if slot is not None:  # every task A has in the phase, restarted hogs too
+                                watch = TaskWatch(metrics_config(ctx).cgroup_root / "cpu" / f"slotwarden-{prefix}" /
+                                                  slot.record.username / "tasks")
                             rec = subprocess.Popen(["perf", "sched", "record", "-a", "-o",
                                                     str(args.perf / f"r{rnd + 1}-{phase}.data")],
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -241,11 +245,7 @@ def main() -> None:
                                          if slot is None else {slot.record.username: "A", b.record.username: "B"})
                         diag[phase].append(d)
                         if rec is not None and args.perf:
-                            a_tids = set()
-                            if slot is not None:
-                                tasks = metrics_config(ctx).cgroup_root / "cpu" / f"slotwarden-{prefix}" / \
-                                    slot.record.username / "tasks"
-                                a_tids = {int(x) for x in tasks.read_text().split()}
+                            a_tids = watch.stop() if watch else set()
                             rec.send_signal(signal.SIGINT)
                             rec.wait()
                             perf_runs.append((args.perf / f"r{rnd + 1}-{phase}.data", a_tids))

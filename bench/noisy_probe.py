@@ -131,14 +131,37 @@ class Probe:
         return out
 
 
+class TaskWatch:
+    """The thread ids listed in a cgroup's ``tasks`` file, read every 20 ms until :meth:`stop`."""
+
+    def __init__(self, tasks: Path) -> None:
+        import threading
+
+        self.tasks = tasks
+        self.seen: set[int] = set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.seen |= {int(x) for x in _read(self.tasks).split()}
+            self._done.wait(0.02)
+
+    def stop(self) -> set[int]:
+        self._done.set()
+        self._thread.join()
+        return self.seen
+
+
 _EVENT = re.compile(r"^\s*(.+?)\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
 _KV = re.compile(r"(\w+)=(\S+)")
 
 
 def wakeup_report(data: Path, web_pid: int, a_tids: set[int]) -> str:
     """From a ``perf sched record`` file: how long B's threads waited for a CPU once woken, and
-    what ran on that CPU meanwhile when a wait exceeded 2 ms (A's tasks marked ``A:``, B's ``B:``;
-    a python3 or dd that is neither is most likely a hog restarted after its cgroup list was read)."""
+    what ran on that CPU meanwhile when a wait exceeded 2 ms (A's tasks marked ``A:``, B's ``B:``,
+    the rest by command name: other sessions' jobs, root daemons, kernel threads)."""
     import collections
     import subprocess
 
@@ -156,7 +179,7 @@ def wakeup_report(data: Path, web_pid: int, a_tids: set[int]) -> str:
             return "B:" + comm
         if tid in a:
             return "A:" + comm
-        return ("A?:" + comm) if comm in ("python3", "dd") else comm
+        return comm
 
     for line in out.splitlines():
         m = _EVENT.match(line)
