@@ -232,22 +232,25 @@ def main() -> None:
                                                     str(args.perf / f"r{rnd + 1}-{phase}.data")],
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                             time.sleep(1)
-                        before = probe.snap(users)
-                        for nreq, nlog in zip(split(args.requests, args.chunks), split(args.logins, args.chunks),
-                                              strict=True):
-                            got = http_latencies(port, nreq, res["wait"])
-                            res["app"] += got
-                            res["server"] += [ms - w for ms, w in zip(got, res["wait"][-nreq:], strict=True)]
-                            res["login"] += login_latencies(client, sshd, b, nlog)
-                        d = probe.report(before, probe.snap(users), {a_on.record.username: "A",
-                                                                     a_off.record.username: "A",
-                                                                     b.record.username: "B"}
-                                         if slot is None else {slot.record.username: "A", b.record.username: "B"})
-                        diag[phase].append(d)
-                        if rec is not None and args.perf:
+                        try:
+                            before = probe.snap(users)
+                            for nreq, nlog in zip(split(args.requests, args.chunks),
+                                                  split(args.logins, args.chunks), strict=True):
+                                got = http_latencies(port, nreq, res["wait"])
+                                res["app"] += got
+                                res["server"] += [ms - w for ms, w in zip(got, res["wait"][-nreq:], strict=True)]
+                                res["login"] += login_latencies(client, sshd, b, nlog)
+                            labels = {b.record.username: "B"}
+                            if slot is not None:
+                                labels[slot.record.username] = "A"
+                            d = probe.report(before, probe.snap(users), labels)
+                            diag[phase].append(d)
+                        finally:
                             a_tids = watch.stop() if watch else set()
-                            rec.send_signal(signal.SIGINT)
-                            rec.wait()
+                            if rec is not None:
+                                rec.send_signal(signal.SIGINT)
+                                rec.wait()
+                        if rec is not None and args.perf:
                             perf_runs.append((args.perf / f"r{rnd + 1}-{phase}.data", a_tids))
                         loads.append(os.getloadavg()[0])
                         for p in progs:
@@ -283,7 +286,7 @@ def main() -> None:
     print("\n| per phase, mean over rounds | idle | off | on |")
     print("|---|---|---|---|")
     keys = ["A.cores", "A.nr_throttled", "A.oom_kills", "B.cores", "psi_cpu_some_pct", "psi_mem_some_pct",
-            "supervisord.cores", "all_processes.cores"]
+            "supervisord.cores"]
     keys += sorted({k for p in PHASES for d in diag[p] for k in d if k.startswith("kthread.")})
     for k in keys:
         cells = [f"{statistics.mean(d.get(k, 0.0) for d in diag[p]):.3g}" if diag[p] else "-" for p in PHASES]

@@ -125,9 +125,6 @@ class Probe:
         if self.supervisord_pid:
             sv = self.supervisord_pid
             out["supervisord.cores"] = (b.procs.get(sv, 0.0) - a.procs.get(sv, 0.0)) / dt
-        # Every process outside the kernel that ran meanwhile (new ones count from 0).
-        others = sum(cpu - a.procs.get(pid, 0.0) for pid, cpu in b.procs.items())
-        out["all_processes.cores"] = others / dt
         return out
 
 
