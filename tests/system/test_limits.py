@@ -157,6 +157,13 @@ def test_create_applies_the_plan_limits_to_the_kernel(lab: Lab) -> None:
     assert any(i["item"] == "resource limits" and i["value"]["memory_max"] == 96 << 20 for i in report["items"])
 
 
+def test_the_slots_parent_weighs_one_root_process_per_cpu(lab: Lab) -> None:
+    """A process in the v1 root cgroup weighs 1024 by itself: with the kernel's default 1024 on
+    the slots' parent, every tenant together got the CPU of *one* root process (a backup, dpkg),
+    and B's app waited behind the host's root jobs whenever A was busy too (bench/noisy_neighbour.py)."""
+    assert _read(CGROUP / "cpu" / lab.parent / "cpu.shares") == str(1024 * (os.cpu_count() or 1))
+
+
 def test_a_login_lands_in_its_slot_cgroup_and_cannot_leave(lab: Lab) -> None:
     a = lab.a.record.username
     r = lab.ssh(lab.a, "cat /proc/self/cgroup")
@@ -355,12 +362,15 @@ def test_after_a_reboot_host_init_restores_cgroups_limits_and_apps(lab: Lab) -> 
             if d.is_dir():
                 d.rmdir()
         assert any("cgroup is gone" in d.problem for d in find_drift(ctx) if d.subject == a.username)
+        parent_shares = CGROUP / "cpu" / lab.parent / "cpu.shares"
+        parent_shares.write_text("1024")  # the kernel's default, as a parent made before the weight was set
         base = lab.host.base
         req = parse_host_request(ctx, str(base / "slots"), "btrfs", str(base / "slots.img"), "1G", True, False)
         plan = host_init(ctx, req)
         names = [s.name for s in plan.steps]
         assert names.index("slot-limits") < names.index("supervisor"), names
         assert _read(lab.cg("pids", a.username) / "pids.max") == "24"
+        assert _read(parent_shares) == str(1024 * (os.cpu_count() or 1))
         st = sup.wait_running(prog.name)
         assert st.pid is not None
         cg = Path(f"/proc/{st.pid}/cgroup").read_text()
