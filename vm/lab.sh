@@ -186,11 +186,20 @@ inner() {
     timeout -k 20 300 vagrant box add --name "$SLOTWARDEN_BOX" "$box" 2>&1 | quiet >&2
   fi
 
+  # The fleet store's password (the client's PostgreSQL, the server's [store] and [guard]
+  # store): a root-only file here, read by the playbooks (no_log), gone with $work.
+  export SLOTWARDEN_STORE_PASSWORD_FILE=$work/fleet-store.password
+  (umask 077; head -c 24 /dev/urandom | base64 | tr '+/' '-_' > "$SLOTWARDEN_STORE_PASSWORD_FILE")
+
   local t0=$SECONDS
   log "vagrant up (server, client)"
   timeout -k 20 900 vagrant up --provider=libvirt --no-provision 2>&1 | quiet >&2 \
     || die "vagrant up failed (serial logs: $work/logs)"
   log "vagrant up: $((SECONDS - t0)) s"
+  t0=$SECONDS
+  log "provisioning client (playbooks/postgres.yml: the fleet's PostgreSQL)"
+  timeout -k 20 600 vagrant provision client 2>&1 | quiet >&2 || die "provisioning client failed"
+  log "provision client: $((SECONDS - t0)) s"
   t0=$SECONDS
   log "provisioning server (vm/slot-disk.sh, playbooks/site.yml, playbooks/slot.yml)"
   timeout -k 20 1500 vagrant provision server 2>&1 | quiet >&2 || die "provisioning failed"
@@ -202,7 +211,7 @@ inner() {
   local rc=0
   timeout -k 20 900 "$top/.venv/bin/python" -m pytest -p no:cacheprovider "$top/tests/infra" \
     --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo --guard=yes --confine=yes \
-    --client-host=ssh://client --server-address=198.51.100.10 \
+    --client-host=ssh://client --server-address=198.51.100.10 --shared-store=ssh://client \
     --slots="$SLOTWARDEN_SLOTS" --quota-mib="$SLOTWARDEN_SLOT_QUOTA_MIB" -ra "$@" || rc=$?
   log "isolation suite: $((SECONDS - t0)) s (rc=$rc)"
 
