@@ -16,7 +16,8 @@ SSH_OPTS = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogL
 
 
 def explain(host: Any, user: str, ip: str) -> dict[str, Any]:
-    return json.loads(host.check_output(f"slotctl guard explain --user {user} --ip {ip} --json"))
+    out: dict[str, Any] = json.loads(host.check_output(f"slotctl guard explain --user {user} --ip {ip} --json"))
+    return out
 
 
 def hash_password(password: str) -> str:

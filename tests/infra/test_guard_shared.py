@@ -19,6 +19,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -84,13 +85,29 @@ def store_up(host: Any, pg: Any) -> Iterator[None]:
     wait_for(lambda: store_state(host)["reachable"], 60, "the guard did not reconnect to the shared store")
 
 
-def test_wrong_passwords_from_the_client_lock_it_in_the_shared_store(
-        host: Any, client: Any, pg: Any, target: tuple[Slot, str, str], store_up: None,
-        request: pytest.FixtureRequest) -> None:
-    slot, _password, _key = target
+@dataclass(frozen=True)
+class Attack:
+    """The slot under attack from the client: its password, the server's and the client's address."""
+
+    slot: Slot
+    password: str
+    server: str
+    ip: str
+    limit: int  # pair_deny: wrong passwords before the pair locks
+
+
+@pytest.fixture
+def attack(host: Any, client: Any, target: tuple[Slot, str, str], store_up: None,
+           request: pytest.FixtureRequest) -> Attack:
+    slot, password, _key = target
     server = request.config.getoption("server_address")
     ip = client_address(client, server)
-    limit = explain(host, slot.name, ip)["counts"]["pair"]["limit"]
+    return Attack(slot, password, server, ip, explain(host, slot.name, ip)["counts"]["pair"]["limit"])
+
+
+def test_wrong_passwords_from_the_client_lock_it_in_the_shared_store(
+        host: Any, client: Any, pg: Any, attack: Attack, request: pytest.FixtureRequest) -> None:
+    slot, server, ip, limit = attack.slot, attack.server, attack.ip, attack.limit
     assert active_pair_locks(pg, request, slot.name, ip) == 0
 
     client.run(wrong_passwords(slot.name, server, limit + 1))
@@ -117,12 +134,8 @@ def _put_secret(request: pytest.FixtureRequest, spec: str, path: str, secret: st
 
 
 def test_with_the_store_down_the_guard_decides_alone_and_reconciles(
-        host: Any, client: Any, pg: Any, target: tuple[Slot, str, str], store_up: None,
-        request: pytest.FixtureRequest) -> None:
-    slot, password, _key = target
-    server = request.config.getoption("server_address")
-    ip = client_address(client, server)
-    limit = explain(host, slot.name, ip)["counts"]["pair"]["limit"]
+        host: Any, client: Any, pg: Any, attack: Attack, request: pytest.FixtureRequest) -> None:
+    slot, password, server, ip, limit = attack.slot, attack.password, attack.server, attack.ip, attack.limit
     pwfile = f"/root/swv-pw-{secrets.token_hex(4)}"
     _put_secret(request, request.config.getoption("client_host"), pwfile, password)
     right = (f"sshpass -f {pwfile} ssh {SSH_OPTS} -o PubkeyAuthentication=no -o NumberOfPasswordPrompts=1 "
