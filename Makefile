@@ -102,11 +102,15 @@ deb-deps:
 deb: deb-deps
 	@test "$(DEB_VERSION)" = "$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)" || \
 	  { echo "debian/changelog ($(DEB_VERSION)) and pyproject.toml disagree on the version" >&2; exit 2; }
-	rm -rf build/deb && mkdir -p build/deb/src
-	git ls-files -z -co --exclude-standard | xargs -0 cp --parents -t build/deb/src
-	cd build/deb/src && dpkg-buildpackage -b -us -uc --no-sign -rfakeroot >../build.log 2>&1 || \
-	  { tail -40 ../build.log; exit 1; }
-	rm -rf build/deb/src
+	@# Built in a directory of its own and moved into place: two builds at once (make test and
+	@# the VM lab, which .ci/run runs side by side) never see each other's half-made files, and a
+	@# reader of build/deb/ finds the old package or the new one, whole.
+	@mkdir -p build/deb && work=$$(mktemp -d build/deb/work.XXXXXX) && mkdir $$work/src && \
+	  git ls-files -z -co --exclude-standard | xargs -0 cp --parents -t $$work/src && \
+	  if (cd $$work/src && dpkg-buildpackage -b -us -uc --no-sign -rfakeroot >../build.log 2>&1); then \
+	    mv -f $$work/build.log build/deb/build.log && mv -f $$work/slotwarden_*.deb build/deb/ && rm -rf $$work && \
+	    find build/deb -maxdepth 1 -name 'slotwarden_*' ! -name '$(notdir $(DEB_FILE))' -delete; \
+	  else tail -40 $$work/build.log; rm -rf $$work; exit 1; fi
 	@echo "built $(DEB_FILE)"
 
 # lintian: clean but for the tags debian/slotwarden.lintian-overrides explains.

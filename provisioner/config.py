@@ -294,7 +294,8 @@ class ResourceLimits:
     io_read_bps: OptSize = Field(default=None, description="read bandwidth per second on the device holding the home")
     io_write_bps: OptSize = Field(default=None, description="write bandwidth per second on the device holding the home")
     tmp_size: OptSize = Field(default=None,
-        description="a private /tmp of this size (refused where it cannot be enforced)")
+        description="the slot's /tmp and /var/tmp: a tmpfs of this size, counted in its memory "
+                    "(cgroup-v1 backend; refused under systemd)")
 
     @model_validator(mode="after")
     def _high_below_max(self) -> ResourceLimits:

@@ -4,6 +4,7 @@
  *
  *   session required pam_slotwarden_session.so [cgroup_root=/sys/fs/cgroup] [parent=slotwarden]
  *                                               [uids=65536-99999] [private_tmp=yes|no]
+ *                                               [tmpfs_root=/var/lib/slotwarden/slot-tmp]
  *
  * Both act on the process that opens the session, before anything of the tenant's runs: sshd's
  * privileged monitor (whose unprivileged child and the tenant's shell are forked after), su's
@@ -33,7 +34,9 @@
  * home (HOME/.slot-tmp/tmp and var-tmp, root's, 1777), under the slot's quota and invisible to
  * every other slot. A slot whose private /tmp cannot be set up is refused (PAM_SESSION_ERR); a
  * slot without a home directory of its own, or whose home lies under /tmp or /var/tmp (test
- * hosts: the mount would hide it), gets none.
+ * hosts: the mount would hide it), gets none. A slot sold a /tmp size gets the instances from its
+ * tmpfs under tmpfs_root= (<state_dir>/slot-tmp; see slot_tmp.h) instead; when the provisioner's
+ * directory for it is there but its tmpfs is not mounted, the session is refused.
  *
  * PAM_USER is data: it must have a slot name's shape ([a-z][a-z0-9_-]{0,31}) before it becomes
  * part of a path, and it is never logged as given.
@@ -64,6 +67,7 @@ static const char *const CONTROLLERS[] = {"memory", "cpu", "cpuacct", "pids", "b
 struct options {
     const char *root;
     const char *parent;
+    const char *tmpfs_root;
     unsigned long uid_min, uid_max;
     int private_tmp;
 };
@@ -116,6 +120,7 @@ static int parse_options(pam_handle_t *pamh, int argc, const char **argv, struct
     o->uid_min = 65536;
     o->uid_max = 99999;
     o->private_tmp = 1;
+    o->tmpfs_root = SLOT_TMPFS_ROOT;
     for (int i = 0; i < argc; i++) {
         if (strncmp(argv[i], "cgroup_root=", 12) == 0)
             o->root = argv[i] + 12;
@@ -126,14 +131,16 @@ static int parse_options(pam_handle_t *pamh, int argc, const char **argv, struct
                 pam_syslog(pamh, LOG_ERR, "uids= must be MIN-MAX with 1000 <= MIN < MAX");
                 return -1;
             }
+        } else if (strncmp(argv[i], "tmpfs_root=", 11) == 0) {
+            o->tmpfs_root = argv[i] + 11;
         } else if (strcmp(argv[i], "private_tmp=yes") == 0 || strcmp(argv[i], "private_tmp=no") == 0) {
             o->private_tmp = argv[i][12] == 'y';
         } else {
             pam_syslog(pamh, LOG_ERR, "unknown option (ignored)");
         }
     }
-    if (!path_arg_ok(o->root, 1) || !path_arg_ok(o->parent, 0)) {
-        pam_syslog(pamh, LOG_ERR, "cgroup_root must be absolute and parent relative, without '..'");
+    if (!path_arg_ok(o->root, 1) || !path_arg_ok(o->parent, 0) || !path_arg_ok(o->tmpfs_root, 1)) {
+        pam_syslog(pamh, LOG_ERR, "cgroup_root and tmpfs_root must be absolute and parent relative, without '..'");
         return -1;
     }
     return 0;
@@ -249,7 +256,7 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
                    user);
     } else if (o.private_tmp) {
         const char *what = "look the slot up";
-        if (slot_tmp_enter(home, uid, &what) != 0) {
+        if (slot_tmp_enter(home, uid, o.tmpfs_root, &what) != 0) {
             pam_syslog(pamh, LOG_ERR, "slot %s: no private /tmp (cannot %s: %s); session refused", user, what,
                        strerror(errno));
             return PAM_SESSION_ERR;

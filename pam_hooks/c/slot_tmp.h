@@ -17,6 +17,16 @@
  * their descriptors (/proc/self/fd/N), never by path, nosuid and nodev, in a new mount namespace
  * of the calling process whose root is a slave of the host's (mounts made later on the host still
  * reach the session; the session's never leave it).
+ *
+ * A slot sold a /tmp size (a plan's tmp_size) gets the instances from a tmpfs of that size
+ * instead: TMPFS_ROOT/UID (the provisioner's <state_dir>/slot-tmp/UID; TMPFS_ROOT and its parents
+ * root's and not writable by tenants), mounted by root with size=, mode 0711, root-owned, holding
+ * the same two root-owned 1777 instances. The directory TMPFS_ROOT/UID is made on disk by the
+ * provisioner and kept while the slot has a tmp_size: it says that the slot must get its tmpfs.
+ * When the directory is there but no tmpfs is mounted on it (after a reboot, before `slotctl host
+ * init` has remounted it) the setup fails and the caller refuses the session (fail closed: a
+ * session that fell back to the home would run on another /tmp than the slot's apps, without the
+ * size the plan sells, for as long as it lasts). A slot without the directory keeps the home's.
  */
 #ifndef SLOT_TMP_H
 #define SLOT_TMP_H
@@ -28,11 +38,16 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/magic.h>
+
 #define SLOT_TMP_DIR ".slot-tmp"
+/* <state_dir>/slot-tmp of the default state_dir: where the provisioner mounts the slots' tmpfs. */
+#define SLOT_TMPFS_ROOT "/var/lib/slotwarden/slot-tmp"
 
 static const char *const SLOT_TMP_NAMES[] = {"tmp", "var-tmp"};
 static const char *const SLOT_TMP_TARGETS[] = {"/tmp", "/var/tmp"};
@@ -107,11 +122,51 @@ static int slot_tmp_applies(const char *home, uid_t uid) {
 }
 
 /*
- * Give the calling process a private /tmp and /var/tmp from HOME (which must be a directory
- * owned by UID). Returns 0, or -1 with errno set and WHAT naming the step that failed (the
- * caller is then in a mount namespace of its own without them: it must not go on).
+ * The slot's tmpfs TMPFS_ROOT/UID opened in *TOP (-1: the slot has none, use the home), or -1
+ * with errno set and WHAT naming the step: the directory is there but holds no tmpfs of root's.
  */
-static int slot_tmp_enter(const char *home, uid_t uid, const char **what) {
+static int slot_tmp_tmpfs(const char *tmpfs_root, uid_t uid, int *top, const char **what) {
+    char name[24];
+    struct stat st, parent;
+    struct statfs fs;
+    *top = -1;
+    if (tmpfs_root == NULL)
+        return 0;
+    *what = "open the tmpfs root";
+    int root_fd = open(tmpfs_root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (root_fd < 0)
+        return errno == ENOENT ? 0 : -1; /* no slot of this host was ever sold a /tmp size */
+    snprintf(name, sizeof name, "%lu", (unsigned long)uid);
+    int fd = openat(root_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int saved = errno;
+    *what = "find the slot's /tmp tmpfs mounted";
+    if (fd < 0) {
+        close(root_fd);
+        errno = saved;
+        return saved == ENOENT ? 0 : -1;
+    }
+    /* TMPFS_ROOT must be root's and writable by root only, or the name under it could be anyone's. */
+    int ok = fstat(root_fd, &parent) == 0 && parent.st_uid == 0 && (parent.st_mode & 022) == 0 &&
+             fstat(fd, &st) == 0 && fstatfs(fd, &fs) == 0 &&
+             fs.f_type == TMPFS_MAGIC && st.st_dev != parent.st_dev && st.st_uid == 0 && st.st_gid == 0 &&
+             (st.st_mode & 07777) == 0711;
+    close(root_fd);
+    if (!ok) {
+        close(fd);
+        errno = ENOENT; /* expected, not there (or not root's 0711 tmpfs): refuse */
+        return -1;
+    }
+    *top = fd;
+    return 0;
+}
+
+/*
+ * Give the calling process a private /tmp and /var/tmp from HOME (which must be a directory
+ * owned by UID), or from the slot's tmpfs under TMPFS_ROOT (may be NULL: none) when it has one.
+ * Returns 0, or -1 with errno set and WHAT naming the step that failed (the caller is then in a
+ * mount namespace of its own without them: it must not go on).
+ */
+static int slot_tmp_enter(const char *home, uid_t uid, const char *tmpfs_root, const char **what) {
     int fds[SLOT_TMP_N] = {-1, -1};
     int home_fd = -1, top = -1, rc = -1;
     struct stat st;
@@ -122,18 +177,26 @@ static int slot_tmp_enter(const char *home, uid_t uid, const char **what) {
     *what = "make a mount namespace";
     if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0)
         goto out;
-    *what = "open the home";
-    home_fd = open(home, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (home_fd < 0 || fstat(home_fd, &st) != 0)
+    if (slot_tmp_tmpfs(tmpfs_root, uid, &top, what) != 0)
         goto out;
-    if (st.st_uid != uid) {
-        errno = EPERM;
-        goto out;
+    if (top >= 0) {
+        *what = "check the slot's tmpfs";
+        if (fstat(top, &st) != 0)
+            goto out;
+    } else {
+        *what = "open the home";
+        home_fd = open(home, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (home_fd < 0 || fstat(home_fd, &st) != 0)
+            goto out;
+        if (st.st_uid != uid) {
+            errno = EPERM;
+            goto out;
+        }
+        *what = "make " SLOT_TMP_DIR " in the home";
+        top = slot_tmp_root_dir(home_fd, SLOT_TMP_DIR, 0711, st.st_dev, 1);
+        if (top < 0)
+            goto out;
     }
-    *what = "make " SLOT_TMP_DIR " in the home";
-    top = slot_tmp_root_dir(home_fd, SLOT_TMP_DIR, 0711, st.st_dev, 1);
-    if (top < 0)
-        goto out;
     *what = "make the tmp instances";
     for (int i = 0; i < SLOT_TMP_N; i++)
         if ((fds[i] = slot_tmp_root_dir(top, SLOT_TMP_NAMES[i], 01777, st.st_dev, 0)) < 0)

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from provisioner.config import ResourceLimits
-from provisioner.limits.enforcement import TMP_SIZE_REFUSED, LimitsError, Placement, SlotTarget, io_scheduler
+from provisioner.limits.enforcement import LimitsError, Placement, SlotTarget, io_scheduler
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio")
 PERIOD_US = 100_000
@@ -109,8 +109,8 @@ class CgroupV1Limits:
         for key in limits.set_keys():
             ctrl = need.get(key)
             if key == "tmp_size":
-                out.append(TMP_SIZE_REFUSED)
-            elif ctrl not in have:
+                continue  # a tmpfs of the slot's, not a cgroup (provisioner.limits.tmpfs)
+            if ctrl not in have:
                 out.append(f"{key}: the {ctrl} cgroup controller is not mounted under {self.root}")
             elif key == "swap_max" and not (self.root / "memory" / "memory.memsw.limit_in_bytes").exists():
                 out.append("swap_max: the memory controller has no swap accounting (boot with swapaccount=1)")

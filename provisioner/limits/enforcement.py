@@ -20,9 +20,10 @@ from typing import Protocol
 from provisioner.config import ResourceLimits
 from provisioner.errors import SlotError
 
-# Why a plan's tmp_size is refused on every backend: the private /tmp is part of the home.
-TMP_SIZE_REFUSED = ("tmp_size: a slot's private /tmp and /var/tmp live in its home and share its disk quota; "
-                    "no separate size is enforced (sell a larger quota instead)")
+# Why a plan's tmp_size is refused under systemd: app units get systemd's PrivateTmp= on the
+# host's /tmp, not the slot's tmpfs (provisioner.limits.tmpfs), so the size would not hold for them.
+TMP_SIZE_REFUSED = ("tmp_size: app units under systemd run with PrivateTmp= on the host's /tmp, not in the "
+                    "slot's tmpfs; a /tmp size is enforced only with the cgroup-v1 backend (supervisord)")
 
 
 class LimitsError(SlotError):
@@ -135,7 +136,7 @@ def beyond_host(limits: ResourceLimits, cores: int, mem: int) -> list[str]:
     out = []
     if limits.cpu_cores is not None and limits.cpu_cores > cores:
         out.append(f"cpu_cores {limits.cpu_cores:g} exceeds this host's {cores} cores")
-    for key in ("memory_max", "memory_high"):
+    for key in ("memory_max", "memory_high", "tmp_size"):
         value = getattr(limits, key)
         if value is not None and value > mem:
             out.append(f"{key} {value} exceeds this host's {mem} bytes of RAM")

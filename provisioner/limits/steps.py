@@ -30,6 +30,7 @@ from provisioner.limits.enforcement import (
     host_capacity,
     kernel_units_differ,
 )
+from provisioner.limits.tmpfs import SlotTmpfs, TmpUse, inode_cap, page_rounded, shrink_refusal
 from provisioner.steps import Step
 from provisioner.store import SlotRecord, Store
 
@@ -154,6 +155,29 @@ def load_limits_backend(ctx: Context) -> LimitsBackend:
     return backend
 
 
+def slot_tmpfs(ctx: Context) -> SlotTmpfs:
+    """The slots' tmpfs of this host, under ``<state_dir>/slot-tmp`` (the session module's ``tmpfs_root=``)."""
+    return SlotTmpfs(ctx.config.state_dir / "slot-tmp")
+
+
+def _expected(backend: LimitsBackend, limits: ResourceLimits, target: SlotTarget) -> dict[str, str]:
+    """The kernel settings LIMITS mean: the backend's, and the /tmp tmpfs size (page-rounded)."""
+    want = backend.expected(limits, target)
+    if limits.tmp_size is not None:
+        want["tmpfs/size"] = str(page_rounded(limits.tmp_size))
+        want["tmpfs/inodes"] = str(inode_cap(limits.tmp_size))
+    return want
+
+
+def _read(backend: LimitsBackend, tmp: SlotTmpfs, target: SlotTarget) -> dict[str, str] | None:
+    """The kernel settings now, keyed as :func:`_expected`; None when the cgroup is gone."""
+    have = backend.read(target)
+    use = tmp.use(target.uid) if have is not None and target.uid > 0 else None
+    if have is not None and use is not None:
+        have = {**have, "tmpfs/size": str(use.size), "tmpfs/inodes": str(use.inodes)}
+    return have
+
+
 def target_of(ctx: Context, username: str, home: Path | None = None,
               acct: accounts.Account | None = None) -> SlotTarget:
     """The slot as a backend sees it (ids 0 while the user does not exist yet)."""
@@ -185,16 +209,21 @@ def creation_steps(ctx: Context, req: SlotRequest) -> list[Step]:
     if backend.name == "none":
         return []
     records = LimitRecords(ctx.store)
+    tmp = slot_tmpfs(ctx)
 
     def do() -> None:
         target = target_of(ctx, name)
         if target.uid == 0:
             raise LimitsError(f"user {name} vanished during create")
         backend.apply(limits, target)
+        tmp.apply(limits.tmp_size, target.uid, name)
         records.put(name, limits, backend.name)
 
     def undo() -> None:
-        backend.clear(target_of(ctx, name))
+        target = target_of(ctx, name)
+        if target.uid > 0:
+            tmp.clear(target.uid)
+        backend.clear(target)
         records.delete(name)
 
     what = ", ".join(f"{k}={v}" for k, v in limits.as_dict().items() if v is not None) or "no limits"
@@ -210,7 +239,12 @@ def removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
     if acct is None and records.get(name) is None:
         return []
 
+    tmp = slot_tmpfs(ctx)
+
     def do() -> None:
+        uid = acct.uid if acct is not None else rec.uid
+        if uid:
+            tmp.clear(uid)  # its processes are stopped: nothing holds the tmpfs
         if acct is not None:
             backend.clear(target_of(ctx, name, Path(rec.home), acct))
         records.delete(name)
@@ -225,17 +259,27 @@ def change_plan_steps(ctx: Context, username: str, new: PlanConfig) -> list[Step
     previous = records.get(username)
     target = target_of(ctx, username)
     check_enforceable(backend, new.limits, target, new.name)
-    if backend.name == "none" or (previous is not None and previous.limits == new.limits
-                                  and backend.read(target) is not None):
+    tmp = slot_tmpfs(ctx)
+    if backend.name == "none":
+        return []
+    have = _read(backend, tmp, target)
+    if previous is not None and previous.limits == new.limits and have is not None \
+            and not kernel_units_differ(_expected(backend, new.limits, target), have):
         return []
     old = previous.limits if previous else ResourceLimits()
+    use = tmp.use(target.uid) if target.uid > 0 else None
+    refusal = shrink_refusal(username, use, new.limits.tmp_size) if use and new.limits.tmp_size else None
+    if refusal:
+        raise LimitsError(f"plan {new.name}: {refusal}")
 
     def do() -> None:
         backend.apply(new.limits, target)
+        tmp.apply(new.limits.tmp_size, target.uid, username)
         records.put(username, new.limits, backend.name)
 
     def undo() -> None:
         backend.apply(old, target)
+        tmp.apply(old.tmp_size, target.uid, username)
         records.restore(username, previous)
 
     return [Step("limits", f"apply the limits of plan {new.name} to {username} ({backend.name})", do, undo)]
@@ -245,7 +289,8 @@ def host_steps(ctx: Context, _req: object) -> list[Step]:
     """``host init`` (and so every boot): remake the cgroup of each slot whose limits the kernel lost.
 
     cgroup v1 directories live in memory: after a reboot every slot's cgroup is gone until this
-    runs. It runs before the supervisor step, so apps restarted at boot join their slot's cgroup.
+    runs, and so is each slot's /tmp tmpfs (its logins and apps are refused until it is back). It
+    runs before the supervisor step, so apps restarted at boot join their slot's cgroup and tmpfs.
     """
     if "slots_root" not in ctx.store.host_settings():
         return []
@@ -253,6 +298,7 @@ def host_steps(ctx: Context, _req: object) -> list[Step]:
     if backend.name == "none":
         return []
     records = LimitRecords(ctx.store)
+    tmp = slot_tmpfs(ctx)
     todo: list[tuple[SlotTarget, ResourceLimits]] = []
     for rec in ctx.store.list_slots():
         applied = records.get(rec.username)
@@ -263,8 +309,8 @@ def host_steps(ctx: Context, _req: object) -> list[Step]:
         # apps always have one to join.
         limits = applied.limits if applied else ResourceLimits()
         target = target_of(ctx, rec.username, Path(rec.home), acct)
-        have = backend.read(target)
-        if applied is None or have is None or kernel_units_differ(backend.expected(limits, target), have):
+        have = _read(backend, tmp, target)
+        if applied is None or have is None or kernel_units_differ(_expected(backend, limits, target), have):
             todo.append((target, limits))
     if not todo:
         return []
@@ -272,6 +318,7 @@ def host_steps(ctx: Context, _req: object) -> list[Step]:
     def restore() -> None:
         for target, limits in todo:
             backend.apply(limits, target)
+            tmp.apply(limits.tmp_size, target.uid, target.username)  # a tmpfs does not survive a reboot either
             records.put(target.username, limits, backend.name)
 
     names = ", ".join(t.username for t, _ in todo[:5]) + (" ..." if len(todo) > 5 else "")
@@ -290,15 +337,30 @@ def limits_of(ctx: Context, username: str) -> dict[str, Any] | None:
     return {**applied.limits.as_dict(), "backend": applied.backend}
 
 
+def tmp_use(ctx: Context, username: str, uid: int | None, mountinfo: str | None = None) -> TmpUse | None:
+    """Size and use of the slot's /tmp tmpfs (None: it has none mounted; MOUNTINFO: see tmpfs_use)."""
+    if uid is None or uid <= 0:
+        return None
+    return slot_tmpfs(ctx).use(uid, mountinfo)
+
+
 def slot_fields(ctx: Context, rec: SlotRecord) -> dict[str, Any]:
-    """``slot show``: the limits the slot is held to (None: no limits recorded)."""
-    return {"limits": limits_of(ctx, rec.username)}
+    """``slot show``: the limits the slot is held to (None: no limits recorded), its /tmp use against its size."""
+    limits = limits_of(ctx, rec.username)
+    out: dict[str, Any] = {"limits": limits}
+    if limits is not None and limits.get("tmp_size") is not None:
+        acct = accounts.lookup_user(rec.username)
+        use = tmp_use(ctx, rec.username, acct.uid if acct else None)
+        out["tmp"] = ({"used_bytes": use.used, "size_bytes": use.size} if use is not None
+                      else {"used_bytes": None, "size_bytes": None, "problem": "its tmpfs is not mounted"})
+    return out
 
 
 def drift(ctx: Context, records: list[SlotRecord]) -> list[tuple[str, str]]:
     """(slot, problem) for each slot whose kernel limits differ from the store's, or whose cgroup is gone."""
     backend = load_limits_backend(ctx)
     store = LimitRecords(ctx.store)
+    tmp = slot_tmpfs(ctx)
     out = []
     for rec in records:
         if rec.state not in ("active", "suspended"):
@@ -314,12 +376,19 @@ def drift(ctx: Context, records: list[SlotRecord]) -> list[tuple[str, str]]:
                                       f"{backend.name}; run 'slotctl slot change-plan' again"))
             continue
         target = target_of(ctx, rec.username, Path(rec.home), acct)
-        have = backend.read(target)
+        have = _read(backend, tmp, target)
         if have is None:
             out.append((rec.username, f"its cgroup is gone ({backend.name}): limits are not enforced"))
             continue
-        for problem in kernel_units_differ(backend.expected(applied.limits, target), have):
-            out.append((rec.username, f"limit drift: {problem}"))
+        if applied.limits.tmp_size is not None and "tmpfs/size" not in have:
+            out.append((rec.username, f"its /tmp tmpfs is not mounted on {tmp.path(acct.uid)}: its logins and "
+                                      "apps are refused until 'slotctl host init' remounts it"))
+        elif applied.limits.tmp_size is None and tmp.expected(acct.uid):
+            out.append((rec.username, f"{tmp.path(acct.uid)} is left from a /tmp size its plan no longer "
+                                      "sells; run 'slotctl slot change-plan' again"))
+        for problem in kernel_units_differ(_expected(backend, applied.limits, target), have):
+            if not problem.startswith(("tmpfs/size: kernel has nothing", "tmpfs/inodes: kernel has nothing")):
+                out.append((rec.username, f"limit drift: {problem}"))
     return out
 
 
@@ -330,10 +399,19 @@ def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Any]
     applied = LimitRecords(ctx.store).get(username) if rec is not None else None
     if applied is None:
         return []
-    return [Item("resource limits", {k: v for k, v in applied.limits.as_dict().items() if v is not None},
-                 "what the plan sold (CPU, memory, swap, processes, I/O), enforced by the kernel",
-                 f"store {ctx.config.db_path} (slot_limits), clear; the kernel ({applied.backend})",
-                 "while the slot exists")]
+    items = [Item("resource limits", {k: v for k, v in applied.limits.as_dict().items() if v is not None},
+                  "what the plan sold (CPU, memory, swap, processes, I/O, /tmp size), enforced by the kernel",
+                  f"store {ctx.config.db_path} (slot_limits), clear; the kernel ({applied.backend})",
+                  "while the slot exists")]
+    if applied.limits.tmp_size is not None:
+        acct = accounts.lookup_user(username)
+        use = tmp_use(ctx, username, acct.uid if acct else None)
+        items.append(Item("files in /tmp and /var/tmp",
+                          {"used_bytes": use.used if use else None, "size_bytes": use.size if use else None},
+                          "the slot's own temporary files (the tenant's data, not read by us)",
+                          f"a tmpfs (memory, swap) at {slot_tmpfs(ctx).root}/UID, charged to the slot's memory",
+                          "until the tenant deletes them, the slot is removed or the host reboots"))
+    return items
 
 
 def place(ctx: Context, program: Program) -> Program:
@@ -353,7 +431,8 @@ def place(ctx: Context, program: Program) -> Program:
         backend.apply(limits, target)
         records.put(program.user, limits, backend.name)
     where = backend.placement(target)
-    return replace(program, cgroups=where.cgroups, slice=where.slice)
+    # The wrapper binds the slot's tmpfs over /tmp when it has one (it checks at each start).
+    return replace(program, cgroups=where.cgroups, slice=where.slice, tmpfs_root=str(slot_tmpfs(ctx).root))
 
 
 # First in the list: the slot's cgroup and limits exist before any app of it starts, and

@@ -267,6 +267,7 @@ def collect(
     # One slot asked by name: commit pending writes so the figure is current; a scrape skips it.
     disk_usage = disk_usage_all(ctx, records, fresh=usernames is not None)
     space_cache: dict[int, tuple[int, int]] = {}
+    mounts: list[str] = []  # /proc/self/mountinfo, read once for every slot with a /tmp size
     gids: dict[str, int] | None = None
     out = []
     for rec in records:
@@ -318,6 +319,8 @@ def collect(
         m.limits = _limits_of(ctx, rec.username)
         if m.limits is not None:
             m.sources["limits"] = f"store (slot_limits), enforced by {m.limits.get('backend')}"
+            if m.limits.get("tmp_size") is not None:
+                _tmp_of(ctx, m, mounts)
         if refresh_facts and os.geteuid() == 0 and uid is not None:
             if gids is None:
                 gids = {pw.pw_name: pw.pw_gid for pw in pwd.getpwall()}  # one pass, not one lookup a slot
@@ -333,6 +336,21 @@ def _limits_of(ctx: Context, username: str) -> dict[str, Any] | None:
     except ModuleNotFoundError:
         return None
     return limits_of(ctx, username)
+
+
+def _tmp_of(ctx: Context, m: SlotMetrics, mounts: list[str]) -> None:
+    """The slot's /tmp tmpfs use against its size (root reads its mount under ``<state_dir>``).
+
+    MOUNTS holds /proc/self/mountinfo once read (filled on the first call of a collection).
+    """
+    from provisioner.limits.steps import tmp_use
+
+    if not mounts:
+        mounts.append(Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace"))
+    use = tmp_use(ctx, m.slot, m.uid, mounts[0])
+    if use is not None:
+        m.tmp_size_bytes, m.tmp_used_bytes = use.size, use.used
+        m.sources["tmp"] = "statvfs of the slot's tmpfs"
 
 
 def _counters(backend: AccountingBackend, records: list[SlotRecord],

@@ -87,6 +87,8 @@ class SlotMetrics:
     pressure: dict[str, float] | None = None
     # What the slot may use (its plan's limits as applied), to read the figures against.
     limits: dict[str, Any] | None = None
+    tmp_used_bytes: int | None = None  # in the slot's /tmp tmpfs (a plan's tmp_size), against its size
+    tmp_size_bytes: int | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -347,6 +349,53 @@ def tree_usage(top: str) -> int:
     return total
 
 
+def _unescape_mount(field: str) -> str:
+    # /proc/self/mountinfo writes space, tab, newline and backslash as \\ooo (octal).
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_fstype(path: str, mountinfo: str) -> str | None:
+    """The filesystem type of the mount on PATH in MOUNTINFO (/proc/self/mountinfo), None if none.
+
+    >>> mount_fstype("/x/1", "36 25 0:31 / /x/1 rw,nosuid - tmpfs slot-tmp rw,size=8192k\\n")
+    'tmpfs'
+    >>> mount_fstype("/x/1", "36 25 0:31 / /x/10 rw - tmpfs tmpfs rw\\n") is None
+    True
+    """
+    found = None
+    # Split on the kernel's own separators only: a path may hold any other byte (U+0085 too,
+    # which str.split() and splitlines() would take for white space).
+    for line in mountinfo.split("\n"):
+        left, sep, right = line.partition(" - ")
+        parts = left.split(" ")
+        if sep and len(parts) >= 5 and _unescape_mount(parts[4]) == path:
+            found = right.split(" ")[0] or None  # the last mount on PATH is the one seen
+    return found
+
+
+def tmpfs_use(path: str, mountinfo: str | None = None) -> tuple[int, int] | None:
+    """(size, used) bytes of the tmpfs mounted on PATH in this mount namespace, None if the top
+    mount there is not a tmpfs (a slot's /tmp of a plan's ``tmp_size``). MOUNTINFO: a copy of
+    /proc/self/mountinfo already read (one read for many slots), else it is read now."""
+    if mountinfo is None:
+        mountinfo = _read("/proc/self/mountinfo") or ""
+    if mount_fstype(path, mountinfo) != "tmpfs":
+        return None
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_blocks * st.f_frsize, (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
 def disk_space(path: str) -> tuple[int, int]:
     """(total, free for unprivileged users) bytes of the filesystem holding PATH."""
     st = os.statvfs(path)
@@ -407,6 +456,12 @@ def my_metrics(facts_dir: str = FACTS_DIR, sample: float = 0.5) -> SlotMetrics:
     if isinstance(limits, dict):
         m.limits = limits
         m.sources["limits"] = "facts recorded by the provisioner (the plan's limits, enforced by the kernel)"
+        if limits.get("tmp_size") is not None:
+            # The caller's own /tmp: in a session of the slot, the slot's tmpfs.
+            use = tmpfs_use("/tmp")
+            if use is not None:
+                m.tmp_size_bytes, m.tmp_used_bytes = use
+                m.sources["tmp"] = "statvfs(/tmp), the slot's tmpfs"
     m.sources["quota"] = "facts recorded by the provisioner" if facts else "unknown (no facts recorded)"
     try:
         m.disk_total_bytes, m.disk_free_bytes = disk_space(home)
@@ -466,6 +521,11 @@ def limit_lines(m: SlotMetrics) -> list[str]:
     if "max_processes" in lim:
         used = m.tasks if m.tasks is not None else len(m.processes)
         out.append(f"    tasks    {used} of {lim['max_processes']}")
+    if "tmp_size" in lim:
+        size = m.tmp_size_bytes or lim["tmp_size"]
+        pct = f" ({100 * m.tmp_used_bytes / size:.0f}%)" if m.tmp_used_bytes is not None and size else ""
+        state = human(m.tmp_used_bytes) if m.tmp_size_bytes is not None else "not mounted"
+        out.append(f"    /tmp     {state} of {human(size)}{pct}")
     for key in ("cpu_weight", "io_weight", "io_read_bps", "io_write_bps"):
         if key in lim:
             out.append(f"    {key:<8} {human(lim[key]) + '/s' if key.endswith('bps') else lim[key]}")

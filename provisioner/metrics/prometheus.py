@@ -27,6 +27,8 @@ PER_SLOT: list[tuple[str, str, str, Callable[[SlotMetrics], float | int | None]]
     ("disk_free_bytes", "gauge", "Free space on the filesystem holding the slot's home.", lambda m: m.disk_free_bytes),
     ("tasks", "gauge", "Processes and threads the kernel counts in the slot's cgroup (pids.current).",
      lambda m: m.tasks),
+    ("tmp_used_bytes", "gauge", "Bytes in the slot's /tmp and /var/tmp tmpfs (a plan's tmp_size).",
+     lambda m: m.tmp_used_bytes),
 ]
 LIMITS = ("cpu_cores", "cpu_weight", "memory_max", "memory_high", "swap_max", "max_processes", "io_weight",
           "io_read_bps", "io_write_bps", "tmp_size")

@@ -63,6 +63,9 @@ class Program:
     # drops to USER (supervisord), or the systemd slice of its unit.
     cgroups: tuple[str, ...] = ()
     slice: str | None = None
+    # Where the slots' /tmp tmpfs are (``<state_dir>/slot-tmp``): the wrapper binds the slot's
+    # over /tmp when it was sold a /tmp size (supervisord; set by provisioner.limits too).
+    tmpfs_root: str | None = None
 
     def __post_init__(self) -> None:
         for what, value in (("app", self.app), ("user", self.user)):
@@ -71,7 +74,7 @@ class Program:
         if not self.argv or not self.argv[0].startswith("/"):
             raise BadInput(f"program {self.name}: argv[0] must be an absolute path")
         # One line each: supervisord's ini and systemd's unit files would read a newline as a new key.
-        if any(c in a for a in (*self.argv, self.cwd) for c in "\n\r\x00"):
+        if any(c in a for a in (*self.argv, self.cwd, self.tmpfs_root or "") for c in "\n\r\x00"):
             raise BadInput(f"program {self.name}: a newline or NUL in its command line or directory")
         for d in self.cgroups:
             if not d.startswith("/sys/fs/cgroup/") or ".." in d.split("/") or any(c in d for c in "\n\x00'\""):

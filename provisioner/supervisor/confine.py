@@ -42,6 +42,13 @@ def confine_wrapper() -> str:
                           f"for {CHECKOUT}): slot programs start only under their seccomp filter")
 
 
-def confine_argv(wrapper: str, user: str | None, argv: list[str]) -> list[str]:
-    """ARGV started through WRAPPER: as root dropping to USER, or (USER None) as the user already."""
-    return [wrapper, *(["--user", user] if user is not None else []), "--", *argv]
+def confine_argv(wrapper: str, user: str | None, argv: list[str], tmpfs_root: str | None = None) -> list[str]:
+    """ARGV started through WRAPPER: as root dropping to USER, or (USER None) as the user already.
+
+    TMPFS_ROOT (with USER): where the slots' /tmp tmpfs are, if not the package's default.
+
+    >>> confine_argv("/w", "alice", ["/bin/true"], "/srv/state/slot-tmp")
+    ['/w', '--user', 'alice', '--tmpfs-root', '/srv/state/slot-tmp', '--', '/bin/true']
+    """
+    opts = ["--user", user, *(["--tmpfs-root", tmpfs_root] if tmpfs_root else [])] if user is not None else []
+    return [wrapper, *opts, "--", *argv]

@@ -96,7 +96,7 @@ def render_program(program: Program, log_dir: Path, confine: str = str(INSTALLED
     command = shlex.join(inner)
     if program.user != "root":
         env = {**env, "USER": program.user, "LOGNAME": program.user}
-        confined = confine_argv(confine, program.user, inner)
+        confined = confine_argv(confine, program.user, inner, program.tmpfs_root)
         command = shlex.join(confined)
         if program.cgroups:
             # supervisord cannot place a child in a cgroup: the child does it as root first.

@@ -44,9 +44,6 @@ quota = "256M"
 cpu_cores = 1
 memory_max = "160M"
 max_processes = 48
-[plans.tmpfs]
-quota = "256M"
-tmp_size = "64M"
 [plans.huge]
 quota = "256M"
 memory_max = "64T"
@@ -298,7 +295,8 @@ def test_change_plan_applies_new_limits_and_doctor_reports_drift(lab: Lab) -> No
 
 
 def test_a_limit_the_host_cannot_enforce_is_refused_in_one_line_and_nothing_is_made(lab: Lab) -> None:
-    for plan, word in (("tmpfs", "tmp_size"), ("huge", "exceeds this host")):
+    # tmp_size is enforced here now (a tmpfs of the slot's: tests/system/test_tmp_size.py).
+    for plan, word in (("huge", "exceeds this host"),):
         name = lab.host.name()
         r = lab.host.slotctl("slot", "create", name, "--email", "c@example.org", "--country", "DE", "--plan", plan)
         assert r.returncode == 1, r
@@ -310,8 +308,8 @@ def test_a_limit_the_host_cannot_enforce_is_refused_in_one_line_and_nothing_is_m
         ctx.close()
     ctx = lab.host.ctx()
     try:
-        with pytest.raises(Exception, match="tmp_size"):
-            operations.change_plan(ctx, lab.b.record.username, "tmpfs")
+        with pytest.raises(Exception, match="exceeds this host"):
+            operations.change_plan(ctx, lab.b.record.username, "huge")
         assert _read(lab.cg("pids", lab.b.record.username) / "pids.max") != "max"
     finally:
         ctx.close()

@@ -12,7 +12,7 @@ from provisioner.config import LIMIT_KEYS, ConfigError, ResourceLimits, load_con
 from provisioner.errors import BadInput
 from provisioner.limits.cgroup_v1 import CgroupV1Limits, expected_v1
 from provisioner.limits.enforcement import TMP_SIZE_REFUSED, SlotTarget, beyond_host, kernel_units_differ
-from provisioner.limits.systemd import expected_v2, properties
+from provisioner.limits.systemd import SystemdSliceLimits, expected_v2, properties
 from provisioner.supervisor import Program
 from provisioner.supervisor.supervisord import render_program
 from provisioner.supervisor.systemd import render_dropin
@@ -117,8 +117,14 @@ def test_v1_refuses_what_it_cannot_enforce(tmp_path: Path) -> None:
         "swap_max: the memory controller has no swap accounting (boot with swapaccount=1)",
         f"max_processes: the pids cgroup controller is not mounted under {tmp_path}",
         f"io_read_bps: the blkio cgroup controller is not mounted under {tmp_path}",
-        TMP_SIZE_REFUSED,
-    ]
+    ]  # tmp_size: a tmpfs of the slot's, not a controller (provisioner.limits.tmpfs)
+
+
+def test_systemd_refuses_a_tmp_size_its_app_units_would_not_get(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids io\n")
+    backend = SystemdSliceLimits(tmp_path)
+    target = SlotTarget("alice", 1001, 1001, tmp_path, None)
+    assert backend.missing(ResourceLimits(tmp_size=1 << 20, max_processes=5), target) == [TMP_SIZE_REFUSED]
 
 
 def test_supervisord_places_a_program_before_it_drops_to_the_user() -> None:
