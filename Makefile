@@ -56,11 +56,13 @@ pam: deps
 	$(MAKE) -C pam_hooks/c
 
 # deb: tests/system/test_deb_package.py installs, reinstalls and purges it in a Debian 12 chroot.
+# Doctests: every >>> example in provisioner/, pam_hooks/ and the lab package (tests/system/fixtures/).
 test: venv apps-shared pam deb
-	$(VENV)/bin/pytest -q tests/unit tests/system
+	$(VENV)/bin/pytest -q --doctest-modules provisioner pam_hooks tests/unit
+	$(VENV)/bin/pytest -q --doctest-modules tests/system
 
 test-unit: venv
-	$(VENV)/bin/pytest -q tests/unit
+	$(VENV)/bin/pytest -q --doctest-modules provisioner pam_hooks tests/unit
 
 lint: venv
 	$(VENV)/bin/ruff check provisioner pam_hooks tests bench

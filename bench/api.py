@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provisioner import operations
 from provisioner.slots import Created
-from tests.system.lifecycle_env import ApiServer, SlotHost, api_server, new_name, slot_host
+from tests.system.fixtures.api import ApiServer, api_server
+from tests.system.fixtures.hosts import PLANS, SlotHost, app_ports, new_name, slot_host
 
 CLIENTS = 10
 
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=100, help="create+terminate pairs per side [100]")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "api.json")
     args = ap.parse_args()
-    with slot_host(image_size="4G") as host, api_server(host) as api:
+    with slot_host("apibench", size="4G", plans=PLANS, apps=app_ports(2580, 2599)) as host, api_server(host) as api:
         names = [new_name() for _ in range(20)]
         with api.client() as c:
             for name in names:

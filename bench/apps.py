@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from provisioner.accounts import pids_of
 from provisioner.operations import install_app, uninstall_app
 from provisioner.supervisor import Program
-from tests.system.apps_lab import make_lab
+from tests.system.fixtures.apps import make_lab
 
 
 def memory_kib(uid: int) -> tuple[int, int]:

@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.system.conftest import SLOTCTL
-from tests.system.fleet_lab import FleetApiLab, fleet_api_lab
+from tests.system.fixtures.fleet import FleetApiLab, fleet_api_lab
+from tests.system.fixtures.hosts import SLOTCTL
 
 TOP = Path(__file__).resolve().parents[1]
 

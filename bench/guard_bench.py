@@ -43,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.system.guard_env import GuardEnv
-from tests.system.lab import lab_user
+from tests.system.fixtures.guard import GuardEnv
+from tests.system.fixtures.sshd import lab_user
 from tests.system.pamclient import PAM_SUCCESS, PamHandle
 
 RHOST = "198.51.100.77"

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg
 
 from pam_hooks.client import request
+from tests.system.fixtures.guard import GuardEnv
 from tests.system.fixtures.guard_fleet import GuardFleet, guard_fleet
-from tests.system.guard_env import GuardEnv
 
 PAIR_DENY = 3
 SETTINGS = {"pair_deny": PAIR_DENY, "ip_deny": 1_000_000, "user_deny": 1_000_000}

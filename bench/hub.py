@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.system.hub_lab import close_hub_lab, make_hub_lab
+from tests.system.fixtures.hub import close_hub_lab, make_hub_lab
 
 
 def pct(values: list[float], q: float) -> float:

@@ -35,7 +35,7 @@ from provisioner.errors import CommandFailed, SlotError
 from provisioner.quota import Usage, mount_of
 from provisioner.quota.btrfs import BtrfsQuota
 from provisioner.runner import run
-from tests.system.lifecycle_env import new_name, slot_host
+from tests.system.fixtures.hosts import PLANS, app_ports, new_name, slot_host
 from tests.system.quota_stress import run_stress
 
 
@@ -109,7 +109,7 @@ def slot_pairs(host: Any, pairs: int, clients: int) -> dict[str, Any]:
 
 
 def phase(baseline: bool, args: argparse.Namespace) -> dict[str, Any]:
-    with slot_host(image_size="4G", name_prefix="tq") as host:
+    with slot_host("qstress", size="4G", plans=PLANS, apps=app_ports(2580, 2599)) as host:
         ctx = host.ctx()
         root = ctx.settings.slots_root
         if baseline:

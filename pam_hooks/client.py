@@ -5,8 +5,10 @@ go through the service when it runs, so a lift is serialized with the logins
 it affects and blackhole routes are removed by the process that owns them.
 When nothing listens, the same LockoutPolicy is run directly on the store.
 
->>> admin(cfg, "explain", user="bob", ip="198.51.100.7")   # doctest: +SKIP
-{'username': 'bob', 'ip': '198.51.100.7', 'allowed': True, ...}
+For example (with a guard configuration ``cfg``; not a doctest: it needs a guard or its store)::
+
+    admin(cfg, "explain", user="bob", ip="198.51.100.7")
+    # {'username': 'bob', 'ip': '198.51.100.7', 'allowed': True, ...}
 """
 
 from __future__ import annotations

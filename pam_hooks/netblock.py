@@ -5,9 +5,10 @@ so the service can tell its routes from anyone else's and clean them up after
 a restart. pyroute2 is imported lazily: it is only needed when
 ``guard.network_block = true``, and the PAM hot path never touches it.
 
->>> nb = NetBlock()            # doctest: +SKIP
->>> # adds the route "blackhole 198.51.100.9 proto 186":
->>> nb.block("198.51.100.9")   # doctest: +SKIP
+For example (not a doctest: it needs root and changes the routing table)::
+
+    nb = NetBlock()
+    nb.block("198.51.100.9")   # adds the route "blackhole 198.51.100.9 proto 186"
 """
 
 from __future__ import annotations

@@ -8,17 +8,17 @@ Hub bridge, the Ansible module and the tests alike; every change runs under the 
     created = create_slot(ctx, "alice", "alice@example.com", "DE", "5G")
     remove_slot(ctx, "alice")
 
-The operations are imported on first use, so ``import provisioner.names`` (the Hub's web
-process, the guard's tools) stays light.
+The operations and :class:`Context` are imported on first use, so ``import provisioner.names``
+(the Hub's web process, the guard's tools) and ``slotctl --help`` stay light: neither loads the
+configuration model (pydantic).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from provisioner.context import Context
-
 if TYPE_CHECKING:
+    from provisioner.context import Context
     from provisioner.operations import (
         app_credentials,
         app_status,
@@ -45,6 +45,10 @@ __all__ = ["Context", "app_credentials", "app_status", "change_password", "chang
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Context":
+        from provisioner.context import Context
+
+        return Context
     if name in __all__:
         from provisioner import operations
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from provisioner import slots
 from provisioner.context import Context
 from provisioner.extensions import Hooks
-from provisioner.lifecycle_records import LifecycleRecord, delete_lifecycle, get_lifecycle, put_lifecycle
+from provisioner.lifecycle_records import LifecycleRecord, LifecycleRecords
 from provisioner.steps import Step
 from provisioner.store import SlotRecord
 
@@ -24,21 +24,21 @@ def _creation_steps(ctx: Context, req: slots.SlotRequest) -> list[Step]:
     plan = req.plan
     if plan is None:
         return []
-    store = ctx.store
+    records = LifecycleRecords(ctx.store)
     name = req.username
     return [Step("plan", f"record plan {plan} for {name}",
-                 lambda: put_lifecycle(store, LifecycleRecord(name, plan)),
-                 lambda: delete_lifecycle(store, name))]
+                 lambda: records.put(LifecycleRecord(name, plan)),
+                 lambda: records.delete(name))]
 
 
 def _removal_steps(ctx: Context, rec: SlotRecord) -> list[Step]:
-    store = ctx.store
-    previous = get_lifecycle(store, rec.username)
+    records = LifecycleRecords(ctx.store)
+    previous = records.get(rec.username)
     if previous is None:
         return []
     return [Step("lifecycle", f"forget the plan and suspension record of {rec.username}",
-                 lambda: delete_lifecycle(store, rec.username),
-                 lambda: put_lifecycle(store, previous))]
+                 lambda: records.delete(rec.username),
+                 lambda: records.put(previous))]
 
 
 
@@ -49,7 +49,7 @@ def data_items(ctx: Context, username: str, rec: SlotRecord | None) -> list[Item
 
     if rec is None:
         return []
-    life = get_lifecycle(ctx.store, username)
+    life = LifecycleRecords(ctx.store).get(username)
     where = f"store {ctx.config.db_path} (slot_lifecycle), clear"
     items = [Item("plan", life.plan if life and life.plan else "none", "what the slot was sold with (quota, apps)",
                   where, "while the slot exists")]

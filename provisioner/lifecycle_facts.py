@@ -9,7 +9,7 @@ from provisioner import accounts
 from provisioner.context import Context
 from provisioner.errors import SlotError
 from provisioner.extensions import AppControl
-from provisioner.lifecycle_records import LifecycleRecord, get_lifecycle
+from provisioner.lifecycle_records import LifecycleRecord, LifecycleRecords
 from provisioner.loginstate import LoginState, login_state
 from provisioner.store import SlotRecord
 
@@ -37,7 +37,7 @@ class LifecycleFacts:
             raise SlotError(f"slot {username!r} has no system account; run 'slotctl doctor'")
         return cls(
             record=rec,
-            lifecycle=get_lifecycle(ctx.store, username),
+            lifecycle=LifecycleRecords(ctx.store).get(username),
             uid=acct.uid,
             login=login_state(username),
             running_apps=by_control(ctx, lambda c: c.running(ctx, username)),

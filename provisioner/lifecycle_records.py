@@ -1,5 +1,6 @@
 """The ``slot_lifecycle`` rows: each slot's plan and, while suspended, when/why/by whom and what to
-restore (the table is made by :mod:`provisioner.db.migrations`).
+restore (the table is made by :mod:`provisioner.db.migrations`; :class:`LifecycleRecords` is
+the only code that reads or writes it).
 
 >>> LifecycleRecord("alice", "small").as_dict()["plan"]
 'small'
@@ -30,31 +31,44 @@ class LifecycleRecord:
                 "suspended_reason": self.suspended_reason, "suspended_by": self.suspended_by}
 
 
-def get_lifecycle(store: Store, username: str) -> LifecycleRecord | None:
-    row = store.db.execute("SELECT * FROM slot_lifecycle WHERE username = ?", (username,)).fetchone()
-    if row is None:
-        return None
-    values = dict(row)
-    values["saved"] = json.loads(values["saved"]) if values["saved"] else None
-    return LifecycleRecord(**values)
+class LifecycleRecords:
+    """The only code that writes ``slot_lifecycle`` (each slot's plan and suspension record).
 
+    >>> import tempfile, pathlib
+    >>> records = LifecycleRecords(Store(pathlib.Path(tempfile.mkdtemp()) / "t.db"))
+    >>> records.put(LifecycleRecord("alice", "small"))
+    >>> records.get("alice").plan
+    'small'
+    >>> records.delete("alice"); records.get("alice") is None
+    True
+    """
 
-def put_lifecycle(store: Store, rec: LifecycleRecord) -> None:
-    store.db.execute(
-        "INSERT INTO slot_lifecycle VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
-        "plan = excluded.plan, suspended_at = excluded.suspended_at, suspended_reason = excluded.suspended_reason, "
-        "suspended_by = excluded.suspended_by, saved = excluded.saved",
-        (rec.username, rec.plan, rec.suspended_at, rec.suspended_reason, rec.suspended_by,
-         json.dumps(rec.saved, sort_keys=True) if rec.saved is not None else None),
-    )
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
+    def get(self, username: str) -> LifecycleRecord | None:
+        row = self.store.db.execute("SELECT * FROM slot_lifecycle WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            return None
+        values = dict(row)
+        values["saved"] = json.loads(values["saved"]) if values["saved"] else None
+        return LifecycleRecord(**values)
 
-def delete_lifecycle(store: Store, username: str) -> None:
-    store.db.execute("DELETE FROM slot_lifecycle WHERE username = ?", (username,))
+    def put(self, rec: LifecycleRecord) -> None:
+        self.store.db.execute(
+            "INSERT INTO slot_lifecycle VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+            "plan = excluded.plan, suspended_at = excluded.suspended_at, suspended_reason = excluded.suspended_reason, "
+            "suspended_by = excluded.suspended_by, saved = excluded.saved",
+            (rec.username, rec.plan, rec.suspended_at, rec.suspended_reason, rec.suspended_by,
+             json.dumps(rec.saved, sort_keys=True) if rec.saved is not None else None),
+        )
 
+    def delete(self, username: str) -> None:
+        self.store.db.execute("DELETE FROM slot_lifecycle WHERE username = ?", (username,))
 
-def restore_lifecycle(store: Store, username: str, previous: LifecycleRecord | None) -> None:
-    if previous is None:
-        delete_lifecycle(store, username)
-    else:
-        put_lifecycle(store, previous)
+    def restore(self, username: str, previous: LifecycleRecord | None) -> None:
+        """Put back PREVIOUS (what :meth:`get` returned before a change; None: no row)."""
+        if previous is None:
+            self.delete(username)
+        else:
+            self.put(previous)

@@ -28,7 +28,7 @@ from provisioner.apps.framework import AppCredentials, app_credentials, app_stat
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.lifecycle_facts import LifecycleFacts
-from provisioner.lifecycle_records import LifecycleRecord, get_lifecycle
+from provisioner.lifecycle_records import LifecycleRecord, LifecycleRecords
 from provisioner.loginstate import lock_password
 from provisioner.names import validate_username
 from provisioner.planchange import check_app_install, check_apps_allowed, limit_steps, plan_change_plan
@@ -191,7 +191,7 @@ def slot_status(ctx: Context, username: str) -> dict[str, Any]:
     """The slot's record, live usage and lifecycle (plan, suspension)."""
     rec = slots.get_slot(ctx, username)
     out = slots.slot_details(ctx, rec)
-    life = get_lifecycle(ctx.store, username)
+    life = LifecycleRecords(ctx.store).get(username)
     out.update(LifecycleRecord(username).as_dict() if life is None else life.as_dict())
     return out
 

@@ -12,7 +12,7 @@ from provisioner.config import PlanConfig
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.lifecycle_facts import LifecycleFacts
-from provisioner.lifecycle_records import LifecycleRecord, get_lifecycle, put_lifecycle, restore_lifecycle
+from provisioner.lifecycle_records import LifecycleRecord, LifecycleRecords
 from provisioner.names import format_size
 from provisioner.plans import allows_app
 from provisioner.quota import Usage
@@ -34,6 +34,7 @@ def plan_change_plan(
     LIMIT_STEPS (from :func:`limit_steps`) apply the new plan's resource limits after the quota.
     """
     store = ctx.store
+    records = LifecycleRecords(store)
     rec, life = facts.record, facts.lifecycle
     old_plan = life.plan if life else None
     limit_steps = limit_steps or []
@@ -70,7 +71,7 @@ def plan_change_plan(
     def record() -> None:
         with store.transaction():
             store.update_slot(username, quota_bytes=new.quota)
-            put_lifecycle(store, LifecycleRecord(username, new.name, *(
+            records.put(LifecycleRecord(username, new.name, *(
                 (life.suspended_at, life.suspended_reason, life.suspended_by, life.saved) if life else ())))
             store.audit(actor, "slot.change-plan", username,
                         {"from": old_plan, "to": new.name, "quota_bytes": new.quota})
@@ -78,7 +79,7 @@ def plan_change_plan(
     def unrecord() -> None:
         with store.transaction():
             store.update_slot(username, quota_bytes=rec.quota_bytes)
-            restore_lifecycle(store, username, life)
+            records.restore(username, life)
 
     steps.append(Step("record", f"record plan {new.name} for {username}", record, unrecord))
     return Plan(f"change plan of {username} from {old_plan or '(none)'} to {new.name}", steps)
@@ -109,7 +110,7 @@ def check_app_install(ctx: Context, username: str, app: str) -> None:
     BadInput (one line, naming the plan) when the plan lacks APP or has no room for another app.
     A slot without a plan, or on a plan no longer configured, may install anything.
     """
-    life = get_lifecycle(ctx.store, username)
+    life = LifecycleRecords(ctx.store).get(username)
     if life is None or life.plan is None or life.plan not in ctx.config.plans:
         return
     # APP itself does not count: reinstalling it is the apps package's question ("already installed").

@@ -175,7 +175,7 @@ def drop_orphaned_credentials(ctx: Context, now: float, dry_run: bool) -> RuleRe
     """
     desc = "credentials of apps no longer installed"
     registry = _apps(ctx)
-    orphans = registry.orphaned_credentials()
+    orphans = registry.orphaned_credentials({r.username for r in ctx.store.list_slots()})
     if orphans and not dry_run:
         with ctx.store.transaction():
             for username, app in orphans:

@@ -23,7 +23,7 @@ from provisioner import accounts
 from provisioner.context import Context
 from provisioner.errors import BadInput, SlotError
 from provisioner.lifecycle_facts import LifecycleFacts, app_controls
-from provisioner.lifecycle_records import LifecycleRecord, put_lifecycle, restore_lifecycle
+from provisioner.lifecycle_records import LifecycleRecord, LifecycleRecords
 from provisioner.loginstate import SUSPENDED_EXPIRE, lock_password, set_expire, unlock_password
 from provisioner.steps import Plan, Step
 
@@ -52,6 +52,7 @@ def plan_suspend(
 ) -> Plan:
     """The steps that suspend USERNAME; only those whose result is missing (idempotent)."""
     store = ctx.store
+    records = LifecycleRecords(store)
     rec, life, login = facts.record, facts.lifecycle, facts.login
     assert login is not None
     already = rec.state == "suspended"
@@ -63,8 +64,8 @@ def plan_suspend(
                  {"expire": login.expire, "locked": login.locked, "apps": facts.running_apps})
         suspended = LifecycleRecord(username, life.plan if life else None, now, reason, actor, saved)
         steps.append(Step("record", f"record the suspension of {username} ({reason!r}) and what to restore",
-                          lambda: put_lifecycle(store, suspended),
-                          lambda: restore_lifecycle(store, username, life)))
+                          lambda: records.put(suspended),
+                          lambda: records.restore(username, life)))
     if login.expire != SUSPENDED_EXPIRE:
         steps.append(Step("expire", f"usermod --expiredate {SUSPENDED_EXPIRE} {username} (account phase refuses "
                                     "every login: password, key, su)",
@@ -102,6 +103,7 @@ def plan_suspend(
 def plan_unsuspend(username: str, facts: LifecycleFacts, *, ctx: Context, actor: str) -> Plan:
     """The steps that bring USERNAME back exactly as it was before suspend (idempotent)."""
     store = ctx.store
+    records = LifecycleRecords(store)
     rec, life, login = facts.record, facts.lifecycle, facts.login
     assert login is not None
     steps: list[Step] = []
@@ -136,14 +138,14 @@ def plan_unsuspend(username: str, facts: LifecycleFacts, *, ctx: Context, actor:
     def mark() -> None:
         with store.transaction():
             store.update_slot(username, state="active")
-            put_lifecycle(store, LifecycleRecord(username, life.plan if life else None))
+            records.put(LifecycleRecord(username, life.plan if life else None))
             store.audit(actor, "slot.unsuspend", username,
                         {"suspended_at": life.suspended_at if life else None})
 
     def unmark() -> None:
         with store.transaction():
             store.update_slot(username, state=rec.state)
-            restore_lifecycle(store, username, life)
+            records.restore(username, life)
 
     steps.append(Step("mark", f"mark slot {username} active, forget the suspension (audit kept)", mark, unmark))
     return Plan(f"unsuspend slot {username}", steps)

@@ -329,11 +329,16 @@ def find_places(scope: SweepScope, uids: set[int]) -> list[str]:
             pass
     places = walk_places(scope, uids)
     if scope.cache is not None:
-        tmp = scope.cache.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"at": time.time(), "key": key, "places": places}, f)
-        os.replace(tmp, scope.cache)
+        # A temporary file of its own (O_EXCL, 0600): removals running side by side (the API's
+        # threads) each write theirs and the last rename wins; a shared name made one fail.
+        fd, tmp = tempfile.mkstemp(prefix=f".{scope.cache.name}.", suffix=".tmp", dir=scope.cache.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"at": time.time(), "key": key, "places": places}, f)
+            os.replace(tmp, scope.cache)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return places
 
 

@@ -37,7 +37,7 @@ from starlette.routing import Match
 from provisioner import operations, slots, suspension
 from provisioner.api import idempotency
 from provisioner.api.ratelimit import AnonymousAudit, SourceLimiter
-from provisioner.api.tokens import verify_token
+from provisioner.api.tokens import ApiTokens
 from provisioner.config import Config
 from provisioner.context import Context
 from provisioner.errors import BadInput, CommandFailed, SlotError, StepFailed
@@ -145,13 +145,13 @@ def _run(config: Config, request: Request, operation: str, slot: str | None, key
     request.state.slot = slot
     token_name: str = request.state.token_name
     ctx = _RequestContext(config)
+    keys = idempotency.IdempotencyKeys(ctx.store)
     try:
         if key is not None:
             if not idempotency.valid_key(key):
                 raise ApiError(400, "Idempotency-Key must be 1-200 printable ASCII characters", "Idempotency-Key")
             try:
-                replay = idempotency.begin(ctx.store, token_name, key,
-                                           idempotency.fingerprint(request.method, request.url.path, body))
+                replay = keys.begin(token_name, key, idempotency.fingerprint(request.method, request.url.path, body))
             except idempotency.KeyConflict as exc:
                 raise ApiError(exc.status, str(exc), "Idempotency-Key") from None
             if replay is not None:
@@ -162,10 +162,10 @@ def _run(config: Config, request: Request, operation: str, slot: str | None, key
             status, out = work(ctx)
         except BaseException:
             if key is not None:
-                idempotency.abandon(ctx.store, token_name, key)
+                keys.abandon(token_name, key)
             raise
         if key is not None:
-            idempotency.finish(ctx.store, token_name, key, status, out)
+            keys.finish(token_name, key, status, out)
         return JSONResponse(out, status_code=status)
     finally:
         ctx.close()
@@ -215,7 +215,7 @@ def _authenticate(config: Config, header: str | None) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    return verify_token(_thread_store(config), token.strip())
+    return ApiTokens(_thread_store(config)).verify(token.strip())
 
 
 def _audit(config: Config, actor: str, action: str, slot: str | None, detail: dict[str, Any]) -> None:

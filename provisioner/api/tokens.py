@@ -5,11 +5,11 @@ there is nothing to guess); a stolen store gives no usable token.
 
 >>> import tempfile, pathlib
 >>> from provisioner.store import Store
->>> s = Store(pathlib.Path(tempfile.mkdtemp()) / "t.db")
->>> tok = create_token(s, "billing")
->>> verify_token(s, tok)
+>>> tokens = ApiTokens(Store(pathlib.Path(tempfile.mkdtemp()) / "t.db"))
+>>> tok = tokens.create("billing")
+>>> tokens.verify(tok)
 'billing'
->>> revoke_token(s, "billing"); verify_token(s, tok) is None
+>>> tokens.revoke("billing"); tokens.verify(tok) is None
 True
 """
 
@@ -53,41 +53,44 @@ class TokenInfo:
                 "active": self.revoked_at is None}
 
 
-def create_token(store: Store, name: str) -> str:
-    """A new token named NAME (a revoked name may be reused); returns it, the only time it exists."""
-    name = validate_token_name(name)
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    with store.transaction() as db:
-        row = db.execute("SELECT revoked_at FROM api_tokens WHERE name = ?", (name,)).fetchone()
-        if row is not None and row["revoked_at"] is None:
-            raise SlotError(f"an active token named {name!r} exists; revoke it first")
-        db.execute("INSERT INTO api_tokens (name, token_hash, created_at, revoked_at) VALUES (?, ?, ?, NULL) "
-                   "ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, "
-                   "created_at = excluded.created_at, revoked_at = NULL", (name, hash_token(token), time.time()))
-        store.audit(current_actor(), "api.token.create", None, {"name": name})
-    return token
+class ApiTokens:
+    """The only code that reads or writes ``api_tokens``."""
 
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
-def revoke_token(store: Store, name: str) -> None:
-    """Revoke NAME at once (the next request with it gets 401)."""
-    name = validate_token_name(name)
-    with store.transaction() as db:
-        cur = db.execute("UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                         (time.time(), name))
-        if cur.rowcount == 0:
-            raise SlotError(f"no active token named {name!r}")
-        store.audit(current_actor(), "api.token.revoke", None, {"name": name})
+    def create(self, name: str) -> str:
+        """A new token named NAME (a revoked name may be reused); returns it, the only time it exists."""
+        name = validate_token_name(name)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.store.transaction() as db:
+            row = db.execute("SELECT revoked_at FROM api_tokens WHERE name = ?", (name,)).fetchone()
+            if row is not None and row["revoked_at"] is None:
+                raise SlotError(f"an active token named {name!r} exists; revoke it first")
+            db.execute("INSERT INTO api_tokens (name, token_hash, created_at, revoked_at) VALUES (?, ?, ?, NULL) "
+                       "ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, "
+                       "created_at = excluded.created_at, revoked_at = NULL", (name, hash_token(token), time.time()))
+            self.store.audit(current_actor(), "api.token.create", None, {"name": name})
+        return token
 
+    def revoke(self, name: str) -> None:
+        """Revoke NAME at once (the next request with it gets 401)."""
+        name = validate_token_name(name)
+        with self.store.transaction() as db:
+            cur = db.execute("UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                             (time.time(), name))
+            if cur.rowcount == 0:
+                raise SlotError(f"no active token named {name!r}")
+            self.store.audit(current_actor(), "api.token.revoke", None, {"name": name})
 
-def list_tokens(store: Store) -> list[TokenInfo]:
-    rows = store.db.execute("SELECT name, created_at, revoked_at FROM api_tokens ORDER BY name").fetchall()
-    return [TokenInfo(r["name"], r["created_at"], r["revoked_at"]) for r in rows]
+    def list(self) -> list[TokenInfo]:
+        rows = self.store.db.execute("SELECT name, created_at, revoked_at FROM api_tokens ORDER BY name").fetchall()
+        return [TokenInfo(r["name"], r["created_at"], r["revoked_at"]) for r in rows]
 
-
-def verify_token(store: Store, token: str) -> str | None:
-    """The name of the active token TOKEN, or None."""
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-        return None
-    row = store.db.execute("SELECT name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
-                           (hash_token(token),)).fetchone()
-    return str(row["name"]) if row else None
+    def verify(self, token: str) -> str | None:
+        """The name of the active token TOKEN, or None."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        row = self.store.db.execute("SELECT name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+                                    (hash_token(token),)).fetchone()
+        return str(row["name"]) if row else None

@@ -16,6 +16,7 @@ A port someone else is already listening on (outside our registry) is skipped to
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,13 +143,20 @@ class AppRegistry:
                                      (username,)).fetchall()
         return [r["app"] for r in rows]
 
-    def orphaned_credentials(self) -> list[tuple[str, str]]:
-        """(username, app) of credentials whose app is not installed (in any state) or whose slot is gone."""
+    def orphaned_credentials(self, slots: Collection[str]) -> list[tuple[str, str]]:
+        """(username, app) of credentials whose app is not installed (in any state) or whose slot is
+        not among SLOTS (the store's slots: the slots table is :class:`~provisioner.store.Store`'s)."""
         rows = self.store.db.execute(
             "SELECT DISTINCT c.username, c.app FROM app_credentials c WHERE NOT EXISTS "
             "(SELECT 1 FROM app_installs a WHERE a.username = c.username AND a.app = c.app) "
-            "OR NOT EXISTS (SELECT 1 FROM slots s WHERE s.username = c.username) "
             "ORDER BY c.username, c.app").fetchall()
+        orphans = {(r["username"], r["app"]) for r in rows}
+        orphans.update((u, a) for u, a in self.credential_keys() if u not in slots)
+        return sorted(orphans)
+
+    def credential_keys(self) -> list[tuple[str, str]]:
+        """(username, app) of every stored credential (nothing is unsealed)."""
+        rows = self.store.db.execute("SELECT username, app FROM app_credentials ORDER BY username, app").fetchall()
         return [(r["username"], r["app"]) for r in rows]
 
     def delete_credentials(self, username: str, app: str) -> None:

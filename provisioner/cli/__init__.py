@@ -18,40 +18,54 @@ from provisioner.cli.fleet import inventory_option, refuse_if_unsupported
 from provisioner.cli.output import json_option, wants_json
 from provisioner.errors import SlotError
 
-# module:attribute of each command or group; imported lazily so `slotctl slot show` does not
-# pay for the API server's imports.
-GROUPS: dict[str, str] = {
-    "host": "provisioner.cli.host:host",
-    "slot": "provisioner.cli.slot:slot",
-    "doctor": "provisioner.cli.slot:doctor",
-    "app": "provisioner.cli.app:app",
-    "metrics": "provisioner.cli.metrics:metrics",
-    "data": "provisioner.cli.data:data",
-    "db": "provisioner.cli.db:db",
-    "retention": "provisioner.cli.retention:retention",
-    "plan": "provisioner.cli.plan:plan",
-    "api": "provisioner.cli.api:api",
-    "fleet": "provisioner.cli.fleet_controller:fleet",
-    "guard": "provisioner.cli.guard:guard",
-    "support": "provisioner.cli.support:support",
-    "notice": "provisioner.cli.notice:notice",
-    "hub": "provisioner.cli.hub:hub",
+# name -> (module:attribute, the one line `slotctl --help` lists). A command is imported on first
+# use, so `slotctl slot show` does not pay for the API server's imports and `slotctl --help`
+# imports none of them (nor the configuration model). Each line is its command's own summary
+# (the first sentence of its docstring): tests/unit/provisioner/test_cli_entry.py checks they agree.
+GROUPS: dict[str, tuple[str, str]] = {
+    "host": ("provisioner.cli.host:host", "Prepare this host: slots filesystem, quota backend, hidepid, admin group."),
+    "slot": ("provisioner.cli.slot:slot", "Create, inspect and remove slots."),
+    "doctor": ("provisioner.cli.slot:doctor", "Compare the store with the system; exit 1 if anything drifted."),
+    "app": ("provisioner.cli.app:app", "Install apps into slots, with generated credentials."),
+    "metrics": ("provisioner.cli.metrics:metrics",
+                "Per-slot metrics, read live: show one slot or all, Prometheus text, or serve it over HTTP."),
+    "data": ("provisioner.cli.data:data", "The data report and the user's requests under the data-handling policy."),
+    "db": ("provisioner.cli.db:db", "The state store: schema version, upgrade, copy (SQLite into the fleet's "
+                                   "PostgreSQL, say)."),
+    "retention": ("provisioner.cli.retention:retention",
+                  "Retention rules, enforced by code (safe to run from cron every few minutes)."),
+    "plan": ("provisioner.cli.plan:plan", "Plans sold to customers: quota, allowed apps, limits."),
+    "api": ("provisioner.cli.api:api", "The HTTP provisioning API for the billing system."),
+    "fleet": ("provisioner.cli.fleet_controller:fleet",
+              "The fleet controller: hosts, their facts, slot placement (see 'api serve --fleet')."),
+    "guard": ("provisioner.cli.guard:guard", "Login guard: record failed logins, lock whoever keeps failing."),
+    "support": ("provisioner.cli.support:support",
+                "Support access to a slot's home, approved by the tenant, for a limited time."),
+    "notice": ("provisioner.cli.notice:notice",
+               "Takedown notices: the tenant is told at once; after 24 h the file is quarantined."),
+    "hub": ("provisioner.cli.hub:hub", "The Hub: tenants log in with the slot password (HTTPS, PAM, the login guard)."),
 }
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
+    """A group whose subcommands are imported on first use (listing them imports none)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(GROUPS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = GROUPS.get(cmd_name)
-        if target is None:
+        if cmd_name not in GROUPS:
             return None
-        module, _, attr = target.partition(":")
+        module, _, attr = GROUPS[cmd_name][0].partition(":")
         cmd: click.Command = getattr(importlib.import_module(module), attr)
         return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help``, from :data:`GROUPS` (as click would print it)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, click.Command(n, help=GROUPS[n][1]).get_short_help_str(limit)) for n in names])
 
     def invoke(self, ctx: click.Context) -> object:
         # Inside the root context, so a --json anywhere on the line still shapes the error.

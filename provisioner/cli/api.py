@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from provisioner.api.server import DEFAULT_LISTEN, serve
-from provisioner.api.tokens import create_token, list_tokens, revoke_token
+from provisioner.api.tokens import ApiTokens
 from provisioner.cli.output import emit, json_option
 from provisioner.context import Context
 
@@ -50,7 +50,7 @@ def token() -> None:
 def token_create(name: str) -> None:
     """Create a token NAME (e.g. the billing system's name); prints it once."""
     ctx = Context()
-    value = create_token(ctx.store, name)
+    value = ApiTokens(ctx.store).create(name)
     emit({"name": name, "token": value},
          lambda c: c.print(f"token {name}: {value}\n(shown once, stored hashed; send it as "
                            "'Authorization: Bearer <token>')"))
@@ -62,7 +62,7 @@ def token_create(name: str) -> None:
 def token_revoke(name: str) -> None:
     """Revoke token NAME at once."""
     ctx = Context()
-    revoke_token(ctx.store, name)
+    ApiTokens(ctx.store).revoke(name)
     emit({"name": name, "revoked": True}, lambda c: c.print(f"token {name} revoked"))
 
 
@@ -70,7 +70,7 @@ def token_revoke(name: str) -> None:
 @json_option
 def token_list() -> None:
     """List tokens (names and dates, never the tokens)."""
-    rows = [t.as_dict() for t in list_tokens(Context().store)]
+    rows = [t.as_dict() for t in ApiTokens(Context().store).list()]
 
     def render(c: Console) -> None:
         t = Table("name", "created", "state")

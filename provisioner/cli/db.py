@@ -11,7 +11,7 @@ from provisioner.cli.output import emit, json_option
 @click.group()
 @json_option
 def db() -> None:
-    """The state store: schema version, upgrade, copy (e.g. SQLite into the fleet's PostgreSQL).
+    """The state store: schema version, upgrade, copy (SQLite into the fleet's PostgreSQL, say).
 
     The store is [store] url in the configuration (default: SQLite in the state dir).
     """

@@ -7,7 +7,9 @@
 - :mod:`provisioner.db.copy` — moving every row of one store into another (SQLite → PostgreSQL).
 
 Each area's rows are read and written by one repository class in the area's module
-(:class:`provisioner.store.Store`, ``AppRegistry``, ``SessionStore`` …); nothing else runs SQL.
+(:class:`provisioner.store.Store`, ``LifecycleRecords``, ``AppRegistry``, ``ApiTokens``,
+``IdempotencyKeys``, ``SessionStore`` …); nothing else runs SQL on them
+(``tests/unit/provisioner/test_schema_owners.py`` lists them and enforces it).
 """
 
 from provisioner.db.database import Database, DatabaseError, IntegrityError, connect

@@ -239,13 +239,14 @@ class Bridge:
         """Every slot with its state and usage, the guard's locks, the audit's tail."""
         s = self._session(ctx, req, "staff")
         from provisioner.guard import guard_config, guard_request
-        from provisioner.lifecycle_records import get_lifecycle
+        from provisioner.lifecycle_records import LifecycleRecords
         from provisioner.metrics import collect
 
         usage = {m.slot: m for m in collect(ctx, None, sample=0.0, refresh_facts=False)}
         slots = []
+        records = LifecycleRecords(ctx.store)
         for rec in ctx.store.list_slots():
-            life = get_lifecycle(ctx.store, rec.username)
+            life = records.get(rec.username)
             m = usage.get(rec.username)
             slots.append({"username": rec.username, "state": "suspended" if life and life.suspended_at else rec.state,
                           "plan": life.plan if life else None, "ram_bytes": m.ram_bytes if m else None,
@@ -609,12 +610,12 @@ class Bridge:
 
 def _active_slot(ctx: Context, username: str) -> bool:
     """USERNAME is a slot that may log in now (exists, active, not suspended)."""
-    from provisioner.lifecycle_records import get_lifecycle
+    from provisioner.lifecycle_records import LifecycleRecords
 
     rec = ctx.store.get_slot(username)
     if rec is None or rec.state != "active":
         return False
-    life = get_lifecycle(ctx.store, username)
+    life = LifecycleRecords(ctx.store).get(username)
     return life is None or life.suspended_at is None
 
 

@@ -35,10 +35,6 @@ MEANS = ("ram_bytes", "swap_bytes", "processes")
 # Counters (CPU seconds, I/O bytes) keep their last value: a chart shows the rate between buckets.
 LASTS = ("cpu_seconds", "disk_used_bytes", "io_read_bytes", "io_write_bytes")
 FIGURES = MEANS + LASTS
-# FIGURES are this module's column names, never input.
-_UPSERT = ("INSERT INTO hub_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
-           "ON CONFLICT (username, tier, idx) DO UPDATE SET start = excluded.start, n = excluded.n, "
-           + ", ".join(f"{k} = excluded.{k}" for k in FIGURES))
 
 
 def bucket_of(tier: Tier, at: float) -> tuple[int, float]:
@@ -49,6 +45,11 @@ def bucket_of(tier: Tier, at: float) -> tuple[int, float]:
 
 class MetricsHistory:
     """The only code that writes ``hub_history``."""
+
+    # FIGURES are this module's column names, never input.
+    _UPSERT = ("INSERT INTO hub_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+               "ON CONFLICT (username, tier, idx) DO UPDATE SET start = excluded.start, n = excluded.n, "
+               + ", ".join(f"{k} = excluded.{k}" for k in FIGURES))
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -67,7 +68,7 @@ class MetricsHistory:
                     merged.update({k: values[k] if values[k] is not None else row[k] for k in LASTS})
                 else:
                     n, merged = 1, values
-                db.execute(_UPSERT, (username, tier.name, idx, start, n, *(merged[k] for k in FIGURES)))
+                db.execute(self._UPSERT, (username, tier.name, idx, start, n, *(merged[k] for k in FIGURES)))
 
     def series(self, username: str, tier_name: str, now: float) -> list[dict[str, Any]]:
         """USERNAME's buckets of the last ring period, oldest first."""

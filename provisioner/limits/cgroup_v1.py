@@ -18,6 +18,12 @@ io_weight      ``blkio.bfq.weight`` (weight / 10; the device must use BFQ)
 io_*_bps       ``blkio.throttle.{read,write}_bps_device`` on the home's device
 =============  ==============================================================
 
+The slots' common parent weighs one nice-0 process per CPU (``cpu.shares`` = 1024 x CPUs,
+:func:`parent_shares`): a v1 process in the root cgroup weighs 1024 on its own, so with the
+kernel's default of 1024 every tenant together weighed as much as *one* root process, and a
+host running a few root jobs (a backup, dpkg, a compile) starved all slots alike. Measured
+in ``bench/noisy_neighbour.py`` (BENCHMARKS.md, "Noisy neighbour").
+
 >>> expected_v1(ResourceLimits(cpu_cores=0.5, max_processes=64), None)["cpu/cpu.cfs_quota_us"]
 '50000'
 """
@@ -37,6 +43,16 @@ UNLIMITED = "max"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # What a v1 memory limit reads as when unset (PAGE_COUNTER_MAX pages, page-aligned).
 _V1_BIG = 1 << 62
+_SHARES_MAX = 262_144  # MAX_SHARES of the v1 cpu controller
+
+
+def parent_shares(cpus: int) -> str:
+    """``cpu.shares`` of the slots' parent: 1024 (one nice-0 task) per CPU, within the kernel's range.
+
+    >>> parent_shares(2), parent_shares(1000)
+    ('2048', '262144')
+    """
+    return str(min(_SHARES_MAX, 1024 * max(1, cpus)))
 
 
 def _pages(n: int) -> str:
@@ -133,6 +149,8 @@ class CgroupV1Limits:
             parent = d.parent
             parent.mkdir(parents=True, exist_ok=True)
             os.chmod(parent, 0o711)  # noqa: S103 - slot names are not listable
+            if ctrl == "cpu":
+                self._write(parent, "cpu.shares", parent_shares(os.cpu_count() or 1))
             d.mkdir(exist_ok=True)
             os.chown(d, 0, target.gid)
             os.chmod(d, 0o750)  # noqa: S103 - the slot's group reads its own counters

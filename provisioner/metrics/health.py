@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 
 from provisioner.context import Context
+from provisioner.db import Database
 from provisioner.errors import SlotError
 from provisioner.metrics.prometheus import _label, _num
 from provisioner.store import open_database
@@ -109,15 +110,26 @@ def supervisor_samples(ctx: Context) -> list[Sample]:
         return [Sample("slotwarden_supervisor_up", "gauge", help_up, {"supervisor": "unknown"}, 0)]
 
 
+class HealthProbe:
+    """The only code that writes ``health_probe``: one row, the time of the last probe write."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def touch(self) -> None:
+        """Commit one write (takes the store's writer lock like every writer)."""
+        with self.db.transaction():
+            self.db.execute("INSERT INTO health_probe VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                            (time.time(),))
+
+
 def store_writable(ctx: Context) -> Sample:
     """Commit one write on the state store (its own connection, 2 s lock timeout)."""
     ok = 0
     try:
         db = open_database(ctx.config, timeout=2)
         try:
-            with db.transaction():
-                db.execute("INSERT INTO health_probe VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                           (time.time(),))
+            HealthProbe(db).touch()
             ok = 1
         finally:
             db.close()

@@ -4,9 +4,10 @@ python-pam opens a fresh handle per call and cannot set PAM_RHOST. Tests and
 the benchmark need one handle for several tries (as sshd does), PAM_RHOST,
 an aborting conversation, and optionally no failure delay.
 
->>> with PamHandle("slotwarden-test-x", "bob", rhost="198.51.100.7", password="pw") as h:  # doctest: +SKIP
-...     h.authenticate()
-7
+For example (not a doctest: it needs a PAM service and a user)::
+
+    with PamHandle("slotwarden-test-x", "bob", rhost="198.51.100.7", password="pw") as h:
+        h.authenticate()   # 7 (PAM_AUTH_ERR)
 """
 
 from __future__ import annotations

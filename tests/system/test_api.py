@@ -15,26 +15,18 @@ import httpx
 import pytest
 
 from provisioner import accounts, loginstate
-from tests.system.lab import stop_process
-from tests.system.lifecycle_env import (
-    ApiServer,
-    SlotHost,
-    api_server,
-    lab_netns,
-    make_token,
-    new_name,
-    self_signed_cert,
-    slot_host,
-    su_from_root,
-    su_password,
-)
+from tests.system.fixtures.api import ApiServer, api_server, make_token, self_signed_cert
+from tests.system.fixtures.doors import su_from_root, su_password
+from tests.system.fixtures.hosts import PLANS, SLOTCTL, SlotHost, app_ports, new_name, slot_host
+from tests.system.fixtures.netns import LabNet
+from tests.system.fixtures.processes import stop_process
 
 pytestmark = pytest.mark.root  # not root: the session fixture in conftest.py fails the run
 
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[SlotHost]:
-    with slot_host(image_size="2G") as h:
+    with slot_host("api", size="2G", plans=PLANS, apps=app_ports(2580, 2599)) as h:
         yield h
 
 
@@ -109,11 +101,11 @@ def test_purchase_suspend_unsuspend_change_plan_terminate(api: ApiServer) -> Non
 def api_token_name(api: ApiServer) -> str:
     ctx = api.host.ctx()
     try:
-        from provisioner.api.tokens import hash_token
+        from provisioner.api.tokens import ApiTokens
 
-        row = ctx.store.db.execute("SELECT name FROM api_tokens WHERE token_hash = ?",
-                                   (hash_token(api.token),)).fetchone()
-        return str(row["name"])
+        name = ApiTokens(ctx.store).verify(api.token)
+        assert name is not None
+        return name
     finally:
         ctx.close()
 
@@ -205,7 +197,8 @@ def test_twenty_parallel_creates_of_different_slots_all_succeed(api: ApiServer) 
             assert accounts.lookup_user(name) is not None
         with ThreadPoolExecutor(20) as pool:
             removed = list(pool.map(terminate, names))
-        assert [r.status_code for r in removed] == [200] * 20
+        refused = [r.text for r in removed if r.status_code != 200]
+        assert [r.status_code for r in removed] == [200] * 20, refused
         assert all(accounts.lookup_user(n) is None for n in names)
     finally:
         for name in names:
@@ -320,12 +313,13 @@ def test_serve_refuses_a_public_address_without_tls(host: SlotHost) -> None:
 
 def test_serve_on_a_lab_address_with_tls(host: SlotHost) -> None:
     """A non-loopback address (in a lab netns) is served, over TLS only."""
-    with lab_netns() as ns:
-        cert, key = self_signed_cert(host.root, ns.addr)
+    with LabNet("swl-") as net:
+        ns = net.host("api", f"198.51.100.{secrets.randbelow(200) + 20}")
+        cert, key = self_signed_cert(host.base, ns.addr)
         port = 2540 + secrets.randbelow(10)
         token = make_token(host, f"tls-{secrets.token_hex(3)}")
-        log = open(host.root / "api-tls.log", "wb")  # closed in finally
-        proc = subprocess.Popen(ns.cmd([str(host.slotctl_path()), "api", "serve", "--listen", f"{ns.addr}:{port}",
+        log = open(host.base / "api-tls.log", "wb")  # closed in finally
+        proc = subprocess.Popen(ns.cmd([SLOTCTL, "api", "serve", "--listen", f"{ns.addr}:{port}",
                                         "--cert", str(cert), "--key", str(key)]),
                                 env=host.env(), stdout=log, stderr=subprocess.STDOUT)
         probe = (

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from provisioner.api.app import create_app
 from provisioner.config import Config
-from tests.system.lifecycle_env import ApiServer, SlotHost, api_server, new_name, slot_host
+from tests.system.fixtures.api import ApiServer, api_server
+from tests.system.fixtures.hosts import PLANS, SlotHost, app_ports, new_name, slot_host
 
 pytestmark = pytest.mark.root  # not root: the session fixture in conftest.py fails the run
 
@@ -86,7 +87,7 @@ def from_schema(schema: dict[str, Any], name: str | None = None) -> st.SearchStr
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[ApiServer]:
-    with slot_host(image_size="2G") as host, api_server(host) as server:
+    with slot_host("apifuzz", size="2G", plans=PLANS, apps=app_ports(2580, 2599)) as host, api_server(host) as server:
         yield server
 
 

@@ -1,6 +1,6 @@
 """schemathesis against the live ``/openapi.json``: no generated request gets a server error.
 
-The API runs as ``slotctl api serve`` on loopback (the fixtures of :mod:`.lifecycle_env`); the
+The API runs as ``slotctl api serve`` on loopback (the fixtures of :mod:`tests.system.fixtures.api`); the
 schema is loaded from the running server with ``schemathesis.openapi.from_url`` and every
 operation in it is exercised with the bearer token — schemathesis' positive and negative
 generation, on random slot names and on a real slot — and checked with schemathesis' own
@@ -40,7 +40,8 @@ from schemathesis.core.result import Ok
 
 from provisioner.api.app import USERNAME_PATTERN, create_app
 from provisioner.config import Config
-from tests.system.lifecycle_env import ApiServer, api_server, new_name, slot_host
+from tests.system.fixtures.api import ApiServer, api_server
+from tests.system.fixtures.hosts import PLANS, app_ports, new_name, slot_host
 
 pytestmark = pytest.mark.root  # not root: the session fixture in conftest.py fails the run
 
@@ -75,7 +76,7 @@ def _body_fields(path: str, method: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[ApiServer]:
-    with slot_host(image_size="2G", name_prefix=PREFIX, app_ports=(2690, 2699)) as host, \
+    with slot_host("schemathesis", size="2G", plans=PLANS, apps=app_ports(2690, 2699)) as host, \
             api_server(host, ports=PORTS) as server:
         yield server
 

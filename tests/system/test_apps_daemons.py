@@ -21,7 +21,8 @@ from provisioner.accounts import pids_of
 from provisioner.apps import CREDENTIALS_FILE, AppCredentials, app_credentials, app_status, get_app
 from provisioner.apps.registry import listening_ports
 from provisioner.operations import install_app, rotate_app, uninstall_app
-from tests.system.apps_lab import AppLab, all_cmdlines, as_user, http, make_lab, wait_for
+from tests.system.fixtures.apps import AppLab, http, make_lab
+from tests.system.fixtures.processes import all_cmdlines, run_as, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -138,7 +139,7 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
     creds = install_app(ctx, owner, app)
     assert isinstance(creds, AppCredentials)
     assert len(creds.password) >= 22 and creds.username == owner
-    app_dir = Path(lab.root / "homes" / owner / "apps" / app)
+    app_dir = Path(lab.host.slots_root / owner / "apps" / app)
     sock_dir = lab.root / "appsock" / owner / app
     if get_app(app).unix_socket:  # no TCP port at all: its private socket, its front-door URL
         port = None
@@ -165,12 +166,12 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
 
     # The owner's copy and the app's secret-bearing config: 0600, the slot user's; no other
     # tenant can read them.
-    owner_uid = (lab.root / "homes" / owner).stat().st_uid
+    owner_uid = (lab.host.slots_root / owner).stat().st_uid
     for rel in (CREDENTIALS_FILE, *probe.secret_files):
         st = (app_dir / rel).stat()
         assert (st.st_mode & 0o777, st.st_uid) == (0o600, owner_uid), rel
-        assert as_user(owner, "cat", str(app_dir / rel)).returncode == 0
-        denied = as_user(other, "cat", str(app_dir / rel))
+        assert run_as(owner, "cat", str(app_dir / rel)).returncode == 0
+        denied = run_as(other, "cat", str(app_dir / rel))
         assert denied.returncode != 0 and "Permission denied" in denied.stderr
     assert json.loads((app_dir / CREDENTIALS_FILE).read_text())["password"] == creds.password
 
@@ -182,9 +183,9 @@ def test_app_lifecycle(lab: AppLab, app: str) -> None:
         assert (st.st_uid, oct(st.st_mode & 0o7777)) == (owner_uid, "0o2700")
         probe_py = ("import socket, sys\ntry:\n    socket.socket(socket.AF_UNIX).connect(sys.argv[1])\n"
                     "except OSError as e:\n    print(type(e).__name__)\nelse:\n    print('connected')\n")
-        assert as_user(other, "/usr/bin/python3", "-c", probe_py, str(sock_dir / "http.sock")
+        assert run_as(other, "/usr/bin/python3", "-c", probe_py, str(sock_dir / "http.sock")
                        ).stdout.strip() == "PermissionError"
-        assert as_user(owner, "/usr/bin/python3", "-c", probe_py, str(sock_dir / "http.sock")
+        assert run_as(owner, "/usr/bin/python3", "-c", probe_py, str(sock_dir / "http.sock")
                        ).stdout.strip() == "connected"
 
     # Never a secret on a command line, in the supervisor's logs, or in the audit log.

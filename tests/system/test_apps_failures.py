@@ -14,7 +14,8 @@ from provisioner import steps as plan_mod
 from provisioner.apps.registry import listening_ports
 from provisioner.errors import SlotError, StepFailed
 from provisioner.operations import install_app, uninstall_app
-from tests.system.apps_lab import AppLab, make_lab, wait_for
+from tests.system.fixtures.apps import AppLab, make_lab
+from tests.system.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -34,7 +35,7 @@ def _leftovers(lab: AppLab, username: str) -> dict[str, object]:
     finally:
         db.close()
     programs = sorted(p.name for p in (lab.root / "state" / "supervisor" / "programs").glob(f"*@{username}.conf"))
-    home = lab.root / "homes" / username
+    home = lab.host.slots_root / username
     return {**rows, "programs": programs, "apps_dir": (home / "apps").exists(),
             "sockets": (lab.root / "appsock" / username).exists(),
             "listening": sorted(p for p in listening_ports() if lab.port_min <= p <= lab.port_max)}
@@ -135,7 +136,7 @@ def test_slot_create_with_apps_and_remove(lab: AppLab) -> None:
         ["app-jupyterlab", "app-transmission"]
     assert not any(Path(f"/proc/{p}").exists() for p in pids)
     assert _leftovers(lab, name) == {**CLEAN, "apps_dir": False}
-    assert not (lab.root / "homes" / name).exists()
+    assert not (lab.host.slots_root / name).exists()
 
 
 def test_slot_create_with_a_failing_app_creates_nothing(lab: AppLab) -> None:
@@ -149,7 +150,7 @@ def test_slot_create_with_a_failing_app_creates_nothing(lab: AppLab) -> None:
         lab.config_path.write_text(lab.toml())
     assert out.returncode == 1 and "no free port left" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert lab.context().store.get_slot(name) is None
-    assert not (lab.root / "homes" / name).exists()
+    assert not (lab.host.slots_root / name).exists()
     assert _leftovers(lab, name) == CLEAN
 
 
@@ -181,7 +182,7 @@ def test_twenty_concurrent_installs_never_collide(lab: AppLab) -> None:
 
 
 def lab_slotctl() -> Path:
-    from tests.system.apps_lab import SLOTCTL
+    from tests.system.fixtures.hosts import SLOTCTL
 
     return SLOTCTL
 

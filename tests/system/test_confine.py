@@ -29,8 +29,10 @@ import pytest
 from provisioner import operations
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
-from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host
-from tests.system.lab import PASSWORD_LOGIN_OPTS, LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
+from tests.system.fixtures.hosts import REPO, SlotHost, make_slot_host, teardown_slot_host
+from tests.system.fixtures.netns import LabHost, LabNet, NetOnlyHost
+from tests.system.fixtures.processes import wait_for
+from tests.system.fixtures.sshd import PASSWORD_LOGIN_OPTS, LabSshd
 from tests.system.test_quota_escape import SUBVOL_WITH_INHERIT
 
 pytestmark = pytest.mark.root
@@ -222,7 +224,7 @@ def test_an_app_cannot_make_a_subvolume(lab: Lab) -> None:
                                               "exec sleep 600"])
         sup.ensure_program(prog)
         try:
-            assert wait_for(out.exists, timeout=60), "the app wrote nothing"
+            wait_for(out.exists, timeout=60, what="the app to write its output")
             _assert_refused(lab, out.read_text())
         finally:
             sup.remove_program(prog.name)

@@ -16,8 +16,9 @@ import pytest
 
 from provisioner.apps import registry_of
 from provisioner.supervisor import supervisor_for
-from tests.system.conftest import SlotHost, as_user
-from tests.system.policy_lab import make_slot, policy_host
+from tests.system.fixtures.hosts import SlotHost
+from tests.system.fixtures.policy import make_slot, policy_host
+from tests.system.fixtures.processes import as_user
 
 pytestmark = pytest.mark.root
 POLICY_ITEMS = ["email", "username", "country", "client-area password", "slot password", "application passwords",

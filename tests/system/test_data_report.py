@@ -18,7 +18,7 @@ import pytest
 from provisioner.apps import registry_of
 from provisioner.config import load_config
 from provisioner.context import Context
-from tests.system.metrics_lab import Lab, lab_fixture  # noqa: F401 - the lab fixture
+from tests.system.fixtures.metrics import Lab, lab_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
 APP_SECRET = "app-Secret-9f8e7d6c5b4a"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.fleet_lab import FleetApiLab, fleet_api_lab, password_matches
-from tests.system.lifecycle_env import self_signed_cert
+from tests.system.fixtures.api import self_signed_cert
+from tests.system.fixtures.fleet import FleetApiLab, fleet_api_lab, password_matches
 
 pytestmark = pytest.mark.timeout(1200)
 

@@ -17,7 +17,7 @@ import pytest
 
 from provisioner import accounts
 from provisioner.executors.ansible import AnsibleExecutor
-from tests.system.fleet_lab import (
+from tests.system.fixtures.fleet import (
     LabHost,
     check_slot_lifecycle,
     files_containing,

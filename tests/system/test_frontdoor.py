@@ -24,7 +24,9 @@ import pytest
 from provisioner import accounts
 from provisioner.executors import SlotChange
 from provisioner.executors.local import apply_changes
-from tests.system.lifecycle_env import ApiServer, SlotHost, api_server, new_name, slot_host, wait_for
+from tests.system.fixtures.api import ApiServer, api_server
+from tests.system.fixtures.hosts import PLANS, SLOTCTL, SlotHost, app_ports, new_name, slot_host
+from tests.system.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root  # not root: the session fixture in conftest.py fails the run
 
@@ -55,7 +57,7 @@ print(json.dumps({"extensions": [e.name for e in ctx.extensions], "create": [s.n
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[SlotHost]:
-    with slot_host(image_size="2G", name_prefix=PREFIX, app_ports=(2650, 2669)) as h:
+    with slot_host("frontdoor", size="2G", plans=PLANS, apps=app_ports(2650, 2669)) as h:
         yield h
 
 
@@ -114,7 +116,7 @@ def _waiters(host: SlotHost, username: str) -> int:
 
 
 def _slotctl(host: SlotHost, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(host.slotctl_path()), "--json", *args], env=host.env(), text=True,
+    return subprocess.Popen([SLOTCTL, "--json", *args], env=host.env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -173,7 +175,7 @@ def test_every_entry_point_waits_for_the_slot_lock_then_changes_run_one_at_a_tim
         futures: list[Future[object]] = [pool.submit(through_api), pool.submit(through_module)]  # type: ignore[list-item]
         # Every entry point is waiting for the lock (seen in /proc/locks, never by timing): the
         # CLI, the API server and the executor for NAME, create-many for FRESH; nothing ran.
-        assert wait_for(lambda: _waiters(host, name) == 3 and _waiters(host, fresh) == 1, timeout=120)
+        wait_for(lambda: _waiters(host, name) == 3 and _waiters(host, fresh) == 1, timeout=120)
         assert cli.poll() is None and many.poll() is None and not any(f.done() for f in futures)
         assert _audit(host, name) == before
         assert accounts.lookup_user(fresh) is None
@@ -209,7 +211,7 @@ def test_app_rotate_against_app_uninstall_serialize_and_leave_no_drift(host: Slo
     try:
         rotate = _slotctl(host, "app", "rotate", name, "transmission")
         uninstall = _slotctl(host, "app", "uninstall", name, "transmission")
-        assert wait_for(lambda: _waiters(host, name) == 2, timeout=120)  # both wait for the lock
+        wait_for(lambda: _waiters(host, name) == 2, timeout=120)  # both wait for the lock
         assert rotate.poll() is None and uninstall.poll() is None
         assert _audit(host, name).count("app.rotate") == 0
         holder.release()
@@ -224,7 +226,7 @@ def test_app_rotate_against_app_uninstall_serialize_and_leave_no_drift(host: Slo
             assert actions == ["app.uninstall"] and "not installed" in err, err
         listed = json.loads(host.slotctl("--json", "app", "status", name, check=True).stdout)
         assert listed == [] or listed == {"apps": []}, listed
-        assert wait_for(lambda: not accounts.pids_of(accounts.lookup_user(name).uid))  # type: ignore[union-attr]
+        wait_for(lambda: not accounts.pids_of(accounts.lookup_user(name).uid))  # type: ignore[union-attr]
         _doctor_clean(host)
     finally:
         holder.release()

@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 from pyroute2 import NetNS
 
-from tests.system.guard_env import REPO, GuardEnv
-from tests.system.lab import LabHost, LabNet, LabSshd, LabUser, lab_user, ssh_key, ssh_password
+from tests.system.fixtures.guard import GuardEnv
+from tests.system.fixtures.hosts import REPO
+from tests.system.fixtures.netns import LabHost, LabNet
+from tests.system.fixtures.sshd import LabSshd, LabUser, lab_user, ssh_key, ssh_password
 from tests.system.pamclient import PAM_SUCCESS
 
 pytestmark = [pytest.mark.root]

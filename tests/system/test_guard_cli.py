@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system.guard_env import GuardEnv
+from tests.system.fixtures.guard import GuardEnv
 
 pytestmark = pytest.mark.root
 

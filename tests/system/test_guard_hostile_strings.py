@@ -31,8 +31,9 @@ from hypothesis import strategies as st
 
 from pam_hooks.policy import local_origin
 from pam_hooks.protocol import escape
-from tests.system.guard_env import REPO, GuardEnv, SyslogSink
-from tests.system.lab import wait_for
+from tests.system.fixtures.guard import GuardEnv, SyslogSink
+from tests.system.fixtures.hosts import REPO
+from tests.system.fixtures.processes import wait_for
 
 pytestmark = [pytest.mark.root]
 
@@ -115,6 +116,6 @@ def test_hostile_usernames_and_rhosts_are_data_everywhere(lab: Any, pairs: list[
         assert f"allowed: {user} from 198.51.100.9" in explained
         # the module logged the refusal with the escaped values
         logged = f"user={user} rhost={escape(raw_rhost)} ".encode()
-        assert wait_for(lambda w=logged: any(w in ln for ln in _ours(lab.module_log.lines)))
+        wait_for(lambda w=logged: any(w in ln for ln in _ours(lab.module_log.lines)))
     for ln in _ours(lab.module_log.lines) + _ours(lab.service_log.lines):
         assert all(0x20 <= b <= 0x7E for b in ln), ln  # one printable line each: no forged line, no escape

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from pam_hooks.netblock import routes_in
-from tests.system.guard_env import REPO
-from tests.system.lab import LabNet
+from tests.system.fixtures.hosts import REPO
+from tests.system.fixtures.netns import LabNet
 
 pytestmark = pytest.mark.root
 

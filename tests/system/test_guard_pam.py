@@ -23,8 +23,9 @@ import pytest
 
 from pam_hooks.install import TOLERANT
 from pam_hooks.protocol import MAX_FIELD_BYTES, escape
-from tests.system.guard_env import GuardEnv
-from tests.system.lab import lab_user, wait_for
+from tests.system.fixtures.guard import GuardEnv
+from tests.system.fixtures.processes import wait_for
+from tests.system.fixtures.sshd import lab_user
 from tests.system.pamclient import PAM_AUTH_ERR, PAM_PERM_DENIED, PAM_SUCCESS, PamHandle, concurrent_attempts
 
 pytestmark = [pytest.mark.root]
@@ -133,7 +134,7 @@ def test_fifty_concurrent_wrong_attempts_exact(guard: GuardEnv, service: str, us
     rec = record(guard, name, ip)
     assert rec["count"] == guard.checks(name)  # every checked (failed) password is recorded
     assert rec["count"] + rec["refused"] == 50  # and every attempt left a trace
-    assert wait_for(lambda: record(guard, name, ip)["pending"] == 0)  # every pam_end reported its outcome
+    wait_for(lambda: record(guard, name, ip)["pending"] == 0)  # every pam_end reported its outcome
 
 
 def test_repeated_tries_on_one_handle(guard: GuardEnv, service: str, user: tuple[str, str]) -> None:
@@ -152,7 +153,7 @@ def test_repeated_tries_on_one_handle(guard: GuardEnv, service: str, user: tuple
         assert h.authenticate() == PAM_AUTH_ERR
         assert h.authenticate() == PAM_AUTH_ERR
     # pam_end's cleanup resolves the last try (sent without waiting for the reply)
-    assert wait_for(lambda: record(guard, name, ip)["pending"] == 0)
+    wait_for(lambda: record(guard, name, ip)["pending"] == 0)
     assert record(guard, name, ip)["count"] == 2
 
 

@@ -21,8 +21,9 @@ import pytest
 
 from pam_hooks.config import GuardConfig
 from pam_hooks.install import TOLERANT, pam_auth_update_profiles
-from tests.system.guard_env import SLOTCTL, GuardEnv
-from tests.system.lab import lab_user
+from tests.system.fixtures.guard import GuardEnv
+from tests.system.fixtures.hosts import SLOTCTL
+from tests.system.fixtures.sshd import lab_user
 
 pytestmark = pytest.mark.root
 

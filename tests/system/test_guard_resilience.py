@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.guard_env import GuardEnv, SyslogSink
-from tests.system.lab import lab_user, wait_for
+from tests.system.fixtures.guard import GuardEnv, SyslogSink
+from tests.system.fixtures.processes import wait_for
+from tests.system.fixtures.sshd import lab_user
 from tests.system.pamclient import PAM_SUCCESS, PamHandle, concurrent_attempts
 
 pytestmark = [pytest.mark.root]
@@ -83,7 +84,7 @@ class Flood:
 
     def __enter__(self) -> Flood:
         self._thread.start()
-        assert wait_for(lambda: self.opened >= self.hold, timeout=30)
+        wait_for(lambda: self.opened >= self.hold, timeout=30)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,7 +149,7 @@ def test_damaged_store_set_aside_fresh_store_still_guards(user: tuple[str, str])
         assert "set aside as" in r.stdout.splitlines()[1]
         assert env.json("status")["state"] == "degraded"
         assert env.json("stats")["store_recoveries"] == 1
-        assert wait_for(lambda: any(b"GUARD STORE DAMAGED" in ln for ln in sink.lines))
+        wait_for(lambda: any(b"GUARD STORE DAMAGED" in ln for ln in sink.lines))
     finally:
         env.close()
         if sink is not None:
@@ -195,7 +196,7 @@ def test_systemd_socket_activate(user: tuple[str, str]) -> None:
     try:
         env.cfg.socket.parent.mkdir(parents=True, exist_ok=True)
         env.start(activate=["systemd-socket-activate", "-l", str(env.cfg.socket)], wait=False)
-        assert wait_for(env.cfg.socket.exists)
+        wait_for(env.cfg.socket.exists)
         service = env.pam_service(count_checks=True)
         name, pw = user
         codes = [login(service, name, "wrong", "198.51.100.64") for _ in range(2)] + [

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pam_hooks.protocol import escape
+from tests.system.fixtures.guard import GuardEnv
 from tests.system.fixtures.guard_fleet import GuardFleet, guard_fleet
-from tests.system.guard_env import GuardEnv
-from tests.system.lab import wait_for
+from tests.system.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -54,11 +54,11 @@ def test_lock_on_one_host_refused_on_every_other(fleet: GuardFleet) -> None:
     rows = fleet.guards[2].json("list", "--user", "alice", "--ip", ip)
     assert [(r["count"], r["refused"], r["rule"]) for r in rows] == [(PAIR_DENY, 3, "pair")]
     # The lock reaches the other hosts' own stores too (pulled every tick): their fallback knows it.
-    assert wait_for(lambda: all(any(lk["key"] == f"alice {ip}" for lk in _local_locks(g)) for g in fleet.guards[1:]))
+    wait_for(lambda: all(any(lk["key"] == f"alice {ip}" for lk in _local_locks(g)) for g in fleet.guards[1:]))
     # A lift on host 3 frees the pair on host 1 (whose own copy of the lock, which refuses without
     # asking the store, follows the store's at its next tick).
     fleet.guards[2].json("lift", "--user", "alice", "--ip", ip)
-    assert wait_for(lambda: not _local_locks(fleet.guards[0]))
+    wait_for(lambda: not _local_locks(fleet.guards[0]))
     assert fleet.auth(0, "alice", ip).startswith("ALLOW ")
 
 
@@ -75,9 +75,9 @@ def test_success_clears_the_pair_fleet_wide(fleet: GuardFleet) -> None:
     # ... and on every host: the earlier failures are cleared there, not counted again. (Another
     # host may have pulled the lock this try set before the success undid it: its copy follows
     # at its next tick; until then it errs towards refusing.)
-    assert wait_for(lambda: fleet.pg_rows("SELECT state FROM guard.attempts WHERE username = 'gina'"
-                                          " AND state = 'succeeded'") == [("succeeded",)])
-    assert wait_for(lambda: not [lk for lk in _local_locks(fleet.guards[1]) if str(lk["key"]).startswith("gina ")])
+    wait_for(lambda: fleet.pg_rows("SELECT state FROM guard.attempts WHERE username = 'gina'"
+                                   " AND state = 'succeeded'") == [("succeeded",)])
+    wait_for(lambda: not [lk for lk in _local_locks(fleet.guards[1]) if str(lk["key"]).startswith("gina ")])
     assert [fleet.fail(1, "gina", ip).split()[0] for _ in range(PAIR_DENY)] == ["ALLOW", "ALLOW", "DENY"]
     assert fleet.auth(2, "gina", ip).startswith("DENY pair ")
 
@@ -137,13 +137,13 @@ def test_hostile_values_stay_data(fleet: GuardFleet, raw: bytes) -> None:
         assert fleet.fail(1, user, rhost).startswith("ALLOW ")
     assert fleet.auth(2, user, rhost).startswith("DENY pair ")
     # (a refusal from a host's copy of the lock reaches the store with that host's next tick)
-    assert wait_for(lambda: fleet.pg_rows("SELECT username, ip, count(*) FROM guard.attempts WHERE username = %s"
-                                          " GROUP BY 1, 2", user) == [(user, rhost, PAIR_DENY + 1)])
+    wait_for(lambda: fleet.pg_rows("SELECT username, ip, count(*) FROM guard.attempts WHERE username = %s"
+                                   " GROUP BY 1, 2", user) == [(user, rhost, PAIR_DENY + 1)])
     assert fleet.pg_rows("SELECT count(*) FROM guard.schema_version") == [(1,)]
     fleet.guards[0].json("forget", "--user", user)
     assert fleet.pg_rows("SELECT count(*) FROM guard.attempts WHERE username = %s", user) == [(0,)]
     # The forget reaches the other hosts' copies (the events table), and a purge keeps recent events.
-    assert wait_for(lambda: not _local_rows(fleet.guards[1], user) and not _local_rows(fleet.guards[2], user))
+    wait_for(lambda: not _local_rows(fleet.guards[1], user) and not _local_rows(fleet.guards[2], user))
     fleet.guards[1].json("purge")
     assert fleet.pg_rows("SELECT count(*) FROM guard.events WHERE username = %s", user) == [(1,)]
     assert fleet.pg_rows("SELECT count(*) FROM guard.locks WHERE key LIKE %s", user.replace("%", "\\%") + "%") \
@@ -187,8 +187,8 @@ def test_outage_decides_locally_then_reconciles() -> None:
         # An operator's lift meanwhile waits for the store.
         fleet.guards[1].json("lift", "--user", "carol", "--ip", ip)
         fleet.pg.server.start()
-        assert wait_for(lambda: all(fleet.status(i)["store"]["reachable"] and fleet.status(i)["store"]["unsynced"] == 0
-                                    for i in range(2)), timeout=30)
+        wait_for(lambda: all(fleet.status(i)["store"]["reachable"] and fleet.status(i)["store"]["unsynced"] == 0
+                             for i in range(2)), timeout=30)
         # Nothing lost: every try of the outage is in the shared store, from the host that decided it.
         rows = dict(fleet.pg_rows("SELECT host || ' ' || state, count(*) FROM guard.attempts WHERE username = 'carol'"
                                   " GROUP BY 1"))
@@ -210,10 +210,10 @@ def test_outage_locks_made_alone_reach_the_fleet() -> None:
             assert fleet.fail(0, "dave", ip).startswith("ALLOW ")
         assert fleet.auth(0, "dave", ip).startswith("DENY pair ")
         fleet.pg.server.start()
-        assert wait_for(lambda: fleet.status(0)["store"]["unsynced"] == 0 and fleet.status(0)["store"]["reachable"],
-                        timeout=30)
+        wait_for(lambda: fleet.status(0)["store"]["unsynced"] == 0 and fleet.status(0)["store"]["reachable"],
+                 timeout=30)
         # Host 2 was never told: it refuses dave from the lock host 1 set alone.
-        assert wait_for(lambda: fleet.status(1)["store"]["reachable"], timeout=30)
+        wait_for(lambda: fleet.status(1)["store"]["reachable"], timeout=30)
         assert fleet.auth(1, "dave", ip).startswith("DENY pair ")
 
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.system.fixtures.guard_fleet import GuardFleet, guard_fleet
-from tests.system.lab import LabUser, lab_user, ssh_key, ssh_password
+from tests.system.fixtures.sshd import LabUser, lab_user, ssh_key, ssh_password
 
 pytestmark = [pytest.mark.root, pytest.mark.sshd]
 

@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pam_hooks.netblock import routes_in
-from tests.system.guard_env import GuardEnv
-from tests.system.lab import LabHost, LabNet, LabSshd, LabUser, lab_user, ssh_key, ssh_password, wait_for
+from tests.system.fixtures.guard import GuardEnv
+from tests.system.fixtures.netns import LabHost, LabNet
+from tests.system.fixtures.processes import wait_for
+from tests.system.fixtures.sshd import LabSshd, LabUser, lab_user, ssh_key, ssh_password
 
 pytestmark = [pytest.mark.root, pytest.mark.sshd]
 
@@ -113,12 +115,12 @@ def test_ip_lock_adds_and_removes_blackhole_route(lab: Lab, user: LabUser) -> No
     for _ in range(IP_DENY):  # spraying: a new username each time
         # The last try sets the lock: its own connection is cut by the new route (then it times out).
         assert ssh_password(c, lab.sshd, f"tg{secrets.token_hex(3)}sp", "123456", timeout=15) != 0
-    assert wait_for(lambda: f"{c.addr}/32" in routes_in(lab.net.hosts["srv"].netns))
+    wait_for(lambda: f"{c.addr}/32" in routes_in(lab.net.hosts["srv"].netns))
     assert ssh_password(c, lab.sshd, user.name, user.password, timeout=30) != 0
     status = lab.guard.json("status")
     assert c.addr in status["blocks"]
     lab.guard.json("lift", "--ip", c.addr)
-    assert wait_for(lambda: f"{c.addr}/32" not in routes_in(lab.net.hosts["srv"].netns))
+    wait_for(lambda: f"{c.addr}/32" not in routes_in(lab.net.hosts["srv"].netns))
     assert ssh_password(c, lab.sshd, user.name, user.password) == 0
 
 

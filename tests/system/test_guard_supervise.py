@@ -10,8 +10,8 @@ import pytest
 
 from pam_hooks.client import request
 from provisioner.supervisor.supervisord import Supervisord
-from tests.system.guard_env import GuardEnv
-from tests.system.lab import wait_for
+from tests.system.fixtures.guard import GuardEnv
+from tests.system.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -38,17 +38,17 @@ def test_supervised_guard_restarts_after_kill(env: GuardEnv) -> None:
     assert dry["program"] == "slotwarden-guard@root" and dry["supervisor"] == "supervisord"
     out = env.json("supervise")
     assert out["status"]["running"] is True and out["changed"] is True
-    assert wait_for(lambda: _pid(env) is not None)
+    wait_for(lambda: _pid(env) is not None)
     pid = _pid(env)
     assert pid is not None
     assert request(env.cfg.socket, 'JSON\t{"op": "ping"}').endswith('"pong"}')
     keeper = out["status"]["pid"]  # supervisord runs the socket keeper; it runs serve
     assert keeper != pid
     os.kill(pid, signal.SIGKILL)  # a crash of the service: the keeper starts it again
-    assert wait_for(lambda: _pid(env) not in (None, pid), timeout=30)
+    wait_for(lambda: _pid(env) not in (None, pid), timeout=30)
     again = env.json("supervise")  # idempotent: the running program is kept
     assert again["status"]["pid"] == keeper and again["changed"] is False, again
     served = _pid(env)
     os.kill(keeper, signal.SIGKILL)  # a crash of the keeper itself: supervisord starts it again
-    assert wait_for(lambda: _pid(env) not in (None, served), timeout=30)
+    wait_for(lambda: _pid(env) not in (None, served), timeout=30)
     assert env.json("supervise")["status"]["pid"] != keeper

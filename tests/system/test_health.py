@@ -16,9 +16,9 @@ from provisioner.config import load_config
 from provisioner.context import Context
 from provisioner.metrics.health import ResponseCounter, health
 from provisioner.metrics.serve import make_server
-from tests.system.conftest import SlotHost
-from tests.system.guard_env import GuardEnv
-from tests.system.policy_lab import policy_host
+from tests.system.fixtures.guard import GuardEnv
+from tests.system.fixtures.hosts import SlotHost
+from tests.system.fixtures.policy import policy_host
 
 pytestmark = pytest.mark.root
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.sweep import sysv_objects
-from tests.system.conftest import SlotHost, as_user
+from tests.system.fixtures.hosts import SlotHost
+from tests.system.fixtures.processes import as_user
 
 pytestmark = pytest.mark.root
 
@@ -326,7 +327,7 @@ def test_sweep_follows_no_symlink_another_tenant_swaps_in(slot_host: SlotHost) -
 
 
 def test_two_stores_on_one_host_never_hand_out_the_same_id(slot_host: SlotHost) -> None:
-    from tests.system.conftest import make_slot_host, teardown_slot_host, world_traversable_tmpdir
+    from tests.system.fixtures.hosts import make_slot_host, teardown_slot_host, world_traversable_tmpdir
 
     other = make_slot_host(world_traversable_tmpdir("ids"), f"ti{secrets.token_hex(2)}", size="1G")
     try:

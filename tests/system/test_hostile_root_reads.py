@@ -16,7 +16,7 @@ import pytest
 
 from provisioner.datareport import data_report
 from provisioner.metrics.kernel import tree_usage
-from tests.system.conftest import SlotHost
+from tests.system.fixtures.hosts import SlotHost
 
 pytestmark = pytest.mark.root
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.system.conftest import SLOTCTL, as_user
-from tests.system.hub_lab import CSRF, PAIR_DENY, HubLab, close_hub_lab, make_hub_lab
-from tests.system.lab import wait_for
+from tests.system.fixtures.hosts import SLOTCTL
+from tests.system.fixtures.hub import CSRF, PAIR_DENY, HubLab, close_hub_lab, make_hub_lab
+from tests.system.fixtures.processes import as_user, wait_for
 
 pytestmark = [pytest.mark.root]
 
@@ -157,7 +157,7 @@ def test_hub_server_errors_reach_the_health_counter(hub: HubLab) -> None:
                 counter.update(ctx)
                 return counter.counts.get(("hub", "5xx"), 0) >= before + 3
 
-            assert wait_for(counted, timeout=30)
+            wait_for(counted, timeout=30)
         rows = ctx.store.db.execute("SELECT actor, detail FROM audit WHERE action = 'hub.responses'").fetchall()
         assert rows and {r["actor"] for r in rows} == {"hub"}
         assert all(set(json.loads(r["detail"])) == {"statuses", "requests", "since", "until"} for r in rows)
@@ -224,8 +224,8 @@ def test_processes_are_only_my_own_and_command_lines_are_escaped(hub: HubLab) ->
                               start_new_session=True) for who in (mine, other)]
     try:
         for who in (mine, other):
-            assert wait_for(lambda w=who: subprocess.run(["pgrep", "-u", w, "sleep"],
-                                                         capture_output=True).returncode == 0)
+            wait_for(lambda w=who: subprocess.run(["pgrep", "-u", w, "sleep"],
+                                                  capture_output=True).returncode == 0)
         with hub.logged_in(mine) as c:
             r = c.get("/processes")
             assert r.status_code == 200
@@ -467,7 +467,7 @@ def test_overview_charts_fill_from_the_history_and_removal_forgets_the_slot(hub:
                 found = re.search(r'data-points="(\d+)">\s*<strong>RAM</strong>', c.get("/overview").text)
                 return int(found.group(1)) if found else 0
 
-            assert wait_for(lambda: ram_points() >= 1, timeout=60)
+            wait_for(lambda: ram_points() >= 1, timeout=60)
             text = c.get("/overview?range=30d").text
             assert "last 30 days" in text and "<polyline" in text
             report = c.get("/data-report.json").json()
@@ -501,7 +501,7 @@ def test_this_wasnt_me_reports_the_login_and_ends_the_other_sessions(hub: HubLab
 def test_hub_supervise_keeps_it_running(hub: HubLab) -> None:
     """Last in this module: the lab's own `hub serve` makes way for the supervised one, then returns."""
     from provisioner.supervisor import supervisor_for
-    from tests.system.lab import stop_process
+    from tests.system.fixtures.processes import stop_process
 
     stop_process(hub.procs.pop())  # the lab's hub serve (started last)
     ctx = hub.host.ctx()
@@ -512,7 +512,7 @@ def test_hub_supervise_keeps_it_running(hub: HubLab) -> None:
         hub.wait_answering("supervised hub")
         first = sup.status(out["program"]).pid
         os.kill(first, signal.SIGKILL)  # a crash: the supervisor starts it again
-        assert wait_for(lambda: (sup.status(out["program"]).pid or first) != first, timeout=60)
+        wait_for(lambda: (sup.status(out["program"]).pid or first) != first, timeout=60)
         hub.wait_answering("restarted hub")
         again = hub.slotctl_json("hub", "supervise")
         assert again["changed"] is False

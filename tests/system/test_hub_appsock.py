@@ -23,10 +23,9 @@ from typing import Any
 import pytest
 
 from provisioner.supervisor import program_name, supervisor_for
-from tests.system.apps_lab import MariaDB
-from tests.system.conftest import as_user
-from tests.system.hub_lab import HubLab, close_hub_lab, make_hub_lab
-from tests.system.lab import wait_for
+from tests.system.fixtures.apps import MariaDB
+from tests.system.fixtures.hub import HubLab, close_hub_lab, make_hub_lab
+from tests.system.fixtures.processes import as_user, wait_for
 
 pytestmark = [pytest.mark.root]
 
@@ -114,8 +113,8 @@ def serve_fake(hub: HubLab, user: str, path: Path, tag: str) -> tuple[subprocess
     log.chmod(0o666)
     p = subprocess.Popen(["runuser", "-u", user, "--", "/usr/bin/python3", str(script), str(path), str(log)],
                          start_new_session=True)
-    assert wait_for(lambda: as_user(user, f"/usr/bin/python3 -c {shq(PROBE)} {path}").stdout.strip() == "connected",
-                    timeout=20)
+    wait_for(lambda: as_user(user, f"/usr/bin/python3 -c {shq(PROBE)} {path}").stdout.strip() == "connected",
+             timeout=20)
     return p, log
 
 
@@ -236,7 +235,7 @@ def test_a_squatted_socket_is_refused_and_reported_and_rotate_will_not_trust_it(
     uid = int(as_user(owner, "id -u").stdout)
     wait_for(lambda: (d / "http.sock").exists() and (d / "http.sock").stat().st_uid == uid, timeout=60)
     with hub.logged_in(owner) as c:
-        assert wait_for(lambda: c.get(f"/apps/{owner}/jupyterlab/login").status_code == 200, timeout=60)
+        wait_for(lambda: c.get(f"/apps/{owner}/jupyterlab/login").status_code == 200, timeout=60)
 
 
 def test_a_symlink_swapped_in_for_the_socket_is_refused_and_never_followed(hub: HubLab, owner: str) -> None:
@@ -265,7 +264,7 @@ def test_a_symlink_swapped_in_for_the_socket_is_refused_and_never_followed(hub: 
         sup.start(prog)
         sup.wait_running(prog)
     with hub.logged_in(owner) as c:
-        assert wait_for(lambda: c.get(f"/apps/{owner}/wordpress/wp-login.php").status_code == 200, timeout=60)
+        wait_for(lambda: c.get(f"/apps/{owner}/wordpress/wp-login.php").status_code == 200, timeout=60)
 
 
 def test_a_symlink_planted_where_the_install_makes_the_socket_dir_is_not_followed(hub: HubLab) -> None:

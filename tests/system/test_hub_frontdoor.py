@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from provisioner.supervisor import program_name, supervisor_for
-from tests.system.conftest import as_user
-from tests.system.hub_lab import HubLab, close_hub_lab, make_hub_lab
-from tests.system.lab import wait_for
+from tests.system.fixtures.hub import HubLab, close_hub_lab, make_hub_lab
+from tests.system.fixtures.processes import as_user, wait_for
 
 pytestmark = [pytest.mark.root]
 
@@ -74,8 +73,8 @@ def serve_fake(hub: HubLab, user: str, port: int) -> tuple[subprocess.Popen[byte
     log.chmod(0o666)
     p = subprocess.Popen(["runuser", "-u", user, "--", "/usr/bin/python3", str(script), str(port), str(log)],
                          start_new_session=True)
-    assert wait_for(lambda: subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
-                                           text=True).stdout.strip() != "", timeout=20)
+    wait_for(lambda: subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                                    text=True).stdout.strip() != "", timeout=20)
     return p, log
 
 
@@ -172,7 +171,7 @@ def test_another_tenant_cannot_connect_to_my_apps_port(hub: HubLab, owner: tuple
     def attempt(user: str) -> str:
         return as_user(user, f"/usr/bin/python3 {script} {port}").stdout.strip()
 
-    assert wait_for(lambda: attempt(stranger).startswith("refused"), timeout=30), attempt(stranger)  # the fence
+    wait_for(lambda: attempt(stranger).startswith("refused"), timeout=30, what=attempt(stranger))  # the fence
     assert attempt(name) == "connected"  # the slot itself still reaches its app
     with hub.logged_in(name) as c:  # and so does the front door (the Hub's user)
         assert c.get(f"/apps/{name}/transmission/").status_code == 401

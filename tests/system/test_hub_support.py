@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.system.conftest import as_user
-from tests.system.hub_lab import CSRF, POLICY, HubLab, close_hub_lab, make_hub_lab
-from tests.system.lab import remove_user
+from tests.system.fixtures.hub import CSRF, POLICY, HubLab, close_hub_lab, make_hub_lab
+from tests.system.fixtures.processes import as_user
+from tests.system.fixtures.sshd import remove_user
 
 pytestmark = [pytest.mark.root]
 ADMIN_GROUP = "slotwarden-admin"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
+from tests.system.fixtures.hosts import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
 
 pytestmark = pytest.mark.root
 

@@ -16,34 +16,28 @@ from provisioner import accounts, config, lifecycle_records, loginstate, operati
 from provisioner import steps as plan
 from provisioner.errors import SlotError, StepFailed
 from provisioner.slots import Created
-from tests.system.lifecycle_env import (
-    LabSshd,
-    ProcessApps,
-    SlotHost,
-    add_key,
-    lab_sshd,
-    new_name,
-    port_open,
-    slot_host,
-    ssh_key,
-    ssh_password,
-    su_from_root,
-    su_password,
-    wait_for,
-)
+from tests.system.fixtures.apps import ProcessApps, port_open
+from tests.system.fixtures.doors import su_from_root, su_password
+from tests.system.fixtures.hosts import PLANS, SlotHost, app_ports, new_name, slot_host
+from tests.system.fixtures.netns import LabNet
+from tests.system.fixtures.processes import wait_for
+from tests.system.fixtures.sshd import LabSshd, authorize_key, ssh_key, ssh_password
 
 pytestmark = pytest.mark.root  # not root: the session fixture in conftest.py fails the run
 
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[SlotHost]:
-    with slot_host() as h:
+    with slot_host("lifecycle", plans=PLANS, apps=app_ports(2580, 2599)) as h:
         yield h
 
 
 @pytest.fixture(scope="module")
 def sshd() -> Iterator[LabSshd]:
-    with lab_sshd(port=2550 + secrets.randbelow(10)) as s:
+    # Slots of this suite are named tl<hex> (new_name()): nobody else may log in.
+    with LabNet("swl-") as net, LabSshd(net.host("srv", "198.51.100.1"), port=2550 + secrets.randbelow(10),
+                                        pam_service=f"slotwarden-test-swl-{secrets.token_hex(3)}",
+                                        extra_config="AllowUsers tl*\n") as s:
         yield s
 
 
@@ -86,6 +80,14 @@ def _remove(host: SlotHost, name: str) -> None:
         ctx.close()
 
 
+def _doors(sshd: LabSshd, name: str, password: str, key: Path, port: int) -> dict[str, bool]:
+    """Which doors let NAME in: ssh with the password and with the key, su (asked for the password
+    and from root), and whether its app answers."""
+    return {"password": ssh_password(sshd.host, sshd, name, password) == 0,
+            "key": ssh_key(sshd.host, sshd, name, key) == 0,
+            "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
+
+
 @pytest.mark.sshd
 def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restores(
     host: SlotHost, sshd: LabSshd, apps: ProcessApps, keydir: Path
@@ -93,7 +95,7 @@ def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restor
     name, password = _create(host)
     try:
         home = Path(host.ctx().store.get_slot(name).home)  # type: ignore[union-attr]
-        key = add_key(name, keydir)
+        key = authorize_key(name, keydir)
         data = home / "data.txt"
         data.write_text("the tenant's own\n")
         os.chown(data, *(lambda a: (a.uid, a.gid))(accounts.lookup_user(name)))  # type: ignore[union-attr]
@@ -101,21 +103,19 @@ def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restor
         apps.ports[name] = port
         ctx = host.ctx(app_control=apps)
         apps.start(ctx, name, "web")
-        before = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
-                  "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
+        before = _doors(sshd, name, password, key, port)
         assert before == {"password": True, "key": True, "su": True, "su-root": True, "app": True}
 
         plan_done = operations.suspend(ctx, name, "invoice 42 unpaid")
         assert [s.name for s in plan_done.steps] == ["record", "expire", "lock", "stop-app:web", "processes", "mark"]
 
-        after = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
-                 "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
+        after = _doors(sshd, name, password, key, port)
         assert after == {"password": False, "key": False, "su": False, "su-root": False, "app": False}
         assert accounts.pids_of(accounts.lookup_user(name).uid) == []  # type: ignore[union-attr]
         assert data.read_text() == "the tenant's own\n"
         assert (home / ".ssh" / "authorized_keys").exists()
         # The key login was refused by the PAM account phase (sshd skips the auth stack for keys).
-        assert f"Access denied for user {name} by PAM account configuration" in sshd.log.read_text()
+        wait_for(lambda: f"Access denied for user {name} by PAM account configuration" in sshd.log_text())
         status = operations.slot_status(ctx, name)
         assert status["state"] == "suspended"
         assert status["suspended_reason"] == "invoice 42 unpaid"
@@ -127,9 +127,8 @@ def test_suspend_refuses_every_login_stops_apps_keeps_files_and_unsuspend_restor
 
         plan_back = operations.unsuspend(ctx, name)
         assert [s.name for s in plan_back.steps] == ["unlock", "expire", "start-app:web", "mark"]
-        assert wait_for(lambda: port_open(port))
-        again = {"password": ssh_password(sshd, name, password), "key": ssh_key(sshd, name, key),
-                 "su": su_password(name, password), "su-root": su_from_root(name), "app": port_open(port)}
+        wait_for(lambda: port_open(port))
+        again = _doors(sshd, name, password, key, port)
         assert again == before
         assert loginstate.login_state(name) == loginstate.LoginState(expire="", locked=False)
         assert operations.unsuspend(ctx, name).steps == []  # idempotent
@@ -214,7 +213,8 @@ def test_suspend_that_fails_midway_is_undone(host: SlotHost) -> None:
         plan.fail_at_step = None
         assert loginstate.login_state(name) == loginstate.LoginState(expire="", locked=False)
         assert ctx.store.get_slot(name).state == "active"  # type: ignore[union-attr]
-        assert lifecycle_records.get_lifecycle(ctx.store, name) == lifecycle_records.LifecycleRecord(name, "small")
+        life = lifecycle_records.LifecycleRecords(ctx.store).get(name)
+        assert life == lifecycle_records.LifecycleRecord(name, "small")
         assert su_password(name, password)
     finally:
         plan.fail_at_step = None
@@ -261,7 +261,7 @@ def test_change_plan_applies_the_quota_and_refuses_one_below_the_data(host: Slot
         assert refused.returncode == 1
         assert "plan small" in refused.stderr and "67108864 bytes (64M)" in refused.stderr
         assert ctx.quota.usage(name, home).limit_bytes == 256 << 20  # nothing changed
-        assert lifecycle_records.get_lifecycle(ctx.store, name).plan == "large"  # type: ignore[union-attr]
+        assert lifecycle_records.LifecycleRecords(ctx.store).get(name).plan == "large"  # type: ignore[union-attr]
         # Unknown plan: bad input, exit 2, names the known ones.
         unknown = host.slotctl("slot", "change-plan", name, "gold")
         assert unknown.returncode == 2 and "large, medium, small" in unknown.stderr
@@ -305,7 +305,7 @@ def test_remove_a_suspended_slot_leaves_no_trace(host: SlotHost) -> None:
         operations.remove_slot(ctx, name)
         assert accounts.lookup_user(name) is None
         assert ctx.store.get_slot(name) is None
-        assert lifecycle_records.get_lifecycle(ctx.store, name) is None
+        assert lifecycle_records.LifecycleRecords(ctx.store).get(name) is None
         assert any(e["action"] == "slot.suspend" for e in ctx.store.audit_entries(name))  # audit stays
     finally:
         ctx.close()

@@ -26,7 +26,10 @@ import pytest
 from provisioner import accounts, loginstate, operations, planchange, slotlock
 from provisioner.apps import registry_of
 from provisioner.slots import Created
-from tests.system.lifecycle_env import SlotHost, new_name, slot_host, su_password, wait_for
+from tests.system.fixtures import hosts
+from tests.system.fixtures.doors import su_password
+from tests.system.fixtures.hosts import SLOTCTL, SlotHost, app_ports, new_name, slot_host
+from tests.system.fixtures.processes import wait_for
 
 pytestmark = pytest.mark.root  # not root: the session fixture in conftest.py fails the run
 
@@ -47,7 +50,7 @@ max_apps = 2
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[SlotHost]:
-    with slot_host(image_size="1G", extra_toml=PLANS, name_prefix=PREFIX, app_ports=(2670, 2689)) as h:
+    with slot_host("wiring", plans=hosts.PLANS + PLANS, apps=app_ports(2670, 2689)) as h:
         yield h
 
 
@@ -211,7 +214,7 @@ def _run_while_locked(host: SlotHost, name: str, *args: str,
     try:
         with slotlock.slot_lock(ctx, name):
             inode = os.stat(host.config.state_dir / "locks" / f"{name}.lock").st_ino
-            proc = subprocess.Popen([str(host.slotctl_path()), *args], env=host.env(), text=True,
+            proc = subprocess.Popen([SLOTCTL, *args], env=host.env(), text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 wait_for(lambda: _waits_for_lock(proc.pid, inode) or proc.poll() is not None, timeout=120)

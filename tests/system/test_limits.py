@@ -23,9 +23,11 @@ from provisioner.doctor import find_drift
 from provisioner.limits import LimitRecords, place
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
-from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
-from tests.system.doors import lab_cron, run_su, su_stack
-from tests.system.lab import PASSWORD_LOGIN_OPTS, LabHost, LabNet, LabSshd, NetOnlyHost, wait_for
+from tests.system.fixtures.doors import lab_cron, run_su, su_stack
+from tests.system.fixtures.hosts import REPO, SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
+from tests.system.fixtures.netns import LabHost, LabNet, NetOnlyHost
+from tests.system.fixtures.processes import wait_for
+from tests.system.fixtures.sshd import PASSWORD_LOGIN_OPTS, LabSshd
 
 SESSION_MODULE = REPO / "pam_hooks" / "c" / "pam_slotwarden_session.so"
 CGROUP = Path("/sys/fs/cgroup")
@@ -155,6 +157,13 @@ def test_create_applies_the_plan_limits_to_the_kernel(lab: Lab) -> None:
     assert any(i["item"] == "resource limits" and i["value"]["memory_max"] == 96 << 20 for i in report["items"])
 
 
+def test_the_slots_parent_weighs_one_root_process_per_cpu(lab: Lab) -> None:
+    """A process in the v1 root cgroup weighs 1024 by itself: with the kernel's default 1024 on
+    the slots' parent, every tenant together got the CPU of *one* root process (a backup, dpkg),
+    and B's app waited behind the host's root jobs whenever A was busy too (bench/noisy_neighbour.py)."""
+    assert _read(CGROUP / "cpu" / lab.parent / "cpu.shares") == str(1024 * (os.cpu_count() or 1))
+
+
 def test_a_login_lands_in_its_slot_cgroup_and_cannot_leave(lab: Lab) -> None:
     a = lab.a.record.username
     r = lab.ssh(lab.a, "cat /proc/self/cgroup")
@@ -187,7 +196,7 @@ def test_su_and_cron_put_what_they_start_in_the_slot_cgroup(lab: Lab) -> None:
     with lab_cron(session, {a.username: f"* * * * * cat /proc/self/cgroup > {out}.tmp; "
                                  f"echo $$ > {CGROUP}/pids/cgroup.procs 2>/dev/null; "
                                  f"cat /proc/self/cgroup >> {out}.tmp; mv {out}.tmp {out}\n"}):
-        assert wait_for(out.exists, timeout=130, step=1), "the cron job never ran"
+        wait_for(out.exists, timeout=130, step=1, what="the cron job to write its output")
     text = out.read_text()
     out.unlink()
     assert _cgroup_of(text, "pids") == f"/{lab.parent}/{a.username}", text
@@ -353,12 +362,15 @@ def test_after_a_reboot_host_init_restores_cgroups_limits_and_apps(lab: Lab) -> 
             if d.is_dir():
                 d.rmdir()
         assert any("cgroup is gone" in d.problem for d in find_drift(ctx) if d.subject == a.username)
+        parent_shares = CGROUP / "cpu" / lab.parent / "cpu.shares"
+        parent_shares.write_text("1024")  # the kernel's default, as a parent made before the weight was set
         base = lab.host.base
         req = parse_host_request(ctx, str(base / "slots"), "btrfs", str(base / "slots.img"), "1G", True, False)
         plan = host_init(ctx, req)
         names = [s.name for s in plan.steps]
         assert names.index("slot-limits") < names.index("supervisor"), names
         assert _read(lab.cg("pids", a.username) / "pids.max") == "24"
+        assert _read(parent_shares) == str(1024 * (os.cpu_count() or 1))
         st = sup.wait_running(prog.name)
         assert st.pid is not None
         cg = Path(f"/proc/{st.pid}/cgroup").read_text()
@@ -373,7 +385,7 @@ def test_metrics_read_use_against_limit_from_the_same_cgroup(lab: Lab) -> None:
     a = lab.a.record.username
     sleeper = lab.ssh_popen(lab.a, "sleep 30 & sleep 30 & sleep 30")
     try:
-        assert wait_for(lambda: int(_read(lab.cg("pids", a) / "pids.current")) >= 5, timeout=30)
+        wait_for(lambda: int(_read(lab.cg("pids", a) / "pids.current")) >= 5, timeout=30)
         r = lab.host.slotctl("metrics", "show", a, "--format", "json", "--sample", "0")
         assert r.returncode == 0, r.stderr
         data = json.loads(r.stdout)
@@ -420,7 +432,7 @@ def test_a_plan_the_slot_already_exceeds_is_refused_and_undone_whole(lab: Lab) -
         assert _read(lab.cg("pids", b.username) / "pids.max") == before_pids
         assert int(_read(lab.cg("memory", b.username) / "memory.limit_in_bytes")) == 160 << 20
         assert LimitRecords(ctx.store).get(b.username).limits == before_limits.limits  # type: ignore[union-attr]
-        assert lifecycle_records.get_lifecycle(ctx.store, b.username).plan == "roomy"  # type: ignore[union-attr]
+        assert lifecycle_records.LifecycleRecords(ctx.store).get(b.username).plan == "roomy"  # type: ignore[union-attr]
     finally:
         holder.kill()
         holder.wait()

@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.system.metrics_lab import SLOTCTL, TENANT_PYTHON, Lab, lab_fixture, uid_pids  # noqa: F401 - the lab fixture
+from tests.system.fixtures.hosts import SLOTCTL
+from tests.system.fixtures.metrics import TENANT_PYTHON, Lab, lab_fixture  # noqa: F401
+from tests.system.fixtures.processes import uid_pids
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -249,8 +251,8 @@ def test_listener_rule_tls_and_scrape_token(lab: Lab, two: tuple[str, str]) -> N
     scraping loopback without it gets 401, and Prometheus with it reads every slot."""
     import shutil
 
-    from tests.system.conftest import world_traversable_tmpdir
-    from tests.system.lifecycle_env import self_signed_cert
+    from tests.system.fixtures.api import self_signed_cert
+    from tests.system.fixtures.hosts import world_traversable_tmpdir
 
     a, b = two
     tmp_path = world_traversable_tmpdir("metricstls")

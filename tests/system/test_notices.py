@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from provisioner.retention import run_retention
-from tests.system.conftest import SlotHost, as_user
-from tests.system.policy_lab import make_slot, policy_host
-from tests.system.policy_lab import me as run_me
+from tests.system.fixtures.hosts import SlotHost
+from tests.system.fixtures.policy import make_slot, policy_host
+from tests.system.fixtures.policy import me as run_me
+from tests.system.fixtures.processes import as_user
 
 pytestmark = pytest.mark.root
 

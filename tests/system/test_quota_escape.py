@@ -12,7 +12,8 @@ import json
 import subprocess
 
 from provisioner.quota.btrfs_tree import qgroupid, quota_mode, read_facts
-from tests.system.conftest import SlotHost, as_user
+from tests.system.fixtures.hosts import SlotHost
+from tests.system.fixtures.processes import as_user
 from tests.system.test_slots import assert_no_trace, qgroup_ids
 
 MiB = 1 << 20

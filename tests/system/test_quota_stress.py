@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system.conftest import SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
+from tests.system.fixtures.hosts import SlotHost, make_slot_host, teardown_slot_host, world_traversable_tmpdir
 from tests.system.quota_stress import run_stress
 from tests.system.test_slots import qgroup_ids
 

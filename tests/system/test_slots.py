@@ -20,7 +20,8 @@ from provisioner import steps as plan_mod
 from provisioner.errors import StepFailed
 from provisioner.operations import create_slot
 from provisioner.quota.btrfs import qgroup_ids
-from tests.system.conftest import REPO, SlotHost, as_user
+from tests.system.fixtures.hosts import REPO, SlotHost
+from tests.system.fixtures.processes import as_user
 
 pytestmark = pytest.mark.root
 

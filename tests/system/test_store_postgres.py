@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from provisioner.api import idempotency, tokens
+from provisioner.api.idempotency import IdempotencyKeys
+from provisioner.api.tokens import ApiTokens
 from provisioner.apps.registry import AppRegistry
 from provisioner.apps.vault import Vault
 from provisioner.config import ResourceLimits, load_config_text
@@ -30,14 +31,14 @@ from provisioner.errors import SlotError
 from provisioner.hub.history import MetricsHistory
 from provisioner.hub.sessions import SessionStore
 from provisioner.hub.totp import TotpStore
-from provisioner.lifecycle import LifecycleRecord, delete_lifecycle, get_lifecycle, put_lifecycle
+from provisioner.lifecycle_records import LifecycleRecord, LifecycleRecords
 from provisioner.limits.steps import LimitRecords
 from provisioner.metrics.health import store_writable
 from provisioner.notices import Notices
 from provisioner.store import SlotRecord, Store
 from provisioner.support import SupportGrants
+from tests.system.fixtures.netns import LabNet
 from tests.system.fixtures.postgres import PG_ADDR, LabPostgres, PgDatabase
-from tests.system.lab import LabNet
 
 pytestmark = pytest.mark.root
 
@@ -180,7 +181,8 @@ def test_app_registry(store: Store, tmp_path: Path) -> None:
     assert reg.credentials("alice", "jupyterlab") == {"password": "two"}
     reg.put_credentials("alice", "gone", {"password": "x"})
     assert reg.credential_apps("alice") == ["gone", "jupyterlab"]
-    assert reg.orphaned_credentials() == [("alice", "gone")]
+    assert reg.orphaned_credentials({"alice"}) == [("alice", "gone")]
+    assert reg.orphaned_credentials(set()) == [("alice", "gone"), ("alice", "jupyterlab")]  # the slot is gone
     reg.delete_credentials("alice", "gone")
     reg.release_ports("alice", "jupyterlab")
     reg.forget_install("alice", "jupyterlab")
@@ -188,19 +190,21 @@ def test_app_registry(store: Store, tmp_path: Path) -> None:
 
 
 def test_api_tokens_and_idempotency(store: Store) -> None:
-    token = tokens.create_token(store, "billing")
-    assert tokens.verify_token(store, token) == "billing"
-    tokens.revoke_token(store, "billing")
-    assert tokens.verify_token(store, token) is None
-    again = tokens.create_token(store, "billing")  # a revoked name is taken again (upsert)
-    assert tokens.verify_token(store, again) == "billing" and tokens.verify_token(store, token) is None
-    assert idempotency.begin(store, "billing", "k1", "h1", now=1000.0) is None
-    idempotency.finish(store, "billing", "k1", 201, {"username": "alice", "password": "never-kept"})
-    replay = idempotency.begin(store, "billing", "k1", "h1", now=1001.0)
+    keys = IdempotencyKeys(store)
+    tokens = ApiTokens(store)
+    token = tokens.create("billing")
+    assert tokens.verify(token) == "billing"
+    tokens.revoke("billing")
+    assert tokens.verify(token) is None
+    again = tokens.create("billing")  # a revoked name is taken again (upsert)
+    assert tokens.verify(again) == "billing" and tokens.verify(token) is None
+    assert keys.begin("billing", "k1", "h1", now=1000.0) is None
+    keys.finish("billing", "k1", 201, {"username": "alice", "password": "never-kept"})
+    replay = keys.begin("billing", "k1", "h1", now=1001.0)
     assert replay is not None and replay.status == 201 and replay.body["password"] is None
-    assert idempotency.begin(store, "billing", "k2", "h2", now=1000.0) is None
-    idempotency.abandon(store, "billing", "k2")
-    assert idempotency.begin(store, "billing", "k2", "h3", now=1000.0) is None
+    assert keys.begin("billing", "k2", "h2", now=1000.0) is None
+    keys.abandon("billing", "k2")
+    assert keys.begin("billing", "k2", "h3", now=1000.0) is None
 
 
 def test_hub_sessions_history_totp(store: Store, tmp_path: Path) -> None:
@@ -225,6 +229,7 @@ def test_hub_sessions_history_totp(store: Store, tmp_path: Path) -> None:
 
 
 def test_support_notices_lifecycle_limits(store: Store) -> None:
+    records = LifecycleRecords(store)
     grants = SupportGrants(store)
     g1 = grants.add("alice", "staff1", "ticket #42", True, 3600, 1000.0)
     g2 = grants.add("alice", "staff1", "again", False, 60, 1001.0)
@@ -237,12 +242,12 @@ def test_support_notices_lifecycle_limits(store: Store) -> None:
     notices.update(n1, state="quarantined", size=2**33, sha256="aa" * 32)
     notice = notices.get(n1)
     assert notice is not None and notice.size == 2**33 and notice.path == "caf\u00e9/x.mp4"
-    put_lifecycle(store, LifecycleRecord("alice", "one"))
-    put_lifecycle(store, LifecycleRecord("alice", "two", 1000.0, "unpaid", "billing", {"shell": "/bin/bash"}))
-    life = get_lifecycle(store, "alice")
+    records.put(LifecycleRecord("alice", "one"))
+    records.put(LifecycleRecord("alice", "two", 1000.0, "unpaid", "billing", {"shell": "/bin/bash"}))
+    life = records.get("alice")
     assert life is not None and life.plan == "two" and life.saved == {"shell": "/bin/bash"}
-    delete_lifecycle(store, "alice")
-    assert get_lifecycle(store, "alice") is None
+    records.delete("alice")
+    assert records.get("alice") is None
     limits = LimitRecords(store)
     limits.put("alice", ResourceLimits(cpu_cores=1.5), "cgroup_v1")
     limits.put("alice", ResourceLimits(cpu_cores=0.5), "systemd")

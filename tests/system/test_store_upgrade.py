@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.db import LATEST, SchemaError, connect, current_version, upgrade
-from tests.system.conftest import SlotHost, make_slot_host, teardown_slot_host
+from tests.system.fixtures.hosts import SlotHost, make_slot_host, teardown_slot_host
 
 pytestmark = pytest.mark.root
 
@@ -24,7 +24,7 @@ def test_host_init_upgrades_a_0_1_store_keeping_its_rows() -> None:
     conn = sqlite3.connect(base / "state" / "slotwarden.db")
     conn.executescript(FIXTURE.read_text())
     conn.close()
-    host = SlotHost(base, base / "slotwarden.toml", base / "slots", prefix)
+    host = SlotHost(base, prefix, base / "slots")
     try:
         # The library path refuses the old store before touching anything (no image made).
         with pytest.raises(SchemaError, match="run 'slotctl db upgrade'"):

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from provisioner import support
-from tests.system.conftest import SlotHost, as_user
-from tests.system.lab import remove_user, wait_for
-from tests.system.policy_lab import make_slot, me, policy_host
+from tests.system.fixtures.hosts import SlotHost
+from tests.system.fixtures.policy import make_slot, me, policy_host
+from tests.system.fixtures.processes import as_user, wait_for
+from tests.system.fixtures.sshd import remove_user
 
 pytestmark = pytest.mark.root
 ADMIN_GROUP = "slotwarden-admin"  # the host default; host init makes it (hidepid's exempt group)
@@ -161,7 +162,7 @@ def test_staff_reads_only_inside_the_window_and_links_never_widen_it(host: SlotH
             finally:
                 ctx.close()
             assert any(f"grant {gid}" in e for e in expired)
-            assert wait_for(lambda: sitter.poll() is not None, timeout=10)
+            wait_for(lambda: sitter.poll() is not None, timeout=10)
         finally:
             if sitter.poll() is None:
                 sitter.kill()
@@ -240,7 +241,7 @@ def test_suspension_and_removal_revoke_every_grant(host: SlotHost) -> None:
 
 def test_host_init_installs_the_login_script(host: SlotHost) -> None:
     script = host.base / "profile.d" / "slotwarden-inbox.sh"
-    assert wait_for(script.exists, timeout=1)
+    wait_for(script.exists, timeout=1)
     text = script.read_text()
     assert "login-message" in text and str(host.base / "bin" / "slotwarden-me") in text
     assert script.stat().st_mode & 0o777 == 0o644

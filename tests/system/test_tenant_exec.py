@@ -25,7 +25,9 @@ import pytest
 
 from provisioner.as_tenant import TenantAccount, run_as_tenant
 from provisioner.operations import install_app, uninstall_app
-from tests.system.apps_lab import SLOTCTL, AppLab, as_user, make_lab
+from tests.system.fixtures.apps import AppLab, make_lab
+from tests.system.fixtures.hosts import SLOTCTL
+from tests.system.fixtures.processes import run_as
 
 pytestmark = pytest.mark.root
 
@@ -110,13 +112,13 @@ def _plant_dir(lab: AppLab, owner: str) -> Path:
 
 
 def _ids(lab: AppLab, name: str) -> tuple[int, int]:
-    st = (lab.root / "homes" / name).stat()
+    st = (lab.host.slots_root / name).stat()
     return st.st_uid, st.st_gid
 
 
 def _write_as(owner: str, path: Path, text: str) -> None:
     """Write TEXT to PATH as the tenant (parents made as the tenant too)."""
-    r = as_user(owner, "/bin/sh", "-c", 'mkdir -p "$(dirname "$1")" && printf %s "$2" > "$1"', "sh", str(path), text)
+    r = run_as(owner, "/bin/sh", "-c", 'mkdir -p "$(dirname "$1")" && printf %s "$2" > "$1"', "sh", str(path), text)
     assert r.returncode == 0, r.stderr
 
 
@@ -143,7 +145,7 @@ def test_run_as_tenant_gives_no_terminal_no_descriptor_no_environment(lab: AppLa
     assert str(root_file) not in seen["fds"].values(), "the leaked root descriptor did not follow"
     assert sorted(seen["fds"]) == ["0", "1", "2"], seen["fds"]  # stdio only
     assert seen["fds"]["0"] == "/dev/null"
-    assert seen["cwd"] == str(lab.root / "homes" / owner)
+    assert seen["cwd"] == str(lab.host.slots_root / owner)
     assert seen["env"] == ["HOME", "LANG", "LOGNAME", "PATH", "SHELL", "USER"]
 
 
@@ -152,7 +154,7 @@ def test_run_as_tenant_kills_the_whole_session_on_timeout(lab: AppLab) -> None:
     with pytest.raises(Exception, match="timed out"):
         run_as_tenant(TenantAccount.of(owner), ["/bin/sh", "-c", "sleep 300 & sleep 300"], timeout=1)
     from provisioner.accounts import pids_of
-    from tests.system.apps_lab import wait_for
+    from tests.system.fixtures.processes import wait_for
 
     # Killed at once; the orphaned one is reaped by init a moment later.
     wait_for(lambda: pids_of(_ids(lab, owner)[0]) == [], timeout=10, what="no process of the command left")
@@ -176,7 +178,7 @@ def _plant_python(owner: str, where: Path, marker_dir: Path) -> None:
 def test_jupyterlab_install_never_imports_planted_modules(lab: AppLab, root_file: Path, cwd: str) -> None:
     owner = lab.new_slot()
     markers = _plant_dir(lab, owner)
-    where = markers if cwd == "plant-dir" else lab.root / "homes" / owner
+    where = markers if cwd == "plant-dir" else lab.host.slots_root / owner
     _plant_python(owner, where, markers)
     rc, text = in_operator_terminal([str(SLOTCTL), "app", "install", owner, "jupyterlab", "--json"], root_file,
                                     where, _env(lab))
@@ -202,7 +204,7 @@ def _php_marker(marker: Path) -> str:
 
 def test_wordpress_install_and_rotate_never_load_the_tenants_code(lab: AppLab, root_file: Path) -> None:
     owner = lab.new_slot()
-    home = lab.root / "homes" / owner
+    home = lab.host.slots_root / owner
     marker = home / "wp-marker.json"
     app_dir = home / "apps" / "wordpress"
     # Planted before the install: the install keeps the tenant's directories and files.
@@ -230,14 +232,14 @@ def test_wordpress_install_and_rotate_never_load_the_tenants_code(lab: AppLab, r
 def test_app_files_never_written_through_a_planted_symlink(lab: AppLab, root_file: Path) -> None:
     canary = root_file  # standing in for /etc/shadow: nothing may ever write through to it
     owner, other = lab.new_slot(), lab.new_slot()
-    home, other_home = lab.root / "homes" / owner, lab.root / "homes" / other
+    home, other_home = lab.host.slots_root / owner, lab.host.slots_root / other
     before = canary.read_bytes()
     # ~/apps itself a link to another tenant's home: the install refuses and writes nothing there.
-    assert as_user(owner, "ln", "-s", str(other_home), str(home / "apps")).returncode == 0
+    assert run_as(owner, "ln", "-s", str(other_home), str(home / "apps")).returncode == 0
     r = lab.slotctl("app", "install", owner, "transmission")
     assert r.returncode == 1 and "symlink" in r.stderr, r.stderr
     assert sorted(p.name for p in other_home.iterdir()) == sorted(p.name for p in Path("/etc/skel").iterdir())
-    assert as_user(owner, "rm", str(home / "apps")).returncode == 0
+    assert run_as(owner, "rm", str(home / "apps")).returncode == 0
     install_app(lab.context(), owner, "transmission")
     app_dir = home / "apps" / "transmission"
     try:
@@ -246,7 +248,7 @@ def test_app_files_never_written_through_a_planted_symlink(lab: AppLab, root_fil
         # into what they point at.
         script = (f"ln -sf {canary} {app_dir}/credentials.json && echo keep > {home}/keep && "
                   f"rm -f {app_dir}/config/settings.json && ln {home}/keep {app_dir}/config/settings.json")
-        assert as_user(owner, "/bin/sh", "-c", script).returncode == 0
+        assert run_as(owner, "/bin/sh", "-c", script).returncode == 0
         r = lab.slotctl("app", "rotate", owner, "transmission", "--json")
         assert r.returncode == 0, r.stderr
         assert canary.read_bytes() == before
@@ -255,13 +257,13 @@ def test_app_files_never_written_through_a_planted_symlink(lab: AppLab, root_fil
         assert json.loads((app_dir / "credentials.json").read_text())["password"] == json.loads(r.stdout)["password"]
         # The config directory itself a link into the other home: rotate refuses, nothing lands there.
         script = f"mv {app_dir}/config {app_dir}/config.old && ln -s {other_home} {app_dir}/config"
-        assert as_user(owner, "/bin/sh", "-c", script).returncode == 0
+        assert run_as(owner, "/bin/sh", "-c", script).returncode == 0
         r = lab.slotctl("app", "rotate", owner, "transmission")
         assert r.returncode == 1 and "symlink" in r.stderr, r.stderr
         assert not (other_home / "settings.json").exists()
         # Uninstall with links to the canary and the other home inside the app dir: only the
         # links go.
-        assert as_user(owner, "ln", "-s", str(canary), str(app_dir / "downloads" / "shadow")).returncode == 0
+        assert run_as(owner, "ln", "-s", str(canary), str(app_dir / "downloads" / "shadow")).returncode == 0
     finally:
         uninstall_app(lab.context(), owner, "transmission")
     assert canary.read_bytes() == before

@@ -27,9 +27,11 @@ from provisioner.limits.steps import host_steps, slot_tmpfs
 from provisioner.metrics.kernel import tmpfs_use
 from provisioner.slots import Created
 from provisioner.supervisor import Program, supervisor_for
-from tests.system.conftest import REPO, SlotHost, make_slot_host, teardown_slot_host
-from tests.system.doors import lab_cron, run_su, su_stack
-from tests.system.lab import PASSWORD_LOGIN_OPTS, LabNet, LabSshd, NetOnlyHost, wait_for
+from tests.system.fixtures.doors import lab_cron, run_su, su_stack
+from tests.system.fixtures.hosts import REPO, SlotHost, make_slot_host, teardown_slot_host
+from tests.system.fixtures.netns import LabNet, NetOnlyHost
+from tests.system.fixtures.processes import wait_for
+from tests.system.fixtures.sshd import PASSWORD_LOGIN_OPTS, LabSshd
 
 pytestmark = [pytest.mark.root, pytest.mark.sshd]
 
@@ -180,7 +182,7 @@ def test_a_cron_job_gets_the_same_tmpfs(lab: Lab) -> None:
     job = f"* * * * * ({command}) > {out}.tmp 2>&1; mv {out}.tmp {out}\n"
     try:
         with lab_cron(lab.session_line, {lab.a.record.username: job}):
-            assert wait_for(out.exists, timeout=130, step=1), "the cron job never ran"
+            wait_for(out.exists, timeout=130, step=1, what="the cron job to write its output")
         _assert_filled_at_8m(out.read_text())
     finally:
         out.unlink(missing_ok=True)
@@ -263,8 +265,8 @@ def test_the_slots_app_writes_to_the_same_tmpfs(lab: Lab) -> None:
         sup.ensure_program(prog)
         try:
             where = lab.tmp_root / str(lab.uid(lab.a)) / "tmp" / f"swt-app-{tag}"
-            assert wait_for(lambda: where.exists() and where.read_text().strip() == "tmpfs", timeout=60), \
-                f"the app's /tmp is not the slot's tmpfs ({where})"
+            wait_for(lambda: where.exists() and where.read_text().strip() == "tmpfs", timeout=60,
+                     what=f"the app to find the slot's tmpfs as its /tmp ({where})")
             r = lab.su(lab.a, f"cat /tmp/swt-app-{tag}")
             assert r.stdout.strip() == "tmpfs", r.stdout + r.stderr
         finally:
@@ -321,7 +323,7 @@ def test_change_plan_grows_it_live_and_refuses_to_shrink_below_use(lab: Lab) -> 
         ready = Path(path) / "tmp" / "ready"
         try:
             # Open, and seeing 8M, before the change.
-            assert wait_for(ready.exists, timeout=60)
+            wait_for(ready.exists, timeout=60)
             blocks, bsize = (int(x) for x in ready.read_text().split())
             assert blocks * bsize == 8 * MIB, (blocks, bsize)
             operations.change_plan(ctx, a, "tmp16")

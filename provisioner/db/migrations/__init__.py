@@ -18,8 +18,10 @@ a store at a newer version than this code knows is refused, naming both versions
 
 and append its name to :data:`MIGRATIONS` (the number is its position, starting at 1). Never
 edit a migration that has shipped: add the next one. Then give the area one repository class
-that is the only code running SQL on its tables, and a test in
-``tests/unit/provisioner/test_db_repositories.py`` (run on SQLite and PostgreSQL).
+that is the only code running SQL on its tables, name it in ``OWNERS`` of
+``tests/unit/provisioner/test_schema_owners.py`` (which fails on SQL anywhere else in
+``provisioner/``), and test it in ``tests/system/test_store_postgres.py`` (run on SQLite and
+PostgreSQL).
 """
 
 from __future__ import annotations

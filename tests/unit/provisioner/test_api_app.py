@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from provisioner.api import idempotency
 from provisioner.api.app import create_app
+from provisioner.api.idempotency import IdempotencyKeys
 from provisioner.api.server import check_tls
-from provisioner.api.tokens import create_token, hash_token, list_tokens, revoke_token, verify_token
+from provisioner.api.tokens import ApiTokens, hash_token
 from provisioner.config import load_config_text
 from provisioner.errors import BadInput, SlotError
 from provisioner.listen import parse_listen
@@ -31,21 +32,22 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def test_tokens_are_stored_hashed_shown_once_and_revocable(store: Store) -> None:
-    tok = create_token(store, "billing")
+    tokens = ApiTokens(store)
+    tok = tokens.create("billing")
     assert tok.startswith("swt_") and len(tok) > 40
     dump = "\n".join(store.db.conn.iterdump())
     assert tok not in dump and hash_token(tok) in dump
-    assert verify_token(store, tok) == "billing"
-    assert verify_token(store, tok + "x") is None and verify_token(store, "nope") is None
+    assert tokens.verify(tok) == "billing"
+    assert tokens.verify(tok + "x") is None and tokens.verify("nope") is None
     with pytest.raises(SlotError, match="active token named 'billing' exists"):
-        create_token(store, "billing")
-    revoke_token(store, "billing")
-    assert verify_token(store, tok) is None
+        tokens.create("billing")
+    tokens.revoke("billing")
+    assert tokens.verify(tok) is None
     with pytest.raises(SlotError, match="no active token"):
-        revoke_token(store, "billing")
-    tok2 = create_token(store, "billing")  # a revoked name may be reused, with a new token
-    assert verify_token(store, tok2) == "billing" and verify_token(store, tok) is None
-    assert [t.as_dict()["active"] for t in list_tokens(store)] == [True]
+        tokens.revoke("billing")
+    tok2 = tokens.create("billing")  # a revoked name may be reused, with a new token
+    assert tokens.verify(tok2) == "billing" and tokens.verify(tok) is None
+    assert [t.as_dict()["active"] for t in tokens.list()] == [True]
     actions = [e["action"] for e in store.audit_entries()]
     assert actions == ["api.token.create", "api.token.revoke", "api.token.create"]
 
@@ -53,39 +55,41 @@ def test_tokens_are_stored_hashed_shown_once_and_revocable(store: Store) -> None
 @pytest.mark.parametrize("name", ["", "Billing", "1abc", "a b", "x" * 65, "a/b"])
 def test_bad_token_names(store: Store, name: str) -> None:
     with pytest.raises(BadInput):
-        create_token(store, name)
+        ApiTokens(store).create(name)
 
 
 # --- idempotency -------------------------------------------------------------------------------
 
 
 def test_idempotency_claim_replay_conflict_and_abandon(store: Store) -> None:
+    keys = IdempotencyKeys(store)
     fp = idempotency.fingerprint("POST", "/v1/slots", {"username": "tla"})
-    assert idempotency.begin(store, "billing", "k1", fp, now=100.0) is None
+    assert keys.begin("billing", "k1", fp, now=100.0) is None
     with pytest.raises(idempotency.KeyConflict) as running:
-        idempotency.begin(store, "billing", "k1", fp, now=101.0)
+        keys.begin("billing", "k1", fp, now=101.0)
     assert running.value.status == 409
-    idempotency.finish(store, "billing", "k1", 201, {"username": "tla", "password": "s3cret"})
-    replay = idempotency.begin(store, "billing", "k1", fp, now=102.0)
+    keys.finish("billing", "k1", 201, {"username": "tla", "password": "s3cret"})
+    replay = keys.begin("billing", "k1", fp, now=102.0)
     assert replay == idempotency.Replay(201, {"username": "tla", "password": None})
     assert "s3cret" not in "\n".join(store.db.conn.iterdump())
     other = idempotency.fingerprint("POST", "/v1/slots", {"username": "tlb"})
     with pytest.raises(idempotency.KeyConflict) as reused:
-        idempotency.begin(store, "billing", "k1", other, now=103.0)
+        keys.begin("billing", "k1", other, now=103.0)
     assert reused.value.status == 422
     # Keys belong to a token: another token's k1 is a different key.
-    assert idempotency.begin(store, "other", "k1", other, now=104.0) is None
-    idempotency.abandon(store, "other", "k1")
-    assert idempotency.begin(store, "other", "k1", other, now=105.0) is None
+    assert keys.begin("other", "k1", other, now=104.0) is None
+    keys.abandon("other", "k1")
+    assert keys.begin("other", "k1", other, now=105.0) is None
 
 
 def test_stale_claims_are_taken_over_and_old_records_expire(store: Store) -> None:
+    keys = IdempotencyKeys(store)
     fp = idempotency.fingerprint("POST", "/x", None)
-    assert idempotency.begin(store, "t", "k", fp, now=0.0) is None
-    assert idempotency.begin(store, "t", "k", fp, now=idempotency.STALE_SECONDS + 1.0) is None
-    idempotency.finish(store, "t", "k", 200, {"ok": True})
-    assert idempotency.begin(store, "t", "k", fp, now=idempotency.STALE_SECONDS + 2.0) is not None
-    assert idempotency.begin(store, "t", "k", fp, now=idempotency.KEEP_SECONDS + 10_000.0) is None
+    assert keys.begin("t", "k", fp, now=0.0) is None
+    assert keys.begin("t", "k", fp, now=idempotency.STALE_SECONDS + 1.0) is None
+    keys.finish("t", "k", 200, {"ok": True})
+    assert keys.begin("t", "k", fp, now=idempotency.STALE_SECONDS + 2.0) is not None
+    assert keys.begin("t", "k", fp, now=idempotency.KEEP_SECONDS + 10_000.0) is None
 
 
 @given(st.text(max_size=250))
@@ -137,7 +141,7 @@ def test_only_loopback_without_tls(tmp_path: Path) -> None:
 def client(tmp_path: Path) -> Iterator[tuple[TestClient, str, Store]]:
     config = load_config_text(f'state_dir = "{tmp_path}"\n[plans.small]\nquota = "1G"\n')
     store = Store(config.db_path)
-    token = create_token(store, "billing")
+    token = ApiTokens(store).create("billing")
     with TestClient(create_app(config)) as c:
         yield c, token, store
     store.close()
@@ -170,7 +174,7 @@ def test_anonymous_flood_is_rate_limited_and_writes_one_row(tmp_path: Path) -> N
     burst, a valid token still served, and the audit grows by one summary row, not 200."""
     config = load_config_text(f'state_dir = "{tmp_path}"\n[api]\nanonymous_burst = 5\n')
     store = Store(config.db_path)
-    token = create_token(store, "billing")
+    token = ApiTokens(store).create("billing")
     before = len(store.audit_entries())
     with TestClient(create_app(config)) as c:
         statuses = [c.post("/v1/slots", json={"username": "x"}, headers={"Idempotency-Key": "k" * 150}).status_code

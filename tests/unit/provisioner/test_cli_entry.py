@@ -89,3 +89,27 @@ def test_bash_completion_answers(words: str, cword: str, expected: set[str]) -> 
     proc = slotctl(env={"_SLOTCTL_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": cword})
     assert proc.returncode == 0
     assert {line.split(",", 1)[1] for line in proc.stdout.split()} == expected
+
+
+def test_the_top_level_help_lists_each_commands_own_summary() -> None:
+    import click
+
+    from provisioner.cli import GROUPS, cli
+
+    ctx = click.Context(cli)
+    for name, (_, summary) in GROUPS.items():
+        cmd = cli.get_command(ctx, name)
+        assert cmd is not None and summary == cmd.get_short_help_str(limit=1000), name
+    listed = slotctl("--help").stdout.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in listed if line.strip()] == sorted(GROUPS)
+
+
+def test_the_top_level_help_imports_no_command_and_not_the_configuration_model() -> None:
+    probe = ("import sys; from provisioner.cli import main; sys.argv = ['slotctl', '--help']\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "import json; print(json.dumps(sorted(sys.modules)), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    loaded = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert "provisioner.cli" in loaded and "click" in loaded
+    assert not [m for m in loaded if m.startswith(("pydantic", "provisioner.config"))]
+    assert set(loaded) & {f"provisioner.cli.{m}" for m in ("slot", "host", "api", "app", "hub")} == set()

@@ -262,13 +262,13 @@ def fleet_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object
     from fastapi.testclient import TestClient
 
     from provisioner.api.app import create_app
-    from provisioner.api.tokens import create_token
+    from provisioner.api.tokens import ApiTokens
     from provisioner.config import load_config_text
 
     tmp = tmp_path_factory.mktemp("fleetapi")
     config = load_config_text(f'state_dir = "{tmp}"\n')
     s = Store(config.db_path)
-    token = create_token(s, "billing")
+    token = ApiTokens(s).create("billing")
     s.close()
     with TestClient(create_app(config, fleet=True)) as c:
         yield c, token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -236,3 +237,36 @@ def test_a_swept_name_is_shown_without_control_characters(name: str) -> None:
     assert "\x1b" not in out and "\r" not in out and "\n" not in out
     if name.isprintable() and all(not 0xD800 <= ord(c) <= 0xDFFF for c in name):
         assert out == name
+
+
+def test_removals_side_by_side_each_write_the_places_cache_without_failing(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API removes slots in parallel threads: each may find the cache stale and rewrite it."""
+    import threading
+
+    from provisioner import sweep
+
+    barrier = threading.Barrier(8)
+
+    def walk(scope: sweep.SweepScope, uids: set[int]) -> list[str]:
+        barrier.wait(timeout=10)  # every thread walks, then all write the cache at once
+        return ["/tmp"]
+
+    monkeypatch.setattr(sweep, "walk_places", walk)
+    scope = sweep.SweepScope((tmp_path / "slots",), cache=tmp_path / "sweep-places.json", max_age=3600.0)
+    errors: list[BaseException] = []
+
+    def remove() -> None:
+        try:
+            assert sweep.find_places(scope, {70000}) == ["/tmp"]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=remove) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(scope.cache.read_text())["places"] == ["/tmp"]  # type: ignore[union-attr]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep-places.json"]  # no temporary file left

@@ -151,21 +151,22 @@ def test_plan_change_plan_refusals(new: PlanConfig, facts: LifecycleFacts, usage
 
 def test_lifecycle_record_round_trip_and_step_undo() -> None:
     store = Store(Path(tempfile.mkdtemp()) / "t.db")
-    assert lifecycle_records.get_lifecycle(store, "tlx") is None
+    records = lifecycle_records.LifecycleRecords(store)
+    assert records.get("tlx") is None
     rec = LifecycleRecord("tlx", "small", 3.0, "unpaid", "api:billing", SAVED_WEB)
-    lifecycle_records.put_lifecycle(store, rec)
-    assert lifecycle_records.get_lifecycle(store, "tlx") == rec
+    records.put(rec)
+    assert records.get("tlx") == rec
     ctx: Any = SimpleNamespace(store=store, extensions=EXTENSIONS)
     plan = suspension.plan_suspend("tlx", "again", _facts("active", FRESH, LifecycleRecord("tlx", "small")),
                                   ctx=ctx, actor="root", now=9.0)
     record = plan.steps[0]
     record.do()
-    got = lifecycle_records.get_lifecycle(store, "tlx")
+    got = records.get("tlx")
     assert got is not None and got.suspended_reason == "again" and got.saved == {
         "expire": "", "locked": False, "apps": {}}
     assert record.undo is not None
     record.undo()
-    assert lifecycle_records.get_lifecycle(store, "tlx") == LifecycleRecord("tlx", "small")
+    assert records.get("tlx") == LifecycleRecord("tlx", "small")
 
 
 def test_login_state_reads_the_shadow_fields(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from provisioner.config import LIMIT_KEYS, ConfigError, ResourceLimits, load_config_text, parse_limits
 from provisioner.errors import BadInput
-from provisioner.limits.cgroup_v1 import CgroupV1Limits, expected_v1
+from provisioner.limits.cgroup_v1 import CgroupV1Limits, expected_v1, parent_shares
 from provisioner.limits.enforcement import TMP_SIZE_REFUSED, SlotTarget, beyond_host, kernel_units_differ
 from provisioner.limits.systemd import SystemdSliceLimits, expected_v2, properties
 from provisioner.supervisor import Program
@@ -83,6 +83,14 @@ def test_v1_settings_of_a_plan() -> None:
     lifted = expected_v1(ResourceLimits(), None)
     assert lifted["pids/pids.max"] == "max" and lifted["cpu/cpu.cfs_quota_us"] == "-1"
     assert "memory/memory.memsw.limit_in_bytes" not in lifted
+
+
+@given(st.integers(min_value=0, max_value=1 << 20))
+def test_the_slots_parent_weighs_one_nice_0_task_per_cpu_within_the_kernel_range(cpus: int) -> None:
+    shares = int(parent_shares(cpus))
+    assert 1024 <= shares <= 262_144  # a nice-0 task .. the v1 cpu controller's MAX_SHARES
+    assert int(parent_shares(cpus + 1)) >= shares
+    assert (parent_shares(1), parent_shares(2), parent_shares(64)) == ("1024", "2048", "65536")
 
 
 def test_systemd_properties_and_files_of_a_plan() -> None:
