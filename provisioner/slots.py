@@ -521,7 +521,7 @@ def plan_remove_slot(
     steps.extend(extensions)
     swept_uid = acct.uid if acct is not None else rec.uid
     owner = uid_owner(swept_uid) if acct is None and swept_uid is not None else None
-    if owner is not None:
+    if owner is not None and swept_uid is not None:
         # The account went behind our back and its id is another account's now (an admin's
         # useradd, another store's slot): what that id owns and runs is that account's, not
         # this slot's leftovers. Nothing of it is swept or stopped; the removal says so.
