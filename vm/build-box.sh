@@ -46,6 +46,8 @@ echo "mmdebstrap: bookworm from $mirror" >&2
 # network, and per-VM identity (machine-id, ssh host keys) generated at first boot so two
 # VMs from one box never share a DHCP client id or host keys. Only an ed25519 host key and a
 # quiet kernel: under software emulation an RSA key and a chatty serial console cost seconds.
+# PostgreSQL is in the box for the client VM (the fleet's store) but off on every VM until a
+# playbook (playbooks/postgres.yml) turns it on.
 timeout 1200 mmdebstrap --variant=minbase --include="$packages" \
   --customize-hook='echo "LABEL=root / ext4 errors=remount-ro 0 1" > "$1/etc/fstab"' \
   --customize-hook='echo debian12 > "$1/etc/hostname"; printf "127.0.0.1 localhost\n127.0.1.1 debian12\n" > "$1/etc/hosts"' \
@@ -59,6 +61,7 @@ timeout 1200 mmdebstrap --variant=minbase --include="$packages" \
   --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*; : > "$1/etc/machine-id"; rm -f "$1/var/lib/dbus/machine-id"' \
   --customize-hook='printf "[Unit]\nDescription=Generate ssh host keys\nBefore=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key\n[Install]\nWantedBy=multi-user.target\n" > "$1/etc/systemd/system/ssh-hostkeys.service"; chroot "$1" systemctl enable ssh-hostkeys.service' \
   --customize-hook='k=$(cd "$1/boot" && ls vmlinuz-* | sort -V | tail -n1); i=initrd.img-${k#vmlinuz-}; mkdir -p "$1/boot/extlinux"; printf "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  LINUX /boot/%s\n  INITRD /boot/%s\n  APPEND root=LABEL=root ro net.ifnames=0 quiet loglevel=3 console=tty0 console=ttyS0,115200n8\n" "$k" "$i" > "$1/boot/extlinux/extlinux.conf"' \
+  --customize-hook='chroot "$1" systemctl disable postgresql.service' \
   --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*_Packages' \
   bookworm "$root" "$mirror" >&2
 

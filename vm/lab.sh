@@ -186,25 +186,44 @@ inner() {
     timeout -k 20 300 vagrant box add --name "$SLOTWARDEN_BOX" "$box" 2>&1 | quiet >&2
   fi
 
+  # The fleet store's password (the client's PostgreSQL, the server's [store] and [guard]
+  # store): a root-only file here, read by the playbooks (no_log), gone with $work.
+  export SLOTWARDEN_STORE_PASSWORD_FILE=$work/fleet-store.password
+  (umask 077; head -c 24 /dev/urandom | base64 | tr '+/' '-_' > "$SLOTWARDEN_STORE_PASSWORD_FILE")
+
   local t0=$SECONDS
   log "vagrant up (server, client)"
   timeout -k 20 900 vagrant up --provider=libvirt --no-provision 2>&1 | quiet >&2 \
     || die "vagrant up failed (serial logs: $work/logs)"
   log "vagrant up: $((SECONDS - t0)) s"
   t0=$SECONDS
+  # Side by side: the client's PostgreSQL is needed only when site.yml reaches `slotctl db
+  # upgrade` (it waits for it), after the slot disk and the package install on the server.
+  log "provisioning client (playbooks/postgres.yml: the fleet's PostgreSQL) beside the server"
+  local client_rc=0 client_pid
+  ( set +e; timeout -k 20 900 vagrant provision client 2>&1 | quiet > "$work/logs/provision-client.txt"
+    rc=$?; log "provision client: $((SECONDS - t0)) s (rc=$rc)"; exit "$rc" ) &
+  client_pid=$!
   log "provisioning server (vm/slot-disk.sh, playbooks/site.yml, playbooks/slot.yml)"
-  timeout -k 20 1500 vagrant provision server 2>&1 | quiet >&2 || die "provisioning failed"
+  timeout -k 20 1500 vagrant provision server 2>&1 | quiet >&2 || { wait "$client_pid"; die "provisioning failed"; }
+  wait "$client_pid" || client_rc=$?
+  cat "$work/logs/provision-client.txt" >&2
+  [[ $client_rc == 0 ]] || die "provisioning client failed"
   log "provision: $((SECONDS - t0)) s"
 
   timeout -k 20 60 vagrant ssh-config > "$work/ssh-config"
   t0=$SECONDS
   log "isolation suite"
   local rc=0
-  timeout -k 20 900 "$top/.venv/bin/python" -m pytest -p no:cacheprovider "$top/tests/infra" \
+  timeout -k 20 1500 "$top/.venv/bin/python" -m pytest -p no:cacheprovider "$top/tests/infra" \
     --hosts=ssh://server --ssh-config="$work/ssh-config" --sudo --guard=yes --confine=yes \
-    --client-host=ssh://client --server-address=198.51.100.10 \
+    --client-host=ssh://client --server-address=198.51.100.10 --shared-store=ssh://client \
     --slots="$SLOTWARDEN_SLOTS" --quota-mib="$SLOTWARDEN_SLOT_QUOTA_MIB" -ra "$@" || rc=$?
   log "isolation suite: $((SECONDS - t0)) s (rc=$rc)"
+  # The shared-store outage check stops the client's PostgreSQL and starts it again; a suite
+  # cut short must not leave the server's store down for the next suite.
+  timeout -k 20 120 vagrant ssh client --no-tty -c "sudo systemctl start postgresql.service" -- -o LogLevel=ERROR \
+    || log "could not make sure PostgreSQL runs on client"
 
   # The production path (systemd, cgroup v2, usrquota): limits, apps under systemd, metrics,
   # suspend, then a reboot of the server. Last: it reboots the server.

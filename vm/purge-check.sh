@@ -16,6 +16,9 @@ done
 # in the command line, base64-encoded.
 footprint=$(base64 -w0 "$here/footprint.sh")
 on_vm "sudo dpkg -L slotwarden | sudo tee /var/tmp/package-files.txt >/dev/null"
+# The fleet store's password file is site.yml's (the operator's), not the package's: removed
+# as an operator retiring the host would, so the package's purge can take /etc/slotwarden.
+on_vm "sudo rm -f /etc/slotwarden/store.password"
 on_vm "sudo DEBIAN_FRONTEND=noninteractive apt-get purge -y -q slotwarden" > "$logs/purge.txt" 2>&1
 on_vm "echo $footprint | base64 -d > /var/tmp/footprint.sh; sudo bash /var/tmp/footprint.sh /var/tmp/footprint-after.txt"
 on_vm "sudo cat /var/tmp/footprint-before.txt" > "$logs/footprint-before.txt"

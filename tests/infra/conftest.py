@@ -16,19 +16,23 @@ Markers select what only some hosts have; the run says what it left out and why:
 as the VM lab does; ``auto`` looks for it),
 ``client`` needs a second machine (``--client-host``) to log in from,
 ``confine`` the slot session module in the host's common session stack (``--confine=yes``
-requires it, as the VM lab does), ``cron`` a cron daemon.
+requires it, as the VM lab does), ``cron`` a cron daemon, ``shared_store`` the fleet's
+PostgreSQL behind the host's guard (``--shared-store=ssh://client``, as the VM lab runs it).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import testinfra
 
+from tests.infra.guardlab import hash_password
 from tests.infra.tenants import DEFAULT_SECRET_PATHS, Slot
 
 
@@ -51,6 +55,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="testinfra host spec of a second machine that logs in to the host")
     group.addoption("--server-address", default=None,
                     help="the host's address as the client (and this runner) reach it over ssh")
+    group.addoption("--shared-store", default=None,
+                    help="testinfra host spec of the machine running the fleet's PostgreSQL that the host's "
+                         "guard uses ([guard] store); the checks read it there with psql as postgres")
+    group.addoption("--store-db", default="slotwarden", help="the shared store's database (default slotwarden)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "confine: needs the slot session module (seccomp filter) in the host's "
                                        "common session stack")
     config.addinivalue_line("markers", "cron: needs a cron daemon running on the host")
+    config.addinivalue_line("markers", "shared_store: needs --shared-store (the host's guard on the fleet's "
+                                       "PostgreSQL, reachable there with psql)")
     config._swv_left_out = []  # type: ignore[attr-defined]
 
 
@@ -110,6 +120,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reasons["usrquota"] = f"the slots' filesystem is {fstype or 'unknown'}: inode caps are usrquota's"
     if not config.getoption("client_host") or not config.getoption("server_address"):
         reasons.setdefault("client", "no second machine to log in from (--client-host/--server-address)")
+    if not config.getoption("shared_store"):
+        reasons["shared_store"] = "no fleet PostgreSQL to look into (--shared-store)"
     keep, drop = [], []
     for item in items:
         why = [reasons[m] for m in reasons if item in suite and item.get_closest_marker(m)]
@@ -149,3 +161,32 @@ def slots(host: Any, request: pytest.FixtureRequest) -> list[Slot]:
 def pairs(slots: list[Slot]) -> list[tuple[Slot, Slot]]:
     """Every (tenant, other tenant) pair, both directions."""
     return [(a, b) for a in slots for b in slots if a != b]
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest) -> Any:
+    """The second machine (``--client-host``): the attacker's side of the guard checks."""
+    cfg = request.config
+    return testinfra.get_host(cfg.getoption("client_host"), ssh_config=cfg.getoption("ssh_config"),
+                              sudo=cfg.getoption("sudo"))
+
+
+@pytest.fixture
+def target(host: Any, client: Any, slots: list[Slot]) -> Iterator[tuple[Slot, str, str]]:
+    """The last slot with a fresh password, and a key the client holds; all undone after."""
+    slot = slots[-1]
+    password = secrets.token_urlsafe(18)
+    old_hash = host.check_output(f"getent shadow {slot.name} | cut -d: -f2")
+    key = f"/tmp/swv-lockout-{secrets.token_hex(4)}"
+    client.check_output(f"ssh-keygen -q -t ed25519 -N '' -C swv-lockout -f {key}")
+    pub = client.check_output(f"cat {key}.pub")
+    ak = shlex.quote(f"{slot.home}/.ssh/authorized_keys")
+    host.check_output(f"usermod -p {shlex.quote(hash_password(password))} {slot.name} && "
+                      f"install -d -o {slot.name} -g {slot.name} -m 0700 {shlex.quote(slot.home + '/.ssh')} && "
+                      f"echo {shlex.quote(pub)} >> {ak} && chown {slot.name}: {ak} && chmod 0600 {ak}")
+    try:
+        yield slot, password, key
+    finally:
+        client.run(f"rm -f {key} {key}.pub")
+        host.run(f"usermod -p {shlex.quote(old_hash)} {slot.name}; sed -i '/ swv-lockout$/d' {ak}; "
+                 f"slotctl guard lift --user {slot.name}; slotctl guard forget --user {slot.name}")

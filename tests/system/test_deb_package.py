@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 # network once built.
 DEPENDS = ["python3", "python3-click", "python3-rich", "python3-psutil", "python3-pyroute2",
            "python3-cryptography", "python3-jinja2", "python3-pampy", "python3-pyotp", "python3-qrcode",
-           "python3-psycopg", "passwd", "procps", "psmisc", "acl", "libpam-runtime"]
+           "passwd", "procps", "psmisc", "acl", "libpam-runtime"]
 # Changed by dpkg's own bookkeeping or by triggers whatever the package: not ours.
 NOISE = ("var/log/", "var/cache/debconf/", "var/lib/dpkg/", "var/cache/ldconfig/", "etc/ld.so.cache", "tmp/",
          "run/", "root/")
@@ -150,6 +150,10 @@ def test_install_reinstall_purge_leaves_the_tree_as_it_was(tree: Path) -> None:
     assert "plain,guard" in words.split()
     assert "_slotctl_completion" in (tree / "usr/share/bash-completion/completions/slotctl").read_text()
     assert "#compdef slotctl" in (tree / "usr/share/zsh/vendor-completions/_slotctl").read_text()
+    # a PostgreSQL store gets psycopg's C build from the venv (no python3-psycopg in the tree)
+    psy = inside(tree, "/usr/lib/slotwarden/venv/bin/python", "-c",
+                 "import psycopg; print(psycopg.pq.__impl__, psycopg.__file__)").stdout.split()
+    assert psy[0] == "binary" and psy[1].startswith("/usr/lib/slotwarden/venv/"), psy
     # works on its defaults, exit codes kept: bad input is 2 with one JSON error
     bad = inside(tree, "slotctl", "--json", "plan", "show", "nope", check=False)
     assert bad.returncode == 2 and '"ok": false' in bad.stdout

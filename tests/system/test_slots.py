@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from provisioner import accounts
 from provisioner import steps as plan_mod
 from provisioner.errors import StepFailed
 from provisioner.operations import create_slot
 from provisioner.quota.btrfs import qgroup_ids
 from tests.system.fixtures.hosts import REPO, SlotHost
-from tests.system.fixtures.processes import as_user
+from tests.system.fixtures.processes import as_user, stop_process, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -139,6 +140,34 @@ def test_remove_leaves_no_trace_and_matches_exact_names(slot_host: SlotHost) -> 
     ctx.close()
     assert slot_host.slotctl("slot", "remove", bobby).returncode == 0
     assert qgroup_ids(slot_host.slots_root) <= before
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["remove", "remove-many"])
+def test_remove_of_a_vanished_account_spares_whoever_has_its_id_now(slot_host: SlotHost, many: bool,
+                                                                     tmp_path: Path) -> None:
+    # The slot's account went behind slotwarden's back (userdel by hand) and an admin's useradd
+    # (or another store's slot) took its id. Removing the slot must not sweep or kill that account's.
+    gone, heir = slot_host.name(), slot_host.name()
+    assert slot_host.slotctl("slot", "create", gone, "--email", "g@example.com", "--country", "DE").returncode == 0
+    uid = pwd.getpwnam(gone).pw_uid
+    subprocess.run(["userdel", gone], check=True)
+    subprocess.run(["groupdel", gone], check=False, capture_output=True)
+    subprocess.run(["useradd", "--no-create-home", "-u", str(uid), heir], check=True)
+    heirs_file = Path(f"/dev/shm/{heir}-work")
+    sleeper = subprocess.Popen(["runuser", "-u", heir, "--", "sh", "-c", f"echo mine > {heirs_file}; exec sleep 300"])
+    try:
+        wait_for(heirs_file.exists, 20, what="the heir's file")
+        r = slot_host.slotctl("slot", "remove-many" if many else "remove", gone, "--json")
+        assert r.returncode == 0, r.stderr
+        assert sleeper.poll() is None, "the heir's process was killed"
+        assert heirs_file.read_text() == "mine\n", "the heir's file was swept"
+        assert f"belongs to {heir!r}" in r.stdout or many
+        assert not (slot_host.slots_root / gone).exists()
+    finally:
+        stop_process(sleeper)
+        accounts.stop_processes(uid)  # the heir's sleep, runuser's child
+        heirs_file.unlink(missing_ok=True)
+        subprocess.run(["userdel", heir], check=True)
 
 
 def test_remove_refuses_empty_unknown_and_non_slot_names(slot_host: SlotHost) -> None:

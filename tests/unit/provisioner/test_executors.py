@@ -197,7 +197,7 @@ def test_module_documentation_parses() -> None:
     assert doc["examples"] and doc["return"]["results"]
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "slot.yml"])
+@pytest.mark.parametrize("playbook", ["site.yml", "slot.yml", "postgres.yml"])
 def test_playbook_syntax(playbook: str, tmp_path: Path) -> None:
     inventory = str(PLAYBOOKS / "inventory.example.ini")
     proc = subprocess.run([str(BIN / "ansible-playbook"), "--syntax-check", "-i", inventory, str(PLAYBOOKS / playbook)],
