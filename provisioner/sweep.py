@@ -410,10 +410,21 @@ def sweep_ipc(by_uid: dict[int, Swept]) -> None:
         by_uid[uid].ipc.append(f"{kind} {ident}")
 
 
-def _mqueue_mount() -> str | None:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
+MQUEUE_PREFIX = "slotwarden-mqueue-"
+
+
+def _mqueue_mount(mounts: str | None = None) -> str | None:
+    """Where mqueue is mounted, not counting another sweep's private mount (it goes away under us).
+
+    >>> _mqueue_mount("mqueue /tmp/slotwarden-mqueue-x1 mqueue rw 0 0\\nmqueue /dev/mqueue mqueue rw 0 0\\n")
+    '/dev/mqueue'
+    >>> _mqueue_mount("mqueue /tmp/slotwarden-mqueue-x1 mqueue rw 0 0\\n") is None
+    True
+    """
+    text = Path("/proc/self/mounts").read_text() if mounts is None else mounts
+    for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[2] == "mqueue":
+        if len(parts) >= 3 and parts[2] == "mqueue" and not Path(parts[1]).name.startswith(MQUEUE_PREFIX):
             return parts[1]
     return None
 
@@ -423,7 +434,7 @@ def sweep_mqueues(by_uid: dict[int, Swept]) -> None:
     mnt = _mqueue_mount()
     private = None
     if mnt is None:
-        private = tempfile.mkdtemp(prefix="slotwarden-mqueue-")
+        private = tempfile.mkdtemp(prefix=MQUEUE_PREFIX)
         if run(["mount", "-t", "mqueue", "-o", "nosuid,nodev,noexec", "mqueue", private], check=False).returncode:
             os.rmdir(private)
             return
@@ -449,7 +460,8 @@ def sweep_mqueues(by_uid: dict[int, Swept]) -> None:
             os.close(fd)
     finally:
         if private is not None:
-            run(["umount", private], check=False)
+            # Lazily: a concurrent reader of /proc/self/mounts may hold it open for a moment.
+            run(["umount", "--lazy", private], check=False)
             os.rmdir(private)
 
 
