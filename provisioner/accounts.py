@@ -52,6 +52,14 @@ def lookup_user(name: str) -> Account | None:
     return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell, pw.pw_gecos)
 
 
+def uid_owner(uid: int) -> str | None:
+    """The name of the account that has UID now, if any."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
 def group_exists(name: str) -> bool:
     try:
         grp.getgrnam(name)

@@ -11,7 +11,6 @@ A create interrupted at any point (even ``kill -9``) leaves a store row in state
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -465,14 +464,6 @@ def apply_create_many(ctx: Context, rows: list[BatchRow], batch_size: int = 200)
     return [r if r is not None else SlotError("not processed") for r in results]
 
 
-def uid_owner(uid: int) -> str | None:
-    """The account that has UID now, if any."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
 def plan_remove_slot(
     username: str,
     facts: SlotFacts,
@@ -520,7 +511,7 @@ def plan_remove_slot(
         steps.append(Step("processes", f"stop every process of {username} (uid {uid}) until none is left", stop))
     steps.extend(extensions)
     swept_uid = acct.uid if acct is not None else rec.uid
-    owner = uid_owner(swept_uid) if acct is None and swept_uid is not None else None
+    owner = accounts.uid_owner(swept_uid) if acct is None and swept_uid is not None else None
     if owner is not None and swept_uid is not None:
         # The account went behind our back and its id is another account's now (an admin's
         # useradd, another store's slot): what that id owns and runs is that account's, not
@@ -716,7 +707,7 @@ def _remove_chunk(ctx: Context, chunk: list[tuple[int, SlotFacts]], keep_data: b
             del live[i]
     # An account gone behind our back whose id another account has now: not this slot's to sweep.
     to_sweep = {u: name_of[i] for i in live if (u := uid_of[i]) is not None and u >= live[i].uid_min
-                and (live[i].account is not None or uid_owner(u) is None)}
+                and (live[i].account is not None or accounts.uid_owner(u) is None)}
     accounts.stop_processes_of(set(to_sweep))  # an app a supervisor restarted meanwhile (see remove_slot)
     swept = sweep.sweep(to_sweep, sweep_scope(ctx, walk_age))
     kept: dict[int, str] = {}
